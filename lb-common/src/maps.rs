@@ -1,0 +1,218 @@
+//! Map names, keys and values. One line of purpose per map; the kernel and the agent both
+//! refer to the names here so that a rename cannot drift between them.
+//!
+//! Write order (agent): backends, then Maglev slots, then the service entry last; delete in
+//! the reverse order. A packet therefore never sees a service whose table points at a
+//! backend that is not there yet.
+
+/// Service entries: (address, port, protocol, scope) -> [`ServiceValue`]. Hash.
+pub const MAP_SERVICES: &str = "LB_SERVICES";
+/// Backends by id -> [`BackendValue`]. Hash (ids are sparse and never reused quickly).
+pub const MAP_BACKENDS: &str = "LB_BACKENDS";
+/// Maglev lookup tables, flattened: index `lut_id * maglev_size + slot` -> backend id. Array.
+pub const MAP_MAGLEV: &str = "LB_MAGLEV";
+/// Forward connection tracking: original tuple -> [`CtValue`]. LRU hash.
+pub const MAP_CONNTRACK: &str = "LB_CONNTRACK";
+/// Reverse NAT: reply tuple as it arrives -> [`NatValue`]. LRU hash.
+pub const MAP_REVNAT: &str = "LB_REVNAT";
+/// ClientIP session affinity: (lut id, client address) -> [`AffinityValue`]. LRU hash.
+pub const MAP_AFFINITY: &str = "LB_AFFINITY";
+/// Per-service-entry counters, indexed by `lut_id`. Per-CPU array of [`SvcCounters`].
+pub const MAP_SVC_COUNTERS: &str = "LB_SVC_COUNTERS";
+/// Verdict reasons, indexed by [`crate::Reason`]. Per-CPU array of u64.
+pub const MAP_REASONS: &str = "LB_REASONS";
+/// Node configuration, one entry at index 0: [`NodeConfig`]. Array.
+pub const MAP_CONFIG: &str = "LB_CONFIG";
+
+/// Default capacities; the agent can override them with flags before load.
+pub const DEFAULT_MAX_SERVICES: u32 = 4096;
+pub const DEFAULT_MAX_BACKENDS: u32 = 65_536;
+pub const DEFAULT_MAGLEV_SIZE: u32 = 1021;
+pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
+pub const DEFAULT_AFFINITY_SIZE: u32 = 65_536;
+
+/// IP protocol numbers as used in keys.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+/// Traffic from outside the cluster (XDP on the external interface).
+pub const SCOPE_EXTERNAL: u8 = 0;
+/// Traffic from pods or the node itself.
+pub const SCOPE_INTERNAL: u8 = 1;
+
+/// Key of [`MAP_SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ServiceKey {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    /// [`SCOPE_EXTERNAL`] or [`SCOPE_INTERNAL`].
+    pub scope: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+
+/// The service has a ClientIP affinity: use [`MAP_AFFINITY`] with `affinity_timeout_s`.
+pub const SVC_F_AFFINITY: u32 = 1 << 0;
+/// externalTrafficPolicy/internalTrafficPolicy Local: never SNAT, the table has only local
+/// endpoints.
+pub const SVC_F_LOCAL: u32 = 1 << 1;
+/// A NodePort entry (address is a node address).
+pub const SVC_F_NODEPORT: u32 = 1 << 2;
+/// A LoadBalancer ingress or externalIP entry.
+pub const SVC_F_EXTERNAL_IP: u32 = 1 << 3;
+/// A ClusterIP entry.
+pub const SVC_F_CLUSTER_IP: u32 = 1 << 4;
+
+/// Value of [`MAP_SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// Index of this entry's Maglev table and counters; stable for the entry's life.
+    pub lut_id: u32,
+    /// Number of usable backends in the table; 0 means reject (RST / ICMP unreachable).
+    pub backend_count: u32,
+    /// `SVC_F_*` bits.
+    pub flags: u32,
+    /// ClientIP affinity timeout in seconds (valid with [`SVC_F_AFFINITY`]).
+    pub affinity_timeout_s: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+
+/// The backend runs on this node (no SNAT needed for external traffic).
+pub const BACKEND_F_LOCAL: u8 = 1 << 0;
+
+/// Value of [`MAP_BACKENDS`], keyed by a u32 backend id (0 is never a valid id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendValue {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+}
+const _: () = assert!(core::mem::size_of::<BackendValue>() == 8);
+
+/// A 5-tuple as seen at the hook: key of [`MAP_CONNTRACK`] and [`MAP_REVNAT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+
+/// The flow was source-NATed to the node address (external traffic to a remote backend,
+/// or hairpin).
+pub const CT_F_SNAT: u32 = 1 << 0;
+/// A TCP FIN or RST was seen: the entry may be replaced by a new SYN.
+pub const CT_F_CLOSING: u32 = 1 << 1;
+
+/// Value of [`MAP_CONNTRACK`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    /// Backend chosen for the flow; looked up per packet so a deleted backend is noticed.
+    pub backend_id: u32,
+    /// The service entry (for counters and re-selection).
+    pub lut_id: u32,
+    /// Source address/port written on forward packets when [`CT_F_SNAT`] is set.
+    pub snat_addr_be: u32,
+    pub snat_port_be: u16,
+    pub _pad: u16,
+    /// `CT_F_*` bits.
+    pub flags: u32,
+    pub _pad2: u32,
+    /// bpf_ktime_get_ns() of the last packet.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
+
+/// Value of [`MAP_REVNAT`]: how to rewrite a reply back to what the client expects.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatValue {
+    /// Source address/port the client expects on replies (the service address).
+    pub vip_addr_be: u32,
+    pub vip_port_be: u16,
+    pub _pad: u16,
+    /// Destination the reply must go to (the client); differs from the arriving
+    /// destination only when the forward direction was SNATed.
+    pub client_addr_be: u32,
+    pub client_port_be: u16,
+    pub _pad1: u16,
+    pub lut_id: u32,
+    /// `CT_F_*` bits.
+    pub flags: u32,
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<NatValue>() == 32);
+
+/// Key of [`MAP_AFFINITY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AffinityKey {
+    pub lut_id: u32,
+    pub client_addr_be: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+
+/// Value of [`MAP_AFFINITY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub last_used_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
+/// Value of [`MAP_SVC_COUNTERS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SvcCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<SvcCounters>() == 16);
+
+/// Value of [`MAP_CONFIG`] at index 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodeConfig {
+    /// Address used to SNAT external traffic sent to a remote backend.
+    pub node_addr_be: u32,
+    /// Maglev table size M (prime); slots per service entry in [`MAP_MAGLEV`].
+    pub maglev_size: u32,
+    /// Network namespace cookie of the agent's node, so socket hooks attached to a shared
+    /// cgroup act only on this node's sockets.
+    pub netns_cookie: u64,
+    /// SNAT source port range (host order), inclusive.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// Non-zero once the agent has written the config.
+    pub ready: u32,
+}
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type below is #[repr(C)], has no implicit padding (checked by the size
+    // assertions above) and is valid for any bit pattern.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::BackendValue {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::NatValue {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::SvcCounters {}
+    unsafe impl aya::Pod for super::NodeConfig {}
+}
