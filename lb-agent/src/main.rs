@@ -1,4 +1,3 @@
 fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
-    println!("{}", obj.len());
+    println!("{}", lb_agent::bpf::object().len());
 }

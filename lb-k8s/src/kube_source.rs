@@ -1,0 +1,137 @@
+//! The API server source: one kube-runtime watcher per kind, with kube's default backoff.
+//! A watcher's Init..InitDone is delivered as one `Resync` (so deletions missed while the
+//! watch was down are noticed), Apply/Delete as they come.
+use std::fmt::Debug;
+use std::path::PathBuf;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt as _, StreamExt as _};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event as WatchEvent};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+
+use crate::object::{Kind, KindSet, Object};
+use crate::source::{Event, Source};
+
+/// `--kubeconfig FILE`, or the in-cluster configuration.
+pub struct KubeSource {
+    kubeconfig: Option<PathBuf>,
+}
+
+impl KubeSource {
+    pub fn new(kubeconfig: Option<PathBuf>) -> Self {
+        KubeSource { kubeconfig }
+    }
+}
+
+/// Builds a client from a kubeconfig file, or from the in-cluster environment.
+pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                anyhow::anyhow!("cannot read kubeconfig {}: {e}", path.display())
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?
+        }
+        None => kube::Config::incluster().map_err(|e| {
+            anyhow::anyhow!(
+                "no --kubeconfig given and not running in a cluster ({e}); pass --kubeconfig \
+                 FILE or --manifests DIR"
+            )
+        })?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+impl Source for KubeSource {
+    fn run(
+        self: Box<Self>,
+        kinds: KindSet,
+        tx: mpsc::Sender<Event>,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
+        async move {
+            let client = client(self.kubeconfig.as_ref()).await?;
+            info!("watching the API server");
+            let mut tasks = tokio::task::JoinSet::new();
+            for kind in kinds.iter() {
+                let (c, tx) = (client.clone(), tx.clone());
+                match kind {
+                    Kind::Service => tasks.spawn(watch::<Service>(c, kind, tx, Object::Service)),
+                    Kind::EndpointSlice => {
+                        tasks.spawn(watch::<EndpointSlice>(c, kind, tx, Object::EndpointSlice))
+                    }
+                    Kind::Node => tasks.spawn(watch::<Node>(c, kind, tx, Object::Node)),
+                    Kind::Ingress => tasks.spawn(watch::<Ingress>(c, kind, tx, Object::Ingress)),
+                    Kind::IngressClass => {
+                        tasks.spawn(watch::<IngressClass>(c, kind, tx, Object::IngressClass))
+                    }
+                    Kind::Secret => tasks.spawn(watch::<Secret>(c, kind, tx, Object::Secret)),
+                };
+            }
+            while let Some(done) = tasks.join_next().await {
+                done??;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// Watches one kind until the receiver goes away. Watch errors (including 410 Gone) are
+/// retried by kube-runtime with backoff, and a relist follows as Init..InitDone.
+async fn watch<K>(
+    client: Client,
+    kind: Kind,
+    tx: mpsc::Sender<Event>,
+    wrap: fn(K) -> Object,
+) -> anyhow::Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let api: Api<K> = Api::all(client);
+    // Secrets: only TLS ones are ever needed; the field selector keeps others out of memory.
+    let config = if kind == Kind::Secret {
+        watcher::Config::default().fields("type=kubernetes.io/tls")
+    } else {
+        watcher::Config::default()
+    };
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut buffer: Vec<(Object, Option<String>)> = Vec::new();
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(WatchEvent::Init) => {
+                buffer.clear();
+                continue;
+            }
+            Ok(WatchEvent::InitApply(o)) => {
+                buffer.push((wrap(o), None));
+                continue;
+            }
+            Ok(WatchEvent::InitDone) => Event::Resync {
+                kinds: vec![kind],
+                objects: std::mem::take(&mut buffer),
+                errors: vec![],
+            },
+            Ok(WatchEvent::Apply(o)) => Event::Apply(wrap(o)),
+            Ok(WatchEvent::Delete(o)) => Event::Delete(wrap(o).object_ref()),
+            Err(e) => {
+                warn!(%kind, error = %e, "watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        if tx.send(event).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+use kube::runtime::watcher::watcher;

@@ -1,0 +1,58 @@
+//! The one trait both sources implement, and the events they produce.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use crate::object::{Kind, KindSet, Object, ObjectError, ObjectRef};
+
+/// What a source tells its consumer.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A complete listing of `kinds`: objects of those kinds that are not in `objects` are
+    /// gone. Sent after the first list, after a relist (watch restart, 410 Gone) and after
+    /// every change of a manifests directory. `errors` are the objects that could not be
+    /// parsed in this listing.
+    Resync {
+        kinds: Vec<Kind>,
+        objects: Vec<(Object, Option<String>)>,
+        errors: Vec<ObjectError>,
+    },
+    /// An object was added or modified.
+    Apply(Object),
+    /// An object was deleted.
+    Delete(ObjectRef),
+}
+
+/// A source of cluster state. `run` delivers events until the receiver is dropped or the
+/// source fails for good; it retries transient failures itself.
+pub trait Source: Send + 'static {
+    fn run(
+        self: Box<Self>,
+        kinds: KindSet,
+        tx: mpsc::Sender<Event>,
+    ) -> BoxFuture<'static, anyhow::Result<()>>;
+}
+
+/// How a daemon was told to get its state, from the command line.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    /// `--manifests DIR`, polled every `interval` for changes.
+    Manifests { dir: PathBuf, interval: Duration },
+    /// `--kubeconfig FILE`, or in-cluster configuration when `None`.
+    Kube { kubeconfig: Option<PathBuf> },
+}
+
+impl SourceConfig {
+    pub fn into_source(self) -> Box<dyn Source> {
+        match self {
+            SourceConfig::Manifests { dir, interval } => {
+                Box::new(crate::manifests::ManifestDir::new(dir, interval))
+            }
+            SourceConfig::Kube { kubeconfig } => {
+                Box::new(crate::kube_source::KubeSource::new(kubeconfig))
+            }
+        }
+    }
+}
