@@ -60,7 +60,7 @@ pub const fn is_prime(n: u32) -> bool {
     }
     let mut d = 2;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -195,7 +195,10 @@ mod table {
             }
             // Maglev guarantees near-minimal disruption, not zero: the paper measures a few
             // percent of slots for one removal at this size.
-            assert!(moved_others < 1021 / 20, "{moved_others} unrelated slots moved");
+            assert!(
+                moved_others < 1021 / 20,
+                "{moved_others} unrelated slots moved"
+            );
         }
 
         #[test]
@@ -204,8 +207,11 @@ mod table {
             b[0].weight = 3;
             let t = build_table(&b, 1021);
             let c = counts(&t, 2);
-            let ratio = c[0] as f64 / c[1] as f64;
-            assert!((2.7..3.3).contains(&ratio), "counts {c:?}");
+            // 3:1 within 10%.
+            assert!(
+                c[0] * 10 >= c[1] * 27 && c[0] * 10 <= c[1] * 33,
+                "counts {c:?}"
+            );
         }
 
         #[test]
@@ -213,7 +219,13 @@ mod table {
             let m = 251;
             let mut hits = vec![0_u32; m];
             for port in 0..10_000_u16 {
-                let h = crate::maglev::flow_hash(0x0a00_0001, 0x0a60_0001, port.to_be(), 80_u16.to_be(), 6);
+                let h = crate::maglev::flow_hash(
+                    0x0a00_0001,
+                    0x0a60_0001,
+                    port.to_be(),
+                    80_u16.to_be(),
+                    6,
+                );
                 hits[(h % m as u32) as usize] += 1;
             }
             let max = *hits.iter().max().unwrap();

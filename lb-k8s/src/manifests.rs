@@ -78,7 +78,11 @@ impl Source for ManifestDir {
                         );
                         errors.extend(parsed.errors.iter().cloned());
                     }
-                    debug!(objects = objects.len(), errors = errors.len(), "manifests changed");
+                    debug!(
+                        objects = objects.len(),
+                        errors = errors.len(),
+                        "manifests changed"
+                    );
                     let event = Event::Resync {
                         kinds: kinds.iter().collect(),
                         objects,
@@ -165,7 +169,9 @@ fn parse_file(file: &str, text: &str) -> Parsed {
         let value: serde_json::Value = match serde::Deserialize::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
-                parsed.errors.push(ObjectError::document(origin, e.to_string()));
+                parsed
+                    .errors
+                    .push(ObjectError::document(origin, e.to_string()));
                 // serde_yaml cannot resume after a syntax error in a stream.
                 break;
             }
@@ -220,7 +226,10 @@ metadata: {name: ignored}
         let p = parse_file("a.yaml", GOOD);
         assert!(p.errors.is_empty(), "{:?}", p.errors);
         assert_eq!(p.objects.len(), 1);
-        assert_eq!(p.objects[0].0.object_ref().to_string(), "Service default/backend");
+        assert_eq!(
+            p.objects[0].0.object_ref().to_string(),
+            "Service default/backend"
+        );
         assert_eq!(p.objects[0].1.as_deref(), Some("a.yaml (document 1)"));
     }
 
@@ -242,7 +251,10 @@ spec: {ports: [{port: 80}]}
         assert_eq!(p.objects.len(), 1);
         assert_eq!(p.errors.len(), 1);
         let msg = p.errors[0].to_string();
-        assert!(msg.starts_with("svc.yaml (document 1): Service shop/broken: "), "{msg}");
+        assert!(
+            msg.starts_with("svc.yaml (document 1): Service shop/broken: "),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -260,7 +272,10 @@ spec: {ports: [{port: 80}]}
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
         let (tx, mut rx) = mpsc::channel(8);
-        let src = Box::new(ManifestDir::new(dir.path().into(), Duration::from_millis(20)));
+        let src = Box::new(ManifestDir::new(
+            dir.path().into(),
+            Duration::from_millis(20),
+        ));
         let task = tokio::spawn(src.run(KindSet::of(&[Kind::Service]), tx));
         let mut store = Store::new();
         let c = store.apply(rx.recv().await.unwrap());

@@ -108,6 +108,10 @@ impl fmt::Display for ObjectRef {
 }
 
 /// One object of a known kind.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "objects live in the store; boxing each would add an allocation per object for nothing"
+)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Service(Service),
@@ -147,7 +151,9 @@ impl Object {
         let kind = self.kind();
         let meta = self.meta();
         let namespace = if kind.namespaced() {
-            meta.namespace.clone().unwrap_or_else(|| "default".to_owned())
+            meta.namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned())
         } else {
             String::new()
         };
@@ -157,6 +163,12 @@ impl Object {
     /// Parses one document already read as JSON. `Ok(None)` for kinds nobody here reads
     /// (Deployments and the like sit in the same manifests and are not errors).
     pub fn from_value(value: serde_json::Value) -> Result<Option<Object>, ObjectError> {
+        fn parse<T: DeserializeOwned>(
+            v: serde_json::Value,
+            at: &ObjectRef,
+        ) -> Result<T, ObjectError> {
+            serde_json::from_value(v).map_err(|e| ObjectError::new(None, at.clone(), e.to_string()))
+        }
         let api_version = value
             .get("apiVersion")
             .and_then(|v| v.as_str())
@@ -180,18 +192,18 @@ impl Object {
             .and_then(|m| m.get("namespace"))
             .and_then(|v| v.as_str())
             .map_or_else(
-                || if kind.namespaced() { "default".to_owned() } else { String::new() },
+                || {
+                    if kind.namespaced() {
+                        "default".to_owned()
+                    } else {
+                        String::new()
+                    }
+                },
                 str::to_owned,
             );
         let at = ObjectRef::new(kind, namespace, name.clone());
         if name.is_empty() {
             return Err(ObjectError::new(None, at, "metadata.name is missing"));
-        }
-        fn parse<T: DeserializeOwned>(
-            v: serde_json::Value,
-            at: &ObjectRef,
-        ) -> Result<T, ObjectError> {
-            serde_json::from_value(v).map_err(|e| ObjectError::new(None, at.clone(), e.to_string()))
         }
         let object = match kind {
             Kind::Service => Object::Service(parse(value, &at)?),

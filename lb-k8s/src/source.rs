@@ -8,6 +8,10 @@ use tokio::sync::mpsc;
 use crate::object::{Kind, KindSet, Object, ObjectError, ObjectRef};
 
 /// What a source tells its consumer.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "events are moved once, from source to store"
+)]
 #[derive(Clone, Debug)]
 pub enum Event {
     /// A complete listing of `kinds`: objects of those kinds that are not in `objects` are

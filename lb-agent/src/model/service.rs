@@ -188,20 +188,20 @@ pub fn service_frontends(
     let etp_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-    let (affinity_flag, affinity_timeout_s) = if spec.session_affinity.as_deref() == Some("ClientIP")
-    {
-        let t = spec
-            .session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds)
-            .and_then(|t| u32::try_from(t).ok())
-            .filter(|t| *t > 0)
-            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S);
-        (SVC_F_AFFINITY, t)
-    } else {
-        (0, 0)
-    };
+    let (affinity_flag, affinity_timeout_s) =
+        if spec.session_affinity.as_deref() == Some("ClientIP") {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0)
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S);
+            (SVC_F_AFFINITY, t)
+        } else {
+            (0, 0)
+        };
 
     let mut model = ServiceModel::default();
     let mut local_endpoints = 0_usize;
@@ -222,7 +222,8 @@ pub fn service_frontends(
             }
             _ => None,
         };
-        let (set, problems) = EndpointSet::collect(slices, &port_name, proto_name, publish_not_ready);
+        let (set, problems) =
+            EndpointSet::collect(slices, &port_name, proto_name, publish_not_ready);
         model.problems.extend(problems);
         let cluster = backends(&set.cluster(node), proto, node);
         let local = backends(&set.local(node), proto, node);
@@ -240,19 +241,35 @@ pub fn service_frontends(
             });
         };
         for &ip in &cluster_ips {
-            let (b, f) = if itp_local { (&local, SVC_F_LOCAL) } else { (&cluster, 0) };
+            let (b, f) = if itp_local {
+                (&local, SVC_F_LOCAL)
+            } else {
+                (&cluster, 0)
+            };
             push(ip, port, SCOPE_INTERNAL, SVC_F_CLUSTER_IP | f, b);
         }
         if let Some(np) = node_port {
             for &addr in &node.addrs {
-                push(addr, np, SCOPE_EXTERNAL, SVC_F_NODEPORT | ext_local_flag, external);
+                push(
+                    addr,
+                    np,
+                    SCOPE_EXTERNAL,
+                    SVC_F_NODEPORT | ext_local_flag,
+                    external,
+                );
                 // From pods and the node itself kube-proxy short-circuits to all cluster
                 // endpoints, whatever the external policy.
                 push(addr, np, SCOPE_INTERNAL, SVC_F_NODEPORT, &cluster);
             }
         }
         for &ip in &extra_ips {
-            push(ip, port, SCOPE_EXTERNAL, SVC_F_EXTERNAL_IP | ext_local_flag, external);
+            push(
+                ip,
+                port,
+                SCOPE_EXTERNAL,
+                SVC_F_EXTERNAL_IP | ext_local_flag,
+                external,
+            );
             push(ip, port, SCOPE_INTERNAL, SVC_F_EXTERNAL_IP, &cluster);
         }
     }
@@ -315,8 +332,18 @@ spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}
         let f = &m.frontends[0];
         assert_eq!(f.key.scope, SCOPE_INTERNAL);
         assert_eq!(u16::from_be(f.key.port_be), 80);
-        let addrs: Vec<_> = f.backends.iter().map(|b| (b.addr.to_string(), b.port, b.local)).collect();
-        assert_eq!(addrs, [("10.244.0.10".into(), 8080, true), ("10.244.1.10".into(), 8080, false)]);
+        let addrs: Vec<_> = f
+            .backends
+            .iter()
+            .map(|b| (b.addr.to_string(), b.port, b.local))
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                ("10.244.0.10".into(), 8080, true),
+                ("10.244.1.10".into(), 8080, false)
+            ]
+        );
     }
 
     #[test]
@@ -328,7 +355,11 @@ metadata: {name: web, namespace: default}
 spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}",
             &sl,
         );
-        let b: Vec<_> = m.frontends[0].backends.iter().map(|b| b.addr.to_string()).collect();
+        let b: Vec<_> = m.frontends[0]
+            .backends
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect();
         assert_eq!(b, ["10.244.1.11"]);
     }
 
@@ -346,7 +377,11 @@ spec:
 status: {loadBalancer: {ingress: [{ip: 10.0.100.1}]}}",
             SLICE,
         );
-        let ext: Vec<_> = m.frontends.iter().filter(|f| f.key.scope == SCOPE_EXTERNAL).collect();
+        let ext: Vec<_> = m
+            .frontends
+            .iter()
+            .filter(|f| f.key.scope == SCOPE_EXTERNAL)
+            .collect();
         assert_eq!(ext.len(), 2, "NodePort on the node address and the LB IP");
         for f in &ext {
             assert!(f.flags & SVC_F_LOCAL != 0);
@@ -367,14 +402,25 @@ status: {loadBalancer: {ingress: [{ip: 10.0.100.1}]}}",
         let n = node();
         let o = ModelOptions::default();
         let headless = svc("metadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 80}]}");
-        assert_eq!(service_frontends(&headless, &[], &n, &o), Err(SkipReason::Headless));
+        assert_eq!(
+            service_frontends(&headless, &[], &n, &o),
+            Err(SkipReason::Headless)
+        );
         let en = svc("metadata: {name: e}\nspec: {type: ExternalName, externalName: x.example}");
-        assert_eq!(service_frontends(&en, &[], &n, &o), Err(SkipReason::ExternalName));
+        assert_eq!(
+            service_frontends(&en, &[], &n, &o),
+            Err(SkipReason::ExternalName)
+        );
         let other = svc(
             "metadata: {name: o, labels: {service.kubernetes.io/service-proxy-name: foo}}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}",
         );
-        assert!(matches!(service_frontends(&other, &[], &n, &o), Err(SkipReason::OtherProxy(_))));
-        let mine = ModelOptions { service_proxy_name: Some("foo".into()) };
+        assert!(matches!(
+            service_frontends(&other, &[], &n, &o),
+            Err(SkipReason::OtherProxy(_))
+        ));
+        let mine = ModelOptions {
+            service_proxy_name: Some("foo".into()),
+        };
         assert!(service_frontends(&other, &[], &n, &mine).is_ok());
     }
 
@@ -383,7 +429,9 @@ status: {loadBalancer: {ingress: [{ip: 10.0.100.1}]}}",
         let bad = svc("metadata: {name: b}\nspec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}");
         let e = service_frontends(&bad, &[], &node(), &ModelOptions::default()).unwrap_err();
         assert!(e.to_string().contains("10.96.0.300"), "{e}");
-        let sctp = svc("metadata: {name: s}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80, protocol: SCTP}, {name: b, port: 81}]}");
+        let sctp = svc(
+            "metadata: {name: s}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80, protocol: SCTP}, {name: b, port: 81}]}",
+        );
         let m = service_frontends(&sctp, &[], &node(), &ModelOptions::default()).unwrap();
         assert_eq!(m.frontends.len(), 1);
         assert!(m.problems[0].contains("SCTP"));

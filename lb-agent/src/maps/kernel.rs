@@ -1,0 +1,200 @@
+//! [`MapWriter`] over the real, pinned kernel maps.
+//!
+//! Maps are opened from their pins (`<bpffs dir>/<MAP NAME>`), so the running agent and
+//! `lb-agent inspect` use the same code, and a restarted agent finds what its predecessor
+//! wrote.
+use std::path::Path;
+
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::util::nr_cpus;
+use lb_common::{
+    BackendValue, CtValue, FlowKey, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_MAGLEV,
+    MAP_REASONS, MAP_REVNAT, MAP_SERVICES, MAP_SVC_COUNTERS, NatValue, NodeConfig, Reason,
+    ServiceKey, ServiceValue, SvcCounters,
+};
+
+use super::{MapWriteError, MapWriter, ReadBack};
+use crate::plan::MapOp;
+
+pub struct KernelMaps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, BackendValue>,
+    maglev: Array<MapData, u32>,
+    config: Array<MapData, NodeConfig>,
+    counters: PerCpuArray<MapData, SvcCounters>,
+    reasons: PerCpuArray<MapData, u64>,
+    conntrack: HashMap<MapData, FlowKey, CtValue>,
+    revnat: HashMap<MapData, FlowKey, NatValue>,
+}
+
+fn open(dir: &Path, name: &str) -> anyhow::Result<Map> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "cannot open pinned map {}: is an lb-agent running with --bpffs {}?",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    Ok(Map::from_map_data(data)?)
+}
+
+impl KernelMaps {
+    /// Opens the maps pinned under `dir`.
+    pub fn open_pinned(dir: &Path) -> anyhow::Result<Self> {
+        Ok(KernelMaps {
+            services: open(dir, MAP_SERVICES)?.try_into()?,
+            backends: open(dir, MAP_BACKENDS)?.try_into()?,
+            maglev: open(dir, MAP_MAGLEV)?.try_into()?,
+            config: open(dir, MAP_CONFIG)?.try_into()?,
+            counters: open(dir, MAP_SVC_COUNTERS)?.try_into()?,
+            reasons: open(dir, MAP_REASONS)?.try_into()?,
+            conntrack: open(dir, MAP_CONNTRACK)?.try_into()?,
+            revnat: open(dir, MAP_REVNAT)?.try_into()?,
+        })
+    }
+}
+
+fn classify(map: &'static str, e: MapError) -> MapWriteError {
+    if let MapError::SyscallError(s) = &e
+        && matches!(
+            s.io_error.raw_os_error(),
+            Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)
+        )
+    {
+        return MapWriteError::Full { map };
+    }
+    MapWriteError::Other {
+        map,
+        source: e.into(),
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
+        Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+impl MapWriter for KernelMaps {
+    fn apply(&mut self, op: &MapOp) -> Result<(), MapWriteError> {
+        match op {
+            MapOp::PutBackend { id, value } => self
+                .backends
+                .insert(id, value, 0)
+                .map_err(|e| classify(MAP_BACKENDS, e)),
+            MapOp::ResetCounters { lut_id } => {
+                let n = nr_cpus().map_err(|(_, e)| MapWriteError::Other {
+                    map: MAP_SVC_COUNTERS,
+                    source: e.into(),
+                })?;
+                let zeros =
+                    PerCpuValues::try_from(vec![SvcCounters::default(); n]).map_err(|e| {
+                        MapWriteError::Other {
+                            map: MAP_SVC_COUNTERS,
+                            source: e.into(),
+                        }
+                    })?;
+                self.counters
+                    .set(*lut_id, zeros, 0)
+                    .map_err(|e| classify(MAP_SVC_COUNTERS, e))
+            }
+            MapOp::PutSlots { lut_id, slots } => {
+                let m = self.maglev.len() / self.services_capacity().max(1);
+                for (slot, id) in slots {
+                    self.maglev
+                        .set(lut_id * m + slot, id, 0)
+                        .map_err(|e| classify(MAP_MAGLEV, e))?;
+                }
+                Ok(())
+            }
+            MapOp::PutService { key, value } => self
+                .services
+                .insert(key, value, 0)
+                .map_err(|e| classify(MAP_SERVICES, e)),
+            MapOp::DelService { key } => {
+                ignore_missing(self.services.remove(key)).map_err(|e| classify(MAP_SERVICES, e))
+            }
+            MapOp::DelBackend { id } => {
+                ignore_missing(self.backends.remove(id)).map_err(|e| classify(MAP_BACKENDS, e))
+            }
+        }
+    }
+
+    fn set_config(&mut self, config: &NodeConfig) -> Result<(), MapWriteError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|e| classify(MAP_CONFIG, e))
+    }
+
+    fn read_back(&self, maglev_size: u32) -> anyhow::Result<ReadBack> {
+        let services: Vec<(ServiceKey, ServiceValue)> =
+            self.services.iter().collect::<Result<_, _>>()?;
+        let backends = self.backends.iter().collect::<Result<_, _>>()?;
+        let mut tables = std::collections::HashMap::new();
+        for (_, v) in &services {
+            let base = v.lut_id * maglev_size;
+            let t = (0..maglev_size)
+                .map(|s| self.maglev.get(&(base + s), 0))
+                .collect::<Result<Vec<u32>, _>>()?;
+            tables.insert(v.lut_id, t);
+        }
+        Ok(ReadBack {
+            services,
+            backends,
+            tables,
+        })
+    }
+
+    fn counters(&self, lut_ids: &[u32]) -> anyhow::Result<Vec<(u32, SvcCounters)>> {
+        lut_ids
+            .iter()
+            .map(|id| {
+                let per_cpu = self.counters.get(id, 0)?;
+                let sum = per_cpu
+                    .iter()
+                    .fold(SvcCounters::default(), |a, c| SvcCounters {
+                        packets: a.packets + c.packets,
+                        bytes: a.bytes + c.bytes,
+                    });
+                Ok((*id, sum))
+            })
+            .collect()
+    }
+
+    fn reasons(&self) -> anyhow::Result<Vec<u64>> {
+        (0..Reason::COUNT)
+            .map(|i| Ok(self.reasons.get(&i, 0)?.iter().sum()))
+            .collect()
+    }
+
+    fn conntrack_entries(&self) -> anyhow::Result<(u64, u64)> {
+        Ok((
+            self.conntrack.keys().count() as u64,
+            self.revnat.keys().count() as u64,
+        ))
+    }
+
+    fn conntrack(&self, limit: usize) -> anyhow::Result<Vec<(FlowKey, CtValue)>> {
+        Ok(self
+            .conntrack
+            .iter()
+            .take(limit)
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn revnat(&self, limit: usize) -> anyhow::Result<Vec<(FlowKey, NatValue)>> {
+        Ok(self.revnat.iter().take(limit).collect::<Result<_, _>>()?)
+    }
+}
+
+impl KernelMaps {
+    /// Entries of the service map's lut space: the Maglev array is sized
+    /// `max_services * maglev_size`, and the counters array `max_services`.
+    fn services_capacity(&self) -> u32 {
+        self.counters.len()
+    }
+}

@@ -1,0 +1,538 @@
+//! The pure core of the agent: given what is programmed and what a Service now wants,
+//! the map operations that get from one to the other, in an order in which no packet can
+//! see a half-written service (backends, then Maglev slots, then the service entry; deletes
+//! in reverse). No I/O here: [`crate::maps`] applies the operations.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use lb_common::maglev::{MaglevBackend, backend_identity, build_table};
+use lb_common::{BACKEND_F_LOCAL, BackendValue, ServiceKey, ServiceValue};
+
+use crate::model::{BackendAddr, Frontend};
+
+/// One write to the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    PutBackend {
+        id: u32,
+        value: BackendValue,
+    },
+    /// Zero a service entry's per-CPU counters before the entry is (re)used.
+    ResetCounters {
+        lut_id: u32,
+    },
+    /// Changed Maglev slots of one table: (slot, backend id).
+    PutSlots {
+        lut_id: u32,
+        slots: Vec<(u32, u32)>,
+    },
+    PutService {
+        key: ServiceKey,
+        value: ServiceValue,
+    },
+    DelService {
+        key: ServiceKey,
+    },
+    DelBackend {
+        id: u32,
+    },
+}
+
+impl MapOp {
+    /// Position in the safe write order.
+    fn rank(&self) -> u8 {
+        match self {
+            MapOp::PutBackend { .. } => 0,
+            MapOp::ResetCounters { .. } => 1,
+            MapOp::PutSlots { .. } => 2,
+            MapOp::PutService { .. } => 3,
+            MapOp::DelService { .. } => 4,
+            MapOp::DelBackend { .. } => 5,
+        }
+    }
+}
+
+/// Identity of a backend in the maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: u8,
+}
+
+impl From<&BackendAddr> for BackendKey {
+    fn from(b: &BackendAddr) -> Self {
+        BackendKey {
+            addr: b.addr,
+            port: b.port,
+            proto: b.proto,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct BackendState {
+    id: u32,
+    value: BackendValue,
+    refs: u32,
+}
+
+/// A programmed service entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceState {
+    pub value: ServiceValue,
+    pub backends: Vec<BackendKey>,
+}
+
+/// Allocates small integer ids, lowest free first.
+#[derive(Clone, Debug)]
+struct Ids {
+    max: u32,
+    next: u32,
+    free: BTreeSet<u32>,
+}
+
+impl Ids {
+    fn new(first: u32, max: u32) -> Self {
+        Ids {
+            max,
+            next: first,
+            free: BTreeSet::new(),
+        }
+    }
+    fn alloc(&mut self) -> Option<u32> {
+        if let Some(id) = self.free.pop_first() {
+            return Some(id);
+        }
+        (self.next < self.max).then(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+    fn release(&mut self, id: u32) {
+        self.free.insert(id);
+    }
+    /// Marks `id` as taken (read back from the maps after a restart).
+    fn take(&mut self, id: u32) {
+        while self.next <= id {
+            self.free.insert(self.next);
+            self.next += 1;
+        }
+        self.free.remove(&id);
+    }
+}
+
+/// A service entry that could not be planned.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("service map full ({0} entries): raise --max-services")]
+    ServicesFull(u32),
+    #[error("backend map full ({0} entries): raise --max-backends")]
+    BackendsFull(u32),
+}
+
+/// Capacities and the Maglev table size.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_services: u32,
+    pub max_backends: u32,
+    pub maglev_size: u32,
+}
+
+/// What the maps hold, as far as the agent knows: built from its own writes, or read
+/// back from the pinned maps after a restart.
+#[derive(Clone, Debug)]
+pub struct Programmed {
+    limits: Limits,
+    services: BTreeMap<ServiceKey, ServiceState>,
+    backends: HashMap<BackendKey, BackendState>,
+    /// Known content of each lut's Maglev region (absent: all zeros).
+    tables: HashMap<u32, Vec<u32>>,
+    lut_ids: Ids,
+    backend_ids: Ids,
+}
+
+impl Programmed {
+    pub fn new(limits: Limits) -> Self {
+        Programmed {
+            limits,
+            services: BTreeMap::new(),
+            backends: HashMap::new(),
+            tables: HashMap::new(),
+            lut_ids: Ids::new(0, limits.max_services),
+            // Backend id 0 means "unset" in the kernel: never allocate it.
+            backend_ids: Ids::new(1, limits.max_backends.saturating_add(1)),
+        }
+    }
+
+    /// Rebuilds the state from what was read back from pinned maps.
+    pub fn restore(
+        limits: Limits,
+        services: Vec<(ServiceKey, ServiceValue)>,
+        backends: Vec<(u32, BackendValue)>,
+        tables: HashMap<u32, Vec<u32>>,
+    ) -> Self {
+        let mut p = Programmed::new(limits);
+        let mut by_id = HashMap::new();
+        for (id, value) in backends {
+            let key = BackendKey {
+                addr: Ipv4Addr::from(u32::from_be(value.addr_be)),
+                port: u16::from_be(value.port_be),
+                proto: value.proto,
+            };
+            p.backend_ids.take(id);
+            by_id.insert(id, key);
+            p.backends.insert(key, BackendState { id, value, refs: 0 });
+        }
+        for (key, value) in services {
+            p.lut_ids.take(value.lut_id);
+            let table = tables.get(&value.lut_id).cloned().unwrap_or_default();
+            let mut keys: Vec<BackendKey> = if value.backend_count == 0 {
+                vec![]
+            } else {
+                table
+                    .iter()
+                    .filter_map(|id| by_id.get(id).copied())
+                    .collect()
+            };
+            keys.sort();
+            keys.dedup();
+            for k in &keys {
+                if let Some(b) = p.backends.get_mut(k) {
+                    b.refs += 1;
+                }
+            }
+            p.services.insert(
+                key,
+                ServiceState {
+                    value,
+                    backends: keys,
+                },
+            );
+        }
+        p.tables = tables;
+        p
+    }
+
+    pub fn services(&self) -> &BTreeMap<ServiceKey, ServiceState> {
+        &self.services
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.backends.len()
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Plans the removal of `remove` and the creation or update of `upsert`, updating
+    /// the state as if the operations succeed. Frontends that cannot be placed (a map is
+    /// full) are returned as errors and left out; everything else is still planned.
+    pub fn plan(
+        &mut self,
+        remove: &[ServiceKey],
+        upsert: &[Frontend],
+    ) -> (Vec<MapOp>, Vec<(ServiceKey, PlanError)>) {
+        let mut ops = Vec::new();
+        let mut errors = Vec::new();
+        let mut released_backends: Vec<BackendKey> = Vec::new();
+        for key in remove {
+            if upsert.iter().any(|f| f.key == *key) {
+                continue;
+            }
+            if let Some(old) = self.services.remove(key) {
+                ops.push(MapOp::DelService { key: *key });
+                self.lut_ids.release(old.value.lut_id);
+                released_backends.extend(old.backends);
+            }
+        }
+        for f in upsert {
+            match self.plan_frontend(f, &mut ops, &mut released_backends) {
+                Ok(()) => {}
+                Err(e) => errors.push((f.key, e)),
+            }
+        }
+        for key in released_backends {
+            if let Some(b) = self.backends.get_mut(&key) {
+                b.refs -= 1;
+                if b.refs == 0 {
+                    let id = b.id;
+                    self.backends.remove(&key);
+                    self.backend_ids.release(id);
+                    ops.push(MapOp::DelBackend { id });
+                }
+            }
+        }
+        // Stable sort: within a rank, the order above is kept.
+        ops.sort_by_key(MapOp::rank);
+        (ops, errors)
+    }
+
+    fn plan_frontend(
+        &mut self,
+        f: &Frontend,
+        ops: &mut Vec<MapOp>,
+        released: &mut Vec<BackendKey>,
+    ) -> Result<(), PlanError> {
+        let old = self.services.get(&f.key).cloned();
+        let lut_id = match &old {
+            Some(o) => o.value.lut_id,
+            None => self
+                .lut_ids
+                .alloc()
+                .ok_or(PlanError::ServicesFull(self.limits.max_services))?,
+        };
+        // Backends: take a reference on each new one first, release the old ones after.
+        let mut keys: Vec<BackendKey> = f.backends.iter().map(BackendKey::from).collect();
+        keys.sort();
+        keys.dedup();
+        let mut acquired = Vec::new();
+        for b in &f.backends {
+            let key = BackendKey::from(b);
+            if acquired.contains(&key) {
+                continue;
+            }
+            let value = BackendValue {
+                addr_be: u32::from(b.addr).to_be(),
+                port_be: b.port.to_be(),
+                proto: b.proto,
+                flags: if b.local { BACKEND_F_LOCAL } else { 0 },
+            };
+            match self.backends.get_mut(&key) {
+                Some(state) => {
+                    state.refs += 1;
+                    if state.value != value {
+                        state.value = value;
+                        ops.push(MapOp::PutBackend {
+                            id: state.id,
+                            value,
+                        });
+                    }
+                }
+                None => {
+                    let Some(id) = self.backend_ids.alloc() else {
+                        // Undo what this frontend took so the state stays consistent.
+                        for k in &acquired {
+                            released.push(*k);
+                        }
+                        if old.is_none() {
+                            self.lut_ids.release(lut_id);
+                        }
+                        return Err(PlanError::BackendsFull(self.limits.max_backends));
+                    };
+                    self.backends
+                        .insert(key, BackendState { id, value, refs: 1 });
+                    ops.push(MapOp::PutBackend { id, value });
+                }
+            }
+            acquired.push(key);
+        }
+        if old.is_none() {
+            ops.push(MapOp::ResetCounters { lut_id });
+        }
+        // Maglev: write only the slots that differ from what the region holds.
+        if !keys.is_empty() {
+            let mb: Vec<MaglevBackend> = keys
+                .iter()
+                .map(|k| MaglevBackend {
+                    identity: backend_identity(u32::from(k.addr).to_be(), k.port.to_be()),
+                    id: self.backends[k].id,
+                    weight: 1,
+                })
+                .collect();
+            let table = build_table(&mb, self.limits.maglev_size);
+            let current = self.tables.get(&lut_id);
+            let slots: Vec<(u32, u32)> = table
+                .iter()
+                .enumerate()
+                .filter(|(i, id)| current.map_or(0, |c| c.get(*i).copied().unwrap_or(0)) != **id)
+                .map(|(i, id)| (i as u32, *id))
+                .collect();
+            if !slots.is_empty() {
+                ops.push(MapOp::PutSlots { lut_id, slots });
+            }
+            self.tables.insert(lut_id, table);
+        }
+        let value = ServiceValue {
+            lut_id,
+            backend_count: keys.len() as u32,
+            flags: f.flags,
+            affinity_timeout_s: f.affinity_timeout_s,
+        };
+        if old.as_ref().map(|o| o.value) != Some(value) {
+            ops.push(MapOp::PutService { key: f.key, value });
+        }
+        if let Some(o) = old {
+            released.extend(o.backends);
+        }
+        self.services.insert(
+            f.key,
+            ServiceState {
+                value,
+                backends: keys,
+            },
+        );
+        Ok(())
+    }
+
+    /// Forgets a service entry whose write failed, so that a later sync retries it.
+    pub fn forget(&mut self, key: &ServiceKey) {
+        if let Some(old) = self.services.remove(key) {
+            self.lut_ids.release(old.value.lut_id);
+            for k in old.backends {
+                if let Some(b) = self.backends.get_mut(&k) {
+                    b.refs = b.refs.saturating_sub(1);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::{PROTO_TCP, SCOPE_INTERNAL};
+
+    const LIMITS: Limits = Limits {
+        max_services: 4,
+        max_backends: 8,
+        maglev_size: 31,
+    };
+
+    fn fe(port: u16, backends: &[u8]) -> Frontend {
+        Frontend {
+            key: ServiceKey {
+                addr_be: u32::from(Ipv4Addr::new(10, 96, 0, 10)).to_be(),
+                port_be: port.to_be(),
+                proto: PROTO_TCP,
+                scope: SCOPE_INTERNAL,
+            },
+            flags: 0,
+            affinity_timeout_s: 0,
+            backends: backends
+                .iter()
+                .map(|i| BackendAddr {
+                    addr: Ipv4Addr::new(10, 244, 0, *i),
+                    port: 8080,
+                    proto: PROTO_TCP,
+                    local: false,
+                })
+                .collect(),
+            port_name: String::new(),
+        }
+    }
+
+    fn ranks(ops: &[MapOp]) -> Vec<u8> {
+        ops.iter().map(MapOp::rank).collect()
+    }
+
+    #[test]
+    fn new_service_writes_backends_then_slots_then_service() {
+        let mut p = Programmed::new(LIMITS);
+        let (ops, errs) = p.plan(&[], &[fe(80, &[1, 2, 3])]);
+        assert!(errs.is_empty());
+        assert!(ranks(&ops).windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, MapOp::PutBackend { .. }))
+                .count(),
+            3
+        );
+        let MapOp::PutSlots { slots, .. } = &ops[4] else {
+            panic!("{ops:?}")
+        };
+        assert_eq!(slots.len(), 31, "a fresh table writes every slot");
+        assert!(
+            matches!(ops.last(), Some(MapOp::PutService { value, .. }) if value.backend_count == 3)
+        );
+    }
+
+    #[test]
+    fn unchanged_service_plans_nothing_and_a_change_writes_only_changed_slots() {
+        let mut p = Programmed::new(LIMITS);
+        p.plan(&[], &[fe(80, &[1, 2, 3])]);
+        let (ops, _) = p.plan(&[], &[fe(80, &[1, 2, 3])]);
+        assert!(ops.is_empty(), "{ops:?}");
+        let (ops, _) = p.plan(&[], &[fe(80, &[1, 2])]);
+        let slots: usize = ops
+            .iter()
+            .map(|o| {
+                if let MapOp::PutSlots { slots, .. } = o {
+                    slots.len()
+                } else {
+                    0
+                }
+            })
+            .sum();
+        assert!(
+            slots > 0 && slots < 31,
+            "only the removed backend's slots move: {slots}"
+        );
+        // The removed backend is deleted last, after the table no longer points at it.
+        assert!(matches!(ops.last(), Some(MapOp::DelBackend { .. })));
+        assert!(matches!(ops[ops.len() - 2], MapOp::PutService { .. }));
+    }
+
+    #[test]
+    fn removal_deletes_service_before_its_backends_and_ids_are_reused() {
+        let mut p = Programmed::new(LIMITS);
+        p.plan(&[], &[fe(80, &[1])]);
+        let key = fe(80, &[]).key;
+        let (ops, _) = p.plan(&[key], &[]);
+        assert_eq!(ops.len(), 2);
+        assert!(matches!(ops[0], MapOp::DelService { .. }));
+        assert!(matches!(ops[1], MapOp::DelBackend { id: 1 }));
+        let (ops, _) = p.plan(&[], &[fe(81, &[1])]);
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, MapOp::ResetCounters { lut_id: 0 }))
+        );
+    }
+
+    #[test]
+    fn full_maps_are_reported_per_entry_and_the_rest_still_applies() {
+        let mut p = Programmed::new(LIMITS);
+        let many: Vec<Frontend> = (0..6).map(|i| fe(80 + i, &[1])).collect();
+        let (ops, errs) = p.plan(&[], &many);
+        assert_eq!(errs.len(), 2);
+        assert!(
+            errs.iter()
+                .all(|(_, e)| matches!(e, PlanError::ServicesFull(4)))
+        );
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, MapOp::PutService { .. }))
+                .count(),
+            4
+        );
+        let (_, errs) = p.plan(&[], &[fe(80, &[1, 2, 3, 4, 5, 6, 7, 8, 9])]);
+        assert!(matches!(errs[0].1, PlanError::BackendsFull(8)));
+    }
+
+    #[test]
+    fn restore_then_identical_desired_state_plans_nothing() {
+        let mut p = Programmed::new(LIMITS);
+        let (ops, _) = p.plan(&[], &[fe(80, &[1, 2]), fe(81, &[])]);
+        let mut services = vec![];
+        let mut backends = vec![];
+        let mut tables: HashMap<u32, Vec<u32>> = HashMap::new();
+        for op in ops {
+            match op {
+                MapOp::PutService { key, value } => services.push((key, value)),
+                MapOp::PutBackend { id, value } => backends.push((id, value)),
+                MapOp::PutSlots { lut_id, slots } => {
+                    let t = tables.entry(lut_id).or_insert_with(|| vec![0; 31]);
+                    for (s, id) in slots {
+                        t[s as usize] = id;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut q = Programmed::restore(LIMITS, services, backends, tables);
+        let (ops, errs) = q.plan(&[], &[fe(80, &[1, 2]), fe(81, &[])]);
+        assert!(errs.is_empty());
+        assert!(ops.is_empty(), "restart must not rewrite anything: {ops:?}");
+    }
+}
