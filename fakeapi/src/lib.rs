@@ -1,0 +1,1 @@
+//! Fake API server (being written).
