@@ -18,6 +18,10 @@ use super::{MapWriteError, MapWriter, ReadBack};
 use crate::plan::MapOp;
 
 pub struct KernelMaps {
+    /// The Maglev array mapped into memory when it was created mmapable.
+    maglev_mmap: Option<super::mmap::MmapArray>,
+    /// Slots per table, from the node configuration (written before any slot).
+    maglev_size: u32,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, BackendValue>,
     maglev: Array<MapData, u32>,
@@ -43,11 +47,20 @@ fn open(dir: &Path, name: &str) -> anyhow::Result<Map> {
 impl KernelMaps {
     /// Opens the maps pinned under `dir`.
     pub fn open_pinned(dir: &Path) -> anyhow::Result<Self> {
+        let maglev_mmap = super::mmap::MmapArray::new(MapData::from_pin(dir.join(MAP_MAGLEV))?)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot mmap the Maglev map; writing slots by syscall");
+                None
+            });
+        let config: Array<MapData, NodeConfig> = open(dir, MAP_CONFIG)?.try_into()?;
+        let maglev_size = config.get(&0, 0).map_or(0, |c| c.maglev_size);
         Ok(KernelMaps {
+            maglev_mmap,
+            maglev_size,
             services: open(dir, MAP_SERVICES)?.try_into()?,
             backends: open(dir, MAP_BACKENDS)?.try_into()?,
             maglev: open(dir, MAP_MAGLEV)?.try_into()?,
-            config: open(dir, MAP_CONFIG)?.try_into()?,
+            config,
             counters: open(dir, MAP_SVC_COUNTERS)?.try_into()?,
             reasons: open(dir, MAP_REASONS)?.try_into()?,
             conntrack: open(dir, MAP_CONNTRACK)?.try_into()?,
@@ -103,7 +116,24 @@ impl MapWriter for KernelMaps {
                     .map_err(|e| classify(MAP_SVC_COUNTERS, e))
             }
             MapOp::PutSlots { lut_id, slots } => {
-                let m = self.maglev.len() / self.services_capacity().max(1);
+                let m = self.maglev_size;
+                if m == 0 {
+                    return Err(MapWriteError::Other {
+                        map: MAP_MAGLEV,
+                        source: anyhow::anyhow!("node configuration (Maglev size) not written yet"),
+                    });
+                }
+                if let Some(mm) = self.maglev_mmap.as_mut() {
+                    for (slot, id) in slots {
+                        if !mm.set((lut_id * m + slot) as usize, *id) {
+                            return Err(MapWriteError::Other {
+                                map: MAP_MAGLEV,
+                                source: anyhow::anyhow!("slot {slot} of lut {lut_id} out of range"),
+                            });
+                        }
+                    }
+                    return Ok(());
+                }
                 for (slot, id) in slots {
                     self.maglev
                         .set(lut_id * m + slot, id, 0)
@@ -127,7 +157,9 @@ impl MapWriter for KernelMaps {
     fn set_config(&mut self, config: &NodeConfig) -> Result<(), MapWriteError> {
         self.config
             .set(0, config, 0)
-            .map_err(|e| classify(MAP_CONFIG, e))
+            .map_err(|e| classify(MAP_CONFIG, e))?;
+        self.maglev_size = config.maglev_size;
+        Ok(())
     }
 
     fn read_back(&self, maglev_size: u32) -> anyhow::Result<ReadBack> {
@@ -137,9 +169,14 @@ impl MapWriter for KernelMaps {
         let mut tables = std::collections::HashMap::new();
         for (_, v) in &services {
             let base = v.lut_id * maglev_size;
-            let t = (0..maglev_size)
-                .map(|s| self.maglev.get(&(base + s), 0))
-                .collect::<Result<Vec<u32>, _>>()?;
+            let t = match &self.maglev_mmap {
+                Some(mm) => (0..maglev_size)
+                    .map(|s| mm.get((base + s) as usize).unwrap_or(0))
+                    .collect(),
+                None => (0..maglev_size)
+                    .map(|s| self.maglev.get(&(base + s), 0))
+                    .collect::<Result<Vec<u32>, _>>()?,
+            };
             tables.insert(v.lut_id, t);
         }
         Ok(ReadBack {
@@ -188,13 +225,5 @@ impl MapWriter for KernelMaps {
 
     fn revnat(&self, limit: usize) -> anyhow::Result<Vec<(FlowKey, NatValue)>> {
         Ok(self.revnat.iter().take(limit).collect::<Result<_, _>>()?)
-    }
-}
-
-impl KernelMaps {
-    /// Entries of the service map's lut space: the Maglev array is sized
-    /// `max_services * maglev_size`, and the counters array `max_services`.
-    fn services_capacity(&self) -> u32 {
-        self.counters.len()
     }
 }

@@ -3,6 +3,7 @@
 //! fakes its syscalls in its own tests.
 pub mod kernel;
 pub mod memory;
+pub mod mmap;
 
 use std::collections::HashMap;
 
