@@ -45,6 +45,7 @@ struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
+    node: String,
 }
 
 /// Metrics the control loop updates.
@@ -60,7 +61,7 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
-    pub fn new(registry: &mut Registry) -> Self {
+    pub fn new(registry: &mut Registry, node_name: &str) -> Self {
         let m = AgentMetrics {
             // 10 us .. ~20 s
             sync_duration: Histogram::new(exponential_buckets(0.000_01, 3.0, 16)),
@@ -97,6 +98,22 @@ impl AgentMetrics {
             m.map_write_errors.clone(),
         );
         registry.register("lb_agent_events", "Source events handled", m.events.clone());
+        // Families export a series only once a label set exists: create the known ones at
+        // zero so dashboards and alerts see 0, not "no data", until the first error.
+        for kind in lb_k8s::Kind::ALL {
+            m.objects_skipped.get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            });
+        }
+        for map in [
+            lb_common::MAP_SERVICES,
+            lb_common::MAP_BACKENDS,
+            lb_common::MAP_MAGLEV,
+        ] {
+            m.map_capacity_errors.get_or_create(&MapLabel {
+                map: map.to_owned(),
+            });
+        }
         registry.register(
             "lb_agent_synced",
             "1 once the first complete sync has been programmed",
@@ -106,6 +123,7 @@ impl AgentMetrics {
         build
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
+                node: node_name.to_owned(),
             })
             .set(1);
         registry.register("lb_agent_build_info", "Build information", build);

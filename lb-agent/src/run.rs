@@ -45,7 +45,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // Metrics on their own address: only /metrics there.
     let mut registry = Registry::default();
-    let metrics = AgentMetrics::new(&mut registry);
+    let metrics = AgentMetrics::new(&mut registry, &args.node_name);
     registry.register_collector(Box::new(DataplaneCollector {
         reconciler: Arc::clone(&shared),
         conntrack_capacity: u64::from(args.conntrack_size),
