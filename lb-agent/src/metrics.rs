@@ -101,18 +101,22 @@ impl AgentMetrics {
         // Families export a series only once a label set exists: create the known ones at
         // zero so dashboards and alerts see 0, not "no data", until the first error.
         for kind in lb_k8s::Kind::ALL {
-            m.objects_skipped.get_or_create(&KindLabel {
-                kind: kind.to_string(),
-            });
+            m.objects_skipped
+                .get_or_create(&KindLabel {
+                    kind: kind.to_string(),
+                })
+                .inc_by(0);
         }
         for map in [
             lb_common::MAP_SERVICES,
             lb_common::MAP_BACKENDS,
             lb_common::MAP_MAGLEV,
         ] {
-            m.map_capacity_errors.get_or_create(&MapLabel {
-                map: map.to_owned(),
-            });
+            m.map_capacity_errors
+                .get_or_create(&MapLabel {
+                    map: map.to_owned(),
+                })
+                .inc_by(0);
         }
         registry.register(
             "lb_agent_synced",
