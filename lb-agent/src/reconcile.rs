@@ -227,10 +227,12 @@ impl<W: MapWriter> Reconciler<W> {
     fn full_sync(&mut self, out: &mut Outcome) {
         let started = Instant::now();
         self.write_config();
-        let services: Vec<ObjectRef> = self
+        // Services, and the names slices point at (to report slices without a Service).
+        let services: BTreeSet<ObjectRef> = self
             .store
             .of_kind(Kind::Service)
             .map(Object::object_ref)
+            .chain(self.service_slices.keys().cloned())
             .collect();
         for svc in &services {
             self.sync_service(svc, out);
@@ -299,6 +301,18 @@ impl<W: MapWriter> Reconciler<W> {
             _ => {
                 self.reported.remove(&svc_ref.to_string());
                 self.set_health_check(svc_ref, None);
+                // Slices whose Service does not exist: nothing to serve them with.
+                let orphans: Vec<ObjectRef> = self
+                    .service_slices
+                    .get(svc_ref)
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect();
+                for slice in orphans {
+                    let reason = format!("its Service {svc_ref} does not exist");
+                    self.report(out, Kind::EndpointSlice, slice.to_string(), reason);
+                }
                 vec![]
             }
         };

@@ -305,3 +305,22 @@ fn a_full_service_map_is_reported_and_the_rest_is_served() {
             .any(|(_, _, r)| r.contains("--max-services"))
     );
 }
+
+#[test]
+fn a_slice_for_an_unknown_service_is_reported() {
+    let mut a = agent();
+    let text = seed(&["10.244.0.10"]).replace(
+        "kubernetes.io/service-name: backend",
+        "kubernetes.io/service-name: nosuch",
+    );
+    let out = a.handle(resync(&text));
+    assert!(
+        out.problems
+            .iter()
+            .any(|(k, at, r)| *k == Kind::EndpointSlice
+                && at == "EndpointSlice default/backend-1"
+                && r.contains("Service default/nosuch does not exist")),
+        "{:?}",
+        out.problems
+    );
+}
