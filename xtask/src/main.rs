@@ -1,1 +1,142 @@
-fn main() {}
+//! `cargo xtask setup | build | test | demo | manifests`: the project's one-command tasks.
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod demo;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Project tasks: setup, build, test, demo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install and check everything the project needs (idempotent; needs root).
+    Setup,
+    /// Release build of lb-agent, lb-ingress and the pod server.
+    Build,
+    /// THE test command: setup, fmt check, clippy, build, every test (needs root).
+    Test,
+    /// Run the sandbox cluster with the seed app, agents and ingress; show traffic.
+    Demo(demo::DemoArgs),
+    /// Write examples/seed-app/ from the sandbox's address plan.
+    Manifests,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup::run(),
+        Task::Build => build_release(),
+        Task::Test => test(),
+        Task::Demo(args) => demo::run(&args),
+        Task::Manifests => manifests(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask's parent directory).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// `cargo ARGS` in the workspace root.
+pub fn cargo(args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("cargo");
+    c.args(args).current_dir(root());
+    c
+}
+
+fn build_release() -> Result<()> {
+    setup::run()?;
+    cmd::step(
+        "release build of lb-agent, lb-ingress, lb-podserver",
+        cargo(&[
+            "build",
+            "--release",
+            "--bins",
+            "-p",
+            "lb-agent",
+            "-p",
+            "lb-ingress",
+            "-p",
+            "lb-tests",
+        ]),
+    )?;
+    println!("binaries in {}", root().join("target/release").display());
+    Ok(())
+}
+
+/// Everything runs in the dev profile, once: clippy checks, `cargo build --bins` builds the
+/// binaries the end-to-end tests start (found next to the test executables by
+/// `lb_tests::bins`), and `cargo test` reuses those artifacts.
+fn test() -> Result<()> {
+    let started = std::time::Instant::now();
+    setup::run()?;
+    let ws = ["--workspace", "--exclude", "lb-ebpf"];
+    cmd::step(
+        "cargo fmt --all --check",
+        cargo(&["fmt", "--all", "--check"]),
+    )?;
+    let mut clippy = vec!["clippy"];
+    clippy.extend(ws);
+    clippy.extend(["--all-targets", "--", "-D", "warnings"]);
+    cmd::step(
+        "cargo clippy (workspace, all targets, -D warnings)",
+        cargo(&clippy),
+    )?;
+    let mut build = vec!["build"];
+    build.extend(ws);
+    build.push("--bins");
+    cmd::step(
+        "cargo build --bins (what the end-to-end tests run)",
+        cargo(&build),
+    )?;
+    let mut test = vec!["test"];
+    test.extend(ws);
+    cmd::step("cargo test (unit, BPF and end-to-end tests)", cargo(&test))?;
+    // Every test process has exited: a sandbox namespace whose owner is dead was left behind.
+    let left: Vec<String> = lb_tests::netns::list()
+        .into_iter()
+        .filter(|n| {
+            lb_tests::netns::owner_pid(n)
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect();
+    lb_tests::netns::sweep_stale();
+    anyhow::ensure!(left.is_empty(), "tests left namespaces behind: {left:?}");
+    println!("all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn manifests() -> Result<()> {
+    let dir = root().join("examples/seed-app");
+    std::fs::create_dir_all(&dir)?;
+    for (file, yaml) in lb_tests::manifests::seed_manifests() {
+        let path = dir.join(file);
+        std::fs::write(&path, yaml).with_context(|| format!("write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

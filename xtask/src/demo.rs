@@ -1,0 +1,370 @@
+//! `cargo xtask demo`: the sandbox cluster with the seed application, one lb-agent per node
+//! and lb-ingress on node-0 (each when its binary builds and supports `run`), and requests
+//! flowing from the client and the pods until Ctrl-C (or `--duration`). Then everything is
+//! removed.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use lb_tests::manifests::{
+    BACKEND_CLUSTER_IP, BACKEND_NODE_PORT, FRONTEND_CLUSTER_IP, FRONTEND_NODE_PORT,
+};
+use lb_tests::topology::CLIENT_IP;
+use lb_tests::{HttpRequest, Proc, Sandbox};
+
+use crate::{cmd, root, setup};
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Stop by itself after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Skip `cargo xtask setup` (when it already ran).
+    #[arg(long)]
+    no_setup: bool,
+    /// Seconds between rounds of requests.
+    #[arg(long, default_value_t = 2)]
+    interval: u64,
+}
+
+/// Which replicas answered on each path.
+#[derive(Default)]
+struct Tally(BTreeMap<String, BTreeMap<String, u32>>);
+
+impl Tally {
+    fn add(&mut self, path: &str, pod: &str) {
+        *self
+            .0
+            .entry(path.to_owned())
+            .or_default()
+            .entry(pod.to_owned())
+            .or_default() += 1;
+    }
+}
+
+pub fn run(args: &DemoArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    if !args.no_setup {
+        setup::run()?;
+    }
+    let bins = build()?;
+
+    println!("==> starting the sandbox cluster with the seed app (examples/seed-app)");
+    let sb = Sandbox::builder().seed_app().build()?;
+    println!(
+        "    client ns {}  nodes {}  pods {}",
+        sb.client_ns(),
+        sb.nodes()
+            .iter()
+            .map(|n| format!("{} ({})", n.ns, n.ip))
+            .collect::<Vec<_>>()
+            .join(", "),
+        sb.pods().len()
+    );
+    println!("    manifests: {}", sb.manifests_dir().display());
+
+    let agents = start_agents(&sb, bins.agent.as_deref())?;
+    let ingress = start_ingress(&sb, bins.ingress.as_deref())?;
+    print_where(&sb, !agents.is_empty(), ingress.is_some());
+
+    let deadline = args
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let mut tally = Tally::default();
+    let mut round = 0u32;
+    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+        round += 1;
+        println!("--- round {round}");
+        show_round(
+            &sb,
+            round,
+            !agents.is_empty(),
+            ingress.is_some(),
+            &mut tally,
+        );
+        for proc in agents.iter().chain(ingress.iter()) {
+            if let Ok(Some(status)) = proc.try_wait() {
+                println!(
+                    "!!! {} exited ({status}); its log: {}",
+                    proc.name(),
+                    proc.log_path().display()
+                );
+            }
+        }
+        let until = Instant::now() + Duration::from_secs(args.interval);
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    println!("==> replicas that answered, by path:");
+    for (path, pods) in &tally.0 {
+        let list: Vec<String> = pods.iter().map(|(p, n)| format!("{p}×{n}")).collect();
+        println!("    {path:<44} {}", list.join(" "));
+    }
+    println!("==> cleaning up");
+    let namespaces = sb.namespaces().to_vec();
+    drop(ingress);
+    drop(agents);
+    drop(sb);
+    let live = lb_tests::netns::list();
+    let left: Vec<&String> = namespaces.iter().filter(|n| live.contains(n)).collect();
+    anyhow::ensure!(left.is_empty(), "namespaces left behind: {left:?}");
+    println!(
+        "    removed {} namespaces, their processes and bpffs directories",
+        namespaces.len()
+    );
+    Ok(())
+}
+
+struct Bins {
+    agent: Option<PathBuf>,
+    ingress: Option<PathBuf>,
+}
+
+/// Builds the pod server (must work) and the agent and ingress (the demo goes on without
+/// them if they do not build yet), all in the dev profile that `cargo xtask test` uses.
+fn build() -> Result<Bins> {
+    let cargo = |pkg: &str| {
+        let mut c = Command::new("cargo");
+        c.args(["build", "--bins", "-p", pkg]).current_dir(root());
+        c
+    };
+    cmd::step("build lb-podserver", cargo("lb-tests"))?;
+    let dir = root().join("target/debug");
+    let optional = |pkg: &str| -> Option<PathBuf> {
+        match cmd::step(&format!("build {pkg}"), cargo(pkg)) {
+            Ok(()) => Some(dir.join(pkg)),
+            Err(e) => {
+                println!("!!! {e:#}: the demo goes on without {pkg}");
+                None
+            }
+        }
+    };
+    let agent = optional("lb-agent");
+    let ingress = optional("lb-ingress");
+    Ok(Bins { agent, ingress })
+}
+
+/// `BIN run --help` succeeds: the binary has its `run` subcommand. Returns the help text.
+fn supports_run(bin: &Path) -> Option<String> {
+    cmd::output(Command::new(bin).args(["run", "--help"]))
+}
+
+fn start_agents(sb: &Sandbox, bin: Option<&Path>) -> Result<Vec<Proc>> {
+    let Some(help) = bin.and_then(supports_run) else {
+        println!("    lb-agent has no `run` yet: showing direct pod traffic only");
+        return Ok(Vec::new());
+    };
+    // Several agents share this machine's cgroup tree; socket-level hooks on the root cgroup
+    // would apply to every sandbox at once, so the demo keeps to the per-netns hooks.
+    let extra: &[&str] = if help.contains("--cgroup") {
+        &["--cgroup", "none"]
+    } else {
+        &[]
+    };
+    let mut agents = Vec::new();
+    for node in sb.nodes() {
+        let proc = sb.start_agent(node.index, extra)?;
+        println!(
+            "    started lb-agent on {} (pid {}, bpffs {}, log {})",
+            node.name,
+            proc.pid(),
+            sb.bpffs_dir(node.index).display(),
+            proc.log_path().display()
+        );
+        agents.push(proc);
+    }
+    // Ready when the frontend reaches the backend through its ClusterIP.
+    let fe = sb.pod("frontend-0");
+    let ready = wait_until(Duration::from_secs(20), || {
+        sb.http_get(&fe.ns, SocketAddr::from((BACKEND_CLUSTER_IP, 80)), "/")
+            .is_ok_and(|r| r.status == 200)
+    });
+    if !ready {
+        println!("!!! ClusterIP 10.96.0.10 does not answer yet; agent logs:");
+        for a in &agents {
+            println!("{}", tail(&a.log(), 15));
+        }
+    }
+    Ok(agents)
+}
+
+fn start_ingress(sb: &Sandbox, bin: Option<&Path>) -> Result<Option<Proc>> {
+    if bin.and_then(supports_run).is_none() {
+        println!("    lb-ingress has no `run` yet: no ingress in this demo");
+        return Ok(None);
+    }
+    let proc = sb.start_ingress(0, &[])?;
+    println!(
+        "    started lb-ingress on node-0 (pid {}, log {})",
+        proc.pid(),
+        proc.log_path().display()
+    );
+    let addr = SocketAddr::from((sb.node(0).ip, 80));
+    if !wait_until(Duration::from_secs(15), || {
+        sb.http_get(sb.client_ns(), addr, "/api").is_ok()
+    }) {
+        println!(
+            "!!! the ingress does not answer on {addr} yet; its log:\n{}",
+            tail(&proc.log(), 15)
+        );
+    }
+    Ok(Some(proc))
+}
+
+fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    false
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn print_where(sb: &Sandbox, agents: bool, ingress: bool) {
+    let c = sb.client_ns();
+    let fe = &sb.pod("frontend-0").ns;
+    let (n0, n1) = (sb.node(0).ip, sb.node(1).ip);
+    println!("==> send requests yourself (in another shell, as root):");
+    println!(
+        "    ip netns exec {c} curl -s http://{}:8080/        # a backend pod, directly",
+        sb.pod("backend-0").ip
+    );
+    if agents {
+        println!(
+            "    ip netns exec {c} curl -s http://{n0}:{FRONTEND_NODE_PORT}/     # NodePort on node-0 (frontend)"
+        );
+        println!(
+            "    ip netns exec {c} curl -s http://{n1}:{BACKEND_NODE_PORT}/     # NodePort on node-1 (backend)"
+        );
+        println!(
+            "    ip netns exec {fe} curl -s http://backend/   # ClusterIP {BACKEND_CLUSTER_IP} from a pod"
+        );
+        println!(
+            "    ip netns exec {fe} curl -s http://{FRONTEND_CLUSTER_IP}/     # the frontend's ClusterIP"
+        );
+    }
+    if ingress {
+        println!("    ip netns exec {c} curl -s http://{n0}/api/hello  # ingress: /api -> backend");
+        println!(
+            "    ip netns exec {c} curl -s http://{n0}/          # ingress: / -> frontend -> backend"
+        );
+    }
+    println!("    (Ctrl-C stops the demo and removes everything)");
+}
+
+/// One request; prints a line naming the replica(s) that answered and what they saw.
+fn probe(sb: &Sandbox, tally: &mut Tally, label: &str, ns: &str, addr: SocketAddr, path: &str) {
+    let req = HttpRequest::get(addr, path).timeout(Duration::from_secs(2));
+    match sb.http(ns, &req) {
+        Ok(r) => {
+            let v = r.json().unwrap_or_default();
+            let pod = v["pod"].as_str().unwrap_or("?");
+            tally.add(label, pod);
+            let mut line = format!(
+                "{label:<44} -> {pod} (saw {})",
+                v["client"].as_str().unwrap_or("?")
+            );
+            if let Some(b) = v["backend"]["pod"].as_str() {
+                tally.add(&format!("{label} (frontend's backend call)"), b);
+                let _ = write!(
+                    line,
+                    " -> ClusterIP -> {b} (saw {})",
+                    v["backend"]["client"].as_str().unwrap_or("?")
+                );
+            } else if let Some(e) = v["backend_error"].as_str() {
+                let _ = write!(line, " -> backend call failed: {e}");
+            }
+            if r.status != 200 {
+                let _ = write!(line, " [HTTP {}]", r.status);
+            }
+            println!("    {line}");
+        }
+        Err(e) => println!("    {label:<44} !! {e:#}"),
+    }
+}
+
+fn show_round(sb: &Sandbox, round: u32, agents: bool, ingress: bool, tally: &mut Tally) {
+    let c = sb.client_ns().to_owned();
+    // Every pod answers directly (routed through its node) in the first round, and in every
+    // round while no agent runs.
+    if round == 1 || !agents {
+        for pod in sb.pods() {
+            probe(
+                sb,
+                tally,
+                &format!("client {CLIENT_IP} -> pod {}", pod.http_addr()),
+                &c,
+                pod.http_addr(),
+                "/",
+            );
+        }
+    }
+    if agents {
+        for fe in ["frontend-0", "frontend-1"] {
+            let ns = sb.pod(fe).ns.clone();
+            probe(
+                sb,
+                tally,
+                &format!("{fe} -> ClusterIP backend {BACKEND_CLUSTER_IP}:80"),
+                &ns,
+                SocketAddr::from((BACKEND_CLUSTER_IP, 80)),
+                "/api/x",
+            );
+        }
+        for node in sb.nodes() {
+            probe(
+                sb,
+                tally,
+                &format!(
+                    "client {CLIENT_IP} -> NodePort {}:{FRONTEND_NODE_PORT}",
+                    node.ip
+                ),
+                &c,
+                SocketAddr::from((node.ip, FRONTEND_NODE_PORT)),
+                "/",
+            );
+            probe(
+                sb,
+                tally,
+                &format!(
+                    "client {CLIENT_IP} -> NodePort {}:{BACKEND_NODE_PORT}",
+                    node.ip
+                ),
+                &c,
+                SocketAddr::from((node.ip, BACKEND_NODE_PORT)),
+                "/",
+            );
+        }
+    }
+    if ingress {
+        let n0 = SocketAddr::from((sb.node(0).ip, 80));
+        probe(
+            sb,
+            tally,
+            &format!("client -> ingress {n0}/api/hello"),
+            &c,
+            n0,
+            "/api/hello",
+        );
+        probe(sb, tally, &format!("client -> ingress {n0}/"), &c, n0, "/");
+    }
+}
