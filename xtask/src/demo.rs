@@ -156,13 +156,18 @@ fn build() -> Result<Bins> {
     Ok(Bins { agent, ingress })
 }
 
-/// `BIN run --help` succeeds: the binary has its `run` subcommand. Returns the help text.
-fn supports_run(bin: &Path) -> Option<String> {
-    cmd::output(Command::new(bin).args(["run", "--help"]))
+/// `BIN run --help` succeeds and lists `flag`: the binary has its `run` subcommand (a
+/// placeholder `main` would accept anything). Returns the help text.
+fn supports_run(bin: &Path, flag: &str) -> Option<String> {
+    cmd::output(Command::new(bin).args(["run", "--help"])).filter(|h| h.contains(flag))
+}
+
+fn exited(procs: &[Proc]) -> bool {
+    procs.iter().any(|p| matches!(p.try_wait(), Ok(Some(_))))
 }
 
 fn start_agents(sb: &Sandbox, bin: Option<&Path>) -> Result<Vec<Proc>> {
-    let Some(help) = bin.and_then(supports_run) else {
+    let Some(help) = bin.and_then(|b| supports_run(b, "--node-name")) else {
         println!("    lb-agent has no `run` yet: showing direct pod traffic only");
         return Ok(Vec::new());
     };
@@ -188,9 +193,18 @@ fn start_agents(sb: &Sandbox, bin: Option<&Path>) -> Result<Vec<Proc>> {
     // Ready when the frontend reaches the backend through its ClusterIP.
     let fe = sb.pod("frontend-0");
     let ready = wait_until(Duration::from_secs(20), || {
-        sb.http_get(&fe.ns, SocketAddr::from((BACKEND_CLUSTER_IP, 80)), "/")
-            .is_ok_and(|r| r.status == 200)
+        exited(&agents)
+            || sb
+                .http_get(&fe.ns, SocketAddr::from((BACKEND_CLUSTER_IP, 80)), "/")
+                .is_ok_and(|r| r.status == 200)
     });
+    if exited(&agents) {
+        println!("!!! lb-agent exited; showing direct pod traffic only. Its logs:");
+        for a in &agents {
+            println!("{}", tail(&a.log(), 15));
+        }
+        return Ok(Vec::new());
+    }
     if !ready {
         println!("!!! ClusterIP 10.96.0.10 does not answer yet; agent logs:");
         for a in &agents {
@@ -201,7 +215,7 @@ fn start_agents(sb: &Sandbox, bin: Option<&Path>) -> Result<Vec<Proc>> {
 }
 
 fn start_ingress(sb: &Sandbox, bin: Option<&Path>) -> Result<Option<Proc>> {
-    if bin.and_then(supports_run).is_none() {
+    if bin.and_then(|b| supports_run(b, "--listen")).is_none() {
         println!("    lb-ingress has no `run` yet: no ingress in this demo");
         return Ok(None);
     }
@@ -212,9 +226,19 @@ fn start_ingress(sb: &Sandbox, bin: Option<&Path>) -> Result<Option<Proc>> {
         proc.log_path().display()
     );
     let addr = SocketAddr::from((sb.node(0).ip, 80));
-    if !wait_until(Duration::from_secs(15), || {
-        sb.http_get(sb.client_ns(), addr, "/api").is_ok()
-    }) {
+    let procs = [proc];
+    let up = wait_until(Duration::from_secs(15), || {
+        exited(&procs) || sb.http_get(sb.client_ns(), addr, "/api").is_ok()
+    });
+    let [proc] = procs;
+    if exited(std::slice::from_ref(&proc)) {
+        println!(
+            "!!! lb-ingress exited; no ingress in this demo. Its log:\n{}",
+            tail(&proc.log(), 15)
+        );
+        return Ok(None);
+    }
+    if !up {
         println!(
             "!!! the ingress does not answer on {addr} yet; its log:\n{}",
             tail(&proc.log(), 15)

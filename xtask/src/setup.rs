@@ -94,7 +94,7 @@ fn check_netns() -> Result<()> {
     let created = cmd::ok(Command::new("ip").args(["netns", "add", &ns]));
     let veth = created
         && cmd::ok(Command::new("ip").args([
-            "-n", &ns, "link", "add", "a", "type", "veth", "peer", "name", "b",
+            "-n", &ns, "link", "add", "name", "va", "type", "veth", "peer", "name", "vb",
         ]));
     if created {
         let _ = Command::new("ip").args(["netns", "del", &ns]).status();
