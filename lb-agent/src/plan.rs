@@ -52,17 +52,22 @@ impl MapOp {
     }
 }
 
-/// Identity of a backend in the maps.
+/// Identity of a backend in the maps: one entry per frontend and endpoint. Not shared
+/// between frontends, so that removing an endpoint from one Service deletes the entry its
+/// connections point at (the kernel then re-selects, as kube-proxy flushes conntrack
+/// for a removed UDP endpoint) even while another Service still uses the same pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendKey {
+    pub frontend: ServiceKey,
     pub addr: Ipv4Addr,
     pub port: u16,
     pub proto: u8,
 }
 
-impl From<&BackendAddr> for BackendKey {
-    fn from(b: &BackendAddr) -> Self {
+impl BackendKey {
+    fn new(frontend: ServiceKey, b: &BackendAddr) -> Self {
         BackendKey {
+            frontend,
             addr: b.addr,
             port: b.port,
             proto: b.proto,
@@ -81,6 +86,7 @@ struct BackendState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceState {
     pub value: ServiceValue,
+    /// Every backend entry this frontend holds (table backends and standby ones).
     pub backends: Vec<BackendKey>,
 }
 
@@ -150,6 +156,8 @@ pub struct Programmed {
     tables: HashMap<u32, Vec<u32>>,
     lut_ids: Ids,
     backend_ids: Ids,
+    /// Backend ids read back from the maps that no table references.
+    orphan_backends: Vec<u32>,
 }
 
 impl Programmed {
@@ -159,6 +167,7 @@ impl Programmed {
             services: BTreeMap::new(),
             backends: HashMap::new(),
             tables: HashMap::new(),
+            orphan_backends: Vec::new(),
             lut_ids: Ids::new(0, limits.max_services),
             // Backend id 0 means "unset" in the kernel: never allocate it.
             backend_ids: Ids::new(1, limits.max_backends.saturating_add(1)),
@@ -173,34 +182,40 @@ impl Programmed {
         tables: HashMap<u32, Vec<u32>>,
     ) -> Self {
         let mut p = Programmed::new(limits);
-        let mut by_id = HashMap::new();
+        let mut by_id: HashMap<u32, BackendValue> = HashMap::new();
         for (id, value) in backends {
-            let key = BackendKey {
-                addr: Ipv4Addr::from(u32::from_be(value.addr_be)),
-                port: u16::from_be(value.port_be),
-                proto: value.proto,
-            };
             p.backend_ids.take(id);
-            by_id.insert(id, key);
-            p.backends.insert(key, BackendState { id, value, refs: 0 });
+            by_id.insert(id, value);
         }
         for (key, value) in services {
             p.lut_ids.take(value.lut_id);
             let table = tables.get(&value.lut_id).cloned().unwrap_or_default();
-            let mut keys: Vec<BackendKey> = if value.backend_count == 0 {
+            let mut ids: Vec<u32> = if value.backend_count == 0 {
                 vec![]
             } else {
-                table
-                    .iter()
-                    .filter_map(|id| by_id.get(id).copied())
-                    .collect()
+                table.clone()
             };
-            keys.sort();
-            keys.dedup();
-            for k in &keys {
-                if let Some(b) = p.backends.get_mut(k) {
-                    b.refs += 1;
-                }
+            ids.sort_unstable();
+            ids.dedup();
+            let mut keys = Vec::new();
+            for id in ids {
+                // Each backend id belongs to one frontend: the one whose table holds it.
+                let Some(v) = by_id.remove(&id) else { continue };
+                let k = BackendKey {
+                    frontend: key,
+                    addr: Ipv4Addr::from(u32::from_be(v.addr_be)),
+                    port: u16::from_be(v.port_be),
+                    proto: v.proto,
+                };
+                p.backends.insert(
+                    k,
+                    BackendState {
+                        id,
+                        value: v,
+                        refs: 1,
+                    },
+                );
+                keys.push(k);
             }
             p.services.insert(
                 key,
@@ -210,6 +225,9 @@ impl Programmed {
                 },
             );
         }
+        // Entries no table points at (standby backends of draining endpoints, or leftovers):
+        // removed after the first full sync, when the desired state is known.
+        p.orphan_backends = by_id.into_keys().collect();
         p.tables = tables;
         p
     }
@@ -284,12 +302,17 @@ impl Programmed {
                 .ok_or(PlanError::ServicesFull(self.limits.max_services))?,
         };
         // Backends: take a reference on each new one first, release the old ones after.
-        let mut keys: Vec<BackendKey> = f.backends.iter().map(BackendKey::from).collect();
+        // Table backends take new connections; standby ones only keep their entries.
+        let mut keys: Vec<BackendKey> = f
+            .backends
+            .iter()
+            .map(|b| BackendKey::new(f.key, b))
+            .collect();
         keys.sort();
         keys.dedup();
         let mut acquired = Vec::new();
-        for b in &f.backends {
-            let key = BackendKey::from(b);
+        for b in f.backends.iter().chain(&f.standby) {
+            let key = BackendKey::new(f.key, b);
             if acquired.contains(&key) {
                 continue;
             }
@@ -370,10 +393,22 @@ impl Programmed {
             f.key,
             ServiceState {
                 value,
-                backends: keys,
+                backends: acquired,
             },
         );
         Ok(())
+    }
+
+    /// Deletes backend entries read back at start that nothing references any more.
+    /// Call after the first full sync.
+    pub fn prune_orphan_backends(&mut self) -> Vec<MapOp> {
+        let ids = std::mem::take(&mut self.orphan_backends);
+        ids.into_iter()
+            .map(|id| {
+                self.backend_ids.release(id);
+                MapOp::DelBackend { id }
+            })
+            .collect()
     }
 
     /// Forgets a service entry whose write failed, so that a later sync retries it.
@@ -419,6 +454,7 @@ mod tests {
                     local: false,
                 })
                 .collect(),
+            standby: vec![],
             port_name: String::new(),
         }
     }

@@ -252,6 +252,8 @@ impl<W: MapWriter> Reconciler<W> {
             let (ops, _) = self.programmed.plan(&orphans, &[]);
             self.apply(&ops, out);
         }
+        let ops = self.programmed.prune_orphan_backends();
+        self.apply(&ops, out);
         info!(
             services = services.len(),
             entries = self.programmed.services().len(),

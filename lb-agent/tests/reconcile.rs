@@ -324,3 +324,44 @@ fn a_slice_for_an_unknown_service_is_reported() {
         out.problems
     );
 }
+
+#[test]
+fn removing_an_endpoint_from_one_service_deletes_its_entry_even_if_another_service_uses_the_pod() {
+    let mut a = agent();
+    let other = "\n---\napiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: default}\nspec: {clusterIP: 10.96.0.11, ports: [{name: http, port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: other-1, namespace: default, labels: {kubernetes.io/service-name: other}}\naddressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\nendpoints:\n- {addresses: [\"10.244.0.10\"], nodeName: node-0}\n";
+    a.handle(resync(&(seed(&["10.244.0.10", "10.244.1.10"]) + other)));
+    let before: Vec<u32> = a.writer().backends.keys().copied().collect();
+    a.handle(resync(&(seed(&["10.244.1.10"]) + other)));
+    let deleted: Vec<u32> = before
+        .iter()
+        .filter(|id| !a.writer().backends.contains_key(id))
+        .copied()
+        .collect();
+    // backend's ClusterIP and its two NodePort frontends each drop their entry for the pod.
+    assert_eq!(deleted.len(), 3, "{:?}", a.writer().log);
+    assert_eq!(
+        backends_of(a.writer(), &key([10, 96, 0, 11], 80, SCOPE_INTERNAL)).unwrap(),
+        ["10.244.0.10:8080"]
+    );
+}
+
+#[test]
+fn terminating_endpoints_keep_their_entries_but_leave_the_table() {
+    let mut a = agent();
+    let text = seed(&["10.244.0.10", "10.244.1.10"]);
+    a.handle(resync(&text));
+    let draining = text.replacen(
+        "conditions: {ready: true}",
+        "conditions: {ready: false, serving: true, terminating: true}",
+        1,
+    );
+    a.handle(resync(&draining));
+    let k = key([10, 96, 0, 10], 80, SCOPE_INTERNAL);
+    assert_eq!(backends_of(a.writer(), &k).unwrap(), ["10.244.1.10:8080"]);
+    let pod = u32::from(Ipv4Addr::new(10, 244, 0, 10)).to_be();
+    assert!(
+        a.writer().backends.values().any(|b| b.addr_be == pod),
+        "the draining endpoint's entry stays for its open connections"
+    );
+    assert_safe_order(&a.writer().log);
+}

@@ -113,6 +113,14 @@ impl EndpointSet {
         apply_topology(usable, node)
     }
 
+    /// Serving terminating endpoints: connections on them may still be open.
+    pub fn terminating(&self) -> Vec<&Endpoint> {
+        self.endpoints
+            .iter()
+            .filter(|e| e.serving && e.terminating)
+            .collect()
+    }
+
     /// Endpoints on this node that take new connections (`Local` traffic policies). The
     /// terminating fallback applies among local endpoints.
     pub fn local(&self, node: &NodeInfo) -> Vec<&Endpoint> {

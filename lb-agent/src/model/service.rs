@@ -29,8 +29,12 @@ pub struct Frontend {
     pub key: ServiceKey,
     pub flags: u32,
     pub affinity_timeout_s: u32,
-    /// Sorted; empty means "reject new connections".
+    /// Backends for new connections (the Maglev table). Sorted; empty means "reject new
+    /// connections".
     pub backends: Vec<BackendAddr>,
+    /// Serving but terminating endpoints not in `backends`: their entries stay so that
+    /// connections already on them finish, but no new connection picks them.
+    pub standby: Vec<BackendAddr>,
     /// The Service port's name, for metrics and inspection.
     pub port_name: String,
 }
@@ -231,12 +235,18 @@ pub fn service_frontends(
         let external = if etp_local { &local } else { &cluster };
         let ext_local_flag = if etp_local { SVC_F_LOCAL } else { 0 };
 
+        let draining = backends(&set.terminating(), proto, node);
         let mut push = |addr: Ipv4Addr, port: u16, scope: u8, flags: u32, b: &Vec<BackendAddr>| {
             model.frontends.push(Frontend {
                 key: key(addr, port, proto, scope),
                 flags: flags | affinity_flag,
                 affinity_timeout_s,
                 backends: b.clone(),
+                standby: draining
+                    .iter()
+                    .filter(|d| !b.contains(d))
+                    .copied()
+                    .collect(),
                 port_name: port_name.clone(),
             });
         };
