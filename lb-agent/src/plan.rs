@@ -65,7 +65,7 @@ pub struct BackendKey {
 }
 
 impl BackendKey {
-    fn new(frontend: ServiceKey, b: &BackendAddr) -> Self {
+    fn new(frontend: ServiceKey, b: BackendAddr) -> Self {
         BackendKey {
             frontend,
             addr: b.addr,
@@ -306,13 +306,13 @@ impl Programmed {
         let mut keys: Vec<BackendKey> = f
             .backends
             .iter()
-            .map(|b| BackendKey::new(f.key, b))
+            .map(|b| BackendKey::new(f.key, *b))
             .collect();
         keys.sort();
         keys.dedup();
         let mut acquired = Vec::new();
         for b in f.backends.iter().chain(&f.standby) {
-            let key = BackendKey::new(f.key, b);
+            let key = BackendKey::new(f.key, *b);
             if acquired.contains(&key) {
                 continue;
             }
