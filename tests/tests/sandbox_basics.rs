@@ -201,3 +201,38 @@ fn a_panicking_test_leaves_nothing_behind() {
     assert!(!seen.0.is_empty() && !seen.1.is_empty());
     assert_eq!(leftovers(&seen.0, &seen.1, &seen.2), Vec::<String>::new());
 }
+
+#[test]
+fn stale_sandboxes_of_dead_runs_are_swept_with_their_processes() {
+    lb_tests::sandbox::preflight().expect("preflight");
+    // A pid that is certainly dead: a child we started and reaped.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let dead_pid = gone.id();
+    let ns = format!("{}{dead_pid}x0-stale", netns::PREFIX);
+    let live_ns = format!("{}{}x999-alive", netns::PREFIX, std::process::id());
+    for n in [&ns, &live_ns] {
+        netns::run(std::process::Command::new("ip").args(["netns", "add", n])).unwrap();
+    }
+    // A process left inside the stale namespace, as after a SIGKILLed test run.
+    let mut orphan = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns::netns_path(&ns).display()))
+        .args(["--", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(netns::pids_in(&ns).contains(&i32::try_from(orphan.id()).unwrap()));
+
+    let swept = netns::sweep_stale();
+    let status = orphan.wait().unwrap();
+    let live = netns::list();
+    // Clean up the live one ourselves before asserting, so a failure leaves nothing.
+    netns::delete(&live_ns).unwrap();
+    assert!(swept.contains(&ns), "swept {swept:?}");
+    assert!(!live.contains(&ns), "stale namespace removed");
+    assert!(
+        live.contains(&live_ns),
+        "a live process's namespace is left alone"
+    );
+    assert!(!status.success(), "the orphan was killed: {status}");
+}
