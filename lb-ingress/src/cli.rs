@@ -1,0 +1,143 @@
+//! Command line: `lb-ingress run`.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_k8s::SourceConfig;
+
+use crate::proxy::ProxyOptions;
+use crate::proxy::headers::TrustedProxies;
+use crate::server::ServerConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lb-ingress",
+    version,
+    about = "HTTP ingress proxy for Kubernetes Ingress objects"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LB_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the Ingresses of one IngressClass.
+    Run(Box<RunArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["manifests", "kubeconfig", "in_cluster"])))]
+pub struct RunArgs {
+    /// Read cluster state from a directory of manifests (YAML or JSON), watched for changes.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// Read cluster state from the API server with this kubeconfig.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Read cluster state from the API server with the in-cluster service account.
+    #[arg(long)]
+    pub in_cluster: bool,
+    /// Plain HTTP listener (HTTP/1.1 and HTTP/2 with prior knowledge).
+    #[arg(long, default_value = "0.0.0.0:80")]
+    pub listen: SocketAddr,
+    /// HTTPS listener (certificates of the Ingresses' spec.tls Secrets, by SNI).
+    #[arg(long)]
+    pub listen_tls: Option<SocketAddr>,
+    /// Serve Ingresses with this spec.ingressClassName (and those without a class when
+    /// the IngressClass of this name is marked default).
+    #[arg(long, default_value = "lb")]
+    pub ingress_class: String,
+    /// Prometheus metrics (only /metrics is served here). Port 0 picks a free port.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Trust X-Forwarded-* and Forwarded from these networks (repeatable, CIDR).
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Answer plain-HTTP requests for hosts that have a certificate with 308 to HTTPS.
+    #[arg(long)]
+    pub redirect_https: bool,
+    /// Time a client has to send a request head, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// Close client connections idle for this long, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// Upstream connect timeout, in milliseconds.
+    #[arg(long, default_value_t = 3_000)]
+    pub connect_timeout_ms: u64,
+    /// Time an upstream has to send its response head, in milliseconds (then 504).
+    #[arg(long, default_value_t = 60_000)]
+    pub upstream_timeout_ms: u64,
+    /// Request head size limit in bytes (then 431).
+    #[arg(long, default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// Request body size limit in bytes (then 413).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub max_body_bytes: u64,
+    /// Client connections served at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub max_connections: usize,
+    /// How long an endpoint that failed to connect gets no requests, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub eject_ms: u64,
+    /// Retries per request at most (connect failures, or idempotent requests whose body
+    /// was not sent).
+    #[arg(long, default_value_t = 2)]
+    pub max_retries: u32,
+    /// Do not write one access-log line per request.
+    #[arg(long)]
+    pub no_access_log: bool,
+    /// How often the manifests directory is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub manifests_interval_ms: u64,
+    /// How long shutdown waits for in-flight requests, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_s: u64,
+}
+
+impl RunArgs {
+    pub fn server_config(&self) -> ServerConfig {
+        let source = match &self.manifests {
+            Some(dir) => SourceConfig::Manifests {
+                dir: dir.clone(),
+                interval: Duration::from_millis(self.manifests_interval_ms),
+            },
+            None => SourceConfig::Kube {
+                kubeconfig: self.kubeconfig.clone(),
+            },
+        };
+        let mut config = ServerConfig::new(source, self.listen);
+        config.listen_tls = self.listen_tls;
+        config.metrics_addr = self.metrics_addr;
+        config.ingress_class.clone_from(&self.ingress_class);
+        config.shutdown_grace = Duration::from_secs(self.shutdown_grace_s);
+        config.options = ProxyOptions {
+            header_read_timeout: Duration::from_millis(self.header_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            response_timeout: Duration::from_millis(self.upstream_timeout_ms),
+            max_header_bytes: self.max_header_bytes,
+            max_body_bytes: self.max_body_bytes,
+            max_connections: self.max_connections.max(1),
+            trusted_proxies: TrustedProxies(self.trusted_proxies.clone()),
+            redirect_https: self.redirect_https,
+            https_port: None,
+            eject_for: Duration::from_millis(self.eject_ms),
+            max_retries: self.max_retries,
+            retry_ratio: 0.2,
+            access_log: !self.no_access_log,
+        };
+        config
+    }
+}

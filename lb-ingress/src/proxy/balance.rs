@@ -1,0 +1,247 @@
+//! Where a backend is chosen: power of two choices over outstanding requests, among the
+//! ready endpoints of a Service port that are not ejected.
+//!
+//! Endpoint state (requests in flight, ejection) lives in an [`EndpointRegistry`] keyed
+//! by address and outlives configuration swaps: a reload that keeps an endpoint keeps
+//! its counters, so balancing and passive health are not reset by unrelated changes.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// One upstream address (a pod IP and port).
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// `ip:port`, as put in the upstream request URI.
+    pub authority: String,
+    in_flight: AtomicUsize,
+    /// Milliseconds since the registry's epoch until which the endpoint is ejected; 0
+    /// when it is not.
+    ejected_until_ms: AtomicU64,
+}
+
+impl Endpoint {
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds one request's place in an endpoint's outstanding count, until dropped (at the
+/// end of the response body, so long downloads count as load).
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The ready endpoints of one Service port.
+#[derive(Debug, Default)]
+pub struct Pool {
+    endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl Pool {
+    pub fn new(endpoints: Vec<Arc<Endpoint>>) -> Pool {
+        Pool { endpoints }
+    }
+
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+
+    /// Picks an endpoint not in `tried`: the less loaded of two chosen at random among
+    /// those not ejected. When every remaining endpoint is ejected, ejection is ignored
+    /// (Envoy's panic threshold at 100%): better to try a suspect endpoint than to fail
+    /// for sure.
+    pub fn pick(&self, registry: &EndpointRegistry, tried: &[SocketAddr]) -> Option<InFlight> {
+        let now = registry.now_ms();
+        let usable = |e: &Arc<Endpoint>, allow_ejected: bool| {
+            !tried.contains(&e.addr)
+                && (allow_ejected || e.ejected_until_ms.load(Ordering::Relaxed) <= now)
+        };
+        let chosen = self
+            .choose(|e| usable(e, false))
+            .or_else(|| self.choose(|e| usable(e, true)))?;
+        chosen.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(Arc::clone(chosen)))
+    }
+
+    fn choose(&self, usable: impl Fn(&Arc<Endpoint>) -> bool) -> Option<&Arc<Endpoint>> {
+        let n = self.endpoints.len();
+        match n {
+            0 => return None,
+            1 => return self.endpoints.first().filter(|e| usable(e)),
+            _ => {}
+        }
+        // Fast path: two distinct random picks, both usable.
+        let i = fastrand::usize(..n);
+        let j = (i + 1 + fastrand::usize(..n - 1)) % n;
+        let (a, b) = (&self.endpoints[i], &self.endpoints[j]);
+        if usable(a) && usable(b) {
+            return Some(if b.in_flight() < a.in_flight() { b } else { a });
+        }
+        // Some are excluded: choose among the usable ones.
+        let candidates: Vec<&Arc<Endpoint>> =
+            self.endpoints.iter().filter(|e| usable(e)).collect();
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0]),
+            m => {
+                let i = fastrand::usize(..m);
+                let j = (i + 1 + fastrand::usize(..m - 1)) % m;
+                let (a, b) = (candidates[i], candidates[j]);
+                Some(if b.in_flight() < a.in_flight() { b } else { a })
+            }
+        }
+    }
+}
+
+/// Shared endpoint state, and passive health: an endpoint that fails to connect is
+/// ejected for `eject_for` (outlier detection on connect failures, as Envoy's
+/// `consecutive_local_origin_failure` with a threshold of one: a refused or timed-out
+/// connect is a strong signal, and a pod that is going away refuses connections).
+#[derive(Debug)]
+pub struct EndpointRegistry {
+    epoch: Instant,
+    eject_for: Duration,
+    states: Mutex<HashMap<SocketAddr, Weak<Endpoint>>>,
+}
+
+impl EndpointRegistry {
+    pub fn new(eject_for: Duration) -> Self {
+        EndpointRegistry {
+            epoch: Instant::now(),
+            eject_for,
+            states: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        // +1 so that "not ejected" (0) is always in the past.
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// The shared state for `addr`, created on first use.
+    pub fn endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
+        let mut states = self.states.lock().expect("endpoint registry poisoned");
+        if let Some(e) = states.get(&addr).and_then(Weak::upgrade) {
+            return e;
+        }
+        let e = Arc::new(Endpoint {
+            addr,
+            authority: addr.to_string(),
+            in_flight: AtomicUsize::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        });
+        states.insert(addr, Arc::downgrade(&e));
+        e
+    }
+
+    /// Forgets endpoints that no configuration refers to any more.
+    pub fn prune(&self) {
+        self.states
+            .lock()
+            .expect("endpoint registry poisoned")
+            .retain(|_, w| w.strong_count() > 0);
+    }
+
+    pub fn eject(&self, endpoint: &Endpoint) {
+        let until = self.now_ms() + self.eject_for.as_millis() as u64;
+        endpoint.ejected_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    pub fn is_ejected(&self, endpoint: &Endpoint) -> bool {
+        endpoint.ejected_until_ms.load(Ordering::Relaxed) > self.now_ms()
+    }
+
+    /// Endpoints currently ejected (for the `ejected_endpoints` gauge).
+    pub fn ejected(&self) -> usize {
+        let states = self.states.lock().expect("endpoint registry poisoned");
+        states
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter(|e| self.is_ejected(e))
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(reg: &EndpointRegistry, n: u16) -> Pool {
+        Pool::new(
+            (0..n)
+                .map(|i| reg.endpoint(SocketAddr::from(([127, 0, 0, 1], 1000 + i))))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn p2c_prefers_the_less_loaded() {
+        let reg = EndpointRegistry::new(Duration::from_secs(10));
+        let p = pool(&reg, 2);
+        let busy = p.pick(&reg, &[]).unwrap();
+        // With two endpoints both are always the two choices: the idle one wins.
+        for _ in 0..20 {
+            let next = p.pick(&reg, &[]).unwrap();
+            assert_ne!(next.endpoint().addr, busy.endpoint().addr);
+        }
+    }
+
+    #[test]
+    fn in_flight_is_released_on_drop_and_state_is_shared() {
+        let reg = EndpointRegistry::new(Duration::from_secs(10));
+        let p = pool(&reg, 1);
+        let g = p.pick(&reg, &[]).unwrap();
+        let same = reg.endpoint(g.endpoint().addr);
+        assert_eq!(same.in_flight(), 1);
+        drop(g);
+        assert_eq!(same.in_flight(), 0);
+    }
+
+    #[test]
+    fn ejected_endpoints_are_avoided_unless_all_are_ejected() {
+        let reg = EndpointRegistry::new(Duration::from_secs(10));
+        let p = pool(&reg, 3);
+        reg.eject(&p.endpoints()[0]);
+        assert_eq!(reg.ejected(), 1);
+        for _ in 0..50 {
+            let g = p.pick(&reg, &[]).unwrap();
+            assert_ne!(g.endpoint().addr, p.endpoints()[0].addr);
+        }
+        let tried = [p.endpoints()[1].addr, p.endpoints()[2].addr];
+        let g = p.pick(&reg, &tried).unwrap();
+        assert_eq!(g.endpoint().addr, p.endpoints()[0].addr);
+        let all: Vec<_> = p.endpoints().iter().map(|e| e.addr).collect();
+        assert!(p.pick(&reg, &all).is_none());
+    }
+
+    #[test]
+    fn ejection_expires() {
+        let reg = EndpointRegistry::new(Duration::from_millis(1));
+        let p = pool(&reg, 1);
+        reg.eject(&p.endpoints()[0]);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(reg.ejected(), 0);
+    }
+}

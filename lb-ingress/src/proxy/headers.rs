@@ -1,0 +1,210 @@
+//! Header rewriting between client and upstream: hop-by-hop headers removed (RFC 9110
+//! section 7.6.1), X-Forwarded-For/-Proto/-Host and Forwarded (RFC 7239) set, incoming
+//! ones kept only from trusted proxies.
+use std::net::IpAddr;
+
+use hyper::HeaderMap;
+use hyper::header::{self, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection, not the message: never forwarded.
+fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ]
+}
+
+/// Is this an HTTP/1.1 Upgrade request (`Connection: upgrade` and an `Upgrade` header)?
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`. With
+/// `keep_upgrade`, `Upgrade` and `Connection: upgrade` stay (the tunnel is end to end).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    let upgrade = keep_upgrade.then(|| headers.remove(header::UPGRADE)).flatten();
+    for name in fixed_hop_by_hop() {
+        headers.remove(name);
+    }
+    if let Some(u) = upgrade {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Incoming forwarding headers are believed only from these networks.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 @ IpAddr::V4(_) => v4,
+        };
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Sets the forwarding headers for a request from `peer`. From a trusted peer the
+/// chain is extended (`X-Forwarded-For: client, proxy1, peer`) and its -Proto/-Host
+/// kept; from anyone else all of them are replaced by what this hop saw.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: bool,
+    proto: &'static str,
+    host: &str,
+) {
+    let peer_s = peer.to_string();
+    let joined = |headers: &HeaderMap, name: &HeaderName| -> Option<String> {
+        let parts: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    };
+    let xff = match (trusted, joined(headers, &X_FORWARDED_FOR)) {
+        (true, Some(prev)) => format!("{prev}, {peer_s}"),
+        _ => peer_s.clone(),
+    };
+    let for_node = match peer {
+        IpAddr::V4(_) => peer_s,
+        IpAddr::V6(_) => format!("\"[{peer_s}]\""),
+    };
+    let quoted_host: String = host.chars().filter(|c| *c != '"' && *c != '\\').collect();
+    let element = format!("for={for_node};host=\"{quoted_host}\";proto={proto}");
+    let forwarded = match (trusted, joined(headers, &header::FORWARDED)) {
+        (true, Some(prev)) => format!("{prev}, {element}"),
+        _ => element,
+    };
+    let keep = |headers: &HeaderMap, name: &HeaderName| trusted && headers.contains_key(name);
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    if let Ok(v) = HeaderValue::try_from(forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+    if !keep(headers, &X_FORWARDED_PROTO) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !keep(headers, &X_FORWARDED_HOST) {
+        match HeaderValue::try_from(host) {
+            Ok(v) => {
+                headers.insert(&X_FORWARDED_HOST, v);
+            }
+            Err(_) => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_is_kept_for_tunnels() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_spoof_the_chain() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), false, "http", "a.com");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.com");
+        assert_eq!(h["forwarded"], "for=10.0.0.9;host=\"a.com\";proto=http");
+    }
+
+    #[test]
+    fn trusted_peers_extend_the_chain() {
+        let trusted = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
+        let peer: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert!(trusted.trusts(peer));
+        assert!(!trusted.trusts("192.168.0.1".parse().unwrap()));
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(&mut h, "10.1.2.3".parse().unwrap(), true, "http", "a.com:8080");
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "a.com:8080");
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, "::1".parse().unwrap(), false, "https", "b");
+        assert_eq!(h["forwarded"], "for=\"[::1]\";host=\"b\";proto=https");
+    }
+}

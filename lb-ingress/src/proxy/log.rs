@@ -1,0 +1,127 @@
+//! The logging phase: one access-log line and the request metrics per request, written
+//! when the response body is finished (or abandoned), so durations cover the whole
+//! exchange.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode, Version};
+use tracing::info;
+
+use super::ConnInfo;
+use super::balance::InFlight;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels, method_label, status_class};
+use crate::source::Target;
+
+/// Everything known about one request, filled in phase by phase.
+pub struct RequestLog {
+    pub start: Instant,
+    pub conn: Arc<ConnInfo>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: bool,
+    pub method: Method,
+    pub version: Version,
+    pub host: String,
+    pub path: String,
+    pub target: Option<Arc<Target>>,
+    pub upstream: Option<SocketAddr>,
+    pub upstream_duration: Option<Duration>,
+    pub status: StatusCode,
+    pub retries: u32,
+    pub error: Option<String>,
+    pub body_error: Option<String>,
+    pub bytes_sent: u64,
+    /// The endpoint's outstanding-request slot, released with this record.
+    pub in_flight: Option<InFlight>,
+}
+
+impl RequestLog {
+    pub fn new(
+        conn: Arc<ConnInfo>,
+        metrics: Arc<Metrics>,
+        access_log: bool,
+        method: Method,
+        version: Version,
+        path: String,
+    ) -> Self {
+        conn.request_started();
+        RequestLog {
+            start: Instant::now(),
+            conn,
+            metrics,
+            access_log,
+            method,
+            version,
+            host: String::new(),
+            path,
+            target: None,
+            upstream: None,
+            upstream_duration: None,
+            status: StatusCode::OK,
+            retries: 0,
+            error: None,
+            body_error: None,
+            bytes_sent: 0,
+            in_flight: None,
+        }
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        drop(self.in_flight.take());
+        self.conn.request_finished();
+        let duration = self.start.elapsed();
+        let (ingress, rule_host, rule_path, service) = match &self.target {
+            Some(t) => (t.ingress.as_str(), t.host.as_str(), t.path.as_str(), t.service.as_str()),
+            None => ("", "", "", ""),
+        };
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                ingress: ingress.to_owned(),
+                host: rule_host.to_owned(),
+                path: rule_path.to_owned(),
+                service: service.to_owned(),
+                status_class: status_class(self.status),
+                method: method_label(&self.method),
+            })
+            .inc();
+        let route = RouteLabels {
+            ingress: ingress.to_owned(),
+            service: service.to_owned(),
+        };
+        self.metrics
+            .request_duration
+            .get_or_create(&route)
+            .observe(duration.as_secs_f64());
+        if let Some(d) = self.upstream_duration {
+            self.metrics
+                .upstream_response_duration
+                .get_or_create(&route)
+                .observe(d.as_secs_f64());
+        }
+        if self.access_log {
+            info!(
+                target: "lb_ingress::access",
+                client = %self.conn.peer,
+                tls = self.conn.tls,
+                method = %self.method,
+                version = ?self.version,
+                host = %self.host,
+                path = %self.path,
+                ingress,
+                rule = %format_args!("{rule_host}{rule_path}"),
+                service,
+                upstream = %self.upstream.map(|a| a.to_string()).unwrap_or_default(),
+                status = self.status.as_u16(),
+                retries = self.retries,
+                bytes = self.bytes_sent,
+                upstream_ms = self.upstream_duration.map_or(-1.0, |d| d.as_secs_f64() * 1e3),
+                duration_ms = duration.as_secs_f64() * 1e3,
+                error = self.error.as_deref().or(self.body_error.as_deref()).unwrap_or(""),
+                "request"
+            );
+        }
+    }
+}

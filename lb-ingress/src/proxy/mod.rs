@@ -1,0 +1,375 @@
+//! The request path, from a parsed request to a response streaming back.
+//!
+//! # Request lifecycle
+//!
+//! Each request goes through these phases in order (Pingora's `ProxyHttp` phases, named
+//! the same where they mean the same). A phase that fails answers locally with the
+//! status its [`ProxyError`] carries, and no later phase runs; the logging phase always
+//! runs.
+//!
+//! 0. **accept** (in [`crate::server`]): a connection slot (`--max-connections`), the TLS
+//!    handshake with the certificate chosen by SNI, HTTP/1.1 or HTTP/2 by ALPN or preface.
+//!    hyper enforces the header read timeout and the header size limit (431) and answers
+//!    unparseable requests with 400 before any of the phases below.
+//! 1. **request_filter**: reject what no upstream should see: CONNECT (405), a missing,
+//!    repeated or invalid Host (400), a non-origin path (400), a declared body over the
+//!    limit (413). `--redirect-https` answers 308 here for hosts that have a certificate.
+//! 2. **route**: the configuration is loaded once ([`Proxy::config`], an `ArcSwap`) and
+//!    kept for the whole request, so a reload never changes a request midway; host and
+//!    path pick a [`Target`] or 404.
+//! 3. **upstream_peer** ([`balance`]): power of two choices over outstanding requests
+//!    among the ready, non-ejected endpoints, or 503.
+//! 4. **upstream_request_filter** ([`headers`]): hop-by-hop headers removed, forwarding
+//!    headers set; method, path, query and Host unchanged. Sent over a pooled connection
+//!    ([`upstream`]); connect failure ejects the endpoint and may be retried elsewhere;
+//!    no response head within the upstream timeout: 504; other failures: 502.
+//! 5. **response_filter**: hop-by-hop headers removed, `Server` set; a 101 to an Upgrade
+//!    request hands both connections to a tunnel ([`upgrade`]).
+//! 6. **body**: streamed both ways ([`body`]), never buffered whole; the request body limit
+//!    is enforced as it streams.
+//! 7. **logging** ([`log`]): when the response body ends, one access-log line and the
+//!    request metrics.
+pub mod balance;
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod log;
+pub mod retry;
+pub mod upgrade;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::http::uri::PathAndQuery;
+use hyper::{Method, Request, Response, StatusCode, Version};
+
+use crate::metrics::Metrics;
+use crate::source::Config;
+use crate::tls::CertResolver;
+use balance::EndpointRegistry;
+use body::{RequestBody, ResponseBody};
+use error::ProxyError;
+use headers::TrustedProxies;
+use log::RequestLog;
+use retry::RetryBudget;
+
+/// The value of the `Server` header on every response.
+pub const SERVER: &str = concat!("lb-ingress/", env!("CARGO_PKG_VERSION"));
+
+/// Limits, timeouts and policies of the proxy. Defaults are safe for the open internet.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// Time a client has to send a complete request head (HTTP/1; hyper arms it while
+    /// waiting for each request, so it also bounds idle keep-alive time on HTTP/1).
+    pub header_read_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed
+    /// gracefully (HTTP/2 gets a GOAWAY).
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Time the upstream has to send a response head.
+    pub response_timeout: Duration,
+    /// Request head size limit (HTTP/1 read buffer, HTTP/2 header list): 431 above it.
+    pub max_header_bytes: usize,
+    /// Request body size limit: 413 above it.
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+    pub trusted_proxies: TrustedProxies,
+    /// Answer plain-HTTP requests for hosts that have a certificate with 308 to https.
+    pub redirect_https: bool,
+    /// Port of the HTTPS listener, for redirects (None: 443).
+    pub https_port: Option<u16>,
+    /// How long an endpoint that failed to connect gets no requests.
+    pub eject_for: Duration,
+    /// Retries per request, at most (each to another endpoint).
+    pub max_retries: u32,
+    /// Long-run ratio of retries to requests (the retry budget).
+    pub retry_ratio: f64,
+    pub access_log: bool,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(3),
+            response_timeout: Duration::from_secs(60),
+            max_header_bytes: 32 * 1024,
+            max_body_bytes: 1 << 30,
+            max_connections: 16 * 1024,
+            trusted_proxies: TrustedProxies::default(),
+            redirect_https: false,
+            https_port: None,
+            eject_for: Duration::from_secs(10),
+            max_retries: 2,
+            retry_ratio: 0.2,
+            access_log: true,
+        }
+    }
+}
+
+/// One client connection, as the request phases and the idle timer see it.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    opened: Instant,
+    in_flight: AtomicUsize,
+    last_active_ms: AtomicU64,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        ConnInfo {
+            peer,
+            tls,
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_active_ms
+            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    pub fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// How long the connection has had no request in flight (None while it has one).
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
+        Some(self.opened.elapsed().saturating_sub(last))
+    }
+}
+
+/// The proxy: shared by every connection of every listener.
+pub struct Proxy {
+    /// The current configuration, swapped whole by the source.
+    pub config: Arc<ArcSwap<Config>>,
+    pub certs: Arc<CertResolver>,
+    pub registry: Arc<EndpointRegistry>,
+    pub metrics: Arc<Metrics>,
+    pub client: upstream::UpstreamClient,
+    pub budget: RetryBudget,
+    pub options: ProxyOptions,
+}
+
+impl Proxy {
+    pub fn new(
+        config: Arc<ArcSwap<Config>>,
+        certs: Arc<CertResolver>,
+        registry: Arc<EndpointRegistry>,
+        metrics: Arc<Metrics>,
+        options: ProxyOptions,
+    ) -> Proxy {
+        Proxy {
+            config,
+            certs,
+            registry,
+            metrics,
+            client: upstream::client(options.connect_timeout, Duration::from_secs(90)),
+            budget: RetryBudget::new(options.retry_ratio, 10),
+            options,
+        }
+    }
+
+    /// Serves one request through the phases documented on this module.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &Arc<ConnInfo>) -> Response<ResponseBody> {
+        let mut log = Box::new(RequestLog::new(
+            Arc::clone(conn),
+            Arc::clone(&self.metrics),
+            self.options.access_log,
+            req.method().clone(),
+            req.version(),
+            req.uri().path().to_owned(),
+        ));
+        match self.proxy(req, &mut log).await {
+            Ok(Forwarded::Response(parts, body)) => {
+                log.status = parts.status;
+                Response::from_parts(parts, ResponseBody::upstream(body, log))
+            }
+            Ok(Forwarded::Local(resp)) => {
+                log.status = resp.status();
+                let (parts, ()) = resp.into_parts();
+                Response::from_parts(parts, ResponseBody::empty(Some(log)))
+            }
+            Err(e) => {
+                let status = e.status();
+                log.status = status;
+                log.error = Some(e.to_string());
+                local(status, Some(log))
+            }
+        }
+    }
+
+    async fn proxy(&self, mut req: Request<Incoming>, log: &mut RequestLog) -> Result<Forwarded, ProxyError> {
+        // 1. request_filter
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed("CONNECT"));
+        }
+        let authority = authority(&req)?;
+        let host = crate::routes::request_host(&authority);
+        log.host.clone_from(&host);
+        let path = req.uri().path();
+        if !path.starts_with('/') {
+            return Err(ProxyError::BadRequest("the request target must be a path"));
+        }
+        let limit = self.options.max_body_bytes;
+        if req.body().size_hint().lower() > limit {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+        if self.options.redirect_https && !log.conn.tls && self.certs.table().has_host(&host) {
+            return Ok(Forwarded::Local(self.redirect(&host, &req)));
+        }
+
+        // 2. route: one load for the whole request (see source::watch on swap order).
+        let config = self.config.load_full();
+        if config.generation == 0 {
+            return Err(ProxyError::NotReady);
+        }
+        let target = config
+            .routes
+            .lookup(&host, path)
+            .cloned()
+            .ok_or(ProxyError::NoRoute)?;
+        log.target = Some(Arc::clone(&target));
+        if target.pool.is_empty() {
+            return Err(ProxyError::NoEndpoint {
+                service: target.service.clone(),
+            });
+        }
+
+        // 4. upstream_request_filter (3, the endpoint choice, happens per attempt).
+        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, incoming) = req.into_parts();
+        let mut head = upstream::Head {
+            method: parts.method,
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            headers: parts.headers,
+        };
+        headers::strip_hop_by_hop(&mut head.headers, upgrade);
+        let peer_ip = log.conn.peer.ip();
+        headers::set_forwarded(
+            &mut head.headers,
+            peer_ip,
+            self.options.trusted_proxies.trusts(peer_ip),
+            if log.conn.tls { "https" } else { "http" },
+            &authority,
+        );
+        // HTTP/2 carries the host in :authority; the HTTP/1.1 upstream needs it as Host.
+        if let Ok(v) = HeaderValue::try_from(authority.as_str()) {
+            head.headers.insert(header::HOST, v);
+        }
+        let body = RequestBody::new(incoming, limit);
+        let (mut resp, slot) = upstream::send(self, &target, &head, &body, log).await?;
+        log.in_flight = Some(slot);
+
+        // 5. response_filter
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            upgrade::tunnel(client_upgrade, upstream_upgrade);
+        }
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, switching && upgrade);
+        parts
+            .headers
+            .insert(header::SERVER, HeaderValue::from_static(SERVER));
+        Ok(Forwarded::Response(parts, body))
+    }
+
+    fn redirect(&self, host: &str, req: &Request<Incoming>) -> Response<()> {
+        let port = match self.options.https_port {
+            Some(443) | None => String::new(),
+            Some(p) => format!(":{p}"),
+        };
+        let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+        let mut resp = Response::new(());
+        *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+        if let Ok(v) = HeaderValue::try_from(format!("https://{host}{port}{pq}")) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        resp.headers_mut()
+            .insert(header::SERVER, HeaderValue::from_static(SERVER));
+        resp
+    }
+}
+
+enum Forwarded {
+    Response(hyper::http::response::Parts, Incoming),
+    Local(Response<()>),
+}
+
+/// The authority the request names: the URI's (HTTP/2, absolute-form) or the single
+/// Host header. HTTP/1.1 requires a Host; HTTP/1.0 may omit it.
+fn authority(req: &Request<Incoming>) -> Result<String, ProxyError> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(a.as_str().to_owned());
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest("several Host headers")),
+        (Some(h), None) => {
+            let h = h
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("Host is not valid"))?;
+            h.parse::<hyper::http::uri::Authority>()
+                .map_err(|_| ProxyError::BadRequest("Host is not valid"))?;
+            Ok(h.to_owned())
+        }
+        (None, _) if req.version() == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
+        }
+        (None, _) => Ok(String::new()),
+    }
+}
+
+/// A response made here, not by an upstream.
+pub fn local(status: StatusCode, log: Option<Box<RequestLog>>) -> Response<ResponseBody> {
+    let text = match status {
+        StatusCode::NOT_FOUND => "no route for this host and path\n",
+        StatusCode::SERVICE_UNAVAILABLE => "no ready endpoint for this route\n",
+        StatusCode::BAD_GATEWAY => "the upstream failed\n",
+        StatusCode::GATEWAY_TIMEOUT => "the upstream did not answer in time\n",
+        StatusCode::PAYLOAD_TOO_LARGE => "request body too large\n",
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed\n",
+        _ => "bad request\n",
+    };
+    let http1 = log.as_ref().is_none_or(|l| l.version < Version::HTTP_2);
+    let mut resp = Response::new(ResponseBody::local(text, log));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::SERVER, HeaderValue::from_static(SERVER));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if http1 && status.is_client_error() && status != StatusCode::NOT_FOUND {
+        // The connection may hold an unread body: do not reuse it.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

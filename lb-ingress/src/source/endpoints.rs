@@ -1,0 +1,201 @@
+//! From an Ingress backend (Service name and port) to the ready addresses of its pods,
+//! read from the Service's EndpointSlices.
+//!
+//! The EndpointSlice controller names each slice port after the Service port it serves
+//! and gives it the resolved container port, so one rule covers a numeric and a named
+//! `targetPort`: find the Service port (by number or by name, as the Ingress says), then
+//! the slice port with the same name. Slices written by hand without ports fall back to
+//! a numeric `targetPort` (or the Service port itself when there is none).
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceBackendPort;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// EndpointSlices grouped by (namespace, Service name).
+#[derive(Debug, Default)]
+pub struct SliceIndex<'a> {
+    by_service: HashMap<(String, String), Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    pub fn new(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Self {
+        let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+        for slice in slices {
+            let Some(service) = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            else {
+                continue;
+            };
+            let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
+            by_service
+                .entry((namespace.to_owned(), service.clone()))
+                .or_default()
+                .push(slice);
+        }
+        SliceIndex { by_service }
+    }
+
+    fn slices(&self, namespace: &str, service: &str) -> &[&'a EndpointSlice] {
+        self.by_service
+            .get(&(namespace.to_owned(), service.to_owned()))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The ready addresses of `service`'s port `port`, sorted and without duplicates.
+/// Err explains why the backend cannot be resolved at all (the route then answers 503).
+pub fn ready_addresses(
+    service: &Service,
+    port: &ServiceBackendPort,
+    slices: &SliceIndex<'_>,
+) -> Result<Vec<SocketAddr>, String> {
+    let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
+    let name = service.metadata.name.as_deref().unwrap_or_default();
+    let spec = service.spec.as_ref().ok_or("Service has no spec")?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Err("ExternalName Services are not supported as Ingress backends".into());
+    }
+    let service_port = spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|sp| match (port.number, port.name.as_deref()) {
+            (Some(n), _) => sp.port == n,
+            (None, Some(n)) => sp.name.as_deref() == Some(n),
+            (None, None) => false,
+        })
+        .ok_or_else(|| {
+            format!(
+                "Service {namespace}/{name} has no port {}",
+                port.number
+                    .map(|n| n.to_string())
+                    .or_else(|| port.name.clone())
+                    .unwrap_or_else(|| "(none given)".into())
+            )
+        })?;
+    let port_name = service_port.name.as_deref().unwrap_or_default();
+    let fallback_port = match &service_port.target_port {
+        Some(IntOrString::Int(p)) => Some(*p),
+        Some(IntOrString::String(_)) => None,
+        None => Some(service_port.port),
+    };
+    let mut out = BTreeSet::new();
+    for slice in slices.slices(namespace, name) {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue; // FQDN slices are not pod addresses
+        }
+        let slice_port = match &slice.ports {
+            Some(ports) if !ports.is_empty() => ports
+                .iter()
+                .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
+                .and_then(|p| p.port),
+            _ => fallback_port,
+        };
+        let Some(target) = slice_port.and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
+        for endpoint in slice.endpoints.iter().flatten() {
+            // A nil `ready` means ready (API documentation); terminating endpoints are
+            // not ready and get no new requests.
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            // Addresses of one endpoint are fungible: the first is enough.
+            if let Some(ip) = endpoint
+                .addresses
+                .first()
+                .and_then(|a| a.parse::<IpAddr>().ok())
+            {
+                out.insert(SocketAddr::new(ip, target));
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
+        let v: serde_json::Value = serde_yaml::from_str(s).unwrap();
+        serde_json::from_value(v).unwrap()
+    }
+
+    const SERVICE: &str = r"
+metadata: {name: web, namespace: shop}
+spec:
+  ports:
+  - {name: http, port: 80, targetPort: web-port}
+  - {name: admin, port: 9000, targetPort: 9001}
+";
+    const SLICE: &str = r"
+metadata:
+  name: web-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports:
+- {name: http, port: 8080}
+- {name: admin, port: 9001}
+endpoints:
+- addresses: [10.0.0.2]
+  conditions: {ready: true}
+- addresses: [10.0.0.1]
+- addresses: [10.0.0.3]
+  conditions: {ready: false, terminating: true}
+";
+
+    #[test]
+    fn by_number_and_by_name_with_named_target_ports() {
+        let svc: Service = yaml(SERVICE);
+        let slice: EndpointSlice = yaml(SLICE);
+        let idx = SliceIndex::new([&slice]);
+        let by_number = ServiceBackendPort {
+            number: Some(80),
+            name: None,
+        };
+        let got = ready_addresses(&svc, &by_number, &idx).unwrap();
+        assert_eq!(
+            got,
+            ["10.0.0.1:8080".parse().unwrap(), "10.0.0.2:8080".parse().unwrap()]
+        );
+        let by_name = ServiceBackendPort {
+            number: None,
+            name: Some("admin".into()),
+        };
+        let got = ready_addresses(&svc, &by_name, &idx).unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|a| a.port() == 9001));
+    }
+
+    #[test]
+    fn unknown_port_is_an_error_and_no_slices_is_empty() {
+        let svc: Service = yaml(SERVICE);
+        let idx = SliceIndex::default();
+        let p = ServiceBackendPort {
+            number: Some(81),
+            name: None,
+        };
+        assert!(ready_addresses(&svc, &p, &idx).unwrap_err().contains("no port 81"));
+        let p = ServiceBackendPort {
+            number: Some(80),
+            name: None,
+        };
+        assert!(ready_addresses(&svc, &p, &idx).unwrap().is_empty());
+    }
+}

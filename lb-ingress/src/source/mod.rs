@@ -1,0 +1,225 @@
+//! From cluster state to configuration: which Ingresses are ours ([`class`]), their
+//! rules as a [`RouteTable`], each rule's Service resolved to ready addresses
+//! ([`endpoints`]), and the certificates of their `spec.tls` Secrets. [`build`] is pure
+//! over a [`Store`]; [`watch`] folds source events into the store and swaps the result
+//! in.
+pub mod class;
+pub mod endpoints;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use lb_k8s::{Kind, Object, ObjectRef, Store};
+
+use crate::proxy::balance::{EndpointRegistry, Pool};
+use crate::routes::{HostRule, PathKind, PathRule, Rank, RouteTable, RouteTableBuilder};
+use crate::tls::{CertTable, certified_key};
+use endpoints::{SliceIndex, ready_addresses};
+
+/// The kinds the ingress reads.
+pub const KINDS: [Kind; 5] = [
+    Kind::Ingress,
+    Kind::IngressClass,
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::Secret,
+];
+
+/// What a matched rule leads to: labels for logs and metrics, and the pool of ready
+/// endpoints (empty: 503).
+#[derive(Debug)]
+pub struct Target {
+    /// `namespace/name` of the Ingress that defined the rule.
+    pub ingress: String,
+    /// The rule's host as written (`*.foo.com`, or empty for any host).
+    pub host: String,
+    /// The rule's path as written (`defaultBackend` for the default backend).
+    pub path: String,
+    /// `namespace/name:port` of the Service.
+    pub service: String,
+    pub pool: Arc<Pool>,
+}
+
+/// One immutable configuration, swapped in whole.
+#[derive(Debug, Default)]
+pub struct Config {
+    pub routes: RouteTable<Arc<Target>>,
+    /// Increases with every swap; 0 before the first complete listing.
+    pub generation: u64,
+}
+
+/// The result of a build: the configuration, the certificates, and the problems found
+/// (objects or references skipped, conflicts lost), each naming its object.
+#[derive(Debug)]
+pub struct Built {
+    pub config: Config,
+    pub certs: CertTable,
+    pub problems: Vec<String>,
+}
+
+fn rank(ingress: &Ingress, r: &ObjectRef) -> Rank {
+    Rank {
+        created: ingress.metadata.creation_timestamp.clone(),
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+    }
+}
+
+/// Builds the configuration for `class` from everything in `store`. Endpoint state is
+/// taken from `registry`, so that it survives the swap.
+pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
+    let mut problems = Vec::new();
+    let classes = store.of_kind(Kind::IngressClass).filter_map(|o| match o {
+        Object::IngressClass(c) => Some(c),
+        _ => None,
+    });
+    let default = class::class_is_default(classes, class);
+    let slices = SliceIndex::new(store.of_kind(Kind::EndpointSlice).filter_map(|o| match o {
+        Object::EndpointSlice(s) => Some(s),
+        _ => None,
+    }));
+    let mut pools: HashMap<(String, String, String), (String, Arc<Pool>)> = HashMap::new();
+    let mut routes = RouteTableBuilder::new();
+    let mut certs = CertTable::default();
+
+    for object in store.of_kind(Kind::Ingress) {
+        let Object::Ingress(ingress) = object else {
+            continue;
+        };
+        if !class::selects(ingress, class, default) {
+            continue;
+        }
+        let r = object.object_ref();
+        let rank = rank(ingress, &r);
+        let Some(spec) = &ingress.spec else {
+            continue;
+        };
+        let mut target = |backend: &IngressBackend,
+                          host: &HostRule,
+                          path: &str,
+                          problems: &mut Vec<String>| {
+            let Some(svc) = &backend.service else {
+                problems.push(format!(
+                    "Ingress {}/{}: resource backends are not supported",
+                    r.namespace, r.name
+                ));
+                return None;
+            };
+            let port = svc.port.clone().unwrap_or_default();
+            let port_label = port
+                .number
+                .map(|n| n.to_string())
+                .or(port.name.clone())
+                .unwrap_or_default();
+            let key = (r.namespace.clone(), svc.name.clone(), port_label.clone());
+            let (service, pool) = pools
+                .entry(key)
+                .or_insert_with(|| {
+                    let label = format!("{}/{}:{port_label}", r.namespace, svc.name);
+                    let sref = ObjectRef::new(Kind::Service, r.namespace.clone(), svc.name.clone());
+                    let addrs = match store.get(&sref) {
+                        Some(Object::Service(s)) => resolve(s, &port, &slices, problems, &r),
+                        _ => {
+                            problems.push(format!(
+                                "Ingress {}/{}: Service {}/{} not found",
+                                r.namespace, r.name, r.namespace, svc.name
+                            ));
+                            Vec::new()
+                        }
+                    };
+                    let pool = Pool::new(addrs.into_iter().map(|a| registry.endpoint(a)).collect());
+                    (label, Arc::new(pool))
+                })
+                .clone();
+            Some(Arc::new(Target {
+                ingress: rank.ingress(),
+                host: host.label(),
+                path: path.to_owned(),
+                service,
+                pool,
+            }))
+        };
+
+        if let Some(backend) = &spec.default_backend
+            && let Some(t) = target(backend, &HostRule::Any, "defaultBackend", &mut problems)
+        {
+            routes.default_backend(&rank, t);
+        }
+        for rule in spec.rules.iter().flatten() {
+            let host = HostRule::parse(rule.host.as_deref());
+            for p in rule.http.iter().flat_map(|h| &h.paths) {
+                let kind = PathKind::from_path_type(&p.path_type);
+                let path = match PathRule::new(kind, p.path.as_deref().unwrap_or("/")) {
+                    Ok(path) => path,
+                    Err(e) => {
+                        problems.push(format!("Ingress {}/{}: {e}", r.namespace, r.name));
+                        continue;
+                    }
+                };
+                if let Some(t) = target(&p.backend, &host, path.as_str(), &mut problems) {
+                    routes.add(&rank, host.clone(), path, t);
+                }
+            }
+        }
+        for tls in spec.tls.iter().flatten() {
+            let Some(secret_name) = &tls.secret_name else {
+                continue;
+            };
+            let sref = ObjectRef::new(Kind::Secret, r.namespace.clone(), secret_name.clone());
+            let key = match store.get(&sref) {
+                Some(Object::Secret(s)) => secret_key(s),
+                _ => Err("not found".to_owned()),
+            };
+            match key {
+                Ok(key) => {
+                    let hosts = tls.hosts.as_deref().unwrap_or_default();
+                    if hosts.is_empty() {
+                        certs.add(&rank, None, Arc::clone(&key));
+                    }
+                    for host in hosts {
+                        certs.add(&rank, Some(host), Arc::clone(&key));
+                    }
+                }
+                Err(e) => problems.push(format!(
+                    "Ingress {}/{}: TLS Secret {}/{secret_name}: {e}",
+                    r.namespace, r.name, r.namespace
+                )),
+            }
+        }
+    }
+    let (routes, conflicts) = routes.build();
+    for c in conflicts {
+        problems.push(format!(
+            "Ingress {}: rule {} is also defined by the older Ingress {}, which wins",
+            c.loser, c.rule, c.winner
+        ));
+    }
+    Built {
+        config: Config {
+            routes,
+            generation: 0,
+        },
+        certs,
+        problems,
+    }
+}
+
+fn resolve(
+    service: &Service,
+    port: &k8s_openapi::api::networking::v1::ServiceBackendPort,
+    slices: &SliceIndex<'_>,
+    problems: &mut Vec<String>,
+    ingress: &ObjectRef,
+) -> Vec<std::net::SocketAddr> {
+    ready_addresses(service, port, slices).unwrap_or_else(|e| {
+        problems.push(format!("Ingress {}/{}: {e}", ingress.namespace, ingress.name));
+        Vec::new()
+    })
+}
+
+fn secret_key(secret: &Secret) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    certified_key(secret)
+}

@@ -1,0 +1,97 @@
+//! The control loop: source events into a [`Store`], the store into a configuration,
+//! the configuration swapped in.
+//!
+//! Swap order: certificates first, then routes and endpoints (one `ArcSwap` for both,
+//! so a route never points at another generation's endpoints). Certificates go first so
+//! that a host whose route appears in this change already has its certificate when
+//! the first request for it is routed; a host removed in this change may keep its
+//! certificate for the instant between the two swaps, which serves nothing new.
+//! Requests in flight keep the configuration they loaded (an `Arc`), so a swap never
+//! fails them; the old configuration is freed when the last of them finishes.
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use lb_k8s::{KindSet, Source, Store};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::{Config, KINDS, build};
+use crate::metrics::{Metrics, ResultLabel};
+use crate::proxy::balance::EndpointRegistry;
+use crate::tls::CertResolver;
+
+/// What the loop writes to.
+pub struct Sinks {
+    pub config: Arc<ArcSwap<Config>>,
+    pub certs: Arc<CertResolver>,
+    pub registry: Arc<EndpointRegistry>,
+    pub metrics: Arc<Metrics>,
+    /// The generation now serving (0: not synced yet).
+    pub generation: watch::Sender<u64>,
+}
+
+/// Runs until the source ends (an error) or `sinks.generation` has no receiver.
+pub async fn run(source: Box<dyn Source>, class: String, sinks: Sinks) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel(64);
+    let mut source_task = tokio::spawn(source.run(KindSet::of(&KINDS), tx));
+    let mut store = Store::new();
+    let mut generation = 0u64;
+    let mut reported: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => e,
+            done = &mut source_task => {
+                return match done {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(e.into()),
+                };
+            }
+        };
+        let Some(event) = event else {
+            break;
+        };
+        let mut errors = store.apply(event).errors;
+        // Coalesce a burst of events into one rebuild.
+        while let Ok(event) = rx.try_recv() {
+            errors.extend(store.apply(event).errors);
+        }
+        if !store.is_synced(&KINDS) {
+            continue;
+        }
+        let built = build(&store, &class, &sinks.registry);
+        let mut problems: BTreeSet<String> = built.problems.into_iter().collect();
+        problems.extend(errors.iter().map(ToString::to_string));
+        for p in problems.difference(&reported) {
+            warn!(problem = %p, "configuration problem (the rest still applies)");
+        }
+        let result = if problems.is_empty() { "success" } else { "error" };
+        reported = problems;
+        generation += 1;
+        let routes = built.config.routes.len();
+        let certs = built.certs.len();
+        // Swap order: certificates, then routes (see the module documentation).
+        sinks.certs.swap(built.certs);
+        sinks.config.store(Arc::new(Config {
+            routes: built.config.routes,
+            generation,
+        }));
+        sinks.registry.prune();
+        sinks
+            .metrics
+            .config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
+        if generation == 1 {
+            info!(routes, certs, "first configuration is serving");
+        } else {
+            tracing::debug!(generation, routes, certs, "configuration swapped");
+        }
+        if sinks.generation.send(generation).is_err() {
+            break;
+        }
+    }
+    source_task.abort();
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Certificates from `kubernetes.io/tls` Secrets, and the table SNI is looked up in.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+
+use crate::routes::{HostRule, Rank, wildcard_suffix};
+
+/// Parses `tls.crt` (PEM chain) and `tls.key` (PEM key) of a Secret. `stringData` is
+/// read too, as a manifests directory may carry it (the API server would have merged
+/// it into `data`).
+pub fn certified_key(secret: &Secret) -> Result<Arc<CertifiedKey>, String> {
+    let field = |key: &str| -> Option<Vec<u8>> {
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|s| s.as_bytes().to_vec())
+            .or_else(|| {
+                secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|b| b.0.clone())
+            })
+    };
+    if let Some(t) = secret.type_.as_deref()
+        && t != "kubernetes.io/tls"
+    {
+        return Err(format!("type is {t}, not kubernetes.io/tls"));
+    }
+    let crt = field("tls.crt").ok_or("tls.crt is missing")?;
+    let key = field("tls.key").ok_or("tls.key is missing")?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&crt)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.crt: {e}"))?;
+    if chain.is_empty() {
+        return Err("tls.crt holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| format!("tls.key: {e}"))?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("tls.key: {e}"))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified
+        .keys_match()
+        .map_err(|e| format!("tls.key does not belong to tls.crt: {e}"))?;
+    Ok(Arc::new(certified))
+}
+
+/// Certificates by SNI name: exact names, then one-label wildcards, then a default (an
+/// Ingress `spec.tls` entry without hosts) for clients that send no or an unknown name.
+#[derive(Debug, Default)]
+pub struct CertTable {
+    exact: HashMap<String, (Rank, Arc<CertifiedKey>)>,
+    wildcard: HashMap<String, (Rank, Arc<CertifiedKey>)>,
+    default: Option<(Rank, Arc<CertifiedKey>)>,
+}
+
+impl CertTable {
+    /// Adds a certificate for `host` (None: the default); the oldest Ingress wins a
+    /// host named by several, as for routes.
+    pub fn add(&mut self, rank: &Rank, host: Option<&str>, key: Arc<CertifiedKey>) {
+        fn put(slot: &mut Option<(Rank, Arc<CertifiedKey>)>, rank: &Rank, key: Arc<CertifiedKey>) {
+            if slot.as_ref().is_none_or(|(held, _)| rank < held) {
+                *slot = Some((rank.clone(), key));
+            }
+        }
+        match host.map(|h| HostRule::parse(Some(h))) {
+            None | Some(HostRule::Any) => put(&mut self.default, rank, key),
+            Some(HostRule::Exact(h)) => {
+                let mut slot = self.exact.remove(&h);
+                put(&mut slot, rank, key);
+                self.exact.extend(slot.map(|s| (h, s)));
+            }
+            Some(HostRule::Wildcard(s)) => {
+                let mut slot = self.wildcard.remove(&s);
+                put(&mut slot, rank, key);
+                self.wildcard.extend(slot.map(|v| (s, v)));
+            }
+        }
+    }
+
+    pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let by_name = sni.map(str::to_ascii_lowercase).and_then(|name| {
+            self.exact.get(&name).or_else(|| {
+                wildcard_suffix(&name).and_then(|s| self.wildcard.get(s))
+            })
+            .map(|(_, k)| Arc::clone(k))
+        });
+        by_name.or_else(|| self.default.as_ref().map(|(_, k)| Arc::clone(k)))
+    }
+
+    /// Whether `host` has a certificate of its own (for `--redirect-https`).
+    pub fn has_host(&self, host: &str) -> bool {
+        self.exact.contains_key(host)
+            || wildcard_suffix(host).is_some_and(|s| self.wildcard.contains_key(s))
+    }
+
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.wildcard.len() + usize::from(self.default.is_some())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
