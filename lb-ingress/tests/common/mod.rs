@@ -1,0 +1,314 @@
+//! Test support: real upstream HTTP servers on loopback, manifests written to a tempdir,
+//! the proxy started in-process, and a real hyper client.
+#![allow(dead_code, reason = "each test binary uses a part of the support code")]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use lb_ingress::{ProxyOptions, Server, ServerConfig, ServerHandle};
+use lb_k8s::SourceConfig;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A small upstream: answers with its name and what it saw, as JSON, except
+/// `/upload` (counts the body), `/download?bytes=N` (streams N bytes), `/sleep?ms=N`,
+/// and Upgrade requests (101, then echoes bytes).
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let (n, h) = (name.to_owned(), Arc::clone(&hits));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (n, h) = (n.clone(), Arc::clone(&h));
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        h.fetch_add(1, Ordering::Relaxed);
+                        answer(n.clone(), req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            name: name.into(),
+            addr,
+            hits,
+            task,
+        }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+fn query_param(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    })
+}
+
+async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+    let full = |status: StatusCode, s: String| {
+        let mut r = Response::new(Full::new(Bytes::from(s)).map_err(|n| match n {}).boxed_unsync());
+        *r.status_mut() = status;
+        r
+    };
+    if req.headers().contains_key("upgrade") {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 4096];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        let mut r = full(StatusCode::SWITCHING_PROTOCOLS, String::new());
+        r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+        r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+        return Ok(r);
+    }
+    match req.uri().path() {
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(_) => return Ok(full(StatusCode::BAD_REQUEST, "body error".into())),
+                }
+            }
+            return Ok(full(StatusCode::OK, n.to_string()));
+        }
+        "/download" => {
+            let total = query_param(&req, "bytes").unwrap_or(0);
+            return Ok(Response::new(generated_body(total).boxed_unsync()));
+        }
+        "/sleep" => {
+            tokio::time::sleep(Duration::from_millis(query_param(&req, "ms").unwrap_or(0))).await;
+        }
+        _ => {}
+    }
+    let headers: BTreeMap<String, Vec<String>> =
+        req.headers().keys().map(|k| {
+            (
+                k.as_str().to_owned(),
+                req.headers()
+                    .get_all(k)
+                    .iter()
+                    .map(|v| v.to_str().unwrap_or("").to_owned())
+                    .collect(),
+            )
+        }).collect();
+    let seen = serde_json::json!({
+        "name": name,
+        "method": req.method().as_str(),
+        "uri": req.uri().to_string(),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    });
+    let mut r = full(StatusCode::OK, seen.to_string());
+    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut().insert("x-upstream", name.parse().unwrap());
+    r.headers_mut().insert("server", "upstream-server".parse().unwrap());
+    r.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+    Ok(r)
+}
+
+/// A body of `total` bytes produced 64 KiB at a time, never held whole.
+pub fn generated_body(total: u64) -> StreamBody<impl futures::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send> {
+    const CHUNK: u64 = 64 * 1024;
+    let chunk = Bytes::from(vec![b'x'; CHUNK as usize]);
+    let stream = futures::stream::unfold(0u64, move |sent| {
+        let chunk = chunk.clone();
+        async move {
+            if sent >= total {
+                return None;
+            }
+            let n = CHUNK.min(total - sent);
+            Some((Ok(Frame::data(chunk.slice(..n as usize))), sent + n))
+        }
+    });
+    StreamBody::new(stream)
+}
+
+/// A manifests directory in a tempdir; files are replaced atomically (write, rename),
+/// as kubectl-style tools and ConfigMap volumes do.
+pub struct Manifests {
+    pub dir: tempfile::TempDir,
+}
+
+impl Manifests {
+    pub fn new() -> Manifests {
+        Manifests {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, file: &str, yaml: &str) {
+        let tmp: PathBuf = self.dir.path().join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join(file)).unwrap();
+    }
+
+    pub fn remove(&self, file: &str) {
+        std::fs::remove_file(self.dir.path().join(file)).unwrap();
+    }
+}
+
+/// A Service with one port, `port -> target` (a number or a name), and one EndpointSlice
+/// per upstream (each upstream has its own loopback port), named port `port_name`.
+pub fn service(ns: &str, name: &str, port: u16, port_name: &str, target: &str, upstreams: &[&Upstream]) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports:\n  - {{name: {port_name}, port: {port}, targetPort: {target}, protocol: TCP}}\n"
+    );
+    for (i, u) in upstreams.iter().enumerate() {
+        y += &slice(ns, name, &format!("{name}-{i}"), port_name, &[u.addr], true);
+    }
+    y
+}
+
+pub fn slice(ns: &str, service: &str, name: &str, port_name: &str, addrs: &[SocketAddr], ready: bool) -> String {
+    let port = addrs.first().map_or(1, SocketAddr::port);
+    let mut y = format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports:\n- {{name: {port_name}, port: {port}, protocol: TCP}}\nendpoints:\n"
+    );
+    for a in addrs {
+        y += &format!("- addresses: [\"{}\"]\n  conditions: {{ready: {ready}}}\n", a.ip());
+    }
+    y
+}
+
+/// Options for tests: short timeouts so failures show quickly.
+pub fn test_options() -> ProxyOptions {
+    ProxyOptions {
+        header_read_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        response_timeout: Duration::from_secs(5),
+        access_log: false,
+        ..ProxyOptions::default()
+    }
+}
+
+pub fn server_config(manifests: &Manifests) -> ServerConfig {
+    let mut c = ServerConfig::new(
+        SourceConfig::Manifests {
+            dir: manifests.path().to_owned(),
+            interval: Duration::from_millis(5),
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    c.options = test_options();
+    c.shutdown_grace = Duration::from_secs(5);
+    c
+}
+
+pub async fn start(config: ServerConfig) -> ServerHandle {
+    let mut h = Server::start(config).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), h.ready())
+        .await
+        .expect("proxy not ready in time")
+        .unwrap();
+    h
+}
+
+/// Waits until the configuration generation has moved past `after`.
+pub async fn next_generation(h: &mut ServerHandle, after: u64) {
+    tokio::time::timeout(Duration::from_secs(10), h.wait_generation(after + 1))
+        .await
+        .expect("no reload in time")
+        .unwrap();
+}
+
+pub type HttpClient = Client<HttpConnector, BoxBody>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn empty() -> BoxBody {
+    http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync()
+}
+
+/// GET `path` with `Host: host` through the proxy at `addr`: (status, headers, body).
+pub async fn get(c: &HttpClient, addr: SocketAddr, host: &str, path: &str) -> (StatusCode, hyper::HeaderMap, String) {
+    let req = Request::get(format!("http://{addr}{path}"))
+        .header("host", host)
+        .body(empty())
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The upstream's report of what it saw.
+pub fn seen(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not an upstream answer ({e}): {body}"))
+}
+
+/// Scrapes the metrics endpoint and returns the value of the first sample whose line
+/// starts with `prefix` and contains every `labels` fragment.
+pub async fn metric(addr: SocketAddr, name: &str, labels: &[&str]) -> Option<f64> {
+    let text = scrape(addr).await;
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+pub async fn scrape(addr: SocketAddr) -> String {
+    let (status, _, body) = get(&client(), addr, "metrics", "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    body
+}
