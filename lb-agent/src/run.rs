@@ -94,8 +94,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await?;
     info!(%metrics_addr, %health_addr, node = %args.node_name, "agent serving");
 
-    // Pod interfaces present now and appearing later get the TC programs.
-    let pods = tokio::spawn(watch_pod_ifaces(dataplane, args.pod_iface_prefix.clone()));
+    // Pod interfaces present now are attached before the first sync (so "ready" means
+    // pods are served); ones appearing later are attached as they come.
+    let mut dataplane = dataplane;
+    let mut attached = BTreeSet::new();
+    attach_new_pod_ifaces(&mut dataplane, &args.pod_iface_prefix, &mut attached);
+    let pods = tokio::spawn(watch_pod_ifaces(dataplane, args.pod_iface_prefix.clone(), attached));
 
     let source = match (&args.manifests, &args.kubeconfig) {
         (Some(dir), _) => SourceConfig::Manifests {
@@ -157,29 +161,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Attaches the pod programs to every interface with `prefix`, now and as they appear.
-async fn watch_pod_ifaces(mut dataplane: crate::dataplane::Dataplane, prefix: String) {
-    let mut attached: BTreeSet<String> = BTreeSet::new();
-    loop {
-        let present: BTreeSet<String> = std::fs::read_dir("/sys/class/net")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(&prefix))
-            .collect();
-        for iface in present.difference(&attached).cloned().collect::<Vec<_>>() {
-            match dataplane.attach_pod(&iface) {
-                Ok(()) => {
-                    info!(%iface, "pod interface attached");
-                    attached.insert(iface);
-                }
-                Err(e) => {
-                    warn!(%iface, error = %format!("{e:#}"), "cannot attach pod interface; will retry");
-                }
+/// Attaches the pod programs to interfaces with `prefix` that appeared since the last call.
+fn attach_new_pod_ifaces(
+    dataplane: &mut crate::dataplane::Dataplane,
+    prefix: &str,
+    attached: &mut BTreeSet<String>,
+) {
+    let present: BTreeSet<String> = std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    for iface in present.difference(attached).cloned().collect::<Vec<_>>() {
+        match dataplane.attach_pod(&iface) {
+            Ok(()) => {
+                info!(%iface, "pod interface attached");
+                attached.insert(iface);
+            }
+            Err(e) => {
+                warn!(%iface, error = %format!("{e:#}"), "cannot attach pod interface; will retry");
             }
         }
-        attached.retain(|i| present.contains(i));
+    }
+    attached.retain(|i| present.contains(i));
+}
+
+/// Keeps attaching pod interfaces as they appear.
+async fn watch_pod_ifaces(
+    mut dataplane: crate::dataplane::Dataplane,
+    prefix: String,
+    mut attached: BTreeSet<String>,
+) {
+    loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        attach_new_pod_ifaces(&mut dataplane, &prefix, &mut attached);
     }
 }
