@@ -99,7 +99,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut dataplane = dataplane;
     let mut attached = BTreeSet::new();
     attach_new_pod_ifaces(&mut dataplane, &args.pod_iface_prefix, &mut attached);
-    let pods = tokio::spawn(watch_pod_ifaces(dataplane, args.pod_iface_prefix.clone(), attached));
+    let pods = tokio::spawn(watch_pod_ifaces(
+        dataplane,
+        args.pod_iface_prefix.clone(),
+        attached,
+    ));
 
     let source = match (&args.manifests, &args.kubeconfig) {
         (Some(dir), _) => SourceConfig::Manifests {
