@@ -33,6 +33,7 @@ impl KubeSource {
 
 /// Builds a client from a kubeconfig file, or from the in-cluster environment.
 pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
+    install_crypto_provider();
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -48,6 +49,18 @@ pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
         })?,
     };
     Ok(Client::try_from(config)?)
+}
+
+/// kube's rustls connector is built for every client, even for an `http://` server, and
+/// rustls panics unless a process-wide crypto provider is installed or exactly one of its
+/// `ring`/`aws-lc-rs` features is on (kube installs aws-lc-rs only with its `aws-lc-rs`
+/// feature, which we leave off). Install ring, the provider the workspace builds, unless
+/// the process already chose one.
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Fails only if another thread installed one meanwhile, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
 }
 
 impl Source for KubeSource {
