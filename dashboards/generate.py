@@ -87,7 +87,45 @@ dataplane = dashboard("lb-dataplane", "LB data plane (lb-agent)", [
         (f"lb_agent_service_entries{{{N}}}", "{{node}}")], "short", 12, 32),
 ])
 
-with open(os.path.join(HERE, "dataplane.json"), "w") as f:
-    json.dump(dataplane, f, indent=2)
-    f.write("\n")
-print("wrote dataplane.json")
+I = 'ingress=~"$ingress", service=~"$service"'
+ingress = dashboard("lb-ingress", "LB ingress (lb-ingress)", [
+    var_ds(),
+    var_query("ingress", "label_values(lb_ingress_requests_total, ingress)", "Ingress"),
+    var_query("service", 'label_values(lb_ingress_requests_total{ingress=~"$ingress"}, service)', "Service"),
+], [
+    panel(1, "Request rate by Ingress and Service", [
+        (f"sum by (ingress, service) (rate(lb_ingress_requests_total{{{I}}}[{RI}]))", "{{ingress}} -> {{service}}")],
+        "reqps", 0, 0),
+    panel(2, "Requests by status class", [
+        (f"sum by (status_class) (rate(lb_ingress_requests_total{{{I}}}[{RI}]))", "{{status_class}}")],
+        "reqps", 12, 0),
+    panel(3, "Error ratio (5xx)", [
+        (f'sum by (service) (rate(lb_ingress_requests_total{{{I}, status_class="5xx"}}[{RI}])) / sum by (service) (rate(lb_ingress_requests_total{{{I}}}[{RI}]))', "{{service}}")],
+        "percentunit", 0, 8, desc="503: no ready endpoint; 502: upstream failed; 504: upstream timed out."),
+    panel(4, "Request latency", [
+        (f"histogram_quantile(0.5, sum by (le) (rate(lb_ingress_request_duration_seconds_bucket{{{I}}}[{RI}])))", "p50"),
+        (f"histogram_quantile(0.9, sum by (le) (rate(lb_ingress_request_duration_seconds_bucket{{{I}}}[{RI}])))", "p90"),
+        (f"histogram_quantile(0.99, sum by (le) (rate(lb_ingress_request_duration_seconds_bucket{{{I}}}[{RI}])))", "p99")],
+        "s", 12, 8),
+    panel(5, "Upstream response time", [
+        (f"histogram_quantile(0.5, sum by (le, service) (rate(lb_ingress_upstream_response_duration_seconds_bucket{{{I}}}[{RI}])))", "p50 {{service}}"),
+        (f"histogram_quantile(0.99, sum by (le, service) (rate(lb_ingress_upstream_response_duration_seconds_bucket{{{I}}}[{RI}])))", "p99 {{service}}")],
+        "s", 0, 16),
+    panel(6, "Upstream health", [
+        (f'sum by (service) (rate(lb_ingress_upstream_connect_errors_total{{service=~"$service"}}[{RI}]))', "connect errors {{service}}"),
+        (f'sum by (service) (rate(lb_ingress_upstream_retries_total{{service=~"$service"}}[{RI}]))', "retries {{service}}"),
+        ("sum(lb_ingress_ejected_endpoints)", "ejected endpoints")],
+        "short", 12, 16, desc="Endpoints that fail to connect are ejected for a while (passive health checking)."),
+    panel(7, "Active client connections", [
+        ("sum by (listener) (lb_ingress_active_connections)", "{{listener}}")], "short", 0, 24),
+    panel(8, "TLS handshakes", [
+        (f"sum by (result) (rate(lb_ingress_tls_handshakes_total[{RI}]))", "{{result}}")], "ops", 12, 24),
+    panel(9, "Configuration reloads", [
+        ("sum by (result) (increase(lb_ingress_config_reloads_total[1h]))", "{{result}} (1h)")], "short", 0, 32),
+])
+
+for name, d in [("dataplane.json", dataplane), ("ingress.json", ingress)]:
+    with open(os.path.join(HERE, name), "w") as f:
+        json.dump(d, f, indent=2)
+        f.write("\n")
+    print("wrote", name)
