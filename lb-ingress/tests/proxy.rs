@@ -375,3 +375,378 @@ async fn request_bodies_over_the_limit_are_413() {
     }
     h.shutdown().await;
 }
+
+/// A CA and leaf certificates for host names, made in the test.
+struct Pki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, "lb-ingress test CA");
+        Pki {
+            ca: rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    /// (certificate PEM, key PEM, certificate DER) for `host`.
+    fn leaf(&self, host: &str) -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    fn client_config(&self, versions: &[&'static rustls::SupportedProtocolVersion]) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let mut c = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        c
+    }
+}
+
+fn tls_secret(name: &str, crt: &str, key: &str) -> String {
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(crt),
+        indent(key)
+    )
+}
+
+const TLS_INGRESS: &str = r"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: tls, namespace: default}
+spec:
+  ingressClassName: lb
+  tls:
+  - {hosts: [a.example.com], secretName: a-tls}
+  - {hosts: ['*.b.example.com'], secretName: b-tls}
+  rules:
+  - host: a.example.com
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}]
+  - host: '*.b.example.com'
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: b, port: {number: 80}}}}]
+";
+
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    config: rustls::ClientConfig,
+    sni: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_certificates_by_sni_h2_by_alpn_and_hot_swapped() {
+    let (ua, ub) = (Upstream::start("a").await, Upstream::start("b").await);
+    let pki = Pki::new();
+    let (a_crt, a_key, a_der) = pki.leaf("a.example.com");
+    let (b_crt, b_key, b_der) = pki.leaf("*.b.example.com");
+    let m = Manifests::new();
+    m.write("ingress.yaml", TLS_INGRESS);
+    m.write("secrets.yaml", &format!("{}---\n{}", tls_secret("a-tls", &a_crt, &a_key), tls_secret("b-tls", &b_crt, &b_key)));
+    m.write("svc.yaml", &format!("{}---\n{}", service("default", "a", 80, "http", "80", &[&ua]), service("default", "b", 80, "http", "80", &[&ub])));
+    let mut cfg = server_config(&m);
+    cfg.listen_tls = Some("127.0.0.1:0".parse().unwrap());
+    cfg.options.redirect_https = true;
+    let mut h = start(cfg).await;
+    let https = h.https_addr.unwrap();
+    let tls13 = pki.client_config(&[&rustls::version::TLS13]);
+    let tls12 = pki.client_config(&[&rustls::version::TLS12]);
+
+    // SNI picks the certificate; ALPN picks HTTP/2; the Host picks the route.
+    for (sni, der, upstream, config) in [
+        ("a.example.com", &a_der, "a", tls13.clone()),
+        ("x.b.example.com", &b_der, "b", tls12.clone()),
+    ] {
+        let tls = tls_connect(https, config, sni).await.unwrap();
+        let (_, session) = tls.get_ref();
+        assert_eq!(session.peer_certificates().unwrap()[0].as_ref(), der.as_slice(), "{sni}");
+        assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let resp = send
+            .send_request(hyper::Request::get(format!("https://{sni}/p")).body(empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        let v = seen(std::str::from_utf8(&body).unwrap());
+        assert_eq!(v["name"], upstream);
+        assert_eq!(v["headers"]["x-forwarded-proto"], serde_json::json!(["https"]));
+    }
+    // No certificate for this name: the handshake fails.
+    assert!(tls_connect(https, tls13.clone(), "nope.example.com").await.is_err());
+    // A wildcard covers one label only.
+    assert!(tls_connect(https, tls13.clone(), "y.x.b.example.com").await.is_err());
+
+    // Plain HTTP for a host with a certificate is redirected.
+    let (status, headers, _) = get(&client(), h.http_addr, "a.example.com", "/p?q=1").await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(headers["location"], format!("https://a.example.com:{}/p?q=1", https.port()).as_str());
+
+    // curl, once, over HTTP/2 and TLS.
+    let ca = m.path().join("..").join(format!("ca-{}.pem", https.port()));
+    std::fs::write(&ca, pki.ca.pem()).unwrap();
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--http2", "--cacert"])
+        .arg(&ca)
+        .args(["--resolve", &format!("a.example.com:{}:127.0.0.1", https.port())])
+        .args(["-w", "\n%{http_code} %{http_version}"])
+        .arg(format!("https://a.example.com:{}/curl?x=1", https.port()))
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&ca);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let (body, tail) = stdout.rsplit_once('\n').unwrap();
+    assert_eq!(tail, "200 2");
+    assert_eq!(seen(body)["uri"], "/curl?x=1");
+
+    // A new certificate in the Secret is served from the next handshake on.
+    let generation = h.generation();
+    let (a2_crt, a2_key, a2_der) = pki.leaf("a.example.com");
+    m.write("secrets.yaml", &format!("{}---\n{}", tls_secret("a-tls", &a2_crt, &a2_key), tls_secret("b-tls", &b_crt, &b_key)));
+    next_generation(&mut h, generation).await;
+    // A fresh client: a resumed session would not carry the certificate again.
+    let fresh = pki.client_config(&[&rustls::version::TLS13]);
+    let tls = tls_connect(https, fresh, "a.example.com").await.unwrap();
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(), a2_der.as_slice());
+
+    let metrics = h.metrics_addr.unwrap();
+    assert!(metric(metrics, "lb_ingress_tls_handshakes_total", &["result=\"success\""]).await.unwrap() >= 4.0);
+    assert!(metric(metrics, "lb_ingress_tls_handshakes_total", &["result=\"error\""]).await.unwrap() >= 2.0);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_http1_and_h2c() {
+    let up = Upstream::start("curl").await;
+    let m = Manifests::new();
+    m.write("ingress.yaml", SEED_INGRESS);
+    m.write("svc.yaml", &service("default", "backend", 80, "http", "8080", &[&up]));
+    let h = start(server_config(&m)).await;
+    for extra in [&[][..], &["--http2-prior-knowledge"][..]] {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "-H", "Host: shop.example.com", "-w", "\n%{http_code}"])
+            .args(extra)
+            .arg(format!("http://{}/api/x?y=z", h.http_addr))
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        let (body, code) = stdout.rsplit_once('\n').unwrap();
+        assert_eq!(code, "200");
+        assert_eq!(seen(body)["uri"], "/api/x?y=z");
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_rule() {
+    let up = Upstream::start("m").await;
+    let m = Manifests::new();
+    m.write("ingress.yaml", SEED_INGRESS);
+    m.write("svc.yaml", &service("default", "backend", 80, "http", "8080", &[&up]));
+    let h = start(server_config(&m)).await;
+    let c = client();
+    for _ in 0..7 {
+        assert_eq!(get(&c, h.http_addr, "shop.example.com", "/api/1").await.0, StatusCode::OK);
+    }
+    for _ in 0..3 {
+        assert_eq!(get(&c, h.http_addr, "nowhere", "/").await.0, StatusCode::NOT_FOUND);
+    }
+    let addr = h.metrics_addr.unwrap();
+    let ok = [
+        "ingress=\"default/seed\"",
+        "host=\"shop.example.com\"",
+        "path=\"/api\"",
+        "service=\"default/backend:80\"",
+        "status_class=\"2xx\"",
+        "method=\"GET\"",
+    ];
+    // The access-log record (and its metrics) is written when the response body ends;
+    // give the last one a moment.
+    let mut n = 0.0;
+    for _ in 0..50 {
+        n = metric(addr, "lb_ingress_requests_total", &ok).await.unwrap_or(0.0);
+        if n >= 7.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(n, 7.0);
+    assert_eq!(metric(addr, "lb_ingress_requests_total", &["status_class=\"4xx\""]).await, Some(3.0));
+    let text = scrape(addr).await;
+    for name in [
+        "lb_ingress_request_duration_seconds_bucket",
+        "lb_ingress_upstream_response_duration_seconds_count",
+        "lb_ingress_ejected_endpoints 0",
+        "lb_ingress_active_connections{listener=\"http\"}",
+        "lb_ingress_config_reloads_total{result=\"success\"}",
+        "lb_ingress_build_info{",
+        "lb_ingress_tls_handshakes_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    let (status, _, _) = get(&c, addr, "x", "/other").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "only /metrics on the metrics address");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_retried_elsewhere_and_ejected() {
+    let up = Upstream::start("alive").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let m = Manifests::new();
+    m.write("ingress.yaml", SEED_INGRESS);
+    let mut svc = service("default", "backend", 80, "http", "8080", &[&up]);
+    svc += &slice("default", "backend", "backend-dead", "http", &[dead], true);
+    m.write("svc.yaml", &svc);
+    let h = start(server_config(&m)).await;
+    let c = client();
+    for i in 0..20 {
+        let method = if i % 2 == 0 { "GET" } else { "POST" };
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{}/api/x", h.http_addr))
+            .header("host", "shop.example.com")
+            .body(empty())
+            .unwrap();
+        assert_eq!(c.request(req).await.unwrap().status(), StatusCode::OK, "request {i}");
+    }
+    let addr = h.metrics_addr.unwrap();
+    assert_eq!(metric(addr, "lb_ingress_ejected_endpoints", &[]).await, Some(1.0));
+    let errors = metric(addr, "lb_ingress_upstream_connect_errors_total", &[]).await.unwrap();
+    let retries = metric(addr, "lb_ingress_upstream_retries_total", &[]).await.unwrap();
+    // Ejected after its first failure: one connect error, one retry, then no more tries.
+    assert_eq!(errors, 1.0);
+    assert_eq!(retries, 1.0);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_timeout_is_504_and_upstream_failure_502() {
+    let up = Upstream::start("slow").await;
+    // An "upstream" that accepts and closes at once.
+    let rude = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rude_addr = rude.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = rude.accept().await {
+            drop(s);
+        }
+    });
+    let m = Manifests::new();
+    m.write(
+        "ingress.yaml",
+        &ingress(
+            "t",
+            "  ingressClassName: lb\n",
+            "t.example.com",
+            &[("/sleep", "Prefix", "slow", "{number: 80}"), ("/rude", "Prefix", "rude", "{number: 80}")],
+        ),
+    );
+    let mut svc = service("default", "slow", 80, "http", "80", &[&up]);
+    svc += "---\n";
+    svc += &service("default", "rude", 80, "http", "80", &[]);
+    svc += &slice("default", "rude", "rude-0", "http", &[rude_addr], true);
+    m.write("svc.yaml", &svc);
+    let mut cfg = server_config(&m);
+    cfg.options.response_timeout = Duration::from_millis(300);
+    let h = start(cfg).await;
+    let c = client();
+    let t0 = std::time::Instant::now();
+    let (status, _, _) = get(&c, h.http_addr, "t.example.com", "/sleep?ms=3000").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let (status, _, _) = get(&c, h.http_addr, "t.example.com", "/sleep?ms=10").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = get(&c, h.http_addr, "t.example.com", "/rude").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_class_selection() {
+    let up = Upstream::start("class").await;
+    let m = Manifests::new();
+    let mut y = ingress("mine", "  ingressClassName: lb\n", "mine.example.com", &[("/", "Prefix", "s", "{number: 80}")]);
+    y += "---\n";
+    y += &ingress("other", "  ingressClassName: nginx\n", "other.example.com", &[("/", "Prefix", "s", "{number: 80}")]);
+    y += "---\n";
+    y += &ingress("unset", "", "unset.example.com", &[("/", "Prefix", "s", "{number: 80}")]);
+    y += "---\n";
+    y += &ingress("legacy", "", "legacy.example.com", &[("/", "Prefix", "s", "{number: 80}")])
+        .replace("namespace: default}", "namespace: default, annotations: {kubernetes.io/ingress.class: lb}}");
+    m.write("ingress.yaml", &y);
+    m.write("svc.yaml", &service("default", "s", 80, "http", "80", &[&up]));
+    let mut h = start(server_config(&m)).await;
+    let c = client();
+    let addr = h.http_addr;
+    let status = |host: &'static str| {
+        let c = c.clone();
+        async move { get(&c, addr, host, "/").await.0 }
+    };
+    assert_eq!(status("mine.example.com").await, StatusCode::OK);
+    assert_eq!(status("legacy.example.com").await, StatusCode::OK);
+    assert_eq!(status("other.example.com").await, StatusCode::NOT_FOUND);
+    assert_eq!(status("unset.example.com").await, StatusCode::NOT_FOUND);
+    // Our IngressClass becomes the default: Ingresses without a class are ours too.
+    let g = h.generation();
+    m.write(
+        "class.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: lb\n  annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}\nspec: {controller: example.com/lb-ingress}\n",
+    );
+    next_generation(&mut h, g).await;
+    assert_eq!(status("unset.example.com").await, StatusCode::OK);
+    assert_eq!(status("other.example.com").await, StatusCode::NOT_FOUND);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    let up = Upstream::start("drain").await;
+    let m = Manifests::new();
+    m.write("ingress.yaml", SEED_INGRESS);
+    m.write("svc.yaml", &service("default", "frontend", 3000, "http", "3000", &[&up]));
+    let h = start(server_config(&m)).await;
+    let addr = h.http_addr;
+    let c = client();
+    let in_flight = tokio::spawn(async move { get(&c, addr, "shop.example.com", "/sleep?ms=500").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = std::time::Instant::now();
+    h.shutdown().await;
+    assert!(t0.elapsed() >= Duration::from_millis(300), "shutdown did not wait");
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting");
+}
