@@ -23,6 +23,23 @@ pub const MAP_SVC_COUNTERS: &str = "LB_SVC_COUNTERS";
 pub const MAP_REASONS: &str = "LB_REASONS";
 /// Node configuration, one entry at index 0: [`NodeConfig`]. Array.
 pub const MAP_CONFIG: &str = "LB_CONFIG";
+/// Socket-level LB (cgroup connect4/sendmsg4): (socket cookie, backend) -> service address
+/// to show in recvmsg4/getpeername4: [`SockRevKey`] -> [`SockRevValue`]. LRU hash.
+pub const MAP_SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
+
+/// Every map of the object, for tools that open or remove all pins.
+pub const ALL_MAPS: [&str; 10] = [
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_MAGLEV,
+    MAP_CONNTRACK,
+    MAP_REVNAT,
+    MAP_AFFINITY,
+    MAP_SVC_COUNTERS,
+    MAP_REASONS,
+    MAP_CONFIG,
+    MAP_SOCK_REVNAT,
+];
 
 /// Default capacities; the agent can override them with flags before load.
 pub const DEFAULT_MAX_SERVICES: u32 = 4096;
@@ -113,6 +130,14 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 pub const CT_F_SNAT: u32 = 1 << 0;
 /// A TCP FIN or RST was seen: the entry may be replaced by a new SYN.
 pub const CT_F_CLOSING: u32 = 1 << 1;
+/// Hairpin flow (a pod reached itself through a Service): the source was rewritten to
+/// [`HAIRPIN_ADDR_BE`] and the packets are sent straight back into the pod's veth.
+pub const CT_F_HAIRPIN: u32 = 1 << 2;
+
+/// Link-local source address written on hairpin flows (169.254.42.1), so that a pod does
+/// not receive a packet carrying its own address as the source (a martian it drops).
+/// Network byte order, as every `_be` field.
+pub const HAIRPIN_ADDR_BE: u32 = u32::from_ne_bytes([169, 254, 42, 1]);
 
 /// Value of [`MAP_CONNTRACK`].
 #[repr(C)]
@@ -201,6 +226,28 @@ pub struct NodeConfig {
 }
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 24);
 
+/// Key of [`MAP_SOCK_REVNAT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockRevKey {
+    /// bpf_get_socket_cookie() of the client socket.
+    pub cookie: u64,
+    pub backend_addr_be: u32,
+    pub backend_port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockRevKey>() == 16);
+
+/// Value of [`MAP_SOCK_REVNAT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRevValue {
+    pub vip_addr_be: u32,
+    pub vip_port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockRevValue>() == 8);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: every type below is #[repr(C)], has no implicit padding (checked by the size
@@ -215,4 +262,6 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::SvcCounters {}
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::SockRevKey {}
+    unsafe impl aya::Pod for super::SockRevValue {}
 }

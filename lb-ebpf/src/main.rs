@@ -1,11 +1,190 @@
+//! The data plane programs. Each entry point has one shape: `try_*` returns the decision
+//! and the reason it is counted under, or the reason of an early exit; the entry turns both
+//! into a verdict and counts every exit once in `LB_REASONS`.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+mod csum;
+mod maps;
+mod nat;
+mod packet;
+mod reject;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::bpf_redirect,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::{PROTO_TCP, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL};
+
+use crate::{
+    maps::{config, count},
+    nat::{Action, Exit},
+    packet::{Packet, Parsed, TcPkt, XdpPkt, parse, swap_macs},
+};
+
+/// Whether an early exit drops the packet (true) or lets it through untouched.
+#[inline(always)]
+fn drops(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::DropMalformed
+            | Reason::DropNoBackend
+            | Reason::DropConntrackFull
+            | Reason::DropSnatExhausted
+            | Reason::DropRewriteFailed
+            | Reason::RejectNoEndpoints
+    )
+}
+
+/// Parses and counts IP options (on top of the packet's own verdict reason).
+#[inline(always)]
+fn parse_counted<P: Packet>(pkt: &P) -> Result<Parsed, Reason> {
+    let p = parse(pkt)?;
+    if p.ip_options {
+        count(Reason::IpOptions);
+    }
+    Ok(p)
+}
+
+/// Builds the reject answer in place.
+#[inline(always)]
+fn reject<P: Packet>(pkt: &P, p: &Parsed) -> Result<(), Reason> {
+    if p.key.proto == PROTO_TCP {
+        reject::tcp_rst(pkt, p)
+    } else {
+        reject::icmp_port_unreachable(pkt, p)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// XDP on the node's external interface.
 
 #[xdp]
-pub fn lb_xdp(_ctx: XdpContext) -> u32 {
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    match try_lb_xdp(&ctx) {
+        Ok(exit) => {
+            count(exit.reason);
+            match exit.action {
+                Action::Pass | Action::BackOut => xdp_action::XDP_PASS,
+                Action::Reject => xdp_action::XDP_TX,
+            }
+        }
+        Err(reason) => {
+            count(reason);
+            if drops(reason) {
+                xdp_action::XDP_DROP
+            } else {
+                xdp_action::XDP_PASS
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn try_lb_xdp(ctx: &XdpContext) -> Result<Exit, Reason> {
+    let pkt = XdpPkt(ctx);
+    let p = parse_counted(&pkt)?;
+    if let Some(exit) = nat::reverse(&pkt, &p)? {
+        return Ok(exit);
+    }
+    let Some(cfg) = config() else {
+        return Err(Reason::PassOther);
+    };
+    let exit = nat::forward(&pkt, &p, &cfg, SCOPE_EXTERNAL)?;
+    if exit.action == Action::Reject {
+        reject(&pkt, &p)?;
+    }
+    Ok(exit)
+}
+
+/// A program that passes everything (for veth peers that need an XDP program for native
+/// redirect to deliver).
+#[xdp]
+pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+// ---------------------------------------------------------------------------------------
+// TC (tcx) on the host side of each pod's veth.
+
+/// Turns a TC decision into a verdict: back out of the same interface means a redirect
+/// to the egress of the veth the packet arrived on, i.e. into the pod.
+#[inline(always)]
+fn tc_verdict(ctx: &TcContext, r: Result<Exit, Reason>) -> i32 {
+    match r {
+        Ok(exit) => {
+            count(exit.reason);
+            match exit.action {
+                Action::Pass => TC_ACT_OK,
+                Action::BackOut | Action::Reject => {
+                    // SAFETY: reads a field of our own context.
+                    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+                    // SAFETY: plain helper call.
+                    unsafe { bpf_redirect(ifindex, 0) as i32 }
+                }
+            }
+        }
+        Err(reason) => {
+            count(reason);
+            if drops(reason) {
+                TC_ACT_SHOT
+            } else {
+                TC_ACT_OK
+            }
+        }
+    }
+}
+
+/// Packets leaving a pod (ingress of the host-side veth).
+#[classifier]
+pub fn lb_tc_from_pod(ctx: TcContext) -> i32 {
+    let r = try_from_pod(&ctx);
+    tc_verdict(&ctx, r)
+}
+
+#[inline(always)]
+fn try_from_pod(ctx: &TcContext) -> Result<Exit, Reason> {
+    let pkt = TcPkt(ctx);
+    let p = parse_counted(&pkt)?;
+    if let Some(exit) = nat::reverse(&pkt, &p)? {
+        if exit.action == Action::BackOut {
+            swap_macs(&pkt)?;
+        }
+        return Ok(exit);
+    }
+    let Some(cfg) = config() else {
+        return Err(Reason::PassOther);
+    };
+    let exit = nat::forward(&pkt, &p, &cfg, SCOPE_INTERNAL)?;
+    match exit.action {
+        Action::BackOut => swap_macs(&pkt)?,
+        Action::Reject => reject(&pkt, &p)?,
+        Action::Pass => {}
+    }
+    Ok(exit)
+}
+
+/// Packets going into a pod (egress of the host-side veth): reverse NAT only.
+#[classifier]
+pub fn lb_tc_to_pod(ctx: TcContext) -> i32 {
+    let r = try_to_pod(&ctx);
+    tc_verdict(&ctx, r)
+}
+
+#[inline(always)]
+fn try_to_pod(ctx: &TcContext) -> Result<Exit, Reason> {
+    let pkt = TcPkt(ctx);
+    let p = parse_counted(&pkt)?;
+    match nat::reverse(&pkt, &p)? {
+        // A hairpin reply never comes this way (it is redirected at from_pod); pass.
+        Some(exit) => Ok(Exit {
+            action: Action::Pass,
+            reason: exit.reason,
+        }),
+        None => Err(Reason::PassNotService),
+    }
 }
 
 #[cfg(not(test))]
