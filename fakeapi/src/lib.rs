@@ -304,8 +304,20 @@ current-context: fakeapi
         self.shared.change(|st| st.lists_paused = true);
     }
 
+    /// Answers held lists (all of them, also those held by [`FakeApi::pause_lists_of`]).
     pub fn resume_lists(&self) {
-        self.shared.change(|st| st.lists_paused = false);
+        self.shared.change(|st| {
+            st.lists_paused = false;
+            st.lists_paused_of.clear();
+        });
+    }
+
+    /// Like [`FakeApi::pause_lists`], for one kind only (`"Node"`): a client's other
+    /// watchers list as usual. Unknown kind names are an error.
+    pub fn pause_lists_of(&self, kind: &str) -> Result<(), Error> {
+        let r = resources::by_kind(kind).ok_or_else(|| Error::UnknownKindName(kind.to_owned()))?;
+        self.shared.change(|st| st.lists_paused_of.insert(r.kind));
+        Ok(())
     }
 
     /// Every request received so far, in order.

@@ -199,7 +199,7 @@ async fn list(
     };
     // A paused list has its snapshot already: changes made meanwhile are newer than it.
     let mut tick = shared.tick.subscribe();
-    while shared.lock().lists_paused {
+    while shared.lock().list_paused(target.resource.kind) {
         if tick.changed().await.is_err() {
             break;
         }

@@ -88,6 +88,8 @@ pub struct State {
     pub bookmark_epoch: u64,
     pub watches_paused: bool,
     pub lists_paused: bool,
+    /// Kinds whose lists are held, besides all of them when `lists_paused`.
+    pub lists_paused_of: std::collections::HashSet<&'static str>,
     /// Open watch streams per kind.
     pub open_watches: HashMap<&'static str, usize>,
 }
@@ -109,6 +111,7 @@ impl State {
             bookmark_epoch: 0,
             watches_paused: false,
             lists_paused: false,
+            lists_paused_of: std::collections::HashSet::new(),
             open_watches: HashMap::new(),
         }
     }
@@ -216,6 +219,10 @@ impl State {
             previous: Some(previous),
         });
         Ok(rv)
+    }
+
+    pub fn list_paused(&self, kind: &str) -> bool {
+        self.lists_paused || self.lists_paused_of.contains(kind)
     }
 
     fn rv_of(&self, object: &Value) -> u64 {
