@@ -1330,6 +1330,10 @@ fn icmp_error_from_local_backend_pod_is_translated_in_tc() {
     assert_eq!(csum(&q[..20]), 0, "quoted IP header checksum");
     assert_eq!(Ipv4Addr::new(q[16], q[17], q[18], q[19]), ip(VIP));
     assert_eq!(u16::from_be_bytes([q[22], q[23]]), 53);
+    // The quoted UDP checksum is the one of the datagram the client sent (to the VIP).
+    let sent = udp(POD_A, 3000, VIP, 53).l4();
+    assert_eq!(&q[26..28], &sent[6..8], "quoted UDP checksum");
+    assert_eq!(env.reason(Reason::IcmpErrorTranslated), 1);
 }
 
 #[test]

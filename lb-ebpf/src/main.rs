@@ -5,6 +5,7 @@
 #![no_main]
 
 mod csum;
+mod icmp;
 mod maps;
 mod nat;
 mod packet;
@@ -17,6 +18,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{PROTO_TCP, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL};
+
+use crate::packet::PROTO_ICMP;
 
 use crate::{
     maps::{config, count},
@@ -86,6 +89,9 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 fn try_lb_xdp(ctx: &XdpContext) -> Result<Exit, Reason> {
     let pkt = XdpPkt(ctx);
     let p = parse_counted(&pkt)?;
+    if p.key.proto == PROTO_ICMP {
+        return icmp::translate_error(&pkt, &p);
+    }
     if let Some(exit) = nat::reverse(&pkt, &p)? {
         return Ok(exit);
     }
@@ -148,6 +154,13 @@ pub fn lb_tc_from_pod(ctx: TcContext) -> i32 {
 fn try_from_pod(ctx: &TcContext) -> Result<Exit, Reason> {
     let pkt = TcPkt(ctx);
     let p = parse_counted(&pkt)?;
+    if p.key.proto == PROTO_ICMP {
+        let exit = icmp::translate_error(&pkt, &p)?;
+        if exit.action == Action::BackOut {
+            swap_macs(&pkt)?;
+        }
+        return Ok(exit);
+    }
     if let Some(exit) = nat::reverse(&pkt, &p)? {
         if exit.action == Action::BackOut {
             swap_macs(&pkt)?;
@@ -177,7 +190,12 @@ pub fn lb_tc_to_pod(ctx: TcContext) -> i32 {
 fn try_to_pod(ctx: &TcContext) -> Result<Exit, Reason> {
     let pkt = TcPkt(ctx);
     let p = parse_counted(&pkt)?;
-    match nat::reverse(&pkt, &p)? {
+    let reply = if p.key.proto == PROTO_ICMP {
+        Some(icmp::translate_error(&pkt, &p)?)
+    } else {
+        nat::reverse(&pkt, &p)?
+    };
+    match reply {
         // A hairpin reply never comes this way (it is redirected at from_pod); pass.
         Some(exit) => Ok(Exit {
             action: Action::Pass,
