@@ -157,8 +157,12 @@ impl Metrics {
         registry.register_collector(Box::new(EjectedCollector(endpoints)));
         // Create the known series at zero, so dashboards see 0 rather than no data.
         for result in ["success", "error"] {
-            m.tls_handshakes.get_or_create(&ResultLabel { result }).inc_by(0);
-            m.config_reloads.get_or_create(&ResultLabel { result }).inc_by(0);
+            m.tls_handshakes
+                .get_or_create(&ResultLabel { result })
+                .inc_by(0);
+            m.config_reloads
+                .get_or_create(&ResultLabel { result })
+                .inc_by(0);
         }
         for listener in ["http", "https"] {
             m.active_connections

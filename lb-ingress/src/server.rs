@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
 use hyper::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use lb_k8s::SourceConfig;
@@ -206,7 +206,10 @@ impl ServerHandle {
     /// closes every connection.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        if tokio::time::timeout(self.grace, self.drained.recv()).await.is_err() {
+        if tokio::time::timeout(self.grace, self.drained.recv())
+            .await
+            .is_err()
+        {
             warn!(grace = ?self.grace, "connections still open after the grace period");
         }
         self.source.abort();
@@ -273,7 +276,12 @@ impl Listener {
         }
     }
 
-    async fn connection(self, stream: TcpStream, peer: SocketAddr, tls: Option<(TlsAcceptor, Duration)>) {
+    async fn connection(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<(TlsAcceptor, Duration)>,
+    ) {
         let listener = if tls.is_some() { "https" } else { "http" };
         let gauge = self
             .proxy

@@ -2,9 +2,11 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use common::*;
+use http_body_util::BodyExt as _;
 use hyper::StatusCode;
 
 const SEED_INGRESS: &str = r"
@@ -23,17 +25,37 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_host_and_path_to_every_replica() {
-    let fe = [Upstream::start("frontend-0").await, Upstream::start("frontend-1").await];
-    let be = [Upstream::start("backend-0").await, Upstream::start("backend-1").await];
+    let fe = [
+        Upstream::start("frontend-0").await,
+        Upstream::start("frontend-1").await,
+    ];
+    let be = [
+        Upstream::start("backend-0").await,
+        Upstream::start("backend-1").await,
+    ];
     let m = Manifests::new();
     m.write("ingress.yaml", SEED_INGRESS);
-    m.write("frontend.yaml", &service("default", "frontend", 3000, "http", "3000", &[&fe[0], &fe[1]]));
-    m.write("backend.yaml", &service("default", "backend", 80, "http", "8080", &[&be[0], &be[1]]));
+    m.write(
+        "frontend.yaml",
+        &service(
+            "default",
+            "frontend",
+            3000,
+            "http",
+            "3000",
+            &[&fe[0], &fe[1]],
+        ),
+    );
+    m.write(
+        "backend.yaml",
+        &service("default", "backend", 80, "http", "8080", &[&be[0], &be[1]]),
+    );
     let h = start(server_config(&m)).await;
     let c = client();
     let mut answered = BTreeSet::new();
     for _ in 0..40 {
-        let (status, headers, body) = get(&c, h.http_addr, "shop.example.com", "/api/items?id=1").await;
+        let (status, headers, body) =
+            get(&c, h.http_addr, "shop.example.com", "/api/items?id=1").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let name = seen(&body)["name"].as_str().unwrap().to_owned();
         assert!(name.starts_with("backend-"), "{name}");
@@ -46,7 +68,12 @@ async fn routes_by_host_and_path_to_every_replica() {
     assert_eq!(answered.len(), 4, "every replica answers: {answered:?}");
     // /apix is not under /api (element-wise prefix): the frontend serves it.
     let (_, _, body) = get(&c, h.http_addr, "shop.example.com", "/apix").await;
-    assert!(seen(&body)["name"].as_str().unwrap().starts_with("frontend-"));
+    assert!(
+        seen(&body)["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("frontend-")
+    );
     h.shutdown().await;
 }
 
@@ -55,8 +82,9 @@ fn ingress(name: &str, class_line: &str, host: &str, paths: &[(&str, &str, &str,
         "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}, namespace: default}}\nspec:\n{class_line}  rules:\n  - host: {host}\n    http:\n      paths:\n"
     );
     for (path, kind, svc, port) in paths {
-        y += &format!(
-            "      - {{path: {path}, pathType: {kind}, backend: {{service: {{name: {svc}, port: {port}}}}}}}\n"
+        let _ = writeln!(
+            y,
+            "      - {{path: {path}, pathType: {kind}, backend: {{service: {{name: {svc}, port: {port}}}}}}}"
         );
     }
     y
@@ -95,20 +123,36 @@ async fn no_route_is_404_and_no_ready_endpoint_is_503() {
     svcs += &service("default", "empty", 80, "http", "8080", &[]);
     svcs += "---\n";
     svcs += &service("default", "notready", 80, "http", "8080", &[]);
-    svcs += &slice("default", "notready", "notready-x", "http", &[up.addr], false);
+    svcs += &slice(
+        "default",
+        "notready",
+        "notready-x",
+        "http",
+        &[up.addr],
+        false,
+    );
     m.write("services.yaml", &svcs);
     let h = start(server_config(&m)).await;
     let c = client();
     let (status, headers, _) = get(&c, h.http_addr, "a.example.com", "/ok").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers["server"].to_str().unwrap().starts_with("lb-ingress/"));
+    assert!(
+        headers["server"]
+            .to_str()
+            .unwrap()
+            .starts_with("lb-ingress/")
+    );
     for (host, path, want) in [
         ("b.example.com", "/ok", StatusCode::NOT_FOUND),
         ("a.example.com", "/ok/", StatusCode::NOT_FOUND),
         ("a.example.com", "/other", StatusCode::NOT_FOUND),
         ("a.example.com", "/empty", StatusCode::SERVICE_UNAVAILABLE),
         ("a.example.com", "/missing", StatusCode::SERVICE_UNAVAILABLE),
-        ("a.example.com", "/notready/x", StatusCode::SERVICE_UNAVAILABLE),
+        (
+            "a.example.com",
+            "/notready/x",
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
         ("a.example.com", "/badport", StatusCode::SERVICE_UNAVAILABLE),
     ] {
         let (status, headers, _) = get(&c, h.http_addr, host, path).await;
@@ -125,11 +169,19 @@ async fn service_ports_by_name_with_named_target_ports() {
     let m = Manifests::new();
     m.write(
         "ingress.yaml",
-        &ingress("n", "  ingressClassName: lb\n", "n.example.com", &[("/", "Prefix", "web", "{name: web}")]),
+        &ingress(
+            "n",
+            "  ingressClassName: lb\n",
+            "n.example.com",
+            &[("/", "Prefix", "web", "{name: web}")],
+        ),
     );
     // Service port "web" (80) -> targetPort "http-alt" (a container port name); the
     // slice's port is named after the Service port and carries the resolved number.
-    m.write("svc.yaml", &service("default", "web", 80, "web", "http-alt", &[&up]));
+    m.write(
+        "svc.yaml",
+        &service("default", "web", 80, "web", "http-alt", &[&up]),
+    );
     let h = start(server_config(&m)).await;
     let (status, _, body) = get(&client(), h.http_addr, "n.example.com", "/").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -142,7 +194,10 @@ async fn upstream_sees_the_request_unchanged_and_forwarding_headers() {
     let up = Upstream::start("echo").await;
     let m = Manifests::new();
     m.write("ingress.yaml", SEED_INGRESS);
-    m.write("svc.yaml", &service("default", "frontend", 3000, "http", "3000", &[&up]));
+    m.write(
+        "svc.yaml",
+        &service("default", "frontend", 3000, "http", "3000", &[&up]),
+    );
     let h = start(server_config(&m)).await;
     let c = client();
     let req = hyper::Request::builder()
@@ -159,9 +214,20 @@ async fn upstream_sees_the_request_unchanged_and_forwarding_headers() {
         .unwrap();
     let resp = c.request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()["server"].to_str().unwrap().starts_with("lb-ingress/"));
-    assert!(!resp.headers().contains_key("keep-alive"), "hop-by-hop response header passed");
-    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    assert!(
+        resp.headers()["server"]
+            .to_str()
+            .unwrap()
+            .starts_with("lb-ingress/")
+    );
+    assert!(
+        !resp.headers().contains_key("keep-alive"),
+        "hop-by-hop response header passed"
+    );
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     let v = seen(std::str::from_utf8(&body).unwrap());
     assert_eq!(v["method"], "DELETE");
     assert_eq!(v["uri"], "/a/b%20c?x=1&y=%2F");
@@ -170,7 +236,10 @@ async fn upstream_sees_the_request_unchanged_and_forwarding_headers() {
     assert_eq!(hdr("host"), serde_json::json!(["shop.example.com:8443"]));
     assert_eq!(hdr("x-forwarded-for"), serde_json::json!(["127.0.0.1"]));
     assert_eq!(hdr("x-forwarded-proto"), serde_json::json!(["http"]));
-    assert_eq!(hdr("x-forwarded-host"), serde_json::json!(["shop.example.com:8443"]));
+    assert_eq!(
+        hdr("x-forwarded-host"),
+        serde_json::json!(["shop.example.com:8443"])
+    );
     assert_eq!(
         hdr("forwarded"),
         serde_json::json!(["for=127.0.0.1;host=\"shop.example.com:8443\";proto=http"])
@@ -187,7 +256,10 @@ async fn trusted_proxies_extend_the_forwarded_chain() {
     let up = Upstream::start("echo").await;
     let m = Manifests::new();
     m.write("ingress.yaml", SEED_INGRESS);
-    m.write("svc.yaml", &service("default", "frontend", 3000, "http", "3000", &[&up]));
+    m.write(
+        "svc.yaml",
+        &service("default", "frontend", 3000, "http", "3000", &[&up]),
+    );
     let mut cfg = server_config(&m);
     cfg.options.trusted_proxies =
         lb_ingress::proxy::headers::TrustedProxies(vec!["127.0.0.0/8".parse().unwrap()]);
@@ -199,10 +271,19 @@ async fn trusted_proxies_extend_the_forwarded_chain() {
         .body(empty())
         .unwrap();
     let resp = client().request(req).await.unwrap();
-    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     let v = seen(std::str::from_utf8(&body).unwrap());
-    assert_eq!(v["headers"]["x-forwarded-for"], serde_json::json!(["203.0.113.7, 127.0.0.1"]));
-    assert_eq!(v["headers"]["x-forwarded-proto"], serde_json::json!(["https"]));
+    assert_eq!(
+        v["headers"]["x-forwarded-for"],
+        serde_json::json!(["203.0.113.7, 127.0.0.1"])
+    );
+    assert_eq!(
+        v["headers"]["x-forwarded-proto"],
+        serde_json::json!(["https"])
+    );
     h.shutdown().await;
 }
 
@@ -212,7 +293,10 @@ async fn websocket_upgrade_is_tunnelled() {
     let up = Upstream::start("ws").await;
     let m = Manifests::new();
     m.write("ingress.yaml", SEED_INGRESS);
-    m.write("svc.yaml", &service("default", "frontend", 3000, "http", "3000", &[&up]));
+    m.write(
+        "svc.yaml",
+        &service("default", "frontend", 3000, "http", "3000", &[&up]),
+    );
     let h = start(server_config(&m)).await;
     let mut s = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
     s.write_all(
@@ -232,7 +316,9 @@ async fn websocket_upgrade_is_tunnelled() {
     assert!(head.contains("upgrade: websocket"), "{head}");
     // A masked text frame "hello" (RFC 6455 section 5.7), several times: the echo
     // server returns the bytes as they are.
-    let frame = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+    let frame = [
+        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+    ];
     for _ in 0..3 {
         s.write_all(&frame).await.unwrap();
         let mut back = [0u8; 11];
@@ -251,7 +337,10 @@ async fn http2_prior_knowledge_reaches_an_http1_upstream() {
     let up = Upstream::start("h2c").await;
     let m = Manifests::new();
     m.write("ingress.yaml", SEED_INGRESS);
-    m.write("svc.yaml", &service("default", "backend", 80, "http", "8080", &[&up]));
+    m.write(
+        "svc.yaml",
+        &service("default", "backend", 80, "http", "8080", &[&up]),
+    );
     let h = start(server_config(&m)).await;
     let tcp = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(
@@ -268,10 +357,16 @@ async fn http2_prior_knowledge_reaches_an_http1_upstream() {
         let resp = send.send_request(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.version(), hyper::Version::HTTP_2);
-        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
         let v = seen(std::str::from_utf8(&body).unwrap());
         assert_eq!(v["uri"], format!("/api/{i}?q=1"));
-        assert_eq!(v["headers"]["host"], serde_json::json!(["shop.example.com"]));
+        assert_eq!(
+            v["headers"]["host"],
+            serde_json::json!(["shop.example.com"])
+        );
         assert_eq!(v["version"], "HTTP/1.1");
     }
     h.shutdown().await;
@@ -283,11 +378,16 @@ async fn slow_client_is_cut_off_by_the_header_timeout() {
     let up = Upstream::start("slow").await;
     let m = Manifests::new();
     m.write("ingress.yaml", SEED_INGRESS);
-    m.write("svc.yaml", &service("default", "frontend", 3000, "http", "3000", &[&up]));
+    m.write(
+        "svc.yaml",
+        &service("default", "frontend", 3000, "http", "3000", &[&up]),
+    );
     let h = start(server_config(&m)).await;
     let mut s = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
     let t0 = std::time::Instant::now();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: shop.example.com\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: shop.example.com\r\n")
+        .await
+        .unwrap();
     // Keep trickling header bytes, slower than a real client would.
     let mut buf = [0u8; 1024];
     let closed = loop {
@@ -297,11 +397,17 @@ async fn slow_client_is_cut_off_by_the_header_timeout() {
                 if s.write_all(b"X-Slow: 1\r\n").await.is_err() { break true; }
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "still connected after 5 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still connected after 5 s"
+        );
     };
     assert!(closed);
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(400), "cut off too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(400),
+        "cut off too early: {took:?}"
+    );
     assert!(took < Duration::from_secs(3), "cut off too late: {took:?}");
     assert_eq!(up.hits(), 0);
     h.shutdown().await;
@@ -312,7 +418,10 @@ async fn oversized_headers_are_431_and_malformed_requests_400_without_upstream()
     let up = Upstream::start("limits").await;
     let m = Manifests::new();
     m.write("ingress.yaml", SEED_INGRESS);
-    m.write("svc.yaml", &service("default", "frontend", 3000, "http", "3000", &[&up]));
+    m.write(
+        "svc.yaml",
+        &service("default", "frontend", 3000, "http", "3000", &[&up]),
+    );
     let h = start(server_config(&m)).await;
     let big = format!(
         "GET / HTTP/1.1\r\nHost: shop.example.com\r\nX-Big: {}\r\n\r\n",
@@ -330,7 +439,11 @@ async fn oversized_headers_are_431_and_malformed_requests_400_without_upstream()
         let resp = raw(h.http_addr, bad).await;
         assert!(resp.starts_with("HTTP/1.1 400"), "{}: {resp}", String::from_utf8_lossy(bad));
     }
-    let resp = raw(h.http_addr, b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").await;
+    let resp = raw(
+        h.http_addr,
+        b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
     assert_eq!(up.hits(), 0, "a malformed request reached the upstream");
     h.shutdown().await;
@@ -341,7 +454,10 @@ async fn request_bodies_over_the_limit_are_413() {
     let up = Upstream::start("body").await;
     let m = Manifests::new();
     m.write("ingress.yaml", SEED_INGRESS);
-    m.write("svc.yaml", &service("default", "frontend", 3000, "http", "3000", &[&up]));
+    m.write(
+        "svc.yaml",
+        &service("default", "frontend", 3000, "http", "3000", &[&up]),
+    );
     let mut cfg = server_config(&m);
     cfg.options.max_body_bytes = 100_000;
     let h = start(cfg).await;
@@ -352,9 +468,11 @@ async fn request_bodies_over_the_limit_are_413() {
             .body(body)
             .unwrap()
     };
-    use http_body_util::BodyExt as _;
     // Within the limit, streamed (chunked): passes.
-    let resp = c.request(post(generated_body(90_000).boxed_unsync())).await.unwrap();
+    let resp = c
+        .request(post(generated_body(90_000).boxed_unsync()))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let n = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&n[..], b"90000");
@@ -363,13 +481,19 @@ async fn request_bodies_over_the_limit_are_413() {
     let req = hyper::Request::post(format!("http://{}/upload", h.http_addr))
         .header("host", "shop.example.com")
         .header("content-length", "200000")
-        .body(http_body_util::Full::new(bytes::Bytes::from(vec![0u8; 200_000])).map_err(|n| match n {}).boxed_unsync())
+        .body(
+            http_body_util::Full::new(bytes::Bytes::from(vec![0u8; 200_000]))
+                .map_err(|n| match n {})
+                .boxed_unsync(),
+        )
         .unwrap();
     let resp = c.request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(up.hits(), hits);
     // Chunked and too large: cut off while streaming.
-    let resp = client().request(post(generated_body(1_000_000).boxed_unsync())).await;
+    let resp = client()
+        .request(post(generated_body(1_000_000).boxed_unsync()))
+        .await;
     if let Ok(resp) = resp {
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
@@ -385,9 +509,11 @@ impl Pki {
     fn new() -> Pki {
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, "lb-ingress test CA");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "lb-ingress test CA");
         Pki {
-            ca: rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap(),
+            ca: rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap())
+                .unwrap(),
         }
     }
 
@@ -401,7 +527,10 @@ impl Pki {
         (cert.pem(), key.serialize_pem(), cert.der().to_vec())
     }
 
-    fn client_config(&self, versions: &[&'static rustls::SupportedProtocolVersion]) -> rustls::ClientConfig {
+    fn client_config(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
         let mut c = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
@@ -417,7 +546,12 @@ impl Pki {
 }
 
 fn tls_secret(name: &str, crt: &str, key: &str) -> String {
-    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let indent = |s: &str| {
+        s.lines().fold(String::new(), |mut out, l| {
+            let _ = writeln!(out, "    {l}");
+            out
+        })
+    };
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
         indent(crt),
@@ -463,8 +597,22 @@ async fn tls_certificates_by_sni_h2_by_alpn_and_hot_swapped() {
     let (b_crt, b_key, b_der) = pki.leaf("*.b.example.com");
     let m = Manifests::new();
     m.write("ingress.yaml", TLS_INGRESS);
-    m.write("secrets.yaml", &format!("{}---\n{}", tls_secret("a-tls", &a_crt, &a_key), tls_secret("b-tls", &b_crt, &b_key)));
-    m.write("svc.yaml", &format!("{}---\n{}", service("default", "a", 80, "http", "80", &[&ua]), service("default", "b", 80, "http", "80", &[&ub])));
+    m.write(
+        "secrets.yaml",
+        &format!(
+            "{}---\n{}",
+            tls_secret("a-tls", &a_crt, &a_key),
+            tls_secret("b-tls", &b_crt, &b_key)
+        ),
+    );
+    m.write(
+        "svc.yaml",
+        &format!(
+            "{}---\n{}",
+            service("default", "a", 80, "http", "80", &[&ua]),
+            service("default", "b", 80, "http", "80", &[&ub])
+        ),
+    );
     let mut cfg = server_config(&m);
     cfg.listen_tls = Some("127.0.0.1:0".parse().unwrap());
     cfg.options.redirect_https = true;
@@ -480,7 +628,11 @@ async fn tls_certificates_by_sni_h2_by_alpn_and_hot_swapped() {
     ] {
         let tls = tls_connect(https, config, sni).await.unwrap();
         let (_, session) = tls.get_ref();
-        assert_eq!(session.peer_certificates().unwrap()[0].as_ref(), der.as_slice(), "{sni}");
+        assert_eq!(
+            session.peer_certificates().unwrap()[0].as_ref(),
+            der.as_slice(),
+            "{sni}"
+        );
         assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
         let (mut send, conn) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),
@@ -490,24 +642,45 @@ async fn tls_certificates_by_sni_h2_by_alpn_and_hot_swapped() {
         .unwrap();
         tokio::spawn(conn);
         let resp = send
-            .send_request(hyper::Request::get(format!("https://{sni}/p")).body(empty()).unwrap())
+            .send_request(
+                hyper::Request::get(format!("https://{sni}/p"))
+                    .body(empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
-        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
         let v = seen(std::str::from_utf8(&body).unwrap());
         assert_eq!(v["name"], upstream);
-        assert_eq!(v["headers"]["x-forwarded-proto"], serde_json::json!(["https"]));
+        assert_eq!(
+            v["headers"]["x-forwarded-proto"],
+            serde_json::json!(["https"])
+        );
     }
     // No certificate for this name: the handshake fails.
-    assert!(tls_connect(https, tls13.clone(), "nope.example.com").await.is_err());
+    assert!(
+        tls_connect(https, tls13.clone(), "nope.example.com")
+            .await
+            .is_err()
+    );
     // A wildcard covers one label only.
-    assert!(tls_connect(https, tls13.clone(), "y.x.b.example.com").await.is_err());
+    assert!(
+        tls_connect(https, tls13.clone(), "y.x.b.example.com")
+            .await
+            .is_err()
+    );
 
     // Plain HTTP for a host with a certificate is redirected.
     let (status, headers, _) = get(&client(), h.http_addr, "a.example.com", "/p?q=1").await;
     assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
-    assert_eq!(headers["location"], format!("https://a.example.com:{}/p?q=1", https.port()).as_str());
+    assert_eq!(
+        headers["location"],
+        format!("https://a.example.com:{}/p?q=1", https.port()).as_str()
+    );
 
     // curl, once, over HTTP/2 and TLS.
     let ca = m.path().join("..").join(format!("ca-{}.pem", https.port()));
@@ -515,7 +688,10 @@ async fn tls_certificates_by_sni_h2_by_alpn_and_hot_swapped() {
     let out = tokio::process::Command::new("curl")
         .args(["-sS", "--http2", "--cacert"])
         .arg(&ca)
-        .args(["--resolve", &format!("a.example.com:{}:127.0.0.1", https.port())])
+        .args([
+            "--resolve",
+            &format!("a.example.com:{}:127.0.0.1", https.port()),
+        ])
         .args(["-w", "\n%{http_code} %{http_version}"])
         .arg(format!("https://a.example.com:{}/curl?x=1", https.port()))
         .output()
@@ -523,7 +699,11 @@ async fn tls_certificates_by_sni_h2_by_alpn_and_hot_swapped() {
         .unwrap();
     let _ = std::fs::remove_file(&ca);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (body, tail) = stdout.rsplit_once('\n').unwrap();
     assert_eq!(tail, "200 2");
     assert_eq!(seen(body)["uri"], "/curl?x=1");
@@ -531,16 +711,44 @@ async fn tls_certificates_by_sni_h2_by_alpn_and_hot_swapped() {
     // A new certificate in the Secret is served from the next handshake on.
     let generation = h.generation();
     let (a2_crt, a2_key, a2_der) = pki.leaf("a.example.com");
-    m.write("secrets.yaml", &format!("{}---\n{}", tls_secret("a-tls", &a2_crt, &a2_key), tls_secret("b-tls", &b_crt, &b_key)));
+    m.write(
+        "secrets.yaml",
+        &format!(
+            "{}---\n{}",
+            tls_secret("a-tls", &a2_crt, &a2_key),
+            tls_secret("b-tls", &b_crt, &b_key)
+        ),
+    );
     next_generation(&mut h, generation).await;
     // A fresh client: a resumed session would not carry the certificate again.
     let fresh = pki.client_config(&[&rustls::version::TLS13]);
     let tls = tls_connect(https, fresh, "a.example.com").await.unwrap();
-    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(), a2_der.as_slice());
+    assert_eq!(
+        tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+        a2_der.as_slice()
+    );
 
     let metrics = h.metrics_addr.unwrap();
-    assert!(metric(metrics, "lb_ingress_tls_handshakes_total", &["result=\"success\""]).await.unwrap() >= 4.0);
-    assert!(metric(metrics, "lb_ingress_tls_handshakes_total", &["result=\"error\""]).await.unwrap() >= 2.0);
+    assert!(
+        metric(
+            metrics,
+            "lb_ingress_tls_handshakes_total",
+            &["result=\"success\""]
+        )
+        .await
+        .unwrap()
+            >= 4
+    );
+    assert!(
+        metric(
+            metrics,
+            "lb_ingress_tls_handshakes_total",
+            &["result=\"error\""]
+        )
+        .await
+        .unwrap()
+            >= 2
+    );
     h.shutdown().await;
 }
 
@@ -549,11 +757,20 @@ async fn curl_over_http1_and_h2c() {
     let up = Upstream::start("curl").await;
     let m = Manifests::new();
     m.write("ingress.yaml", SEED_INGRESS);
-    m.write("svc.yaml", &service("default", "backend", 80, "http", "8080", &[&up]));
+    m.write(
+        "svc.yaml",
+        &service("default", "backend", 80, "http", "8080", &[&up]),
+    );
     let h = start(server_config(&m)).await;
     for extra in [&[][..], &["--http2-prior-knowledge"][..]] {
         let out = tokio::process::Command::new("curl")
-            .args(["-sS", "-H", "Host: shop.example.com", "-w", "\n%{http_code}"])
+            .args([
+                "-sS",
+                "-H",
+                "Host: shop.example.com",
+                "-w",
+                "\n%{http_code}",
+            ])
             .args(extra)
             .arg(format!("http://{}/api/x?y=z", h.http_addr))
             .output()
@@ -573,14 +790,23 @@ async fn metrics_count_requests_by_rule() {
     let up = Upstream::start("m").await;
     let m = Manifests::new();
     m.write("ingress.yaml", SEED_INGRESS);
-    m.write("svc.yaml", &service("default", "backend", 80, "http", "8080", &[&up]));
+    m.write(
+        "svc.yaml",
+        &service("default", "backend", 80, "http", "8080", &[&up]),
+    );
     let h = start(server_config(&m)).await;
     let c = client();
     for _ in 0..7 {
-        assert_eq!(get(&c, h.http_addr, "shop.example.com", "/api/1").await.0, StatusCode::OK);
+        assert_eq!(
+            get(&c, h.http_addr, "shop.example.com", "/api/1").await.0,
+            StatusCode::OK
+        );
     }
     for _ in 0..3 {
-        assert_eq!(get(&c, h.http_addr, "nowhere", "/").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            get(&c, h.http_addr, "nowhere", "/").await.0,
+            StatusCode::NOT_FOUND
+        );
     }
     let addr = h.metrics_addr.unwrap();
     let ok = [
@@ -593,16 +819,21 @@ async fn metrics_count_requests_by_rule() {
     ];
     // The access-log record (and its metrics) is written when the response body ends;
     // give the last one a moment.
-    let mut n = 0.0;
+    let mut n = 0;
     for _ in 0..50 {
-        n = metric(addr, "lb_ingress_requests_total", &ok).await.unwrap_or(0.0);
-        if n >= 7.0 {
+        n = metric(addr, "lb_ingress_requests_total", &ok)
+            .await
+            .unwrap_or(0);
+        if n >= 7 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(n, 7.0);
-    assert_eq!(metric(addr, "lb_ingress_requests_total", &["status_class=\"4xx\""]).await, Some(3.0));
+    assert_eq!(n, 7);
+    assert_eq!(
+        metric(addr, "lb_ingress_requests_total", &["status_class=\"4xx\""]).await,
+        Some(3)
+    );
     let text = scrape(addr).await;
     for name in [
         "lb_ingress_request_duration_seconds_bucket",
@@ -616,7 +847,11 @@ async fn metrics_count_requests_by_rule() {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
     let (status, _, _) = get(&c, addr, "x", "/other").await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "only /metrics on the metrics address");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "only /metrics on the metrics address"
+    );
     h.shutdown().await;
 }
 
@@ -642,15 +877,26 @@ async fn connect_failures_are_retried_elsewhere_and_ejected() {
             .header("host", "shop.example.com")
             .body(empty())
             .unwrap();
-        assert_eq!(c.request(req).await.unwrap().status(), StatusCode::OK, "request {i}");
+        assert_eq!(
+            c.request(req).await.unwrap().status(),
+            StatusCode::OK,
+            "request {i}"
+        );
     }
     let addr = h.metrics_addr.unwrap();
-    assert_eq!(metric(addr, "lb_ingress_ejected_endpoints", &[]).await, Some(1.0));
-    let errors = metric(addr, "lb_ingress_upstream_connect_errors_total", &[]).await.unwrap();
-    let retries = metric(addr, "lb_ingress_upstream_retries_total", &[]).await.unwrap();
+    assert_eq!(
+        metric(addr, "lb_ingress_ejected_endpoints", &[]).await,
+        Some(1)
+    );
+    let errors = metric(addr, "lb_ingress_upstream_connect_errors_total", &[])
+        .await
+        .unwrap();
+    let retries = metric(addr, "lb_ingress_upstream_retries_total", &[])
+        .await
+        .unwrap();
     // Ejected after its first failure: one connect error, one retry, then no more tries.
-    assert_eq!(errors, 1.0);
-    assert_eq!(retries, 1.0);
+    assert_eq!(errors, 1);
+    assert_eq!(retries, 1);
     h.shutdown().await;
 }
 
@@ -672,7 +918,10 @@ async fn upstream_timeout_is_504_and_upstream_failure_502() {
             "t",
             "  ingressClassName: lb\n",
             "t.example.com",
-            &[("/sleep", "Prefix", "slow", "{number: 80}"), ("/rude", "Prefix", "rude", "{number: 80}")],
+            &[
+                ("/sleep", "Prefix", "slow", "{number: 80}"),
+                ("/rude", "Prefix", "rude", "{number: 80}"),
+            ],
         ),
     );
     let mut svc = service("default", "slow", 80, "http", "80", &[&up]);
@@ -699,16 +948,42 @@ async fn upstream_timeout_is_504_and_upstream_failure_502() {
 async fn ingress_class_selection() {
     let up = Upstream::start("class").await;
     let m = Manifests::new();
-    let mut y = ingress("mine", "  ingressClassName: lb\n", "mine.example.com", &[("/", "Prefix", "s", "{number: 80}")]);
-    y += "---\n";
-    y += &ingress("other", "  ingressClassName: nginx\n", "other.example.com", &[("/", "Prefix", "s", "{number: 80}")]);
-    y += "---\n";
-    y += &ingress("unset", "", "unset.example.com", &[("/", "Prefix", "s", "{number: 80}")]);
-    y += "---\n";
-    y += &ingress("legacy", "", "legacy.example.com", &[("/", "Prefix", "s", "{number: 80}")])
-        .replace("namespace: default}", "namespace: default, annotations: {kubernetes.io/ingress.class: lb}}");
-    m.write("ingress.yaml", &y);
-    m.write("svc.yaml", &service("default", "s", 80, "http", "80", &[&up]));
+    let mut yaml = ingress(
+        "mine",
+        "  ingressClassName: lb\n",
+        "mine.example.com",
+        &[("/", "Prefix", "s", "{number: 80}")],
+    );
+    yaml += "---\n";
+    yaml += &ingress(
+        "other",
+        "  ingressClassName: nginx\n",
+        "other.example.com",
+        &[("/", "Prefix", "s", "{number: 80}")],
+    );
+    yaml += "---\n";
+    yaml += &ingress(
+        "unset",
+        "",
+        "unset.example.com",
+        &[("/", "Prefix", "s", "{number: 80}")],
+    );
+    yaml += "---\n";
+    yaml += &ingress(
+        "legacy",
+        "",
+        "legacy.example.com",
+        &[("/", "Prefix", "s", "{number: 80}")],
+    )
+    .replace(
+        "namespace: default}",
+        "namespace: default, annotations: {kubernetes.io/ingress.class: lb}}",
+    );
+    m.write("ingress.yaml", &yaml);
+    m.write(
+        "svc.yaml",
+        &service("default", "s", 80, "http", "80", &[&up]),
+    );
     let mut h = start(server_config(&m)).await;
     let c = client();
     let addr = h.http_addr;
@@ -737,16 +1012,26 @@ async fn shutdown_drains_in_flight_requests() {
     let up = Upstream::start("drain").await;
     let m = Manifests::new();
     m.write("ingress.yaml", SEED_INGRESS);
-    m.write("svc.yaml", &service("default", "frontend", 3000, "http", "3000", &[&up]));
+    m.write(
+        "svc.yaml",
+        &service("default", "frontend", 3000, "http", "3000", &[&up]),
+    );
     let h = start(server_config(&m)).await;
     let addr = h.http_addr;
     let c = client();
-    let in_flight = tokio::spawn(async move { get(&c, addr, "shop.example.com", "/sleep?ms=500").await });
+    let in_flight =
+        tokio::spawn(async move { get(&c, addr, "shop.example.com", "/sleep?ms=500").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t0 = std::time::Instant::now();
     h.shutdown().await;
-    assert!(t0.elapsed() >= Duration::from_millis(300), "shutdown did not wait");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "shutdown did not wait"
+    );
     let (status, _, body) = in_flight.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting"
+    );
 }

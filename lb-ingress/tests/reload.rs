@@ -30,14 +30,23 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_storm_under_load_fails_no_request() {
-    let one = [Upstream::start("one-0").await, Upstream::start("one-1").await];
-    let two = [Upstream::start("two-0").await, Upstream::start("two-1").await];
+    let one = [
+        Upstream::start("one-0").await,
+        Upstream::start("one-1").await,
+    ];
+    let two = [
+        Upstream::start("two-0").await,
+        Upstream::start("two-1").await,
+    ];
     let m = Manifests::new();
-    m.write("svc.yaml", &format!(
-        "{}---\n{}",
-        service("default", "one", 80, "http", "80", &[&one[0], &one[1]]),
-        service("default", "two", 80, "http", "80", &[&two[0], &two[1]])
-    ));
+    m.write(
+        "svc.yaml",
+        &format!(
+            "{}---\n{}",
+            service("default", "one", 80, "http", "80", &[&one[0], &one[1]]),
+            service("default", "two", 80, "http", "80", &[&two[0], &two[1]])
+        ),
+    );
     m.write("ingress.yaml", &ingress("one", 0));
     let h = start(server_config(&m)).await;
     let first_generation = h.generation();
@@ -85,7 +94,11 @@ async fn reload_storm_under_load_fails_no_request() {
     let mut changes = 0u64;
     while t0.elapsed() < Duration::from_secs(10) {
         changes += 1;
-        let to = if changes % 2 == 0 { "one" } else { "two" };
+        let to = if changes.is_multiple_of(2) {
+            "one"
+        } else {
+            "two"
+        };
         m.write("ingress.yaml", &ingress(to, changes));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -99,9 +112,22 @@ async fn reload_storm_under_load_fails_no_request() {
     }
     let reloads = h.generation() - first_generation;
     let ok = ok.load(Ordering::Relaxed);
-    assert!(failures.is_empty(), "{} failed of {}: {:?}", failures.len(), ok + failures.len() as u64, &failures[..failures.len().min(10)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(10)]
+    );
     assert!(ok > 500, "only {ok} requests in 10 s");
-    assert!(reloads > 100, "only {reloads} reloads for {changes} changes");
-    assert_eq!(flip_seen, BTreeSet::from(["one".to_owned(), "two".to_owned()]), "the flipping route did not follow the changes");
+    assert!(
+        reloads > 100,
+        "only {reloads} reloads for {changes} changes"
+    );
+    assert_eq!(
+        flip_seen,
+        BTreeSet::from(["one".to_owned(), "two".to_owned()]),
+        "the flipping route did not follow the changes"
+    );
     h.shutdown().await;
 }

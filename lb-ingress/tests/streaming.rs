@@ -30,7 +30,10 @@ async fn hundred_megabytes_each_way_with_bounded_memory() {
         "ingress.yaml",
         "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: bulk}\nspec:\n  ingressClassName: lb\n  defaultBackend: {service: {name: bulk, port: {number: 80}}}\n",
     );
-    m.write("svc.yaml", &service("default", "bulk", 80, "http", "80", &[&up]));
+    m.write(
+        "svc.yaml",
+        &service("default", "bulk", 80, "http", "80", &[&up]),
+    );
     let h = start(server_config(&m)).await;
     let c = client();
     // Warm up allocator pools and connections before the baseline.
@@ -76,6 +79,9 @@ async fn hundred_megabytes_each_way_with_bounded_memory() {
     done.store(true, Ordering::Relaxed);
     sampler.await.unwrap();
     let growth_mib = (peak.load(Ordering::Relaxed).saturating_sub(baseline)) / 1024;
-    assert!(growth_mib < 30, "RSS grew by {growth_mib} MiB while streaming 2 x 100 MB");
+    assert!(
+        growth_mib < 30,
+        "RSS grew by {growth_mib} MiB while streaming 2 x 100 MB"
+    );
     h.shutdown().await;
 }

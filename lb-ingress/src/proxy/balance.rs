@@ -86,33 +86,39 @@ impl Pool {
     }
 
     fn choose(&self, usable: impl Fn(&Arc<Endpoint>) -> bool) -> Option<&Arc<Endpoint>> {
-        let n = self.endpoints.len();
-        match n {
-            0 => return None,
-            1 => return self.endpoints.first().filter(|e| usable(e)),
+        match self.endpoints.as_slice() {
+            [] => return None,
+            [only] => return Some(only).filter(|e| usable(e)),
             _ => {}
         }
         // Fast path: two distinct random picks, both usable.
-        let i = fastrand::usize(..n);
-        let j = (i + 1 + fastrand::usize(..n - 1)) % n;
-        let (a, b) = (&self.endpoints[i], &self.endpoints[j]);
+        let (first, second) = two_distinct(self.endpoints.len());
+        let (a, b) = (&self.endpoints[first], &self.endpoints[second]);
         if usable(a) && usable(b) {
-            return Some(if b.in_flight() < a.in_flight() { b } else { a });
+            return Some(less_loaded(a, b));
         }
         // Some are excluded: choose among the usable ones.
-        let candidates: Vec<&Arc<Endpoint>> =
-            self.endpoints.iter().filter(|e| usable(e)).collect();
-        match candidates.len() {
-            0 => None,
-            1 => Some(candidates[0]),
-            m => {
-                let i = fastrand::usize(..m);
-                let j = (i + 1 + fastrand::usize(..m - 1)) % m;
-                let (a, b) = (candidates[i], candidates[j]);
-                Some(if b.in_flight() < a.in_flight() { b } else { a })
+        let candidates: Vec<&Arc<Endpoint>> = self.endpoints.iter().filter(|e| usable(e)).collect();
+        match candidates.as_slice() {
+            [] => None,
+            [only] => Some(only),
+            _ => {
+                let (first, second) = two_distinct(candidates.len());
+                Some(less_loaded(candidates[first], candidates[second]))
             }
         }
     }
+}
+
+/// Two distinct indices below `len` (which is at least 2), uniformly.
+fn two_distinct(len: usize) -> (usize, usize) {
+    let first = fastrand::usize(..len);
+    let second = (first + 1 + fastrand::usize(..len - 1)) % len;
+    (first, second)
+}
+
+fn less_loaded<'a>(a: &'a Arc<Endpoint>, b: &'a Arc<Endpoint>) -> &'a Arc<Endpoint> {
+    if b.in_flight() < a.in_flight() { b } else { a }
 }
 
 /// Shared endpoint state, and passive health: an endpoint that fails to connect is

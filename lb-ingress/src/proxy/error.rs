@@ -69,9 +69,9 @@ impl ProxyError {
             ProxyError::NotReady | ProxyError::NoRoute | ProxyError::NoEndpoint { .. } => {
                 Blame::Config
             }
-            ProxyError::Connect { .. } | ProxyError::Timeout { .. } | ProxyError::Upstream { .. } => {
-                Blame::Upstream
-            }
+            ProxyError::Connect { .. }
+            | ProxyError::Timeout { .. }
+            | ProxyError::Upstream { .. } => Blame::Upstream,
         }
     }
 }

@@ -55,7 +55,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(&name);
         }
     }
-    let upgrade = keep_upgrade.then(|| headers.remove(header::UPGRADE)).flatten();
+    let upgrade = keep_upgrade
+        .then(|| headers.remove(header::UPGRADE))
+        .flatten();
     for name in fixed_hop_by_hop() {
         headers.remove(name);
     }
@@ -199,7 +201,13 @@ mod tests {
             ("x-forwarded-for", "2.2.2.2"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, "10.1.2.3".parse().unwrap(), true, "http", "a.com:8080");
+        set_forwarded(
+            &mut h,
+            "10.1.2.3".parse().unwrap(),
+            true,
+            "http",
+            "a.com:8080",
+        );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.com:8080");

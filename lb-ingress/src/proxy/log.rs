@@ -73,7 +73,12 @@ impl Drop for RequestLog {
         self.conn.request_finished();
         let duration = self.start.elapsed();
         let (ingress, rule_host, rule_path, service) = match &self.target {
-            Some(t) => (t.ingress.as_str(), t.host.as_str(), t.path.as_str(), t.service.as_str()),
+            Some(t) => (
+                t.ingress.as_str(),
+                t.host.as_str(),
+                t.path.as_str(),
+                t.service.as_str(),
+            ),
             None => ("", "", "", ""),
         };
         self.metrics

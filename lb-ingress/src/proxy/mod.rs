@@ -97,9 +97,9 @@ impl Default for ProxyOptions {
     fn default() -> Self {
         ProxyOptions {
             header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_mins(1),
             connect_timeout: Duration::from_secs(3),
-            response_timeout: Duration::from_secs(60),
+            response_timeout: Duration::from_mins(1),
             max_header_bytes: 32 * 1024,
             max_body_bytes: 1 << 30,
             max_connections: 16 * 1024,
@@ -192,7 +192,11 @@ impl Proxy {
     }
 
     /// Serves one request through the phases documented on this module.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &Arc<ConnInfo>) -> Response<ResponseBody> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: &Arc<ConnInfo>,
+    ) -> Response<ResponseBody> {
         let mut log = Box::new(RequestLog::new(
             Arc::clone(conn),
             Arc::clone(&self.metrics),
@@ -220,7 +224,11 @@ impl Proxy {
         }
     }
 
-    async fn proxy(&self, mut req: Request<Incoming>, log: &mut RequestLog) -> Result<Forwarded, ProxyError> {
+    async fn proxy(
+        &self,
+        mut req: Request<Incoming>,
+        log: &mut RequestLog,
+    ) -> Result<Forwarded, ProxyError> {
         // 1. request_filter
         if req.method() == Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed("CONNECT"));

@@ -61,6 +61,9 @@ mod tests {
         for _ in 0..100 {
             b.deposit();
         }
-        assert!(b.withdraw() && b.withdraw() && !b.withdraw(), "capped at the reserve");
+        assert!(
+            b.withdraw() && b.withdraw() && !b.withdraw(),
+            "capped at the reserve"
+        );
     }
 }

@@ -89,7 +89,8 @@ pub async fn send(
         *req.headers_mut() = head.headers.clone();
 
         let started = Instant::now();
-        let result = tokio::time::timeout(proxy.options.response_timeout, proxy.client.request(req)).await;
+        let result =
+            tokio::time::timeout(proxy.options.response_timeout, proxy.client.request(req)).await;
         log.upstream_duration = Some(started.elapsed());
         let error = match result {
             Ok(Ok(resp)) => return Ok((resp, slot)),

@@ -28,9 +28,7 @@ impl HostRule {
         match self {
             HostRule::Any => true,
             HostRule::Exact(h) => h == host,
-            HostRule::Wildcard(suffix) => {
-                wildcard_suffix(host).is_some_and(|s| s == suffix)
-            }
+            HostRule::Wildcard(suffix) => wildcard_suffix(host).is_some_and(|s| s == suffix),
         }
     }
 

@@ -265,7 +265,12 @@ mod tests {
         let mut b = RouteTableBuilder::new();
         let r = rank("ing", None);
         let p = |s: &str| PathRule::new(Prefix, s).unwrap();
-        b.add(&r, HostRule::parse(Some("a.example.com")), p("/api"), "exact-api");
+        b.add(
+            &r,
+            HostRule::parse(Some("a.example.com")),
+            p("/api"),
+            "exact-api",
+        );
         b.add(&r, HostRule::parse(Some("*.example.com")), p("/"), "wild");
         b.add(&r, HostRule::Any, p("/any"), "any");
         b.default_backend(&r, "default");

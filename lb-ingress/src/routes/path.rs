@@ -59,7 +59,11 @@ impl PathRule {
 
     /// The rule as it would be written back (Prefix `/` shows as `/`).
     pub fn as_str(&self) -> &str {
-        if self.path.is_empty() { "/" } else { &self.path }
+        if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        }
     }
 
     /// Does `request_path` (the URI path, no query) match this rule?

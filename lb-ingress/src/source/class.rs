@@ -8,7 +8,10 @@ pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-defaul
 pub const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
 /// True when the IngressClass named `class` carries the default-class annotation.
-pub fn class_is_default<'a>(classes: impl IntoIterator<Item = &'a IngressClass>, class: &str) -> bool {
+pub fn class_is_default<'a>(
+    classes: impl IntoIterator<Item = &'a IngressClass>,
+    class: &str,
+) -> bool {
     classes.into_iter().any(|c| {
         c.metadata.name.as_deref() == Some(class)
             && c.metadata
@@ -22,7 +25,11 @@ pub fn class_is_default<'a>(classes: impl IntoIterator<Item = &'a IngressClass>,
 /// Does this Ingress belong to `class`? Its `spec.ingressClassName`, else its legacy
 /// annotation, else (no class at all) only when `class` is the default class.
 pub fn selects(ingress: &Ingress, class: &str, class_is_default: bool) -> bool {
-    if let Some(name) = ingress.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()) {
+    if let Some(name) = ingress
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.as_deref())
+    {
         return name == class;
     }
     if let Some(name) = ingress
@@ -45,7 +52,8 @@ mod tests {
     fn ingress(class: Option<&str>, legacy: Option<&str>) -> Ingress {
         Ingress {
             metadata: ObjectMeta {
-                annotations: legacy.map(|l| [(LEGACY_CLASS_ANNOTATION.to_owned(), l.to_owned())].into()),
+                annotations: legacy
+                    .map(|l| [(LEGACY_CLASS_ANNOTATION.to_owned(), l.to_owned())].into()),
                 ..ObjectMeta::default()
             },
             spec: Some(IngressSpec {
@@ -60,7 +68,8 @@ mod tests {
         IngressClass {
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                annotations: default.map(|d| [(DEFAULT_CLASS_ANNOTATION.to_owned(), d.to_owned())].into()),
+                annotations: default
+                    .map(|d| [(DEFAULT_CLASS_ANNOTATION.to_owned(), d.to_owned())].into()),
                 ..ObjectMeta::default()
             },
             ..IngressClass::default()

@@ -172,7 +172,10 @@ endpoints:
         let got = ready_addresses(&svc, &by_number, &idx).unwrap();
         assert_eq!(
             got,
-            ["10.0.0.1:8080".parse().unwrap(), "10.0.0.2:8080".parse().unwrap()]
+            [
+                "10.0.0.1:8080".parse().unwrap(),
+                "10.0.0.2:8080".parse().unwrap()
+            ]
         );
         let by_name = ServiceBackendPort {
             number: None,
@@ -191,7 +194,11 @@ endpoints:
             number: Some(81),
             name: None,
         };
-        assert!(ready_addresses(&svc, &p, &idx).unwrap_err().contains("no port 81"));
+        assert!(
+            ready_addresses(&svc, &p, &idx)
+                .unwrap_err()
+                .contains("no port 81")
+        );
         let p = ServiceBackendPort {
             number: Some(80),
             name: None,

@@ -215,7 +215,10 @@ fn resolve(
     ingress: &ObjectRef,
 ) -> Vec<std::net::SocketAddr> {
     ready_addresses(service, port, slices).unwrap_or_else(|e| {
-        problems.push(format!("Ingress {}/{}: {e}", ingress.namespace, ingress.name));
+        problems.push(format!(
+            "Ingress {}/{}: {e}",
+            ingress.namespace, ingress.name
+        ));
         Vec::new()
     })
 }

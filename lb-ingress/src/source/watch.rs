@@ -66,7 +66,11 @@ pub async fn run(source: Box<dyn Source>, class: String, sinks: Sinks) -> anyhow
         for p in problems.difference(&reported) {
             warn!(problem = %p, "configuration problem (the rest still applies)");
         }
-        let result = if problems.is_empty() { "success" } else { "error" };
+        let result = if problems.is_empty() {
+            "success"
+        } else {
+            "error"
+        };
         reported = problems;
         generation += 1;
         let routes = built.config.routes.len();

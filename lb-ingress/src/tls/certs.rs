@@ -85,10 +85,10 @@ impl CertTable {
 
     pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let by_name = sni.map(str::to_ascii_lowercase).and_then(|name| {
-            self.exact.get(&name).or_else(|| {
-                wildcard_suffix(&name).and_then(|s| self.wildcard.get(s))
-            })
-            .map(|(_, k)| Arc::clone(k))
+            self.exact
+                .get(&name)
+                .or_else(|| wildcard_suffix(&name).and_then(|s| self.wildcard.get(s)))
+                .map(|(_, k)| Arc::clone(k))
         });
         by_name.or_else(|| self.default.as_ref().map(|(_, k)| Arc::clone(k)))
     }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -86,7 +87,11 @@ fn query_param(req: &Request<Incoming>, key: &str) -> Option<u64> {
 
 async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
     let full = |status: StatusCode, s: String| {
-        let mut r = Response::new(Full::new(Bytes::from(s)).map_err(|n| match n {}).boxed_unsync());
+        let mut r = Response::new(
+            Full::new(Bytes::from(s))
+                .map_err(|n| match n {})
+                .boxed_unsync(),
+        );
         *r.status_mut() = status;
         r
     };
@@ -109,8 +114,10 @@ async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<Box
             }
         });
         let mut r = full(StatusCode::SWITCHING_PROTOCOLS, String::new());
-        r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
-        r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
         return Ok(r);
     }
     match req.uri().path() {
@@ -134,8 +141,10 @@ async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<Box
         }
         _ => {}
     }
-    let headers: BTreeMap<String, Vec<String>> =
-        req.headers().keys().map(|k| {
+    let headers: BTreeMap<String, Vec<String>> = req
+        .headers()
+        .keys()
+        .map(|k| {
             (
                 k.as_str().to_owned(),
                 req.headers()
@@ -144,7 +153,8 @@ async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<Box
                     .map(|v| v.to_str().unwrap_or("").to_owned())
                     .collect(),
             )
-        }).collect();
+        })
+        .collect();
     let seen = serde_json::json!({
         "name": name,
         "method": req.method().as_str(),
@@ -153,15 +163,20 @@ async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<Box
         "headers": headers,
     });
     let mut r = full(StatusCode::OK, seen.to_string());
-    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     r.headers_mut().insert("x-upstream", name.parse().unwrap());
-    r.headers_mut().insert("server", "upstream-server".parse().unwrap());
-    r.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+    r.headers_mut()
+        .insert("server", "upstream-server".parse().unwrap());
+    r.headers_mut()
+        .insert("keep-alive", "timeout=5".parse().unwrap());
     Ok(r)
 }
 
 /// A body of `total` bytes produced 64 KiB at a time, never held whole.
-pub fn generated_body(total: u64) -> StreamBody<impl futures::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send> {
+pub fn generated_body(
+    total: u64,
+) -> StreamBody<impl futures::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send> {
     const CHUNK: u64 = 64 * 1024;
     let chunk = Bytes::from(vec![b'x'; CHUNK as usize]);
     let stream = futures::stream::unfold(0u64, move |sent| {
@@ -207,7 +222,14 @@ impl Manifests {
 
 /// A Service with one port, `port -> target` (a number or a name), and one EndpointSlice
 /// per upstream (each upstream has its own loopback port), named port `port_name`.
-pub fn service(ns: &str, name: &str, port: u16, port_name: &str, target: &str, upstreams: &[&Upstream]) -> String {
+pub fn service(
+    ns: &str,
+    name: &str,
+    port: u16,
+    port_name: &str,
+    target: &str,
+    upstreams: &[&Upstream],
+) -> String {
     let mut y = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports:\n  - {{name: {port_name}, port: {port}, targetPort: {target}, protocol: TCP}}\n"
     );
@@ -217,13 +239,24 @@ pub fn service(ns: &str, name: &str, port: u16, port_name: &str, target: &str, u
     y
 }
 
-pub fn slice(ns: &str, service: &str, name: &str, port_name: &str, addrs: &[SocketAddr], ready: bool) -> String {
+pub fn slice(
+    ns: &str,
+    service: &str,
+    name: &str,
+    port_name: &str,
+    addrs: &[SocketAddr],
+    ready: bool,
+) -> String {
     let port = addrs.first().map_or(1, SocketAddr::port);
     let mut y = format!(
         "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports:\n- {{name: {port_name}, port: {port}, protocol: TCP}}\nendpoints:\n"
     );
     for a in addrs {
-        y += &format!("- addresses: [\"{}\"]\n  conditions: {{ready: {ready}}}\n", a.ip());
+        let _ = writeln!(
+            y,
+            "- addresses: [\"{}\"]\n  conditions: {{ready: {ready}}}",
+            a.ip()
+        );
     }
     y
 }
@@ -277,11 +310,18 @@ pub fn client() -> HttpClient {
 }
 
 pub fn empty() -> BoxBody {
-    http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync()
+    http_body_util::Empty::new()
+        .map_err(|n| match n {})
+        .boxed_unsync()
 }
 
 /// GET `path` with `Host: host` through the proxy at `addr`: (status, headers, body).
-pub async fn get(c: &HttpClient, addr: SocketAddr, host: &str, path: &str) -> (StatusCode, hyper::HeaderMap, String) {
+pub async fn get(
+    c: &HttpClient,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> (StatusCode, hyper::HeaderMap, String) {
     let req = Request::get(format!("http://{addr}{path}"))
         .header("host", host)
         .body(empty())
@@ -289,7 +329,11 @@ pub async fn get(c: &HttpClient, addr: SocketAddr, host: &str, path: &str) -> (S
     let resp = c.request(req).await.unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// The upstream's report of what it saw.
@@ -299,11 +343,11 @@ pub fn seen(body: &str) -> serde_json::Value {
 
 /// Scrapes the metrics endpoint and returns the value of the first sample whose line
 /// starts with `prefix` and contains every `labels` fragment.
-pub async fn metric(addr: SocketAddr, name: &str, labels: &[&str]) -> Option<f64> {
+pub async fn metric(addr: SocketAddr, name: &str, labels: &[&str]) -> Option<u64> {
     let text = scrape(addr).await;
     text.lines()
         .filter(|l| l.starts_with(name) && labels.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .reduce(|a, b| a + b)
 }
 
