@@ -1,0 +1,253 @@
+//! The loader against real interfaces: links are pinned under `<bpffs>/links`, survive the
+//! loader going away (as after `kill -9`), are taken over atomically by a second load (same
+//! kernel link, new program), and `detach_all` removes everything. Interfaces live in a
+//! network namespace made by the test (`lbbpf-` prefix), removed on drop, also on panic.
+//!
+//! Needs root and BPF: without them the tests FAIL with the reason.
+#![allow(
+    unsafe_code,
+    reason = "setns(2) to work inside the test's network namespace"
+)]
+
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use aya::programs::Program;
+use aya::programs::links::{FdLink, PinnedLink};
+use lb_agent::bpf::{
+    AttachMode, Dataplane, LoadOptions, PROG_XDP, detach_all, link_pin_path, mounts,
+};
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace with a veth pair `lbv0` <-> `lbv1`, deleted on drop.
+struct NetNs(String);
+
+impl NetNs {
+    fn new(tag: &str) -> Self {
+        let name = format!("lbbpf-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(&["ip", "netns", "add", &name]);
+        let ns = NetNs(name);
+        let n = ns.0.as_str();
+        sh(&[
+            "ip", "-n", n, "link", "add", "lbv0", "type", "veth", "peer", "name", "lbv1",
+        ]);
+        sh(&["ip", "-n", n, "link", "set", "lbv0", "up"]);
+        sh(&["ip", "-n", n, "link", "set", "lbv1", "up"]);
+        ns
+    }
+
+    /// Runs `f` on a thread that entered this namespace (netns is per thread).
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = PathBuf::from("/run/netns").join(&self.0);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("netns file");
+            // SAFETY: plain syscall on a valid fd; affects only this thread.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = detach_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn opts(dir: &Path) -> LoadOptions {
+    LoadOptions {
+        bpffs_dir: dir.to_path_buf(),
+        max_services: 8,
+        max_backends: 16,
+        maglev_size: 7,
+        conntrack_size: 256,
+        affinity_size: 16,
+    }
+}
+
+/// (link id, program id) of the link pinned at `path`.
+fn link_ids(path: &Path) -> (u32, u32) {
+    let link = FdLink::from(
+        PinnedLink::from_pin(path).unwrap_or_else(|e| panic!("pin {}: {e}", path.display())),
+    );
+    let info = link.info().expect("link info");
+    (info.id(), info.program_id())
+}
+
+fn total_reasons(dp: &mut Dataplane) -> u64 {
+    let a: aya::maps::PerCpuArray<&mut aya::maps::MapData, u64> =
+        aya::maps::PerCpuArray::try_from(dp.ebpf().map_mut(lb_common::MAP_REASONS).unwrap())
+            .unwrap();
+    (0..lb_common::Reason::COUNT)
+        .map(|i| a.get(&i, 0).unwrap().iter().sum::<u64>())
+        .sum()
+}
+
+fn prog_id(dp: &mut Dataplane, name: &str) -> u32 {
+    match dp.ebpf().program(name).expect("program") {
+        Program::Xdp(p) => p.info().unwrap().id(),
+        Program::SchedClassifier(p) => p.info().unwrap().id(),
+        Program::CgroupSockAddr(p) => p.info().unwrap().id(),
+        _ => panic!("unexpected program type"),
+    }
+}
+
+#[test]
+fn links_are_pinned_survive_the_loader_and_are_replaced_atomically() {
+    let ns = NetNs::new("attach");
+    let dir = PathBuf::from(format!("/sys/fs/bpf/lbtest-attach-{}", std::process::id()));
+    let pins = Pins(dir.clone());
+    let nsname = ns.0.clone();
+    ns.run(move || {
+        let xdp_pin = link_pin_path(&dir, "lbv0", "xdp");
+        let ing_pin = link_pin_path(&dir, "lbv1", "tc_ingress");
+        let eg_pin = link_pin_path(&dir, "lbv1", "tc_egress");
+
+        let mut first = Dataplane::load(&opts(&dir)).expect("load (root, BPF, bpffs needed)");
+        let mode = first.attach_external("lbv0").expect("attach XDP");
+        assert_eq!(mode, AttachMode::Driver, "veth supports native XDP");
+        first.attach_pod("lbv1").expect("attach tcx");
+        let xdp_prog_1 = prog_id(&mut first, PROG_XDP);
+        let (xdp_link, p) = link_ids(&xdp_pin);
+        assert_eq!(p, xdp_prog_1, "the pinned XDP link runs our program");
+        let (ing_link, _) = link_ids(&ing_pin);
+        let (eg_link, _) = link_ids(&eg_pin);
+
+        // The loader goes away (all its fds closed, as on kill -9): still attached.
+        drop(first);
+        let shown = sh(&["ip", "-n", &nsname, "-d", "link", "show", "lbv0"]);
+        assert!(
+            shown.contains(&format!("prog/xdp id {xdp_prog_1}")),
+            "XDP detached with the loader: {shown}"
+        );
+        assert_eq!(link_ids(&xdp_pin).1, xdp_prog_1);
+
+        // A restarted agent: same kernel links, new programs.
+        let mut second = Dataplane::load(&opts(&dir)).expect("second load");
+        assert_eq!(
+            second.attach_external("lbv0").expect("re-attach"),
+            AttachMode::Replaced
+        );
+        second.attach_pod("lbv1").expect("re-attach tcx");
+        let xdp_prog_2 = prog_id(&mut second, PROG_XDP);
+        assert_ne!(xdp_prog_1, xdp_prog_2);
+        assert_eq!(
+            link_ids(&xdp_pin),
+            (xdp_link, xdp_prog_2),
+            "link replaced in place"
+        );
+        assert_eq!(link_ids(&ing_pin).0, ing_link);
+        assert_eq!(link_ids(&eg_pin).0, eg_link);
+        assert_eq!(
+            link_ids(&ing_pin).1,
+            prog_id(&mut second, lb_agent::bpf::PROG_TC_FROM_POD)
+        );
+        let shown = sh(&["ip", "-n", &nsname, "-d", "link", "show", "lbv0"]);
+        assert!(
+            shown.contains(&format!("prog/xdp id {xdp_prog_2}")),
+            "{shown}"
+        );
+        drop(second);
+
+        // Clean uninstall: nothing attached, nothing pinned.
+        detach_all(&dir).expect("detach_all");
+        let shown = sh(&["ip", "-n", &nsname, "-d", "link", "show", "lbv0"]);
+        assert!(!shown.contains("prog/xdp"), "still attached: {shown}");
+        assert!(!dir.exists(), "pin directory left behind");
+    });
+    drop(pins);
+}
+
+#[test]
+fn a_pin_whose_interface_was_recreated_is_replaced_by_a_fresh_link() {
+    let ns = NetNs::new("stale");
+    let dir = PathBuf::from(format!("/sys/fs/bpf/lbtest-stale-{}", std::process::id()));
+    let _pins = Pins(dir.clone());
+    let nsname = ns.0.clone();
+    ns.run(move || {
+        let mut dp = Dataplane::load(&opts(&dir)).expect("load");
+        dp.attach_pod("lbv1").expect("attach");
+        let pin = link_pin_path(&dir, "lbv1", "tc_ingress");
+        let (old_link, _) = link_ids(&pin);
+        // The pod goes away and comes back with the same interface name.
+        sh(&["ip", "-n", &nsname, "link", "del", "lbv0"]);
+        sh(&[
+            "ip", "-n", &nsname, "link", "add", "lbv0", "type", "veth", "peer", "name", "lbv1",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &nsname,
+            "addr",
+            "add",
+            "10.99.0.1/24",
+            "dev",
+            "lbv0",
+        ]);
+        sh(&["ip", "-n", &nsname, "link", "set", "lbv0", "up"]);
+        sh(&["ip", "-n", &nsname, "link", "set", "lbv1", "up"]);
+        dp.attach_pod("lbv1").expect("attach to the new interface");
+        let (new_link, prog) = link_ids(&pin);
+        assert_ne!(
+            old_link, new_link,
+            "the defunct link must be replaced by a new one"
+        );
+        assert_eq!(prog, prog_id(&mut dp, lb_agent::bpf::PROG_TC_FROM_POD));
+        // Behaviour: a packet leaving lbv0 (an ARP request for a neighbour) enters lbv1
+        // and is counted by lb_tc_from_pod.
+        let before = total_reasons(&mut dp);
+        let sock = std::net::UdpSocket::bind("10.99.0.1:0").expect("bind");
+        let _ = sock.send_to(b"x", "10.99.0.3:9");
+        let mut after = before;
+        for _ in 0..50 {
+            after = total_reasons(&mut dp);
+            if after > before {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            after > before,
+            "no packet reached the program on the new lbv1"
+        );
+    });
+}
+
+#[test]
+fn unknown_interface_is_a_typed_error() {
+    let dir = PathBuf::from(format!("/sys/fs/bpf/lbtest-noif-{}", std::process::id()));
+    let _pins = Pins(dir.clone());
+    let mut dp = Dataplane::load(&opts(&dir)).expect("load");
+    let err = dp.attach_external("lbnosuch0").expect_err("must fail");
+    assert!(
+        matches!(err, lb_agent::bpf::BpfError::NoSuchInterface { .. }),
+        "{err:?}"
+    );
+    assert!(mounts::is_on_bpffs(&dir));
+}
