@@ -1035,3 +1035,46 @@ async fn shutdown_drains_in_flight_requests() {
         "still accepting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed() {
+    let up = Upstream::start("idle").await;
+    let m = Manifests::new();
+    m.write("ingress.yaml", SEED_INGRESS);
+    m.write(
+        "svc.yaml",
+        &service("default", "frontend", 3000, "http", "3000", &[&up]),
+    );
+    let mut cfg = server_config(&m);
+    cfg.options.idle_timeout = Duration::from_millis(300);
+    let h = start(cfg).await;
+    let tcp = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            hyper::Request::get("http://shop.example.com/")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(resp);
+    let t0 = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), conn)
+        .await
+        .expect("idle connection still open after 3 s")
+        .unwrap()
+        .unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "closed too early"
+    );
+    h.shutdown().await;
+}
