@@ -205,6 +205,14 @@ fn start_agents(sb: &Sandbox, bin: Option<&Path>) -> Result<Vec<Proc>> {
         }
         return Ok(Vec::new());
     }
+    for (a, node) in agents.iter().zip(sb.nodes()) {
+        if let Some(addr) = log_field(&a.log(), "metrics_addr") {
+            println!(
+                "    {} metrics: ip netns exec {} curl -s http://{addr}/metrics",
+                node.name, node.ns
+            );
+        }
+    }
     if !ready {
         println!("!!! ClusterIP 10.96.0.10 does not answer yet; agent logs:");
         for a in &agents {
@@ -238,6 +246,12 @@ fn start_ingress(sb: &Sandbox, bin: Option<&Path>) -> Result<Option<Proc>> {
         );
         return Ok(None);
     }
+    if let Some(addr) = log_field(&proc.log(), "metrics_addr") {
+        println!(
+            "    ingress metrics: ip netns exec {} curl -s http://{addr}/metrics",
+            sb.node(0).ns
+        );
+    }
     if !up {
         println!(
             "!!! the ingress does not answer on {addr} yet; its log:\n{}",
@@ -245,6 +259,20 @@ fn start_ingress(sb: &Sandbox, bin: Option<&Path>) -> Result<Option<Proc>> {
         );
     }
     Ok(Some(proc))
+}
+
+/// The value of `name=VALUE` in a tracing log line (text or JSON format).
+fn log_field(log: &str, name: &str) -> Option<String> {
+    for pat in [format!("{name}="), format!("\"{name}\":\"")] {
+        if let Some(i) = log.find(&pat) {
+            let rest = &log[i + pat.len()..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
+                .unwrap_or(rest.len());
+            return Some(rest[..end].to_owned());
+        }
+    }
+    None
 }
 
 fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
@@ -390,5 +418,25 @@ fn show_round(sb: &Sandbox, round: u32, agents: bool, ingress: bool, tally: &mut
             "/api/hello",
         );
         probe(sb, tally, &format!("client -> ingress {n0}/"), &c, n0, "/");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_field;
+
+    #[test]
+    fn finds_fields_in_text_and_json_logs() {
+        let text = "2026-01-01T00:00:00Z  INFO lb_agent::run: agent serving metrics_addr=127.0.0.1:4321 health_addr=127.0.0.1:9877";
+        assert_eq!(
+            log_field(text, "metrics_addr").as_deref(),
+            Some("127.0.0.1:4321")
+        );
+        let json = r#"{"fields":{"message":"agent serving","metrics_addr":"127.0.0.1:55"}}"#;
+        assert_eq!(
+            log_field(json, "metrics_addr").as_deref(),
+            Some("127.0.0.1:55")
+        );
+        assert_eq!(log_field("nothing", "metrics_addr"), None);
     }
 }
