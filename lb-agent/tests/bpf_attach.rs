@@ -251,3 +251,137 @@ fn unknown_interface_is_a_typed_error() {
     );
     assert!(mounts::is_on_bpffs(&dir));
 }
+
+/// A child cgroup of the cgroup2 mount, removed on drop.
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn socket_lb_sends_node_processes_to_a_backend_and_shows_the_service() {
+    use std::io::Read as _;
+
+    let ns = NetNs::new("sock");
+    let n = ns.0.clone();
+    sh(&["ip", "-n", &n, "link", "set", "lo", "up"]);
+    sh(&["ip", "-n", &n, "addr", "add", "10.99.1.1/24", "dev", "lbv0"]);
+    let root = mounts::cgroup2_root().expect("cgroup2 mount");
+    let cg = Cgroup(root.join(format!("lbbpf-sock-{}", std::process::id())));
+    std::fs::create_dir_all(&cg.0).expect("create cgroup");
+    let dir = PathBuf::from(format!("/sys/fs/bpf/lbtest-sock-{}", std::process::id()));
+    let _pins = Pins(dir.clone());
+    let cgpath = cg.0.clone();
+    ns.run(move || {
+        let mut dp = Dataplane::load(&opts(&dir)).expect("load");
+        let cookie = lb_agent::bpf::netns_cookie().expect("netns cookie");
+        {
+            use aya::maps::{Array, HashMap, MapData};
+            use lb_common::*;
+            let mut cfg: Array<&mut MapData, NodeConfig> =
+                Array::try_from(dp.ebpf().map_mut(MAP_CONFIG).unwrap()).unwrap();
+            cfg.set(
+                0,
+                NodeConfig {
+                    node_addr_be: u32::from_ne_bytes([10, 99, 1, 1]),
+                    maglev_size: 7,
+                    netns_cookie: cookie,
+                    snat_port_min: 40_000,
+                    snat_port_max: 41_000,
+                    ready: 1,
+                },
+                0,
+            )
+            .unwrap();
+            let mut be: HashMap<&mut MapData, u32, BackendValue> =
+                HashMap::try_from(dp.ebpf().map_mut(MAP_BACKENDS).unwrap()).unwrap();
+            for (id, port, proto) in [(1, 8080_u16, PROTO_TCP), (2, 5353, PROTO_UDP)] {
+                let v = BackendValue {
+                    addr_be: u32::from_ne_bytes([10, 99, 1, 1]),
+                    port_be: port.to_be(),
+                    proto,
+                    flags: BACKEND_F_LOCAL,
+                };
+                be.insert(id, v, 0).unwrap();
+            }
+            let mut mg: Array<&mut MapData, u32> =
+                Array::try_from(dp.ebpf().map_mut(MAP_MAGLEV).unwrap()).unwrap();
+            for slot in 0..7 {
+                mg.set(slot, 1, 0).unwrap();
+                mg.set(7 + slot, 2, 0).unwrap();
+            }
+            let mut svc: HashMap<&mut MapData, ServiceKey, ServiceValue> =
+                HashMap::try_from(dp.ebpf().map_mut(MAP_SERVICES).unwrap()).unwrap();
+            for (lut_id, port, proto) in [(0, 80_u16, PROTO_TCP), (1, 53, PROTO_UDP)] {
+                let k = ServiceKey {
+                    addr_be: u32::from_ne_bytes([10, 96, 0, 10]),
+                    port_be: port.to_be(),
+                    proto,
+                    scope: SCOPE_INTERNAL,
+                };
+                let v = ServiceValue {
+                    lut_id,
+                    backend_count: 1,
+                    flags: SVC_F_CLUSTER_IP,
+                    affinity_timeout_s: 0,
+                };
+                svc.insert(k, v, 0).unwrap();
+            }
+        }
+        let listener = std::net::TcpListener::bind("10.99.1.1:8080").expect("listen");
+        let udp = std::net::UdpSocket::bind("10.99.1.1:5353").expect("udp bind");
+        assert_eq!(
+            dp.attach_cgroup(Some(&cgpath)).expect("attach cgroup"),
+            cgpath
+        );
+
+        let script = "import socket\n\
+s = socket.create_connection(('10.96.0.10', 80), timeout=5)\n\
+print(*s.getpeername())\n\
+s.sendall(b'hi')\n\
+s.close()\n\
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+u.settimeout(5)\n\
+u.sendto(b'ping', ('10.96.0.10', 53))\n\
+data, peer = u.recvfrom(100)\n\
+print(data.decode(), *peer)\n";
+        let procs = cgpath.join("cgroup.procs");
+        let child = std::thread::spawn(move || {
+            Command::new("sh")
+                .args([
+                    "-c",
+                    &format!("echo $$ > {} && exec python3 -c \"$0\"", procs.display()),
+                    script,
+                ])
+                .output()
+                .expect("python3")
+        });
+        let (mut conn, peer) = listener.accept().expect("the backend gets the connection");
+        assert_eq!(peer.ip().to_string(), "10.99.1.1");
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"hi");
+        let mut buf = [0_u8; 16];
+        let (len, from) = udp
+            .recv_from(&mut buf)
+            .expect("the UDP backend gets the datagram");
+        assert_eq!(&buf[..len], b"ping");
+        udp.send_to(b"pong", from).unwrap();
+        let out = child.join().unwrap();
+        assert!(
+            out.status.success(),
+            "client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "10.96.0.10 80\npong 10.96.0.10 53\n",
+            "the application sees the service address, not the backend"
+        );
+        drop(dp);
+        detach_all(&dir).expect("detach");
+    });
+}

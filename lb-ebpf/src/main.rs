@@ -10,12 +10,13 @@ mod maps;
 mod nat;
 mod packet;
 mod reject;
+mod sock;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     helpers::bpf_redirect,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use lb_common::{PROTO_TCP, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL};
 
@@ -203,6 +204,30 @@ fn try_to_pod(ctx: &TcContext) -> Result<Exit, Reason> {
         }),
         None => Err(Reason::PassNotService),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Socket LB on the cgroup of the node's processes (see sock.rs). These count their own
+// translations; a socket that is for no service is not counted (it is no packet).
+
+#[cgroup_sock_addr(connect4)]
+pub fn lb_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
 }
 
 #[cfg(not(test))]

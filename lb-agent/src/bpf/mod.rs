@@ -13,6 +13,7 @@ mod sys;
 pub use attach::{AttachMode, detach_all, forget_iface, link_pin_path};
 pub use error::BpfError;
 pub use load::{Dataplane, LoadOptions};
+pub use sys::netns_cookie;
 
 /// Program names in the object (the functions in lb-ebpf/src/main.rs).
 pub const PROG_XDP: &str = "lb_xdp";

@@ -46,3 +46,28 @@ pub fn link_update_pinned(pin: &Path, prog: &impl AsFd) -> std::io::Result<()> {
     bpf(BPF_LINK_UPDATE, &mut attr)?;
     Ok(())
 }
+
+/// SO_NETNS_COOKIE from include/uapi/asm-generic/socket.h (Linux 5.14+).
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the calling thread's network namespace, as bpf_get_netns_cookie() returns
+/// it to programs (the agent writes it to `NodeConfig.netns_cookie`).
+pub fn netns_cookie() -> std::io::Result<u64> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let mut cookie = 0_u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt into a u64 of the stated length on a valid socket.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
