@@ -31,6 +31,9 @@ struct Stamp {
 struct Parsed {
     objects: Vec<(Object, Option<String>)>,
     errors: Vec<ObjectError>,
+    /// The file could not be read to its end (I/O error or YAML syntax error): it may be
+    /// half written.
+    truncated: bool,
 }
 
 /// `--manifests DIR`.
@@ -113,7 +116,7 @@ fn rescan(dir: &Path, cache: &mut BTreeMap<PathBuf, (Stamp, Parsed)>) -> anyhow:
             continue;
         }
         changed = true;
-        let parsed = match std::fs::read_to_string(&path) {
+        let mut parsed = match std::fs::read_to_string(&path) {
             Ok(text) => parse_file(&display_name(dir, &path), &text),
             Err(e) => {
                 warn!(file = %path.display(), error = %e, "cannot read manifest");
@@ -123,9 +126,23 @@ fn rescan(dir: &Path, cache: &mut BTreeMap<PathBuf, (Stamp, Parsed)>) -> anyhow:
                         display_name(dir, &path),
                         format!("cannot read file: {e}"),
                     )],
+                    truncated: true,
                 }
             }
         };
+        // A file that cannot be read to its end may be half written by a non-atomic
+        // editor: keep serving the objects of its last good version (and say so) rather
+        // than withdrawing them until the next write.
+        if parsed.truncated
+            && let Some((_, last)) = cache.get(&path)
+            && !last.truncated
+        {
+            for e in &mut parsed.errors {
+                e.reason.push_str(" (keeping the file's last good version)");
+            }
+            parsed.objects.clone_from(&last.objects);
+            parsed.truncated = false;
+        }
         cache.insert(path, (stamp, parsed));
     }
     Ok(changed)
@@ -145,7 +162,12 @@ fn collect_files(dir: &Path, out: &mut Vec<(PathBuf, Stamp)>) -> std::io::Result
         if name.starts_with('.') {
             continue; // editor swap files, ..data symlinks of ConfigMap volumes
         }
-        let meta = std::fs::metadata(&path)?;
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            // Removed between listing and stat (a rename in progress): next scan sees it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if meta.is_dir() {
             collect_files(&path, out)?;
         } else if [".yaml", ".yml", ".json"].iter().any(|e| name.ends_with(e)) {
@@ -172,6 +194,7 @@ fn parse_file(file: &str, text: &str) -> Parsed {
                 parsed
                     .errors
                     .push(ObjectError::document(origin, e.to_string()));
+                parsed.truncated = true;
                 // serde_yaml cannot resume after a syntax error in a stream.
                 break;
             }
@@ -265,6 +288,25 @@ spec: {ports: [{port: 80}]}
         let p = parse_file("nodes.json", text);
         assert_eq!(p.objects.len(), 2);
         assert_eq!(p.objects[1].0.object_ref().to_string(), "Node node-1");
+    }
+
+    #[test]
+    fn a_half_written_file_keeps_its_last_good_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.yaml");
+        std::fs::write(&path, GOOD).unwrap();
+        let mut cache = BTreeMap::new();
+        assert!(rescan(dir.path(), &mut cache).unwrap());
+        // Half of the file, cut inside a flow mapping: a YAML syntax error.
+        std::fs::write(&path, &GOOD[..60]).unwrap();
+        assert!(rescan(dir.path(), &mut cache).unwrap());
+        let (_, parsed) = &cache[&path];
+        assert_eq!(parsed.objects.len(), 1, "last good objects kept");
+        assert!(
+            parsed.errors[0].reason.contains("last good version"),
+            "{:?}",
+            parsed.errors
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
