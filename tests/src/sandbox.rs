@@ -187,6 +187,22 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
+/// Fails with one line unless bpffs is mounted at /sys/fs/bpf.
+pub fn require_bpffs() -> Result<()> {
+    let mounted = fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
+                && l.split_whitespace().nth(2) == Some("bpf")
+        })
+    });
+    if !mounted {
+        bail!(
+            "bpffs is not mounted at /sys/fs/bpf: run `cargo xtask setup` (or `mount -t bpf bpf /sys/fs/bpf`)"
+        );
+    }
+    Ok(())
+}
+
 /// A running sandbox cluster. Dropping it ends its processes (by PID) and removes its
 /// namespaces, /etc/netns entries, bpffs directories and work directory.
 pub struct Sandbox {

@@ -54,12 +54,13 @@ impl Drop for PinDir {
 #[test]
 fn embedded_xdp_program_passes_a_non_service_packet() {
     lb_tests::sandbox::preflight().expect("preflight");
+    lb_tests::sandbox::require_bpffs().expect("bpffs");
     let pins = PinDir(PathBuf::from(format!(
         "/sys/fs/bpf/{}{}xprogtest",
         lb_tests::netns::PREFIX,
         std::process::id()
     )));
-    std::fs::create_dir_all(&pins.0).expect("bpffs at /sys/fs/bpf: run `cargo xtask setup`");
+    std::fs::create_dir_all(&pins.0).expect("create a directory in bpffs");
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&pins.0)
         .load(lb_agent::bpf::object())
