@@ -131,6 +131,18 @@ fn links_are_pinned_survive_the_loader_and_are_replaced_atomically() {
 
         let mut first = Dataplane::load(&opts(&dir)).expect("load (root, BPF, bpffs needed)");
         let mode = first.attach_external("lbv0").expect("attach XDP");
+        let sysctl =
+            |f: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/lbv0/{f}")).unwrap();
+        assert_eq!(
+            sysctl("accept_local").trim(),
+            "1",
+            "NodePort replies need accept_local"
+        );
+        assert_ne!(
+            sysctl("rp_filter").trim(),
+            "1",
+            "strict rp_filter drops NodePort replies"
+        );
         assert_eq!(mode, AttachMode::Driver, "veth supports native XDP");
         first.attach_pod("lbv1").expect("attach tcx");
         let xdp_prog_1 = prog_id(&mut first, PROG_XDP);

@@ -51,6 +51,29 @@ fn attach_err(
     }
 }
 
+/// Interface sysctls the data plane needs. Reverse-NATed NodePort replies and SNATed
+/// NodePort requests carry a node address as their source while they are routed in from
+/// the interface (the XDP/TC programs rewrite them and let the kernel forward them): the
+/// kernel drops such packets as martians unless `accept_local=1`, and a strict
+/// `rp_filter` (1) would drop them too, so it is relaxed to loose (2) on that interface
+/// (the effective value is max(all, iface)). Best effort: failures are logged.
+fn prepare_iface(iface: &str) {
+    let base = PathBuf::from("/proc/sys/net/ipv4/conf").join(iface);
+    if let Err(e) = std::fs::write(base.join("accept_local"), "1") {
+        tracing::warn!(%iface, error = %e, "cannot set accept_local=1; NodePort replies may be dropped as martians");
+    }
+    let rpf = base.join("rp_filter");
+    if std::fs::read_to_string(&rpf).is_ok_and(|v| v.trim() != "0")
+        && let Err(e) = std::fs::write(&rpf, "2")
+    {
+        tracing::warn!(%iface, error = %e, "cannot set rp_filter=2");
+    }
+    let all = "/proc/sys/net/ipv4/conf/all/rp_filter";
+    if std::fs::read_to_string(all).is_ok_and(|v| v.trim() == "1") {
+        tracing::warn!(%iface, "net.ipv4.conf.all.rp_filter=1 (strict) overrides the interface; set it to 0 or 2");
+    }
+}
+
 /// Opens the pinned link at `path`, if there is one.
 fn existing(path: &Path) -> Option<FdLink> {
     PinnedLink::from_pin(path).ok().map(FdLink::from)
@@ -80,9 +103,11 @@ impl Dataplane {
     }
 
     /// Attaches `lb_xdp` to the node's external interface: native mode, falling back to
-    /// generic (SKB) mode with a warning when the driver cannot.
+    /// generic (SKB) mode with a warning when the driver cannot. Also sets the interface's
+    /// `accept_local=1` (and loose `rp_filter`), see `prepare_iface`.
     pub fn attach_external(&mut self, iface: &str) -> Result<AttachMode, BpfError> {
         self.links_dir()?;
+        prepare_iface(iface);
         let path = link_pin_path(&self.bpffs_dir, iface, "xdp");
         let prog: &mut Xdp = program(&mut self.ebpf, PROG_XDP)?;
         if let Some(fd) = existing(&path) {
@@ -130,6 +155,7 @@ impl Dataplane {
     /// host side of a pod's veth. Linux 6.6+ (tcx).
     pub fn attach_pod(&mut self, iface: &str) -> Result<(), BpfError> {
         self.links_dir()?;
+        prepare_iface(iface);
         self.attach_tc(iface, PROG_TC_FROM_POD, TcAttachType::Ingress, "tc_ingress")?;
         self.attach_tc(iface, PROG_TC_TO_POD, TcAttachType::Egress, "tc_egress")
     }
