@@ -13,7 +13,7 @@ use aya::programs::{
 
 use super::{
     BpfError, Dataplane, PROG_SOCK_CONNECT4, PROG_SOCK_GETPEERNAME4, PROG_SOCK_RECVMSG4,
-    PROG_SOCK_SENDMSG4, PROG_TC_FROM_POD, PROG_TC_TO_POD, PROG_XDP, mounts, sys,
+    PROG_SOCK_SENDMSG4, PROG_TC_FROM_POD, PROG_TC_TO_POD, PROG_XDP, PROG_XDP_PASS, mounts, sys,
 };
 
 /// How the XDP program ended up on the external interface.
@@ -151,6 +151,23 @@ impl Dataplane {
         Ok(mode)
     }
 
+    /// Attaches `lb_xdp_pass` (XDP_PASS for everything) in native mode: a veth whose peer
+    /// sends XDP_TX/redirected frames needs an XDP program to receive them natively.
+    pub fn attach_xdp_pass(&mut self, iface: &str) -> Result<(), BpfError> {
+        self.links_dir()?;
+        let path = link_pin_path(&self.bpffs_dir, iface, "xdp_pass");
+        remove_pin(&path)?;
+        let prog: &mut Xdp = program(&mut self.ebpf, PROG_XDP_PASS)?;
+        let id = prog
+            .attach(iface, XdpMode::Driver)
+            .map_err(|e| attach_err(PROG_XDP_PASS, iface, e))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| attach_err(PROG_XDP_PASS, iface, e))?;
+        let fd = FdLink::try_from(link).map_err(|e| link_err(&path, e))?;
+        self.pin(fd, &path)
+    }
+
     /// Attaches `lb_tc_from_pod` (tcx ingress) and `lb_tc_to_pod` (tcx egress) to the
     /// host side of a pod's veth. Linux 6.6+ (tcx).
     pub fn attach_pod(&mut self, iface: &str) -> Result<(), BpfError> {
@@ -267,7 +284,7 @@ fn remove_pin(path: &Path) -> Result<(), BpfError> {
 
 /// Unpins the links of an interface that went away (its links are already defunct).
 pub fn forget_iface(bpffs_dir: &Path, iface: &str) -> Result<(), BpfError> {
-    for hook in ["xdp", "tc_ingress", "tc_egress"] {
+    for hook in ["xdp", "xdp_pass", "tc_ingress", "tc_egress"] {
         remove_pin(&link_pin_path(bpffs_dir, iface, hook))?;
     }
     Ok(())

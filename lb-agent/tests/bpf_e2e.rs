@@ -1,0 +1,418 @@
+//! The programs on real interfaces with real kernel routing and real sockets, one node:
+//! what BPF_PROG_TEST_RUN cannot show (checksum offload on veths, martian filtering of
+//! node-sourced packets, XDP_TX on a veth, the kernel's reaction to our RST and ICMP).
+//!
+//! ```text
+//!  [lbbpf-e2e-client] cli0 192.168.77.2 --- ext0 192.168.77.1 [lbbpf-e2e-node] lxca --- eth0 10.77.1.5 [lbbpf-e2e-pa]
+//!                                                                            lxcb --- eth0 10.77.2.6 [lbbpf-e2e-pb]
+//! ```
+//! pod-b serves TCP 8080 (answers "pod-b") and UDP 5353 (echo). Services: ClusterIP
+//! 10.96.0.10:80 and :53, NodePort 192.168.77.1:30080 (backend flagged local: no SNAT),
+//! :30081 (backend flagged remote: SNAT to the node), :30099 TCP and UDP with no endpoints.
+//!
+//! Needs root and BPF: without them the test FAILS with the reason.
+#![allow(
+    unsafe_code,
+    reason = "setns(2) to work inside the test's network namespaces"
+)]
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap, MapData};
+use lb_agent::bpf::{Dataplane, LoadOptions, detach_all};
+use lb_common::{
+    BACKEND_F_LOCAL, BackendValue, MAP_BACKENDS, MAP_CONFIG, MAP_MAGLEV, MAP_SERVICES, NodeConfig,
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_CLUSTER_IP, SVC_F_NODEPORT,
+    ServiceKey, ServiceValue,
+};
+
+const M: u32 = 7;
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Network namespaces made by this test, deleted on drop (also on panic).
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    fn add(&mut self, name: &str) -> String {
+        let full = format!("lbbpf-e2e-{name}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &full]).output();
+        sh(&["ip", "netns", "add", &full]);
+        sh(&["ip", "-n", &full, "link", "set", "lo", "up"]);
+        self.0.push(full.clone());
+        full
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+fn enter(ns: &str) {
+    let file = std::fs::File::open(PathBuf::from("/run/netns").join(ns)).expect("netns file");
+    // SAFETY: plain syscall on a valid fd; affects only the calling thread.
+    let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(r, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+}
+
+/// Runs `f` on a thread inside `ns`.
+fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        enter(&ns);
+        f()
+    })
+}
+
+fn join<T>(h: std::thread::JoinHandle<T>) -> T {
+    h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+fn addr(a: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(a)
+}
+
+fn veth(node: &str, host: &str, other_ns: &str, other: &str) {
+    sh(&[
+        "ip", "-n", node, "link", "add", host, "type", "veth", "peer", "name", other, "netns",
+        other_ns,
+    ]);
+    sh(&["ip", "-n", node, "link", "set", host, "up"]);
+    sh(&["ip", "-n", other_ns, "link", "set", other, "up"]);
+}
+
+fn program_maps(dp: &mut Dataplane, cookie: u64) {
+    let e = dp.ebpf();
+    let mut cfg: Array<&mut MapData, NodeConfig> =
+        Array::try_from(e.map_mut(MAP_CONFIG).unwrap()).unwrap();
+    cfg.set(
+        0,
+        NodeConfig {
+            node_addr_be: addr([192, 168, 77, 1]),
+            maglev_size: M,
+            netns_cookie: cookie,
+            snat_port_min: 40_000,
+            snat_port_max: 40_999,
+            ready: 1,
+        },
+        0,
+    )
+    .unwrap();
+    // Backends: 1 = pod-b:8080 local, 2 = pod-b:8080 flagged remote, 3 = pod-b:5353 UDP.
+    let mut be: HashMap<&mut MapData, u32, BackendValue> =
+        HashMap::try_from(e.map_mut(MAP_BACKENDS).unwrap()).unwrap();
+    for (id, port, proto, flags) in [
+        (1, 8080_u16, PROTO_TCP, BACKEND_F_LOCAL),
+        (2, 8080, PROTO_TCP, 0),
+        (3, 5353, PROTO_UDP, BACKEND_F_LOCAL),
+    ] {
+        let v = BackendValue {
+            addr_be: addr([10, 77, 2, 6]),
+            port_be: port.to_be(),
+            proto,
+            flags,
+        };
+        be.insert(id, v, 0).unwrap();
+    }
+    // Tables: lut 0 -> backend 1, lut 1 -> backend 2, lut 2 -> backend 3, lut 3 empty.
+    let mut mg: Array<&mut MapData, u32> = Array::try_from(e.map_mut(MAP_MAGLEV).unwrap()).unwrap();
+    for (lut, id) in [(0_u32, 1_u32), (1, 2), (2, 3)] {
+        for slot in 0..M {
+            mg.set(lut * M + slot, id, 0).unwrap();
+        }
+    }
+    let mut svc: HashMap<&mut MapData, ServiceKey, ServiceValue> =
+        HashMap::try_from(e.map_mut(MAP_SERVICES).unwrap()).unwrap();
+    let vip = addr([10, 96, 0, 10]);
+    let node = addr([192, 168, 77, 1]);
+    for (a, port, proto, scope, lut_id, count, flags) in [
+        (
+            vip,
+            80_u16,
+            PROTO_TCP,
+            SCOPE_INTERNAL,
+            0,
+            1,
+            SVC_F_CLUSTER_IP,
+        ),
+        (vip, 53, PROTO_UDP, SCOPE_INTERNAL, 2, 1, SVC_F_CLUSTER_IP),
+        (node, 30080, PROTO_TCP, SCOPE_EXTERNAL, 0, 1, SVC_F_NODEPORT),
+        (node, 30081, PROTO_TCP, SCOPE_EXTERNAL, 1, 1, SVC_F_NODEPORT),
+        (node, 30082, PROTO_UDP, SCOPE_EXTERNAL, 2, 1, SVC_F_NODEPORT),
+        (node, 30099, PROTO_TCP, SCOPE_EXTERNAL, 3, 0, SVC_F_NODEPORT),
+        (node, 30099, PROTO_UDP, SCOPE_EXTERNAL, 3, 0, SVC_F_NODEPORT),
+    ] {
+        let k = ServiceKey {
+            addr_be: a,
+            port_be: port.to_be(),
+            proto,
+            scope,
+        };
+        let v = ServiceValue {
+            lut_id,
+            backend_count: count,
+            flags,
+            affinity_timeout_s: 0,
+        };
+        svc.insert(k, v, 0).unwrap();
+    }
+}
+
+/// Connects, reads the answer; returns it or the error kind.
+fn fetch(to: &str) -> Result<String, std::io::ErrorKind> {
+    let to: SocketAddr = to.parse().unwrap();
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).map_err(|e| e.kind())?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.kind())?;
+    Ok(out)
+}
+
+fn udp_echo(to: &str) -> Result<(String, SocketAddr), std::io::ErrorKind> {
+    let u = UdpSocket::bind("0.0.0.0:0").unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    u.connect(to).map_err(|e| e.kind())?;
+    u.send(b"ping").map_err(|e| e.kind())?;
+    let mut buf = [0_u8; 64];
+    let n = u.recv(&mut buf).map_err(|e| e.kind())?;
+    Ok((
+        String::from_utf8_lossy(&buf[..n]).into_owned(),
+        u.peer_addr().unwrap(),
+    ))
+}
+
+#[test]
+fn services_work_through_real_interfaces() {
+    let mut nss = Namespaces(Vec::new());
+    let client = nss.add("client");
+    let node = nss.add("node");
+    let pa = nss.add("pa");
+    let pb = nss.add("pb");
+    veth(&node, "ext0", &client, "cli0");
+    veth(&node, "lxca", &pa, "eth0");
+    veth(&node, "lxcb", &pb, "eth0");
+    sh(&[
+        "ip",
+        "-n",
+        &client,
+        "addr",
+        "add",
+        "192.168.77.2/24",
+        "dev",
+        "cli0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &node,
+        "addr",
+        "add",
+        "192.168.77.1/24",
+        "dev",
+        "ext0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &node,
+        "addr",
+        "add",
+        "10.77.1.1/24",
+        "dev",
+        "lxca",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &node,
+        "addr",
+        "add",
+        "10.77.2.1/24",
+        "dev",
+        "lxcb",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pa,
+        "addr",
+        "add",
+        "10.77.1.5/24",
+        "dev",
+        "eth0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pb,
+        "addr",
+        "add",
+        "10.77.2.6/24",
+        "dev",
+        "eth0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pa,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.77.1.1",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pb,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.77.2.1",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &client,
+        "route",
+        "add",
+        "10.77.0.0/16",
+        "via",
+        "192.168.77.1",
+    ]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &node,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+
+    // pod-b's servers.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = in_ns(&pb, move || {
+        let l = std::net::TcpListener::bind("10.77.2.6:8080").unwrap();
+        let u = UdpSocket::bind("10.77.2.6:5353").unwrap();
+        ready_tx.send(()).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0_u8; 64];
+            while let Ok((n, from)) = u.recv_from(&mut buf) {
+                let _ = u.send_to(&buf[..n], from);
+            }
+        });
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let peer = s.peer_addr().unwrap();
+            let _ = write!(s, "pod-b saw {}", peer.ip());
+        }
+    });
+    ready_rx.recv().unwrap();
+    drop(server); // detached: ends with its namespace
+
+    let dir = PathBuf::from(format!("/sys/fs/bpf/lbtest-e2e-{}", std::process::id()));
+    let dir2 = dir.clone();
+    let client_dir = PathBuf::from(format!("/sys/fs/bpf/lbtest-e2ec-{}", std::process::id()));
+    let client_dir2 = client_dir.clone();
+    struct Cleanup(Vec<PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                let _ = detach_all(d);
+            }
+        }
+    }
+    let _cleanup = Cleanup(vec![dir.clone(), client_dir.clone()]);
+    let opts = |d: PathBuf| LoadOptions {
+        bpffs_dir: d,
+        max_services: 8,
+        max_backends: 16,
+        maglev_size: M,
+        conntrack_size: 1024,
+        affinity_size: 16,
+    };
+    join(in_ns(&node, move || {
+        let mut dp = Dataplane::load(&opts(dir2)).expect("load (root and BPF needed)");
+        program_maps(&mut dp, lb_agent::bpf::netns_cookie().unwrap());
+        dp.attach_external("ext0").expect("XDP on ext0");
+        dp.attach_pod("lxca").expect("tcx on lxca");
+        dp.attach_pod("lxcb").expect("tcx on lxcb");
+    }));
+    // XDP_TX on ext0 reaches the client only when its veth end runs XDP too.
+    join(in_ns(&client, move || {
+        let mut dp = Dataplane::load(&opts(client_dir2)).expect("load");
+        dp.attach_xdp_pass("cli0").expect("xdp pass on cli0");
+    }));
+
+    // ClusterIP from a pod: DNAT in from_pod, reverse NAT as the reply leaves pod-b.
+    let got = join(in_ns(&pa, || fetch("10.96.0.10:80")));
+    assert_eq!(
+        got,
+        Ok("pod-b saw 10.77.1.5".into()),
+        "ClusterIP, client address kept"
+    );
+    // Hairpin: pod-b reaches itself through the service.
+    let got = join(in_ns(&pb, || fetch("10.96.0.10:80")));
+    assert_eq!(got, Ok("pod-b saw 169.254.42.1".into()), "hairpin");
+    // UDP ClusterIP: the reply comes from the service address.
+    let got = join(in_ns(&pa, || udp_echo("10.96.0.10:53")));
+    assert_eq!(got, Ok(("ping".into(), "10.96.0.10:53".parse().unwrap())));
+
+    // NodePort from outside, local backend: XDP DNAT, client address kept.
+    let got = join(in_ns(&client, || fetch("192.168.77.1:30080")));
+    assert_eq!(
+        got,
+        Ok("pod-b saw 192.168.77.2".into()),
+        "NodePort, local backend"
+    );
+    // NodePort, backend treated as remote: SNAT to the node address.
+    let got = join(in_ns(&client, || fetch("192.168.77.1:30081")));
+    assert_eq!(
+        got,
+        Ok("pod-b saw 192.168.77.1".into()),
+        "NodePort with SNAT"
+    );
+    let got = join(in_ns(&client, || udp_echo("192.168.77.1:30082")));
+    assert_eq!(
+        got,
+        Ok(("ping".into(), "192.168.77.1:30082".parse().unwrap()))
+    );
+
+    // No endpoints: refused at once (TCP RST / ICMP port unreachable via XDP_TX).
+    let got = join(in_ns(&client, || fetch("192.168.77.1:30099")));
+    assert_eq!(
+        got,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "TCP reject"
+    );
+    let got = join(in_ns(&client, || udp_echo("192.168.77.1:30099")));
+    assert_eq!(
+        got,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "UDP reject"
+    );
+}
