@@ -203,6 +203,16 @@ fn udp_echo(to: &str) -> Result<(String, SocketAddr), std::io::ErrorKind> {
     ))
 }
 
+/// Pin directories of this test, detached and removed on drop.
+struct Cleanup(Vec<PathBuf>);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = detach_all(d);
+        }
+    }
+}
+
 #[test]
 fn services_work_through_real_interfaces() {
     let mut nss = Namespaces(Vec::new());
@@ -338,14 +348,6 @@ fn services_work_through_real_interfaces() {
     let dir2 = dir.clone();
     let client_dir = PathBuf::from(format!("/sys/fs/bpf/lbtest-e2ec-{}", std::process::id()));
     let client_dir2 = client_dir.clone();
-    struct Cleanup(Vec<PathBuf>);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            for d in &self.0 {
-                let _ = detach_all(d);
-            }
-        }
-    }
     let _cleanup = Cleanup(vec![dir.clone(), client_dir.clone()]);
     let opts = |d: PathBuf| LoadOptions {
         bpffs_dir: d,
