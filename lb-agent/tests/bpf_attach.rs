@@ -189,7 +189,15 @@ fn links_are_pinned_survive_the_loader_and_are_replaced_atomically() {
 
         // Clean uninstall: nothing attached, nothing pinned.
         detach_all(&dir).expect("detach_all");
-        let shown = sh(&["ip", "-n", &nsname, "-d", "link", "show", "lbv0"]);
+        // The kernel releases a link from a workqueue once its last reference is gone.
+        let mut shown = String::new();
+        for _ in 0..100 {
+            shown = sh(&["ip", "-n", &nsname, "-d", "link", "show", "lbv0"]);
+            if !shown.contains("prog/xdp") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert!(!shown.contains("prog/xdp"), "still attached: {shown}");
         assert!(!dir.exists(), "pin directory left behind");
     });
@@ -392,6 +400,45 @@ print(data.decode(), *peer)\n";
             String::from_utf8_lossy(&out.stdout),
             "10.96.0.10 80\npong 10.96.0.10 53\n",
             "the application sees the service address, not the backend"
+        );
+        // Another node's namespace shares the cgroup: its sockets are not touched (the
+        // programs act only on their own netns cookie), so the ClusterIP is unreachable.
+        let other = NetNs::new("sock2");
+        let procs = cgpath.join("cgroup.procs");
+        sh(&[
+            "ip",
+            "-n",
+            &other.0,
+            "addr",
+            "add",
+            "10.99.1.1/24",
+            "dev",
+            "lbv0",
+        ]);
+        let out = other.run(move || {
+            // The backend address is served here too: a wrongly rewritten connect would
+            // succeed, so the check below can fail.
+            let _decoy = std::net::TcpListener::bind("10.99.1.1:8080").expect("decoy listener");
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "echo $$ > {} && exec python3 -c \"$0\"",
+                    procs.display()
+                ))
+                .arg(
+                    "import socket\n\
+try:\n    socket.create_connection(('10.96.0.10', 80), timeout=2)\n    print('connected')\n\
+except OSError as e:\n    print('refused', e.errno)\n",
+                )
+                .output()
+                .expect("python3")
+        });
+        let text = String::from_utf8_lossy(&out.stdout);
+        // ENETUNREACH (101): the service address was left alone, and it has no route.
+        assert!(
+            text.trim() == "refused 101",
+            "a socket of another namespace was load-balanced: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
         );
         drop(dp);
         detach_all(&dir).expect("detach");

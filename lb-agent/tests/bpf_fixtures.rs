@@ -1387,3 +1387,49 @@ fn maps_are_pinned_by_name_and_reused_by_a_second_load() {
         "{err}"
     );
 }
+
+#[test]
+fn udp_zero_checksum_stays_zero_and_others_stay_valid() {
+    let mut env = env();
+    let b = Backend {
+        id: 3,
+        addr: POD_B,
+        port: 5353,
+        local: false,
+    };
+    env.service(VIP, 53, PROTO_UDP, SCOPE_INTERNAL, 2, 0, &[&b]);
+    env.service(
+        NODE,
+        30053,
+        PROTO_UDP,
+        SCOPE_EXTERNAL,
+        3,
+        SVC_F_NODEPORT,
+        &[&b],
+    );
+    for (prog, daddr, dport) in [(PROG_TC_FROM_POD, VIP, 53), (PROG_XDP, NODE, 30053)] {
+        let mut zero = udp(POD_A, 3100, daddr, dport);
+        zero.udp_zero_csum = true;
+        let (_, out) = env.run(prog, &zero.build());
+        let o = view(&out);
+        assert_eq!((o.daddr, o.dport), (ip(POD_B), 5353), "{prog}");
+        assert_eq!(o.l4_csum, 0, "{prog}: a zero UDP checksum must stay zero");
+        // With a checksum: still valid (view verifies) and not zero.
+        let (_, out) = env.run(prog, &udp(POD_A, 3101, daddr, dport).build());
+        let o = view(&out);
+        assert_eq!((o.daddr, o.dport), (ip(POD_B), 5353), "{prog}");
+        assert_ne!(o.l4_csum, 0, "{prog}");
+    }
+    // The XDP flow was SNATed (remote backend); the reply is reverse-translated.
+    let snat_port = {
+        let (_, out) = env.run(PROG_XDP, &udp(POD_A, 3101, NODE, 30053).build());
+        view(&out).sport
+    };
+    let (v, out) = env.run(PROG_XDP, &udp(POD_B, 5353, NODE, snat_port).build());
+    assert_eq!(v, XDP_PASS);
+    let o = view(&out);
+    assert_eq!(
+        (o.saddr, o.sport, o.daddr, o.dport),
+        (ip(NODE), 30053, ip(POD_A), 3101)
+    );
+}
