@@ -444,3 +444,32 @@ except OSError as e:\n    print('refused', e.errno)\n",
         detach_all(&dir).expect("detach");
     });
 }
+
+#[test]
+fn two_agents_attach_to_the_same_cgroup_and_restart() {
+    let root = mounts::cgroup2_root().expect("cgroup2 mount");
+    let cg = Cgroup(root.join(format!("lbbpf-two-{}", std::process::id())));
+    std::fs::create_dir_all(&cg.0).expect("create cgroup");
+    let d1 = PathBuf::from(format!("/sys/fs/bpf/lbtest-two1-{}", std::process::id()));
+    let d2 = PathBuf::from(format!("/sys/fs/bpf/lbtest-two2-{}", std::process::id()));
+    let (_p1, _p2) = (Pins(d1.clone()), Pins(d2.clone()));
+    let mut a = Dataplane::load(&opts(&d1)).expect("load 1");
+    let mut b = Dataplane::load(&opts(&d2)).expect("load 2");
+    a.attach_cgroup(Some(&cg.0)).expect("agent 1 attaches");
+    b.attach_cgroup(Some(&cg.0))
+        .expect("agent 2 attaches to the same cgroup");
+    let pin = d1.join("links").join("cgroup_connect4");
+    let (link1, _) = link_ids(&pin);
+    // Agent 1 restarts: its cgroup links are updated in place, agent 2's are untouched.
+    drop(a);
+    let mut a = Dataplane::load(&opts(&d1)).expect("reload 1");
+    a.attach_cgroup(Some(&cg.0)).expect("agent 1 re-attaches");
+    let (link1_after, prog) = link_ids(&pin);
+    assert_eq!(link1, link1_after, "cgroup link replaced in place");
+    assert_eq!(prog, prog_id(&mut a, lb_agent::bpf::PROG_SOCK_CONNECT4));
+    let (_, prog_b) = link_ids(&d2.join("links").join("cgroup_connect4"));
+    assert_eq!(prog_b, prog_id(&mut b, lb_agent::bpf::PROG_SOCK_CONNECT4));
+    drop((a, b));
+    detach_all(&d1).unwrap();
+    detach_all(&d2).unwrap();
+}
