@@ -21,6 +21,7 @@ pub mod client;
 pub mod manifests;
 pub mod netns;
 pub mod process;
+pub mod prometheus;
 pub mod sandbox;
 pub mod topology;
 
