@@ -8,7 +8,8 @@
 //! ```
 //! pod-b serves TCP 8080 (answers "pod-b") and UDP 5353 (echo). Services: ClusterIP
 //! 10.96.0.10:80 and :53, NodePort 192.168.77.1:30080 (backend flagged local: no SNAT),
-//! :30081 (backend flagged remote: SNAT to the node), :30099 TCP and UDP with no endpoints.
+//! :30081 (backend flagged remote: SNAT to the node), :30099 TCP and UDP and ClusterIP :81
+//! with no endpoints.
 //!
 //! Needs root and BPF: without them the test FAILS with the reason.
 #![allow(
@@ -163,6 +164,8 @@ fn program_maps(dp: &mut Dataplane, cookie: u64) {
         (node, 30082, PROTO_UDP, SCOPE_EXTERNAL, 2, 1, SVC_F_NODEPORT),
         (node, 30099, PROTO_TCP, SCOPE_EXTERNAL, 3, 0, SVC_F_NODEPORT),
         (node, 30099, PROTO_UDP, SCOPE_EXTERNAL, 3, 0, SVC_F_NODEPORT),
+        (vip, 81, PROTO_TCP, SCOPE_INTERNAL, 3, 0, SVC_F_CLUSTER_IP),
+        (vip, 81, PROTO_UDP, SCOPE_INTERNAL, 3, 0, SVC_F_CLUSTER_IP),
     ] {
         let k = ServiceKey {
             addr_be: a,
@@ -351,7 +354,7 @@ fn services_work_through_real_interfaces() {
     let _cleanup = Cleanup(vec![dir.clone(), client_dir.clone()]);
     let opts = |d: PathBuf| LoadOptions {
         bpffs_dir: d,
-        max_services: 8,
+        max_services: 16,
         max_backends: 16,
         maglev_size: M,
         conntrack_size: 1024,
