@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData};
-use lb_agent::bpf::{Dataplane, LoadOptions, detach_all};
+use lb_agent::bpf::{AttachMode, Dataplane, LoadOptions, detach_all};
 use lb_common::{
     BACKEND_F_LOCAL, BackendValue, MAP_BACKENDS, MAP_CONFIG, MAP_MAGLEV, MAP_SERVICES, NodeConfig,
     PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_CLUSTER_IP, SVC_F_NODEPORT,
@@ -420,4 +420,315 @@ fn services_work_through_real_interfaces() {
         Err(std::io::ErrorKind::ConnectionRefused),
         "UDP reject"
     );
+}
+
+/// (id, address, port, protocol, `BACKEND_F_*`)
+type BackendRow = (u32, [u8; 4], u16, u8, u8);
+/// (address, port, protocol, scope, backend id = lut id, `SVC_F_*`)
+type ServiceRow = ([u8; 4], u16, u8, u8, u32, u32);
+
+/// Writes config, backends, one table per backend and the services of a node.
+fn program_node(
+    dp: &mut Dataplane,
+    node_addr: [u8; 4],
+    backends: &[BackendRow],
+    services: &[ServiceRow],
+) {
+    let cookie = lb_agent::bpf::netns_cookie().unwrap();
+    let e = dp.ebpf();
+    let mut cfg: Array<&mut MapData, NodeConfig> =
+        Array::try_from(e.map_mut(MAP_CONFIG).unwrap()).unwrap();
+    let c = NodeConfig {
+        node_addr_be: addr(node_addr),
+        maglev_size: M,
+        netns_cookie: cookie,
+        snat_port_min: 40_000,
+        snat_port_max: 40_999,
+        ready: 1,
+    };
+    cfg.set(0, c, 0).unwrap();
+    let mut be: HashMap<&mut MapData, u32, BackendValue> =
+        HashMap::try_from(e.map_mut(MAP_BACKENDS).unwrap()).unwrap();
+    for &(id, a, port, proto, flags) in backends {
+        let v = BackendValue {
+            addr_be: addr(a),
+            port_be: port.to_be(),
+            proto,
+            flags,
+        };
+        be.insert(id, v, 0).unwrap();
+    }
+    let mut mg: Array<&mut MapData, u32> = Array::try_from(e.map_mut(MAP_MAGLEV).unwrap()).unwrap();
+    for &(id, ..) in backends {
+        for slot in 0..M {
+            mg.set(id * M + slot, id, 0).unwrap();
+        }
+    }
+    let mut svc: HashMap<&mut MapData, ServiceKey, ServiceValue> =
+        HashMap::try_from(e.map_mut(MAP_SERVICES).unwrap()).unwrap();
+    for &(a, port, proto, scope, backend_id, flags) in services {
+        let k = ServiceKey {
+            addr_be: addr(a),
+            port_be: port.to_be(),
+            proto,
+            scope,
+        };
+        let v = ServiceValue {
+            lut_id: backend_id,
+            backend_count: 1,
+            flags,
+            affinity_timeout_s: 0,
+        };
+        svc.insert(k, v, 0).unwrap();
+    }
+}
+
+/// Two nodes on one L2 segment (a bridge namespace), client on the same segment:
+///
+/// ```text
+///  client 192.168.78.2 --+
+///  node1  192.168.78.11 -+- br0 [lan]      node1: lxca -- pod-a 10.78.1.5
+///  node2  192.168.78.12 -+                 node2: lxcb -- pod-b 10.78.2.6 (serves 8080)
+/// ```
+/// Node1's services point at pod-b on node2: the ClusterIP reply comes back over node1's
+/// external interface (XDP reverse NAT), the NodePort flow is SNATed to node1 and its
+/// reply reverse-translated at node1's XDP. An established NodePort connection survives
+/// node1's agent going away and a new agent loading over the pins.
+#[test]
+fn services_across_two_nodes_and_an_agent_restart() {
+    let mut nss = Namespaces(Vec::new());
+    let lan = nss.add("2lan");
+    let client = nss.add("2cli");
+    let n1 = nss.add("2n1");
+    let n2 = nss.add("2n2");
+    let pa = nss.add("2pa");
+    let pb = nss.add("2pb");
+    sh(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"]);
+    sh(&["ip", "-n", &lan, "link", "set", "br0", "up"]);
+    for (ns, port, ip) in [
+        (&client, "p-cli", "192.168.78.2/24"),
+        (&n1, "p-n1", "192.168.78.11/24"),
+        (&n2, "p-n2", "192.168.78.12/24"),
+    ] {
+        veth(&lan, port, ns, "ext0");
+        sh(&["ip", "-n", &lan, "link", "set", port, "master", "br0"]);
+        sh(&["ip", "-n", ns, "addr", "add", ip, "dev", "ext0"]);
+    }
+    veth(&n1, "lxca", &pa, "eth0");
+    veth(&n2, "lxcb", &pb, "eth0");
+    sh(&[
+        "ip",
+        "-n",
+        &n1,
+        "addr",
+        "add",
+        "10.78.1.1/24",
+        "dev",
+        "lxca",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &n2,
+        "addr",
+        "add",
+        "10.78.2.1/24",
+        "dev",
+        "lxcb",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pa,
+        "addr",
+        "add",
+        "10.78.1.5/24",
+        "dev",
+        "eth0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pb,
+        "addr",
+        "add",
+        "10.78.2.6/24",
+        "dev",
+        "eth0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pa,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.78.1.1",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pb,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.78.2.1",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &n1,
+        "route",
+        "add",
+        "10.78.2.0/24",
+        "via",
+        "192.168.78.12",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &n2,
+        "route",
+        "add",
+        "10.78.1.0/24",
+        "via",
+        "192.168.78.11",
+    ]);
+    for n in [&n1, &n2] {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            n,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+    }
+
+    // pod-b: a line echo server that names the peer it sees.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    drop(in_ns(&pb, move || {
+        let l = std::net::TcpListener::bind("10.78.2.6:8080").unwrap();
+        ready_tx.send(()).unwrap();
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                let peer = s.peer_addr().unwrap().ip();
+                let mut w = s.try_clone().unwrap();
+                for line in std::io::BufReader::new(s).lines() {
+                    let Ok(line) = line else { break };
+                    if writeln!(w, "{line} from {peer}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }));
+    ready_rx.recv().unwrap();
+
+    let pid = std::process::id();
+    let d1 = PathBuf::from(format!("/sys/fs/bpf/lbtest-2n1-{pid}"));
+    let d2 = PathBuf::from(format!("/sys/fs/bpf/lbtest-2n2-{pid}"));
+    let _cleanup = Cleanup(vec![d1.clone(), d2.clone()]);
+    let opts = move |d: PathBuf| LoadOptions {
+        bpffs_dir: d,
+        max_services: 16,
+        max_backends: 16,
+        maglev_size: M,
+        conntrack_size: 1024,
+        affinity_size: 16,
+    };
+    let node1_agent = {
+        let d1 = d1.clone();
+        move |first: bool| {
+            let mut dp = Dataplane::load(&opts(d1.clone())).expect("load node1");
+            if first {
+                program_node(
+                    &mut dp,
+                    [192, 168, 78, 11],
+                    &[(1, [10, 78, 2, 6], 8080, PROTO_TCP, 0)],
+                    &[
+                        (
+                            [10, 96, 0, 10],
+                            80,
+                            PROTO_TCP,
+                            SCOPE_INTERNAL,
+                            1,
+                            SVC_F_CLUSTER_IP,
+                        ),
+                        (
+                            [192, 168, 78, 11],
+                            30080,
+                            PROTO_TCP,
+                            SCOPE_EXTERNAL,
+                            1,
+                            SVC_F_NODEPORT,
+                        ),
+                    ],
+                );
+            }
+            let mode = dp.attach_external("ext0").expect("XDP node1");
+            dp.attach_pod("lxca").expect("tcx node1");
+            mode
+        }
+    };
+    let first = node1_agent.clone();
+    assert_eq!(join(in_ns(&n1, move || first(true))), AttachMode::Driver);
+    join(in_ns(&n2, move || {
+        let mut dp = Dataplane::load(&opts(d2)).expect("load node2");
+        program_node(&mut dp, [192, 168, 78, 12], &[], &[]);
+        dp.attach_external("ext0").expect("XDP node2");
+        dp.attach_pod("lxcb").expect("tcx node2");
+    }));
+
+    let line = |s: &mut TcpStream, msg: &str| -> String {
+        use std::io::BufRead as _;
+        writeln!(s, "{msg}").unwrap();
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut out = String::new();
+        r.read_line(&mut out).expect("answer");
+        out.trim_end().to_owned()
+    };
+    let connect = |to: &str| {
+        let s = TcpStream::connect_timeout(&to.parse().unwrap(), Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("connect {to}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s
+    };
+
+    // ClusterIP from pod-a to pod-b on the other node: client address preserved, the
+    // reply is reverse-translated by node1's XDP.
+    let got = join(in_ns(&pa, move || {
+        line(&mut connect("10.96.0.10:80"), "hello")
+    }));
+    assert_eq!(got, "hello from 10.78.1.5");
+
+    // NodePort on node1 to a backend on node2: SNAT to node1, reply fixed at node1's XDP.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<String>();
+    let conn = in_ns(&client, move || {
+        let mut s = connect("192.168.78.11:30080");
+        for msg in rx {
+            back_tx.send(line(&mut s, &msg)).unwrap();
+        }
+    });
+    tx.send("one".into()).unwrap();
+    assert_eq!(back_rx.recv().unwrap(), "one from 192.168.78.11");
+
+    // Node1's agent goes away (its process state is gone; links and maps stay pinned)
+    // and a new one loads over the pins: the established connection keeps working.
+    let again = node1_agent.clone();
+    assert_eq!(join(in_ns(&n1, move || again(false))), AttachMode::Replaced);
+    tx.send("two".into()).unwrap();
+    assert_eq!(
+        back_rx.recv().unwrap(),
+        "two from 192.168.78.11",
+        "connection broken by restart"
+    );
+    drop(tx);
+    join(conn);
 }
