@@ -324,12 +324,36 @@ impl Drop for Env {
     }
 }
 
+/// Removes pin directories of earlier test runs whose process is gone (a run killed
+/// before its guards ran).
+fn sweep_stale_pins() {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("lbtest-") else {
+            continue;
+        };
+        let pid = rest.split('-').find_map(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = lb_agent::bpf::detach_all(&e.path());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn env() -> Env {
+    sweep_stale_pins();
     let dir = PathBuf::from(format!(
         "/sys/fs/bpf/lbtest-{}-{:x}",
         std::process::id(),
         rand_u64()
     ));
+    // Removes the pins even when the load below fails.
+    let guard = PinGuard(dir.clone());
     let opts = LoadOptions {
         bpffs_dir: dir.clone(),
         max_services: 16,
@@ -344,6 +368,7 @@ fn env() -> Env {
              BTF and bpffs): {e}\n{e:?}"
         )
     });
+    std::mem::forget(guard);
     let mut env = Env { dp, dir };
     env.set_config(NodeConfig {
         node_addr_be: be32(NODE),
@@ -365,6 +390,14 @@ fn rand_u64() -> u64 {
             .map_or(0, |d| d.as_nanos() as u64),
     );
     h.finish()
+}
+
+struct PinGuard(PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = lb_agent::bpf::detach_all(&self.0);
+    }
 }
 
 struct Backend {
