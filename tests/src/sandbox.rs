@@ -357,11 +357,11 @@ impl Sandbox {
     }
 
     /// Starts `lb-agent run` in node `index`'s namespace (network namespace only, so it sees
-    /// the host's bpffs), with [`Self::agent_args`] plus `extra`.
+    /// the host's bpffs), with [`Self::agent_args`] plus `extra`; a `--flag value` in `extra`
+    /// replaces the default one (e.g. `--metrics-addr 10.0.0.10:9100`).
     pub fn start_agent(&self, index: usize, extra: &[&str]) -> Result<Proc> {
         let bin = bins::find("lb-agent")?;
-        let mut args = self.agent_args(index);
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args = merge_args(self.agent_args(index), extra);
         self.spawn(
             &self.nodes[index].ns,
             Enter::NetOnly,
@@ -391,8 +391,7 @@ impl Sandbox {
     /// Starts `lb-ingress run` in node `index`'s namespace; reach it at `node_ip(index):80`.
     pub fn start_ingress(&self, index: usize, extra: &[&str]) -> Result<Proc> {
         let bin = bins::find("lb-ingress")?;
-        let mut args = self.ingress_args();
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args = merge_args(self.ingress_args(), extra);
         self.spawn(
             &self.nodes[index].ns,
             Enter::NetOnly,
@@ -745,6 +744,27 @@ impl Sandbox {
     }
 }
 
+/// `defaults` (`run --flag value ...`) with `extra` appended; a `--flag` given in `extra`
+/// replaces the default's `--flag value`.
+fn merge_args(defaults: Vec<String>, extra: &[&str]) -> Vec<String> {
+    let overridden: Vec<&str> = extra
+        .iter()
+        .copied()
+        .filter(|a| a.starts_with("--"))
+        .collect();
+    let mut out = Vec::new();
+    let mut it = defaults.into_iter();
+    while let Some(a) = it.next() {
+        if overridden.contains(&a.as_str()) {
+            it.next();
+        } else {
+            out.push(a);
+        }
+    }
+    out.extend(extra.iter().map(|s| (*s).to_owned()));
+    out
+}
+
 fn base_sysctls() -> Vec<(String, &'static str)> {
     vec![
         ("net/ipv4/conf/all/rp_filter".into(), "0"),
@@ -766,5 +786,29 @@ impl Drop for Sandbox {
         }
         let _ = fs::remove_dir_all(&self.bpffs_root);
         let _ = fs::remove_dir_all(&self.workdir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_args;
+
+    #[test]
+    fn extra_flags_replace_defaults() {
+        let d = ["run", "--metrics-addr", "127.0.0.1:0", "--bpffs", "/x"]
+            .map(str::to_owned)
+            .to_vec();
+        assert_eq!(
+            merge_args(d.clone(), &["--metrics-addr", "10.0.0.10:9100", "--v"]),
+            [
+                "run",
+                "--bpffs",
+                "/x",
+                "--metrics-addr",
+                "10.0.0.10:9100",
+                "--v"
+            ]
+        );
+        assert_eq!(merge_args(d.clone(), &[]), d);
     }
 }
