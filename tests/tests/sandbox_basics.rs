@@ -8,6 +8,10 @@ use lb_tests::netns;
 use lb_tests::topology::CLIENT_IP;
 use lb_tests::{PodSpec, Sandbox};
 
+/// Building a sandbox sweeps stale ones: the sweep test holds this exclusively so that no
+/// other test of this binary sweeps its fake stale namespace first.
+static SWEEP: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// What a sandbox leaves behind when it is gone: nothing. Returns what it found.
 fn leftovers(namespaces: &[String], pids: &[u32], id: &str) -> Vec<String> {
     let live = netns::list();
@@ -40,6 +44,9 @@ fn ip_of(addr: SocketAddr) -> IpAddr {
 
 #[test]
 fn http_and_udp_reach_pods_on_both_nodes_with_source_preserved() {
+    let _shared = SWEEP
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let started = std::time::Instant::now();
     let sb = Sandbox::builder()
         .seed_app()
@@ -146,6 +153,9 @@ fn http_and_udp_reach_pods_on_both_nodes_with_source_preserved() {
 
 #[test]
 fn two_sandboxes_exist_at_once_without_colliding() {
+    let _shared = SWEEP
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let a = Sandbox::builder()
         .pod(PodSpec::new("a-0", 0, 8080).udp_port(8080))
         .pod(PodSpec::new("a-1", 1, 8080))
@@ -184,6 +194,9 @@ fn two_sandboxes_exist_at_once_without_colliding() {
 
 #[test]
 fn a_panicking_test_leaves_nothing_behind() {
+    let _shared = SWEEP
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut seen = (Vec::new(), Vec::new(), String::new());
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let sb = Sandbox::builder()
@@ -204,6 +217,9 @@ fn a_panicking_test_leaves_nothing_behind() {
 
 #[test]
 fn stale_sandboxes_of_dead_runs_are_swept_with_their_processes() {
+    let _exclusive = SWEEP
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     lb_tests::sandbox::preflight().expect("preflight");
     // A pid that is certainly dead: a child we started and reaped.
     let mut gone = std::process::Command::new("true").spawn().unwrap();
