@@ -171,11 +171,15 @@ fn attach_new_pod_ifaces(
     prefix: &str,
     attached: &mut BTreeSet<String>,
 ) {
-    let present: BTreeSet<String> = std::fs::read_dir("/sys/class/net")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    // /proc/self/net/dev lists the interfaces of this process's network namespace;
+    // /sys/class/net would show the namespace of whoever mounted sysfs, which is not ours
+    // when the agent only entered the node's network namespace.
+    let present: BTreeSet<String> = std::fs::read_to_string("/proc/self/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|n| n.trim().to_owned())
         .filter(|n| n.starts_with(prefix))
         .collect();
     for iface in present.difference(attached).cloned().collect::<Vec<_>>() {

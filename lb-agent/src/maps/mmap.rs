@@ -6,6 +6,10 @@
     unsafe_code,
     reason = "mmap of a BPF array map; bounds are checked on every access"
 )]
+#![allow(
+    clippy::cast_ptr_alignment,
+    reason = "the mapping is page aligned and elements are 8-byte aligned"
+)]
 
 use std::os::fd::AsRawFd as _;
 
@@ -15,8 +19,11 @@ use aya::maps::MapData;
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 pub struct MmapArray {
-    ptr: *mut u32,
+    ptr: *mut u8,
     len: usize,
+    /// Bytes between elements: the kernel stores array elements at
+    /// `round_up(value_size, 8)` (kernel/bpf/arraymap.c), so u32 slots are 8 bytes apart.
+    stride: usize,
     bytes: usize,
     // Keeps the map's fd open for as long as the mapping is used.
     _map: MapData,
@@ -36,8 +43,9 @@ impl MmapArray {
             return Ok(None);
         }
         let len = info.max_entries() as usize;
+        let stride = (info.value_size() as usize).next_multiple_of(8);
         let page = 4096;
-        let bytes = (len * 4).div_ceil(page) * page;
+        let bytes = (len * stride).div_ceil(page) * page;
         // SAFETY: a fresh shared mapping of the map's fd, length rounded to pages as the
         // kernel requires; checked for MAP_FAILED below.
         let ptr = unsafe {
@@ -56,6 +64,7 @@ impl MmapArray {
         Ok(Some(MmapArray {
             ptr: ptr.cast(),
             len,
+            stride,
             bytes,
             _map: map,
         }))
@@ -70,8 +79,10 @@ impl MmapArray {
     }
 
     pub fn get(&self, i: usize) -> Option<u32> {
-        // SAFETY: i < len, inside the mapping; u32 slots are 4-byte aligned.
-        (i < self.len).then(|| unsafe { self.ptr.add(i).read_volatile() })
+        // SAFETY: i < len, so the element is inside the mapping; elements are 8-byte
+        // aligned, so the u32 read is aligned.
+        (i < self.len)
+            .then(|| unsafe { self.ptr.add(i * self.stride).cast::<u32>().read_volatile() })
     }
 
     /// Stores one slot. A 4-byte aligned store is atomic, so a packet reads either the old
@@ -81,7 +92,12 @@ impl MmapArray {
             return false;
         }
         // SAFETY: as in `get`.
-        unsafe { self.ptr.add(i).write_volatile(v) };
+        unsafe {
+            self.ptr
+                .add(i * self.stride)
+                .cast::<u32>()
+                .write_volatile(v);
+        };
         true
     }
 }
