@@ -6,7 +6,7 @@ use lb_common::{
     AffinityKey, AffinityValue, BACKEND_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_HAIRPIN,
     CT_F_SNAT, CtValue, FlowKey, HAIRPIN_ADDR_BE, NatValue, NodeConfig, Reason, SCOPE_EXTERNAL,
     SVC_F_AFFINITY, SVC_F_LOCAL, ServiceKey, ServiceValue,
-    maglev::{addr_hash, flow_hash},
+    maglev::flow_hash,
 };
 
 use crate::{
@@ -87,16 +87,24 @@ fn select(
                 return Ok((a.backend_id, b));
             }
         }
-        let slot = addr_hash(key.saddr_be)
-            .checked_rem(m)
-            .ok_or(Reason::PassOther)?;
+        // A new (or expired) affinity picks like any new flow, by the 5-tuple hash, as
+        // kube-proxy picks at random: after the timeout a client is balanced again.
+        let slot = flow_hash(
+            key.saddr_be,
+            key.daddr_be,
+            key.sport_be,
+            key.dport_be,
+            key.proto,
+        )
+        .checked_rem(m)
+        .ok_or(Reason::PassOther)?;
         let (id, b) = lut_backend(svc.lut_id, slot, m)?;
         let v = AffinityValue {
             backend_id: id,
             _pad: 0,
             last_used_ns: now,
         };
-        // Best effort: without the entry the next pick uses the same address hash.
+        // Best effort: without the entry the next flow is balanced afresh.
         let _ = LB_AFFINITY.insert(&akey, &v, 0);
         return Ok((id, b));
     }

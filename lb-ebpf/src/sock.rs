@@ -15,7 +15,7 @@ use aya_ebpf::{
 use lb_common::{
     AffinityKey, AffinityValue, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, SCOPE_INTERNAL,
     SVC_F_AFFINITY, ServiceKey, SockRevKey, SockRevValue,
-    maglev::{addr_hash, flow_hash},
+    maglev::flow_hash,
 };
 
 use crate::maps::{
@@ -86,11 +86,9 @@ pub fn forward(ctx: &SockAddrContext) -> i32 {
     // The source port is not chosen yet at connect time: the socket cookie stands in for
     // it as per-connection entropy. Affinity keys on the node address (the client).
     let affinity = svc.flags & SVC_F_AFFINITY != 0;
-    let h = if affinity {
-        addr_hash(cfg.node_addr_be)
-    } else {
-        flow_hash(cookie as u32, daddr, (cookie >> 32) as u16, dport, proto)
-    };
+    // A new (or expired) affinity picks like any new connection, so that after the
+    // timeout the node is balanced again (kube-proxy's random pick).
+    let h = flow_hash(cookie as u32, daddr, (cookie >> 32) as u16, dport, proto);
     let Some(slot) = h.checked_rem(m) else {
         return ALLOW;
     };
