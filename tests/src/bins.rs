@@ -32,7 +32,7 @@ pub fn find(name: &str) -> Result<PathBuf> {
         return Ok(p);
     }
     bail!(
-        "{name} not found in {dirs:?}: build it first with `cargo build --workspace --bins` (`cargo xtask test` does), or set LB_BIN_DIR"
+        "{name} not found in {dirs:?}: build it first with `cargo build --workspace --exclude lb-ebpf --bins` (`cargo xtask test` does), or set LB_BIN_DIR"
     )
 }
 

@@ -184,6 +184,7 @@ pub fn preflight() -> Result<()> {
             bail!("`{tool}` is missing: run `cargo xtask setup` (or `apt-get install {package}`)");
         }
     }
+    xdp_pass_object()?;
     Ok(())
 }
 
@@ -635,6 +636,31 @@ impl Sandbox {
         for p in &self.pods {
             per_ns.push((p.ns.clone(), vec!["eth0".to_owned()]));
         }
+        // The client side of each node's external veth stands for the physical network.
+        // A NIC delivers what a node sends back with XDP_TX (TCP RST / ICMP unreachable for
+        // a Service without endpoints); a veth does so only when its peer has an XDP
+        // program of its own (GRO is not enough for a bridge port): give it a pass-all one.
+        let pass_all = xdp_pass_object()?;
+        for i in 0..self.nodes.len() {
+            // iproute2 loads it without xdp-loader's global lock file, so concurrent
+            // sandboxes do not collide.
+            netns::run(Command::new("ip").args([
+                "-n",
+                &self.client_ns,
+                "link",
+                "set",
+                "dev",
+                &format!("veth{i}"),
+                "xdpdrv",
+                "obj",
+                &pass_all.display().to_string(),
+                "sec",
+                "xdp",
+            ]))
+            .with_context(|| {
+                format!("attach a pass-all XDP program to veth{i} in the client namespace")
+            })?;
+        }
         for (ns, ifs) in per_ns {
             let script = ifs
                 .iter()
@@ -811,4 +837,21 @@ mod tests {
         );
         assert_eq!(merge_args(d.clone(), &[]), d);
     }
+}
+
+/// xdp-tools' allow-all filter program: an XDP program that passes every packet.
+fn xdp_pass_object() -> Result<PathBuf> {
+    for dir in [
+        "/usr/lib/x86_64-linux-gnu/bpf",
+        "/usr/lib/aarch64-linux-gnu/bpf",
+        "/usr/lib/bpf",
+    ] {
+        let p = Path::new(dir).join("xdpfilt_alw_all.o");
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "xdp-tools' xdpfilt_alw_all.o not found: run `cargo xtask setup` (or `apt-get install xdp-tools`)"
+    )
 }
