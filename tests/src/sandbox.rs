@@ -815,6 +815,23 @@ impl Drop for Sandbox {
     }
 }
 
+/// xdp-tools' allow-all filter program: an XDP program that passes every packet.
+fn xdp_pass_object() -> Result<PathBuf> {
+    for dir in [
+        "/usr/lib/x86_64-linux-gnu/bpf",
+        "/usr/lib/aarch64-linux-gnu/bpf",
+        "/usr/lib/bpf",
+    ] {
+        let p = Path::new(dir).join("xdpfilt_alw_all.o");
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "xdp-tools' xdpfilt_alw_all.o not found: run `cargo xtask setup` (or `apt-get install xdp-tools`)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::merge_args;
@@ -837,21 +854,4 @@ mod tests {
         );
         assert_eq!(merge_args(d.clone(), &[]), d);
     }
-}
-
-/// xdp-tools' allow-all filter program: an XDP program that passes every packet.
-fn xdp_pass_object() -> Result<PathBuf> {
-    for dir in [
-        "/usr/lib/x86_64-linux-gnu/bpf",
-        "/usr/lib/aarch64-linux-gnu/bpf",
-        "/usr/lib/bpf",
-    ] {
-        let p = Path::new(dir).join("xdpfilt_alw_all.o");
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    bail!(
-        "xdp-tools' xdpfilt_alw_all.o not found: run `cargo xtask setup` (or `apt-get install xdp-tools`)"
-    )
 }
