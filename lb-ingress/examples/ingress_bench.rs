@@ -1,0 +1,1214 @@
+//! Ingress benchmark (issue 5), run by `cargo xtask bench ingress`:
+//!
+//! ```text
+//! cargo run --release -p lb-ingress --example ingress_bench -- --out bench/results/ingress.md
+//!     [--duration SECS] [--warmup SECS] [--idle-conns N] [--quick] [--lb-ingress PATH]
+//! ```
+//!
+//! lb-ingress and nginx (Debian's package) as real processes, side by side on loopback,
+//! in front of the same upstreams (small hyper servers in this process answering a fixed
+//! 13-byte body with keep-alive), with the same worker count and upstream keep-alive:
+//!
+//! 1. wrk (Debian's package) against each proxy: 1 and 2 proxy workers x 64 and 512
+//!    connections, a warm-up run then a measured run: requests/s, p50/p99 latency, errors,
+//!    and the proxy's CPU time per request (from /proc, less sensitive to a shared machine).
+//! 2. Memory at N idle keep-alive connections (10k by default): N TCP connections, one
+//!    request each, then the proxy's RSS (nginx: master + workers) from /proc, and a second
+//!    request on every connection to show that they were still open when measured.
+//!
+//! Results go to a Markdown file with the machine, kernel and load. Numbers only: no
+//! assertion. Only the processes this benchmark starts are stopped (by PID), and its temp
+//! directory is removed, also on error (Drop guards).
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_sign_loss,
+    reason = "a benchmark script: rates and ratios in floating point"
+)]
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http_body_util::Full;
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// The upstreams' response body.
+const BODY: &[u8] = b"Hello, world\n";
+/// The request the idle-connection client sends (wrk sends the same shape).
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench.local\r\n\r\n";
+
+struct Args {
+    out: Option<PathBuf>,
+    duration: u64,
+    warmup: u64,
+    idle_conns: usize,
+    upstreams: usize,
+    wrk_threads: u32,
+    workers: Vec<usize>,
+    conns: Vec<u32>,
+    memory_workers: usize,
+    lb_ingress: Option<PathBuf>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        out: None,
+        duration: 10,
+        warmup: 2,
+        idle_conns: 10_000,
+        upstreams: 3,
+        wrk_threads: 2,
+        workers: vec![1, 2],
+        conns: vec![64, 512],
+        memory_workers: 2,
+        lb_ingress: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut v = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--out" => a.out = Some(v()?.into()),
+            "--duration" => a.duration = v()?.parse().context("--duration SECS")?,
+            "--warmup" => a.warmup = v()?.parse().context("--warmup SECS")?,
+            "--idle-conns" => a.idle_conns = v()?.parse().context("--idle-conns N")?,
+            "--upstreams" => a.upstreams = v()?.parse().context("--upstreams N")?,
+            "--wrk-threads" => a.wrk_threads = v()?.parse().context("--wrk-threads N")?,
+            "--lb-ingress" => a.lb_ingress = Some(v()?.into()),
+            "--quick" => {
+                a.duration = 2;
+                a.warmup = 1;
+                a.idle_conns = 1000;
+            }
+            "-h" | "--help" => {
+                println!(
+                    "ingress_bench [--out PATH] [--duration SECS] [--warmup SECS] [--idle-conns N] \
+                     [--upstreams N] [--wrk-threads N] [--lb-ingress PATH] [--quick]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown flag {other} (try --help)"),
+        }
+    }
+    ensure!(
+        a.duration > 0 && a.upstreams > 0,
+        "duration and upstreams must be > 0"
+    );
+    Ok(a)
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes: started here, stopped here by PID, on every path out.
+
+/// A process this benchmark started. Dropping it sends SIGTERM to that PID, waits, then
+/// SIGKILLs it and any of its children (nginx workers) that are still there.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}); log {}:\n{}",
+                self.name,
+                self.log.display(),
+                tail(&self.log)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let pid = self.pid();
+        let children = child_pids(pid);
+        // SAFETY: kill(2) with a PID this process spawned and has not reaped yet (try_wait
+        // above returned None), so the PID cannot have been reused.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{} (pid {pid}) ignored SIGTERM; SIGKILL", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for c in children {
+            // Orphaned workers of the master we just killed: reparented, same command.
+            if comm(c).as_deref() == Some(self.name) {
+                // SAFETY: kill(2) on a PID read from /proc a moment ago, checked to still
+                // be the same program.
+                unsafe {
+                    libc::kill(c, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Fields of /proc/PID/stat after the command name: state, ppid, ...
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+fn child_pids(parent: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| stat_fields(pid).and_then(|f| f.get(1)?.parse::<i32>().ok()) == Some(parent))
+        .collect()
+}
+
+/// The process and its children (nginx: master and workers).
+fn tree(pid: i32) -> Vec<i32> {
+    let mut v = vec![pid];
+    v.extend(child_pids(pid));
+    v
+}
+
+fn status_kib(pid: i32, file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// (RSS, PSS) in KiB, summed over the process tree.
+fn memory_kib(pid: i32) -> (u64, u64) {
+    tree(pid).into_iter().fold((0, 0), |(r, p), pid| {
+        (
+            r + status_kib(pid, "status", "VmRSS:"),
+            p + status_kib(pid, "smaps_rollup", "Pss:"),
+        )
+    })
+}
+
+/// User + system CPU time of the process tree (live children only), in seconds.
+fn cpu_seconds(pid: i32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    tree(pid)
+        .into_iter()
+        .filter_map(stat_fields)
+        .map(|f| {
+            // utime and stime are fields 14 and 15 of stat; index 11 and 12 after comm.
+            let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            (n(11) + n(12)) as f64 / ticks
+        })
+        .sum()
+}
+
+fn raise_nofile(want: u64) -> anyhow::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        ensure!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0,
+            "getrlimit"
+        );
+        if lim.rlim_cur >= want {
+            return Ok(lim.rlim_cur);
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max.max(want),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) == 0 {
+            return Ok(want);
+        }
+        // Not privileged: as far as the hard limit goes.
+        let soft = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        ensure!(
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const soft) == 0,
+            "setrlimit"
+        );
+        Ok(lim.rlim_max)
+    }
+}
+
+/// A free loopback port: bind port 0, read it, release it.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One blocking `GET /` with `Connection: close`; the status code.
+fn get_status(addr: SocketAddr) -> anyhow::Result<u16> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let head = String::from_utf8_lossy(&buf[..buf.len().min(64)]).into_owned();
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP response: {head:?}"))
+}
+
+/// Waits until the proxy answers `GET /` with 200.
+fn wait_ready(p: &mut Proc, addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        p.ensure_running()?;
+        match get_status(addr) {
+            Ok(200) => return Ok(()),
+            Ok(code) => last = format!("status {code}"),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "{} not ready on {addr} in 20 s (last: {last}); log:\n{}",
+        p.name,
+        tail(&p.log)
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// The two proxies.
+
+fn manifests(dir: &Path, upstreams: &[SocketAddr]) -> anyhow::Result<()> {
+    let mut y = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: lb\n  annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}\nspec: {controller: lb.example.com/ingress}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: bench}\nspec:\n  ports:\n  - {name: http, port: 80, targetPort: 8080, protocol: TCP}\n",
+    );
+    // One EndpointSlice per upstream: each has its own loopback port.
+    for (i, u) in upstreams.iter().enumerate() {
+        let _ = write!(
+            y,
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: echo-{i}\n  namespace: bench\n  labels: {{kubernetes.io/service-name: echo}}\naddressType: IPv4\nports:\n- {{name: http, port: {}, protocol: TCP}}\nendpoints:\n- addresses: [\"{}\"]\n  conditions: {{ready: true}}\n",
+            u.port(),
+            u.ip()
+        );
+    }
+    y.push_str(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: echo, namespace: bench}\nspec:\n  rules:\n  - http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: echo, port: {number: 80}}}}\n",
+    );
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(".bench.yaml.tmp");
+    std::fs::write(&tmp, y)?;
+    std::fs::rename(&tmp, dir.join("bench.yaml"))?;
+    Ok(())
+}
+
+/// lb-ingress's flags besides the defaults: no access log (nginx's is off too), a 60 s
+/// header timeout (nginx's `client_header_timeout` default; lb-ingress's 10 s default also
+/// bounds idle keep-alive time on HTTP/1, which would close the idle connections of the
+/// memory test), and a short shutdown drain.
+const LB_FLAGS: &[&str] = &[
+    "--metrics-addr",
+    "127.0.0.1:0",
+    "--no-access-log",
+    "--header-timeout-ms",
+    "60000",
+    "--shutdown-grace-s",
+    "1",
+];
+
+fn start_lb(
+    bin: &Path,
+    tmp: &Path,
+    workers: usize,
+    manifests_dir: &Path,
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let log = tmp.join(format!("lb-ingress-{workers}w-{}.log", addr.port()));
+    let child = Command::new(bin)
+        .arg("run")
+        .arg("--manifests")
+        .arg(manifests_dir)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .args(LB_FLAGS)
+        .env("TOKIO_WORKER_THREADS", workers.to_string())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut p = Proc {
+        name: "lb-ingress",
+        child,
+        log,
+    };
+    wait_ready(&mut p, addr)?;
+    Ok((p, addr))
+}
+
+/// `nofile`: this process's RLIMIT_NOFILE, which nginx inherits; worker_connections (client
+/// plus upstream connections per worker) may use all of it.
+fn nginx_conf(
+    dir: &Path,
+    workers: usize,
+    listen: SocketAddr,
+    upstreams: &[SocketAddr],
+    nofile: u64,
+) -> String {
+    let d = dir.display();
+    let mut servers = String::new();
+    for u in upstreams {
+        let _ = writeln!(servers, "        server {u};");
+    }
+    format!(
+        "daemon off;
+master_process on;
+worker_processes {workers};
+worker_rlimit_nofile {nofile};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{
+    worker_connections {nofile};
+}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    upstream echo {{
+{servers}        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://echo;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+"
+    )
+}
+
+fn start_nginx(
+    tmp: &Path,
+    workers: usize,
+    upstreams: &[SocketAddr],
+    nofile: u64,
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let dir = tmp.join(format!("nginx-{workers}w-{}", addr.port()));
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(&dir, workers, addr, upstreams, nofile))?;
+    let log = dir.join("error.log");
+    let child = Command::new("/usr/sbin/nginx")
+        // -e: the error log before the configuration is read (else /var/log/nginx).
+        .arg("-e")
+        .arg(&log)
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("stdout.log"))?)
+        .stderr(std::fs::File::create(dir.join("stderr.log"))?)
+        .spawn()
+        .context("starting /usr/sbin/nginx (apt-get install nginx)")?;
+    let mut p = Proc {
+        name: "nginx",
+        child,
+        log,
+    };
+    wait_ready(&mut p, addr)?;
+    let w = child_pids(p.pid()).len();
+    ensure!(w == workers, "nginx has {w} workers, wanted {workers}");
+    Ok((p, addr))
+}
+
+/// Lines of nginx's error log at warning level or worse.
+fn nginx_errors(p: &Proc) -> Vec<String> {
+    std::fs::read_to_string(&p.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            ["[warn]", "[error]", "[crit]", "[alert]", "[emerg]"]
+                .iter()
+                .any(|k| l.contains(k))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// wrk.
+
+#[derive(Clone, Copy, Default)]
+struct Wrk {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+    errors: u64,
+    cpu_us_per_req: f64,
+}
+
+fn wrk_ms(v: &str) -> Option<f64> {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        "h" => n * 3_600_000.0,
+        _ => return None,
+    })
+}
+
+fn parse_wrk(out: &str) -> anyhow::Result<Wrk> {
+    let mut w = Wrk::default();
+    let mut saw = (false, false, false);
+    for line in out.lines().map(str::trim) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["Requests/sec:", v] => {
+                w.rps = v.parse()?;
+                saw.0 = true;
+            }
+            ["50%", v] => {
+                w.p50_ms = wrk_ms(v).context("p50")?;
+                saw.1 = true;
+            }
+            ["99%", v] => {
+                w.p99_ms = wrk_ms(v).context("p99")?;
+                saw.2 = true;
+            }
+            [n, "requests", "in", ..] => w.requests = n.parse()?,
+            ["Non-2xx", "or", "3xx", "responses:", n] => w.errors += n.parse::<u64>()?,
+            ["Socket", "errors:", rest @ ..] => {
+                // connect 0, read 0, write 0, timeout 0
+                for pair in rest.chunks(2) {
+                    if let [_, n] = pair {
+                        w.errors += n.trim_end_matches(',').parse::<u64>()?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    ensure!(saw == (true, true, true), "unexpected wrk output:\n{out}");
+    Ok(w)
+}
+
+fn run_wrk(addr: SocketAddr, conns: u32, threads: u32, secs: u64, pid: i32) -> anyhow::Result<Wrk> {
+    let cpu0 = cpu_seconds(pid);
+    let out = Command::new("/usr/bin/wrk")
+        .arg(format!("-t{}", threads.min(conns)))
+        .arg(format!("-c{conns}"))
+        .arg(format!("-d{secs}s"))
+        .args(["--latency", "--timeout", "5s"])
+        .arg(format!("http://{addr}/"))
+        .stdin(Stdio::null())
+        .output()
+        .context("running /usr/bin/wrk (apt-get install wrk)")?;
+    let cpu = cpu_seconds(pid) - cpu0;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "wrk failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut w = parse_wrk(&text)?;
+    w.cpu_us_per_req = cpu * 1e6 / (w.requests.max(1) as f64);
+    Ok(w)
+}
+
+// ---------------------------------------------------------------------------------------
+// Upstreams and the idle-connection client (tokio, in this process).
+
+async fn serve_upstream(listener: tokio::net::TcpListener, hits: Arc<AtomicU64>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors or similar: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let hits = Arc::clone(&hits);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |_req| {
+                hits.fetch_add(1, Ordering::Relaxed);
+                async {
+                    let mut r = Response::new(Full::new(Bytes::from_static(BODY)));
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("text/plain"),
+                    );
+                    Ok::<_, Infallible>(r)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// One request on a kept-alive connection; Ok when the answer is a complete 200.
+async fn request(s: &mut tokio::net::TcpStream) -> anyhow::Result<()> {
+    s.write_all(REQUEST).await?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        ensure!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            ensure!(buf.len() < 16 * 1024, "response head too large");
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        ensure!(head.starts_with("http/1.1 200"), "not a 200: {head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .context("no content-length")?
+            .trim()
+            .parse()?;
+        if buf.len() >= end + 4 + len {
+            return Ok(());
+        }
+    }
+}
+
+struct Idle {
+    opened: usize,
+    failed: usize,
+    still_open: usize,
+    rss_base_kib: u64,
+    rss_kib: u64,
+    pss_kib: u64,
+    processes: usize,
+}
+
+async fn idle_connections(addr: SocketAddr, n: usize, pid: i32) -> Idle {
+    let rss_base_kib = memory_kib(pid).0;
+    let mut conns: Vec<tokio::net::TcpStream> = futures::stream::iter(0..n)
+        .map(|_| async move {
+            let go = async {
+                let mut s = tokio::net::TcpStream::connect(addr).await?;
+                request(&mut s).await?;
+                anyhow::Ok(s)
+            };
+            tokio::time::timeout(Duration::from_secs(20), go)
+                .await
+                .ok()?
+                .ok()
+        })
+        .buffer_unordered(256)
+        .filter_map(|s| async move { s })
+        .collect()
+        .await;
+    let opened = conns.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_kib, pss_kib) = memory_kib(pid);
+    let processes = tree(pid).len();
+    // A second request on every connection: were they all still open when measured?
+    let still_open = futures::stream::iter(conns.iter_mut())
+        .map(|s| async move {
+            tokio::time::timeout(Duration::from_secs(20), request(s))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        })
+        .buffer_unordered(256)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    drop(conns);
+    Idle {
+        opened,
+        failed: n - opened,
+        still_open,
+        rss_base_kib,
+        rss_kib,
+        pss_kib,
+        processes,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Machine, load and other work on it.
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Samples, once a second, whether compilers (someone else's builds) are running.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    samples: Arc<AtomicU64>,
+    busy: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start() -> Sampler {
+        let (stop, samples, busy) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (s, n, b) = (Arc::clone(&stop), Arc::clone(&samples), Arc::clone(&busy));
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let compiling = std::fs::read_dir("/proc").into_iter().flatten().any(|e| {
+                    e.ok()
+                        .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                        .and_then(comm)
+                        .is_some_and(|c| {
+                            matches!(c.as_str(), "rustc" | "cc1" | "cc1plus" | "ld" | "ld.lld")
+                        })
+                });
+                n.fetch_add(1, Ordering::Relaxed);
+                if compiling {
+                    b.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        Sampler {
+            stop,
+            samples,
+            busy,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(&mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        (
+            self.busy.load(Ordering::Relaxed),
+            self.samples.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn version(cmd: &str, arg: &str) -> String {
+    Command::new(cmd).arg(arg).output().map_or_else(
+        |_| "?".into(),
+        |o| {
+            let s = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            s.lines().next().unwrap_or("").trim().to_owned()
+        },
+    )
+}
+
+/// The lb-ingress binary next to this example (target/release), built if `cargo run`
+/// started us (a no-op when it is fresh).
+fn lb_ingress_bin(a: &Args) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &a.lb_ingress {
+        return Ok(p.clone());
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this example is a debug build; run it with --release");
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("no target dir")?;
+    let bin = dir.join("lb-ingress");
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "lb-ingress", "--bin", "lb-ingress"]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        ensure!(cmd.status()?.success(), "building lb-ingress failed");
+    }
+    ensure!(
+        bin.exists(),
+        "{} missing: cargo build --release -p lb-ingress (or --lb-ingress PATH)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+// ---------------------------------------------------------------------------------------
+
+struct Scenario {
+    workers: usize,
+    conns: u32,
+    lb: Wrk,
+    nginx: Wrk,
+    first: &'static str,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = parse_args()?;
+    let bin = lb_ingress_bin(&a)?;
+    let nofile = raise_nofile(65_536)?;
+    ensure!(
+        nofile as usize > a.idle_conns + 1024,
+        "RLIMIT_NOFILE is {nofile}: too low for {} connections",
+        a.idle_conns
+    );
+    let load_before = loadavg();
+    let mut sampler = Sampler::start();
+    let started = Instant::now();
+    let tmp = tempfile::Builder::new()
+        .prefix("ingress-bench-")
+        .tempdir()?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut upstreams = Vec::new();
+    let mut hits = Vec::new();
+    for _ in 0..a.upstreams {
+        let l = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        upstreams.push(l.local_addr()?);
+        let h = Arc::new(AtomicU64::new(0));
+        hits.push(Arc::clone(&h));
+        rt.spawn(serve_upstream(l, h));
+    }
+    let manifests_dir = tmp.path().join("manifests");
+    manifests(&manifests_dir, &upstreams)?;
+    eprintln!(
+        "upstreams {upstreams:?}; lb-ingress {}; temp {}",
+        bin.display(),
+        tmp.path().display()
+    );
+
+    let mut scenarios = Vec::new();
+    let mut nginx_error_lines = Vec::new();
+    for &workers in &a.workers {
+        let (mut lb, lb_addr) = start_lb(&bin, tmp.path(), workers, &manifests_dir)?;
+        let (mut ngx, ngx_addr) = start_nginx(tmp.path(), workers, &upstreams, nofile)?;
+        for &conns in &a.conns {
+            // Alternate which proxy goes first, so neither always runs on a cooler machine.
+            let lb_first = scenarios.len() % 2 == 0;
+            let run = |name: &str, addr: SocketAddr, p: &mut Proc| -> anyhow::Result<Wrk> {
+                p.ensure_running()?;
+                let before: Vec<u64> = hits.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+                run_wrk(addr, conns, a.wrk_threads, a.warmup, p.pid())?;
+                let w = run_wrk(addr, conns, a.wrk_threads, a.duration, p.pid())?;
+                let spread: Vec<u64> = hits
+                    .iter()
+                    .zip(&before)
+                    .map(|(h, b)| h.load(Ordering::Relaxed) - b)
+                    .collect();
+                eprintln!(
+                    "{workers} worker(s), {conns:>3} conns, {name:<10}: {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}  cpu {:.1} us/req  upstream hits {spread:?}",
+                    w.rps, w.p50_ms, w.p99_ms, w.errors, w.cpu_us_per_req
+                );
+                Ok(w)
+            };
+            let (lbw, ngw) = if lb_first {
+                let l = run("lb-ingress", lb_addr, &mut lb)?;
+                (l, run("nginx", ngx_addr, &mut ngx)?)
+            } else {
+                let n = run("nginx", ngx_addr, &mut ngx)?;
+                (run("lb-ingress", lb_addr, &mut lb)?, n)
+            };
+            scenarios.push(Scenario {
+                workers,
+                conns,
+                lb: lbw,
+                nginx: ngw,
+                first: if lb_first { "lb-ingress" } else { "nginx" },
+            });
+        }
+        nginx_error_lines.extend(nginx_errors(&ngx));
+        drop(ngx);
+        drop(lb);
+    }
+
+    // Memory: fresh processes, so the load runs above leave nothing behind.
+    let w = a.memory_workers;
+    let (lb, lb_addr) = start_lb(&bin, tmp.path(), w, &manifests_dir)?;
+    eprintln!("memory: {} idle connections to lb-ingress", a.idle_conns);
+    let lb_idle = rt.block_on(idle_connections(lb_addr, a.idle_conns, lb.pid()));
+    drop(lb);
+    let (ngx, ngx_addr) = start_nginx(tmp.path(), w, &upstreams, nofile)?;
+    eprintln!("memory: {} idle connections to nginx", a.idle_conns);
+    let ngx_idle = rt.block_on(idle_connections(ngx_addr, a.idle_conns, ngx.pid()));
+    nginx_error_lines.extend(nginx_errors(&ngx));
+    drop(ngx);
+    drop(rt);
+
+    let (busy, samples) = sampler.finish();
+    let load_after = loadavg();
+    let md = report(
+        &a,
+        &Report {
+            scenarios: &scenarios,
+            lb_idle: &lb_idle,
+            ngx_idle: &ngx_idle,
+            load_before: &load_before,
+            load_after: &load_after,
+            compiling: (busy, samples),
+            elapsed: started.elapsed(),
+            nginx_error_lines: &nginx_error_lines,
+            nofile,
+            bin: &bin,
+        },
+    );
+    print!("{md}");
+    if let Some(out) = &a.out {
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+struct Report<'a> {
+    scenarios: &'a [Scenario],
+    lb_idle: &'a Idle,
+    ngx_idle: &'a Idle,
+    load_before: &'a str,
+    load_after: &'a str,
+    compiling: (u64, u64),
+    elapsed: Duration,
+    nginx_error_lines: &'a [String],
+    nofile: u64,
+    bin: &'a Path,
+}
+
+fn report(a: &Args, r: &Report) -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let rev = Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# Ingress benchmark: lb-ingress vs nginx\n");
+    let _ = writeln!(
+        md,
+        "Machine: {cpu}, {cores} cores; kernel {}. {} (commit {rev}), {}, {}.",
+        kernel.trim(),
+        version(&r.bin.to_string_lossy(), "--version"),
+        version("/usr/sbin/nginx", "-v").replace("nginx version: ", ""),
+        version("/usr/bin/wrk", "-v")
+            .split(" Copyright")
+            .next()
+            .unwrap_or("wrk"),
+    );
+    let (busy, samples) = r.compiling;
+    let _ = writeln!(
+        md,
+        "Load average (1/5/15 min) {} before, {} after; the run took {:.0} s. {}\n",
+        r.load_before,
+        r.load_after,
+        r.elapsed.as_secs_f64(),
+        if busy > 0 {
+            format!(
+                "**The machine was shared**: other compile jobs (rustc/cc/ld) were running in {busy} of {samples} one-second samples, so absolute numbers are lower and noisier than on a quiet machine; both proxies ran under the same conditions, alternating."
+            )
+        } else {
+            format!(
+                "No other compile jobs (rustc/cc/ld) were seen in {samples} one-second samples."
+            )
+        }
+    );
+    let _ = writeln!(md, "## Setup\n");
+    let _ = writeln!(
+        md,
+        "- Everything on loopback on this one machine: {} upstreams (hyper HTTP/1.1 servers in the benchmark process, 2 tokio threads, answering `200` with a {}-byte body, keep-alive), the two proxies as real processes, and wrk, all sharing the {cores} cores.",
+        a.upstreams,
+        BODY.len()
+    );
+    let _ = writeln!(
+        md,
+        "- lb-ingress: `lb-ingress run --manifests DIR --listen 127.0.0.1:PORT {}` with `TOKIO_WORKER_THREADS` = workers; a Service with one EndpointSlice per upstream, an Ingress `/` Prefix, IngressClass `lb` (default).",
+        LB_FLAGS.join(" ")
+    );
+    let _ = writeln!(
+        md,
+        "- nginx: `master_process on`, `worker_processes` = workers, `upstream` with the same servers and `keepalive 64`, `proxy_http_version 1.1`, `proxy_set_header Connection \"\"`, `access_log off`, `keepalive_requests 1000000` on both sides (nginx's default of 1000 would close client and upstream connections that lb-ingress keeps), `worker_connections` and `worker_rlimit_nofile` = RLIMIT_NOFILE."
+    );
+    let _ = writeln!(
+        md,
+        "- wrk: `wrk -t{} -cC -d{}s --latency --timeout 5s` after a {} s warm-up run on the same connections count; one measured run per cell (no repetitions, so run-to-run variance is not measured). CPU/req is the proxy's user+system CPU time (nginx: master + workers) over the measured run divided by its requests. RLIMIT_NOFILE {}.\n",
+        a.wrk_threads, a.duration, a.warmup, r.nofile
+    );
+
+    let _ = writeln!(md, "## Throughput and latency\n");
+    let _ = writeln!(
+        md,
+        "| workers | conns | lb-ingress req/s | nginx req/s | rps ratio lb/nginx | lb p50 | nginx p50 | lb p99 | nginx p99 | p99 ratio lb/nginx |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for s in r.scenarios {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.0} | **{:.2}** | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | **{:.2}** |",
+            s.workers,
+            s.conns,
+            s.lb.rps,
+            s.nginx.rps,
+            s.lb.rps / s.nginx.rps.max(1e-9),
+            s.lb.p50_ms,
+            s.nginx.p50_ms,
+            s.lb.p99_ms,
+            s.nginx.p99_ms,
+            s.lb.p99_ms / s.nginx.p99_ms.max(1e-9),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nRatios: rps above 1 and p99 below 1 favour lb-ingress. Per scenario:\n"
+    );
+    for s in r.scenarios {
+        let _ = writeln!(
+            md,
+            "### {} worker{}, {} connections (measured first: {})\n",
+            s.workers,
+            if s.workers == 1 { "" } else { "s" },
+            s.conns,
+            s.first
+        );
+        let _ = writeln!(md, "| proxy | req/s | p50 | p99 | errors | CPU/req |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for (name, w) in [("lb-ingress", &s.lb), ("nginx", &s.nginx)] {
+            let _ = writeln!(
+                md,
+                "| {name} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.1} µs |",
+                w.rps, w.p50_ms, w.p99_ms, w.errors, w.cpu_us_per_req
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| lb-ingress / nginx | {:.2} | {:.2} | {:.2} | | {:.2} |\n",
+            s.lb.rps / s.nginx.rps.max(1e-9),
+            s.lb.p50_ms / s.nginx.p50_ms.max(1e-9),
+            s.lb.p99_ms / s.nginx.p99_ms.max(1e-9),
+            s.lb.cpu_us_per_req / s.nginx.cpu_us_per_req.max(1e-9),
+        );
+    }
+
+    let _ = writeln!(
+        md,
+        "## Memory at {} idle keep-alive connections ({} workers)\n",
+        a.idle_conns, a.memory_workers
+    );
+    let _ = writeln!(
+        md,
+        "Fresh processes; {} TCP connections opened, one `GET /` answered on each, 2 s later the RSS (VmRSS, summed over all the proxy's processes) and PSS (shared pages split between processes) read from /proc, then a second request sent on every connection to check it was still open.\n",
+        a.idle_conns
+    );
+    let _ = writeln!(
+        md,
+        "| proxy | processes | RSS before | RSS at {} conns | PSS at {} conns | RSS growth per conn | conns opened | still open after |",
+        a.idle_conns, a.idle_conns
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for (name, m) in [("lb-ingress", r.lb_idle), ("nginx", r.ngx_idle)] {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.2} KiB | {} ({} failed) | {} |",
+            m.processes,
+            m.rss_base_kib as f64 / 1024.0,
+            m.rss_kib as f64 / 1024.0,
+            m.pss_kib as f64 / 1024.0,
+            m.rss_kib.saturating_sub(m.rss_base_kib) as f64 / m.opened.max(1) as f64,
+            m.opened,
+            m.failed,
+            m.still_open,
+        );
+    }
+    if r.nginx_error_lines.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nnginx's error log had no line at warning level or worse."
+        );
+    } else {
+        let _ = writeln!(
+            md,
+            "\nnginx's error log had {} lines at warning level or worse; the first ones:\n\n```",
+            r.nginx_error_lines.len()
+        );
+        for l in r.nginx_error_lines.iter().take(5) {
+            let _ = writeln!(md, "{l}");
+        }
+        let _ = writeln!(md, "```");
+    }
+
+    let _ = writeln!(md, "\n## Reading\n");
+    let _ = writeln!(md, "{}", reading(a, r));
+    md
+}
+
+/// The paragraph: what the numbers say, and no more.
+fn reading(a: &Args, r: &Report) -> String {
+    let n = r.scenarios.len();
+    let ratios: Vec<f64> = r
+        .scenarios
+        .iter()
+        .map(|s| s.lb.rps / s.nginx.rps.max(1e-9))
+        .collect();
+    let p99s: Vec<f64> = r
+        .scenarios
+        .iter()
+        .map(|s| s.lb.p99_ms / s.nginx.p99_ms.max(1e-9))
+        .collect();
+    let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let rps_met = ratios.iter().filter(|&&x| x >= 1.0).count();
+    let p99_met = p99s.iter().filter(|&&x| x <= 1.0).count();
+    let both = r
+        .scenarios
+        .iter()
+        .filter(|s| s.lb.rps >= s.nginx.rps && s.lb.p99_ms <= s.nginx.p99_ms)
+        .count();
+    let errors: u64 = r
+        .scenarios
+        .iter()
+        .map(|s| s.lb.errors + s.nginx.errors)
+        .sum();
+    let cpu: Vec<f64> = r
+        .scenarios
+        .iter()
+        .map(|s| s.lb.cpu_us_per_req / s.nginx.cpu_us_per_req.max(1e-9))
+        .collect();
+    let (lm, nm) = (r.lb_idle, r.ngx_idle);
+    let per = |m: &Idle| m.rss_kib.saturating_sub(m.rss_base_kib) as f64 / m.opened.max(1) as f64;
+    let mut s = format!(
+        "In this run lb-ingress served {:.2}x to {:.2}x nginx's requests per second across the {n} scenarios (at least nginx's in {rps_met} of {n}), with a p99 latency {:.2}x to {:.2}x nginx's (no worse in {p99_met} of {n}); the issue's target (at least nginx's rps and no worse p99) was met in {both} of {n} scenarios. ",
+        min(&ratios),
+        max(&ratios),
+        min(&p99s),
+        max(&p99s),
+    );
+    let worst = |v: &[f64], hi: bool| {
+        let at = (0..v.len())
+            .reduce(|best, i| if (v[i] > v[best]) == hi { i } else { best })
+            .unwrap_or(0);
+        r.scenarios.get(at).map_or(String::new(), |sc| {
+            format!("{} worker(s) x {} connections", sc.workers, sc.conns)
+        })
+    };
+    if n > 0 {
+        let _ = write!(
+            s,
+            "The rps ratio was lowest at {} and the p99 ratio highest at {}. ",
+            worst(&ratios, false),
+            worst(&p99s, true)
+        );
+    }
+    let _ = write!(
+        s,
+        "lb-ingress used {:.2}x to {:.2}x nginx's CPU time per request. ",
+        min(&cpu),
+        max(&cpu)
+    );
+    let _ = write!(
+        s,
+        "With {} idle keep-alive connections lb-ingress held {:.1} MiB RSS ({:.2} KiB per connection over its idle baseline) against nginx's {:.1} MiB for master and workers together ({:.2} KiB per connection); {} and {} of the connections were still open after the measurement. ",
+        a.idle_conns,
+        lm.rss_kib as f64 / 1024.0,
+        per(lm),
+        nm.rss_kib as f64 / 1024.0,
+        per(nm),
+        lm.still_open,
+        nm.still_open,
+    );
+    if errors > 0 {
+        let _ = write!(
+            s,
+            "wrk counted {errors} errors (socket errors or non-2xx) over all runs; see the per-scenario tables. "
+        );
+    }
+    let _ = write!(
+        s,
+        "These are single {}-second runs on a {}-core machine where wrk, the upstreams and the proxy compete for the same cores, so the proxy never has the CPU to itself: the numbers compare the two proxies under identical conditions here, not their capacity on dedicated hardware, and differences of a few percent are within what one run cannot resolve. Only small GET responses over HTTP/1.1 without TLS were measured.",
+        a.duration,
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+    );
+    s
+}
