@@ -1,4 +1,5 @@
-//! `cargo xtask setup | build | test | demo | manifests`: the project's one-command tasks.
+//! `cargo xtask setup | build | test | demo | bench | manifests`: the project's one-command
+//! tasks.
 #![forbid(unsafe_code)]
 
 mod cmd;
@@ -33,6 +34,30 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Write examples/seed-app/ from the sandbox's address plan.
     Manifests,
+    /// Benchmarks (release builds, real kernel, numbers not assertions): results go to
+    /// bench/results/<name>.md.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Which benchmarks to run (all when none is named).
+    #[arg(value_enum)]
+    which: Vec<Bench>,
+    /// A short smoke run (fewer sizes and repeats); results go to target/bench-quick/.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Bench {
+    /// Per-packet cost (BPF_PROG_TEST_RUN) at 1..100k Services, and end to end against
+    /// kube-proxy-shaped iptables rules in the sandbox.
+    Dataplane,
+    /// 10k Services x 10 endpoints: full sync, one-change latency, RSS; iptables-restore.
+    Controlplane,
+    /// lb-ingress against nginx under wrk; memory at idle keep-alive connections.
+    Ingress,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +68,7 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Demo(args) => demo::run(&args),
         Task::Manifests => manifests(),
+        Task::Bench(args) => bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,6 +153,75 @@ fn test() -> Result<()> {
     lb_tests::netns::sweep_stale();
     anyhow::ensure!(left.is_empty(), "tests left namespaces behind: {left:?}");
     println!("all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    setup::run()?;
+    let which = if args.which.is_empty() {
+        vec![Bench::Dataplane, Bench::Controlplane, Bench::Ingress]
+    } else {
+        args.which.clone()
+    };
+    let out_dir = if args.quick {
+        root().join("target/bench-quick")
+    } else {
+        root().join("bench/results")
+    };
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    for b in which {
+        let (name, package, example) = match b {
+            Bench::Dataplane => ("dataplane", "lb-agent", "dataplane_bench"),
+            Bench::Controlplane => ("controlplane", "lb-agent", "controlplane_bench"),
+            Bench::Ingress => ("ingress", "lb-ingress", "ingress_bench"),
+        };
+        if matches!(b, Bench::Ingress) {
+            // The benchmark starts the release lb-ingress binary as its own process.
+            cmd::step(
+                "release build of lb-ingress",
+                cargo(&[
+                    "build",
+                    "--release",
+                    "-p",
+                    "lb-ingress",
+                    "--bin",
+                    "lb-ingress",
+                ]),
+            )?;
+        }
+        if matches!(b, Bench::Dataplane) {
+            // The end-to-end part runs the sandbox: agent and pod server, release builds.
+            cmd::step(
+                "release build of lb-agent and lb-podserver",
+                cargo(&[
+                    "build",
+                    "--release",
+                    "--bins",
+                    "-p",
+                    "lb-agent",
+                    "-p",
+                    "lb-tests",
+                ]),
+            )?;
+        }
+        let out = out_dir.join(format!("{name}.md"));
+        let out_s = out.display().to_string();
+        let mut run = vec![
+            "run",
+            "--release",
+            "-p",
+            package,
+            "--example",
+            example,
+            "--",
+            "--out",
+            &out_s,
+        ];
+        if args.quick {
+            run.push("--quick");
+        }
+        cmd::step(&format!("benchmark {name} -> {out_s}"), cargo(&run))?;
+    }
     Ok(())
 }
 
