@@ -163,6 +163,25 @@ impl Proc {
         self.stop_inner(grace)
     }
 
+    /// Ends the process with SIGKILL at once (no chance to clean up, as on a crash or an
+    /// OOM kill) and reaps it.
+    pub fn kill(self) -> Result<ExitStatus> {
+        let child = self
+            .registry
+            .lock()
+            .expect("process registry poisoned")
+            .children
+            .remove(&self.id);
+        let Some(mut child) = child else {
+            bail!("{} was already stopped", self.name);
+        };
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        let _ = kill(Pid::from_raw(i32::try_from(child.id())?), Signal::SIGKILL);
+        Ok(child.wait()?)
+    }
+
     fn stop_inner(&mut self, grace: Duration) -> Result<ExitStatus> {
         let child = self
             .registry
