@@ -5,8 +5,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     AffinityKey, AffinityValue, BACKEND_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_HAIRPIN,
     CT_F_SNAT, CtValue, FlowKey, HAIRPIN_ADDR_BE, NatValue, NodeConfig, Reason, SCOPE_EXTERNAL,
-    SVC_F_AFFINITY, SVC_F_LOCAL, ServiceKey, ServiceValue,
-    maglev::flow_hash,
+    SVC_F_AFFINITY, SVC_F_LOCAL, ServiceKey, ServiceValue, maglev::flow_hash,
 };
 
 use crate::{

@@ -14,8 +14,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, SCOPE_INTERNAL,
-    SVC_F_AFFINITY, ServiceKey, SockRevKey, SockRevValue,
-    maglev::flow_hash,
+    SVC_F_AFFINITY, ServiceKey, SockRevKey, SockRevValue, maglev::flow_hash,
 };
 
 use crate::maps::{
