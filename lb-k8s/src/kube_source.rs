@@ -97,6 +97,18 @@ impl Source for KubeSource {
     }
 }
 
+/// Drops what no consumer reads and what is often most of an object's size in a real
+/// cluster: `managedFields` and kubectl's last-applied copy of the whole object (what
+/// kube-rs advises for reflector stores, and what Cilium's slim objects leave out).
+fn slim<K: Resource>(mut o: K) -> K {
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    o
+}
+
 /// Watches one kind until the receiver goes away. Watch errors (including 410 Gone) are
 /// retried by kube-runtime with backoff, and a relist follows as Init..InitDone.
 async fn watch<K>(
@@ -124,7 +136,7 @@ where
                 continue;
             }
             Ok(WatchEvent::InitApply(o)) => {
-                buffer.push((wrap(o), None));
+                buffer.push((wrap(slim(o)), None));
                 continue;
             }
             Ok(WatchEvent::InitDone) => Event::Resync {
@@ -132,7 +144,7 @@ where
                 objects: std::mem::take(&mut buffer),
                 errors: vec![],
             },
-            Ok(WatchEvent::Apply(o)) => Event::Apply(wrap(o)),
+            Ok(WatchEvent::Apply(o)) => Event::Apply(wrap(slim(o))),
             Ok(WatchEvent::Delete(o)) => Event::Delete(wrap(o).object_ref()),
             Err(e) => {
                 warn!(%kind, error = %e, "watch failed; retrying with backoff");

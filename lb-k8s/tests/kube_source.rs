@@ -438,3 +438,52 @@ async fn changes_made_during_a_relist_are_not_lost() {
     assert_eq!(relisted, ["svc-0", "svc-1", "svc-2", "svc-3", "svc-4"]);
     assert_eq!(h.store.of_kind(Kind::Service).count(), 5);
 }
+
+#[tokio::test]
+async fn objects_are_kept_without_managed_fields_or_the_last_applied_copy() {
+    let fat = |port: u16| {
+        let mut s = svc("fat", port);
+        s["metadata"]["managedFields"] = json!([{
+            "manager": "kubectl", "operation": "Apply", "apiVersion": "v1",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:ports": {}}},
+        }]);
+        s["metadata"]["annotations"] = json!({
+            "kubectl.kubernetes.io/last-applied-configuration": svc("fat", port).to_string(),
+            "team": "payments",
+        });
+        s
+    };
+    let mut h = Harness::start(&AGENT_KINDS, Config::default(), |api| {
+        api.apply(fat(80)).unwrap();
+    })
+    .await;
+    h.until("first listing", |s| s.is_synced(&AGENT_KINDS))
+        .await;
+    // Listed (InitApply) and then watched (Apply): both paths slim the object.
+    h.api.apply(fat(81)).unwrap();
+    h.until("update", |s| port_of(s, "fat") == Some(81)).await;
+    let slim_ones: Vec<&Object> = h
+        .seen
+        .iter()
+        .flat_map(|e| match e {
+            Event::Resync { objects, .. } => objects.iter().map(|(o, _)| o).collect(),
+            Event::Apply(o) => vec![o],
+            Event::Delete(_) => vec![],
+        })
+        .filter(|o| o.object_ref() == svc_ref("fat"))
+        .collect();
+    assert_eq!(slim_ones.len(), 2, "listed once, updated once");
+    for o in slim_ones {
+        let Object::Service(s) = o else {
+            panic!("not a Service: {o:?}")
+        };
+        assert_eq!(s.metadata.managed_fields, None);
+        let annotations = s.metadata.annotations.clone().unwrap_or_default();
+        assert!(!annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+        assert_eq!(
+            annotations.get("team").map(String::as_str),
+            Some("payments"),
+            "other annotations stay"
+        );
+    }
+}
