@@ -132,27 +132,22 @@ struct Bins {
     ingress: Option<PathBuf>,
 }
 
-/// Builds the pod server (must work) and the agent and ingress (the demo goes on without
-/// them if they do not build yet), all in the dev profile that `cargo xtask test` uses.
+/// Builds the pod server, the agent and the ingress, all in the dev profile that
+/// `cargo xtask test` uses. A build failure stops the demo with the compiler's errors.
 fn build() -> Result<Bins> {
     let cargo = |pkg: &str| {
         let mut c = Command::new("cargo");
         c.args(["build", "--bins", "-p", pkg]).current_dir(root());
         c
     };
-    cmd::step("build lb-podserver", cargo("lb-tests"))?;
     let dir = root().join("target/debug");
-    let optional = |pkg: &str| -> Option<PathBuf> {
-        match cmd::step(&format!("build {pkg}"), cargo(pkg)) {
-            Ok(()) => Some(dir.join(pkg)),
-            Err(e) => {
-                println!("!!! {e:#}: the demo goes on without {pkg}");
-                None
-            }
-        }
+    let built = |pkg: &str| -> Result<Option<PathBuf>> {
+        cmd::step(&format!("build {pkg}"), cargo(pkg))?;
+        Ok(Some(dir.join(pkg)))
     };
-    let agent = optional("lb-agent");
-    let ingress = optional("lb-ingress");
+    built("lb-tests")?;
+    let agent = built("lb-agent")?;
+    let ingress = built("lb-ingress")?;
     Ok(Bins { agent, ingress })
 }
 
