@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: the sandbox cluster with the seed application, one lb-agent per node
-//! and lb-ingress on node-0 (each when its binary builds and supports `run`), and requests
-//! flowing from the client and the pods until Ctrl-C (or `--duration`). Then everything is
-//! removed.
+//! and lb-ingress on node-0, and requests flowing from the client and the pods until Ctrl-C
+//! (or `--duration`); with `--prometheus`, a Prometheus server scraping the daemons. Then
+//! everything is removed.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use anyhow::Result;
 use lb_tests::manifests::{
     BACKEND_CLUSTER_IP, BACKEND_NODE_PORT, FRONTEND_CLUSTER_IP, FRONTEND_NODE_PORT,
 };
+use lb_tests::prometheus::{self, Prometheus, ScrapeTarget};
 use lb_tests::topology::CLIENT_IP;
 use lb_tests::{HttpRequest, Proc, Sandbox};
 
@@ -32,7 +33,31 @@ pub struct DemoArgs {
     /// Seconds between rounds of requests.
     #[arg(long, default_value_t = 2)]
     interval: u64,
+    /// Also start Prometheus (Debian's package) in the client namespace, scraping both
+    /// agents and the ingress on their node addresses, and show what it sees.
+    #[arg(long)]
+    prometheus: bool,
 }
+
+/// Metrics ports on the node addresses when Prometheus scrapes them (`--prometheus`).
+const AGENT_METRICS_PORT: u16 = 9100;
+const INGRESS_METRICS_PORT: u16 = 9101;
+
+/// What the demo shows of Prometheus after each round: the dashboards' own queries.
+const PROM_QUERIES: [(&str, &str); 3] = [
+    (
+        "packets/s per Service (lb_agent_service_packets_total)",
+        "sum by (namespace, service) (rate(lb_agent_service_packets_total[30s]))",
+    ),
+    (
+        "ingress requests/s per Service and status (lb_ingress_requests_total)",
+        "sum by (service, status_class) (rate(lb_ingress_requests_total[30s]))",
+    ),
+    (
+        "drops/s by reason (lb_agent_drops_total)",
+        "sum by (reason) (rate(lb_agent_drops_total[30s]))",
+    ),
+];
 
 /// Which replicas answered on each path.
 #[derive(Default)]
@@ -73,9 +98,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     );
     println!("    manifests: {}", sb.manifests_dir().display());
 
-    let agents = start_agents(&sb, bins.agent.as_deref())?;
-    let ingress = start_ingress(&sb, bins.ingress.as_deref())?;
+    let agents = start_agents(&sb, bins.agent.as_deref(), args.prometheus)?;
+    let ingress = start_ingress(&sb, bins.ingress.as_deref(), args.prometheus)?;
     print_where(&sb, !agents.is_empty(), ingress.is_some());
+    let prom = if args.prometheus {
+        Some(start_prometheus(&sb, agents.len(), ingress.is_some())?)
+    } else {
+        None
+    };
 
     let deadline = args
         .duration
@@ -92,6 +122,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             ingress.is_some(),
             &mut tally,
         );
+        if let Some(prom) = &prom {
+            show_prometheus(prom);
+        }
         for proc in agents.iter().chain(ingress.iter()) {
             if let Ok(Some(status)) = proc.try_wait() {
                 println!(
@@ -114,6 +147,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
     println!("==> cleaning up");
     let namespaces = sb.namespaces().to_vec();
+    drop(prom);
     drop(ingress);
     drop(agents);
     drop(sb);
@@ -161,7 +195,7 @@ fn exited(procs: &[Proc]) -> bool {
     procs.iter().any(|p| matches!(p.try_wait(), Ok(Some(_))))
 }
 
-fn start_agents(sb: &Sandbox, bin: Option<&Path>) -> Result<Vec<Proc>> {
+fn start_agents(sb: &Sandbox, bin: Option<&Path>, node_metrics: bool) -> Result<Vec<Proc>> {
     let Some(help) = bin.and_then(|b| supports_run(b, "--node-name")) else {
         println!("    lb-agent has no `run` yet: showing direct pod traffic only");
         return Ok(Vec::new());
@@ -175,7 +209,12 @@ fn start_agents(sb: &Sandbox, bin: Option<&Path>) -> Result<Vec<Proc>> {
     };
     let mut agents = Vec::new();
     for node in sb.nodes() {
-        let proc = sb.start_agent(node.index, extra)?;
+        let metrics = SocketAddr::from((node.ip, AGENT_METRICS_PORT)).to_string();
+        let mut extra = extra.to_vec();
+        if node_metrics {
+            extra.extend(["--metrics-addr", &metrics]);
+        }
+        let proc = sb.start_agent(node.index, &extra)?;
         println!(
             "    started lb-agent on {} (pid {}, bpffs {}, log {})",
             node.name,
@@ -217,12 +256,18 @@ fn start_agents(sb: &Sandbox, bin: Option<&Path>) -> Result<Vec<Proc>> {
     Ok(agents)
 }
 
-fn start_ingress(sb: &Sandbox, bin: Option<&Path>) -> Result<Option<Proc>> {
+fn start_ingress(sb: &Sandbox, bin: Option<&Path>, node_metrics: bool) -> Result<Option<Proc>> {
     if bin.and_then(|b| supports_run(b, "--listen")).is_none() {
         println!("    lb-ingress has no `run` yet: no ingress in this demo");
         return Ok(None);
     }
-    let proc = sb.start_ingress(0, &[])?;
+    let metrics = SocketAddr::from((sb.node(0).ip, INGRESS_METRICS_PORT)).to_string();
+    let extra: &[&str] = if node_metrics {
+        &["--metrics-addr", &metrics]
+    } else {
+        &[]
+    };
+    let proc = sb.start_ingress(0, extra)?;
     println!(
         "    started lb-ingress on node-0 (pid {}, log {})",
         proc.pid(),
@@ -254,6 +299,66 @@ fn start_ingress(sb: &Sandbox, bin: Option<&Path>) -> Result<Option<Proc>> {
         );
     }
     Ok(Some(proc))
+}
+
+/// Prometheus in the client namespace, scraping every daemon on its node address; its
+/// data lives in the sandbox's work directory and goes with it.
+fn start_prometheus(sb: &Sandbox, agents: usize, ingress: bool) -> Result<Prometheus> {
+    println!("==> starting Prometheus in {}", sb.client_ns());
+    let mut targets: Vec<ScrapeTarget> = sb
+        .nodes()
+        .iter()
+        .take(agents)
+        .map(|n| {
+            ScrapeTarget::new("lb-agent", SocketAddr::from((n.ip, AGENT_METRICS_PORT)))
+                .label("node", &n.name)
+        })
+        .collect();
+    if ingress {
+        targets.push(
+            ScrapeTarget::new(
+                "lb-ingress",
+                SocketAddr::from((sb.node(0).ip, INGRESS_METRICS_PORT)),
+            )
+            .label("node", &sb.node(0).name),
+        );
+    }
+    let dir = sb
+        .manifests_dir()
+        .parent()
+        .unwrap_or(sb.manifests_dir())
+        .join("prometheus");
+    let prom = Prometheus::start(sb, sb.client_ns(), &dir, &targets)?;
+    prom.wait_targets_up(targets.len(), Duration::from_secs(20))?;
+    println!(
+        "    Prometheus scrapes {} targets every {:?}; query it with\n    \
+         ip netns exec {} curl -s 'http://{}/api/v1/query?query=up'\n    \
+         (the dashboards in dashboards/ import into Grafana with this server as datasource)",
+        targets.len(),
+        prometheus::SCRAPE_INTERVAL,
+        sb.client_ns(),
+        prometheus::LISTEN
+    );
+    Ok(prom)
+}
+
+fn show_prometheus(prom: &Prometheus) {
+    for (title, expr) in PROM_QUERIES {
+        match prom.query(expr) {
+            Ok(series) if series.is_empty() => println!("    prometheus: {title}: no data yet"),
+            Ok(series) => {
+                let parts: Vec<String> = series
+                    .iter()
+                    .map(|s| {
+                        let labels: Vec<String> = s.labels.values().cloned().collect();
+                        format!("{}={:.1}", labels.join("/"), s.value)
+                    })
+                    .collect();
+                println!("    prometheus: {title}: {}", parts.join("  "));
+            }
+            Err(e) => println!("    prometheus: {title}: {e:#}"),
+        }
+    }
 }
 
 /// The value of `name=VALUE` in a tracing log line (text or JSON format).
