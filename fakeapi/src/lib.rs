@@ -13,12 +13,15 @@
 //!   `allowWatchBookmarks=true` (on [`FakeApi::send_bookmarks`], every
 //!   [`Config::bookmark_interval`] and when `timeoutSeconds` ends the watch); and, when N is
 //!   older than the retained history, an ERROR event carrying a `Status` with code 410 and
-//!   reason `Expired`, as the real server sends it (kube-runtime relists on it).
+//!   reason `Expired`, as the real server sends it (kube-runtime relists on it);
+//! - `PATCH` (JSON merge patch, RFC 7386, only) and `PUT` of one existing object or of its
+//!   `status` subresource (`.../ingresses/{name}/status`): the stored object changes, gets
+//!   the next resourceVersion, and watchers see MODIFIED (details in the server module).
 //!
 //! Tests change the cluster with [`FakeApi::apply`] and [`FakeApi::delete`] (each change
 //! gets the next resourceVersion), and disturb the watches with
 //! [`FakeApi::close_watches`], [`FakeApi::compact`], [`FakeApi::pause_watches`] and
-//! [`FakeApi::pause_lists`].
+//! [`FakeApi::pause_lists`], and make writes fail with [`FakeApi::fail_writes`].
 #![forbid(unsafe_code)]
 
 pub mod resources;
@@ -318,6 +321,13 @@ current-context: fakeapi
         let r = resources::by_kind(kind).ok_or_else(|| Error::UnknownKindName(kind.to_owned()))?;
         self.shared.change(|st| st.lists_paused_of.insert(r.kind));
         Ok(())
+    }
+
+    /// From now on PATCH and PUT fail with HTTP status `code` (a `Status` with reason
+    /// `InternalError` for 5xx, `Forbidden` for 403, else `BadRequest`) and write nothing;
+    /// `None` lets them write again.
+    pub fn fail_writes(&self, code: Option<u16>) {
+        self.shared.change(|st| st.failing_writes = code);
     }
 
     /// Every request received so far, in order.

@@ -92,6 +92,9 @@ pub struct Target {
     pub namespace: Option<String>,
     /// A single object (`.../{plural}/{name}`), if named.
     pub name: Option<String>,
+    /// A subresource of the named object (`.../{plural}/{name}/status`); only `status`
+    /// is known.
+    pub subresource: Option<String>,
 }
 
 /// Parses a request path; `None` when it names nothing the server knows.
@@ -102,11 +105,15 @@ pub fn parse_path(path: &str) -> Option<Target> {
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return None,
     };
-    let (namespace, plural, name) = match rest {
-        ["namespaces", ns, plural] => (Some(*ns), *plural, None),
-        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name)),
-        [plural] => (None, *plural, None),
-        [plural, name] => (None, *plural, Some(*name)),
+    let (namespace, plural, name, subresource) = match rest {
+        ["namespaces", ns, plural] => (Some(*ns), *plural, None, None),
+        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name), None),
+        ["namespaces", ns, plural, name, "status"] => {
+            (Some(*ns), *plural, Some(*name), Some("status"))
+        }
+        [plural] => (None, *plural, None, None),
+        [plural, name] => (None, *plural, Some(*name), None),
+        [plural, name, "status"] => (None, *plural, Some(*name), Some("status")),
         _ => return None,
     };
     let resource = RESOURCES
@@ -120,6 +127,7 @@ pub fn parse_path(path: &str) -> Option<Target> {
         resource,
         namespace: namespace.map(str::to_owned),
         name: name.map(str::to_owned),
+        subresource: subresource.map(str::to_owned),
     })
 }
 
@@ -144,6 +152,17 @@ mod tests {
         let t = parse_path("/api/v1/namespaces/kube-system").unwrap();
         assert_eq!(t.resource.kind, "Namespace");
         assert_eq!(t.name.as_deref(), Some("kube-system"));
+        assert_eq!(t.subresource, None);
+        let t =
+            parse_path("/apis/networking.k8s.io/v1/namespaces/web/ingresses/site/status").unwrap();
+        assert_eq!(
+            (t.resource.kind, t.namespace.as_deref(), t.name.as_deref()),
+            ("Ingress", Some("web"), Some("site"))
+        );
+        assert_eq!(t.subresource.as_deref(), Some("status"));
+        let t = parse_path("/api/v1/nodes/n1/status").unwrap();
+        assert_eq!(t.subresource.as_deref(), Some("status"));
+        assert!(parse_path("/api/v1/namespaces/default/services/web/scale").is_none());
         assert!(parse_path("/api/v1/namespaces/x/nodes").is_none());
         assert!(parse_path("/apis/networking.k8s.io/v1/services").is_none());
         assert!(parse_path("/version").is_none());

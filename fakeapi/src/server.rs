@@ -1,6 +1,13 @@
 //! The HTTP side: GET list (with `limit`/`continue`), GET of one object, and watch
 //! (`?watch=true`) as newline-delimited JSON watch events, the way kube-apiserver answers
-//! kube-rs' `Api::list` and `Api::watch` (kube-core request.rs builds these requests).
+//! kube-rs' `Api::list` and `Api::watch` (kube-core request.rs builds these requests);
+//! and writes of one existing object or of its `status` subresource: PATCH with a JSON
+//! merge patch (RFC 7386, `application/merge-patch+json`; other patch types get 415) and
+//! PUT of the whole object (kube-rs' `patch`, `patch_status`, `replace`,
+//! `replace_status`). As on the real server, a write of `status` changes only the status,
+//! a write of the object never changes its status, a `metadata.resourceVersion` in the
+//! body is a precondition (409 Conflict when stale), and a write that changes nothing
+//! keeps the resourceVersion and sends no watch event.
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -45,11 +52,14 @@ pub async fn handle(
             "the server could not find the requested resource",
         ));
     };
+    if matches!(*req.method(), Method::PATCH | Method::PUT) {
+        return Ok(write_request(&shared, &target, req).await);
+    }
     if req.method() != Method::GET {
         return Ok(status(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            "the fake API server only serves GET (list, get and watch)",
+            "the fake API server only serves GET (list, get and watch), PATCH and PUT",
         ));
     }
     let selector = match Selector::parse(
@@ -114,6 +124,236 @@ fn get(shared: &Shared, target: &Target, name: &str) -> Response<Body> {
             "NotFound",
             &format!("{} \"{name}\" not found", target.resource.plural),
         ),
+    }
+}
+
+/// What a PATCH or PUT writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Write {
+    /// A JSON merge patch (RFC 7386).
+    MergePatch,
+    /// The whole object.
+    Replace,
+}
+
+async fn write_request(shared: &Shared, target: &Target, req: Request<Incoming>) -> Response<Body> {
+    let Some(name) = target.name.clone() else {
+        return status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "the fake API server writes single objects only",
+        );
+    };
+    let media = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let how = if req.method() == Method::PATCH {
+        if media.as_deref() != Some("application/merge-patch+json") {
+            return status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                &format!(
+                    "the fake API server applies only application/merge-patch+json patches, \
+                     not {}",
+                    media.as_deref().unwrap_or("(no Content-Type)")
+                ),
+            );
+        }
+        Write::MergePatch
+    } else {
+        if media.as_deref().is_some_and(|m| m != "application/json") {
+            return status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                "the fake API server reads only application/json objects",
+            );
+        }
+        Write::Replace
+    };
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("cannot read the body: {e}"),
+            );
+        }
+    };
+    let input = match serde_json::from_slice::<Value>(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the body is not a JSON object",
+            );
+        }
+        Err(e) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("the body is not JSON: {e}"),
+            );
+        }
+    };
+    write(shared, target, &name, how, &input)
+}
+
+/// `ingresses.networking.k8s.io`, as the API server names a resource in messages.
+fn qualified(target: &Target) -> String {
+    if target.resource.group.is_empty() {
+        target.resource.plural.to_owned()
+    } else {
+        format!("{}.{}", target.resource.plural, target.resource.group)
+    }
+}
+
+/// Applies one PATCH or PUT of object `name` (or of its status) to the state.
+fn write(
+    shared: &Shared,
+    target: &Target,
+    name: &str,
+    how: Write,
+    input: &Value,
+) -> Response<Body> {
+    let namespace = target.namespace.clone().unwrap_or_default();
+    let resource = qualified(target);
+    if how == Write::Replace {
+        for (field, want) in [("name", name), ("namespace", namespace.as_str())] {
+            if let Some(got) = input
+                .pointer(&format!("/metadata/{field}"))
+                .and_then(Value::as_str)
+                && got != want
+                && (field != "namespace" || target.resource.namespaced)
+            {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!(
+                        "the {field} of the object ({got}) does not match the {field} on the URL \
+                         ({want})"
+                    ),
+                );
+            }
+        }
+    }
+    let status_only = target.subresource.as_deref() == Some("status");
+    shared.change(|st| {
+        if let Some(code) = st.failing_writes {
+            let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let reason = match code.as_u16() {
+                403 => "Forbidden",
+                500.. => "InternalError",
+                _ => "BadRequest",
+            };
+            return status(code, reason, "writes fail (FakeApi::fail_writes)");
+        }
+        let key = (target.resource, namespace.clone(), name.to_owned());
+        let Some(stored) = st.objects.get(&key).cloned() else {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{resource} \"{name}\" not found"),
+            );
+        };
+        let current_rv = stored
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str);
+        if let Some(rv) = input
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            && Some(rv) != current_rv
+        {
+            return status(
+                StatusCode::CONFLICT,
+                "Conflict",
+                &format!(
+                    "Operation cannot be fulfilled on {resource} \"{name}\": the object has \
+                     been modified; please apply your changes to the latest version and try \
+                     again"
+                ),
+            );
+        }
+        let mut written = match how {
+            Write::MergePatch => {
+                let mut o = (*stored).clone();
+                merge_patch(&mut o, input);
+                o
+            }
+            Write::Replace => input.clone(),
+        };
+        let result = if status_only {
+            // Only the status is taken from the write.
+            let mut o = (*stored).clone();
+            set_field(&mut o, "status", written.get("status").cloned());
+            o
+        } else {
+            // The object's own endpoint never changes its status; type and identity are
+            // the server's.
+            set_field(&mut written, "status", stored.get("status").cloned());
+            for field in ["apiVersion", "kind"] {
+                set_field(&mut written, field, stored.get(field).cloned());
+            }
+            if !written.get("metadata").is_some_and(Value::is_object) {
+                written["metadata"] = json!({});
+            }
+            for field in ["name", "namespace", "uid", "creationTimestamp"] {
+                let value = stored.pointer(&format!("/metadata/{field}")).cloned();
+                set_field(&mut written["metadata"], field, value);
+            }
+            written
+        };
+        match st.apply(result) {
+            Ok(_) => match st.objects.get(&key) {
+                Some(o) => json_response(StatusCode::OK, o),
+                None => status(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "the written object is gone",
+                ),
+            },
+            Err(e) => status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+        }
+    })
+}
+
+/// Sets `object[field]`, or removes it when `value` is `None`.
+fn set_field(object: &mut Value, field: &str, value: Option<Value>) {
+    if let Some(m) = object.as_object_mut() {
+        match value {
+            Some(v) => m.insert(field.to_owned(), v),
+            None => m.remove(field),
+        };
+    }
+}
+
+/// RFC 7386 JSON merge patch: objects merge key by key, `null` removes a key, anything
+/// else (arrays included) replaces the target.
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        patch.clone_into(target);
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in patch {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.as_str()).or_insert(Value::Null), v);
+            }
+        }
     }
 }
 
@@ -444,6 +684,54 @@ impl Watch {
                     bookmark_due = true;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        // The examples of RFC 7386, appendix A (a few), and its section 3 example.
+        let cases = [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (
+                json!({"a": [{"b": "c"}]}),
+                json!({"a": [1]}),
+                json!({"a": [1]}),
+            ),
+            (json!(["a", "b"]), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"e": null}),
+                json!({"a": 1}),
+                json!({"e": null, "a": 1}),
+            ),
+            (
+                json!({}),
+                json!({"a": {"bb": {"ccc": null}}}),
+                json!({"a": {"bb": {}}}),
+            ),
+            (
+                json!({"title": "Goodbye!", "author": {"givenName": "John", "familyName": "Doe"},
+                       "tags": ["example", "sample"], "content": "This will be unchanged"}),
+                json!({"title": "Hello!", "phoneNumber": "+01-123-456-7890",
+                       "author": {"familyName": null}, "tags": ["example"]}),
+                json!({"title": "Hello!", "author": {"givenName": "John"}, "tags": ["example"],
+                       "content": "This will be unchanged", "phoneNumber": "+01-123-456-7890"}),
+            ),
+        ];
+        for (mut target, patch, want) in cases {
+            merge_patch(&mut target, &patch);
+            assert_eq!(target, want, "patch {patch}");
         }
     }
 }

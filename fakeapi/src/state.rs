@@ -92,6 +92,8 @@ pub struct State {
     pub lists_paused_of: std::collections::HashSet<&'static str>,
     /// Open watch streams per kind.
     pub open_watches: HashMap<&'static str, usize>,
+    /// PATCH and PUT answer this HTTP status (a failure) instead of writing.
+    pub failing_writes: Option<u16>,
 }
 
 impl State {
@@ -113,6 +115,7 @@ impl State {
             lists_paused: false,
             lists_paused_of: std::collections::HashSet::new(),
             open_watches: HashMap::new(),
+            failing_writes: None,
         }
     }
 

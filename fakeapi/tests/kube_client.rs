@@ -153,3 +153,192 @@ async fn streaming_lists_end_with_the_initial_events_bookmark() {
         .unwrap();
     assert!(matches!(e, watcher::Event::Apply(o) if o.metadata.name.as_deref() == Some("c")));
 }
+
+fn ingress(name: &str) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+           "metadata": {"name": name, "namespace": "web", "labels": {"app": "site"}},
+           "spec": {"ingressClassName": "lb", "defaultBackend":
+               {"service": {"name": "site", "port": {"number": 80}}}}})
+}
+
+fn lb_status(ip: &str) -> Value {
+    json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}})
+}
+
+#[tokio::test]
+async fn merge_patches_of_the_status_subresource_change_only_the_status_and_are_watched() {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::networking::v1::Ingress;
+    use kube::api::{Patch, PatchParams};
+
+    let api = FakeApi::start().await;
+    api.apply(ingress("site")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(&api, &dir).await;
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), "web");
+    let list = ingresses.list(&ListParams::default()).await.unwrap();
+    let rv = list.metadata.resource_version.unwrap();
+    let mut stream = ingresses
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+
+    // The status changes, and nothing else does even when the patch says so.
+    let mut patch = lb_status("192.0.2.10");
+    patch["spec"] = json!({"ingressClassName": "other"});
+    let pp = PatchParams::default();
+    let written = ingresses
+        .patch_status("site", &pp, &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let ips = |i: &Ingress| -> Vec<String> {
+        i.status
+            .iter()
+            .flat_map(|s| s.load_balancer.iter())
+            .flat_map(|lb| lb.ingress.iter().flatten())
+            .filter_map(|e| e.ip.clone())
+            .collect()
+    };
+    assert_eq!(ips(&written), ["192.0.2.10"]);
+    assert_eq!(
+        written.spec.as_ref().unwrap().ingress_class_name.as_deref(),
+        Some("lb")
+    );
+    let after = written.metadata.resource_version.clone().unwrap();
+    assert!(after.parse::<u64>().unwrap() > rv.parse::<u64>().unwrap());
+    assert_eq!(api.resource_version().to_string(), after);
+    let stored = api.get("Ingress", "web", "site").unwrap();
+    assert_eq!(stored["status"], lb_status("192.0.2.10")["status"]);
+    assert_eq!(stored["metadata"]["labels"], json!({"app": "site"}));
+    let e = timeout(WAIT, stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match e {
+        WatchEvent::Modified(o) => {
+            assert_eq!(ips(&o), ["192.0.2.10"]);
+            assert_eq!(o.metadata.resource_version.as_deref(), Some(after.as_str()));
+        }
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+
+    // The same patch again changes nothing: same resourceVersion, no event.
+    let again = ingresses
+        .patch_status("site", &pp, &Patch::Merge(&lb_status("192.0.2.10")))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.metadata.resource_version.as_deref(),
+        Some(after.as_str())
+    );
+
+    // A patch of the object itself changes it, but never its status.
+    let patch = json!({"metadata": {"labels": {"app": null, "tier": "edge"}},
+                       "status": {"loadBalancer": {}}});
+    let patched = ingresses
+        .patch("site", &pp, &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert_eq!(ips(&patched), ["192.0.2.10"]);
+    assert_eq!(
+        patched.metadata.labels.unwrap(),
+        [("tier".to_owned(), "edge".to_owned())].into()
+    );
+    let e = timeout(WAIT, stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(e, WatchEvent::Modified(_)), "{e:?}");
+
+    // Services too (cluster-wide and namespaced paths name the same objects).
+    api.apply(json!({"apiVersion": "v1", "kind": "Service",
+                     "metadata": {"name": "lb", "namespace": "web"},
+                     "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}))
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "web");
+    let svc = services
+        .patch_status("lb", &pp, &Patch::Merge(&lb_status("198.51.100.7")))
+        .await
+        .unwrap();
+    let lb = svc.status.unwrap().load_balancer.unwrap().ingress.unwrap();
+    assert_eq!(lb[0].ip.as_deref(), Some("198.51.100.7"));
+}
+
+#[tokio::test]
+async fn writes_of_missing_objects_other_patch_types_and_stale_versions_fail_like_the_api_server() {
+    use k8s_openapi::api::networking::v1::Ingress;
+    use kube::api::{Patch, PatchParams, PostParams};
+
+    let api = FakeApi::start().await;
+    api.apply(ingress("site")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ingresses: Api<Ingress> = Api::namespaced(client(&api, &dir).await, "web");
+    let pp = PatchParams::default();
+    let code = |e: kube::Error| match e {
+        kube::Error::Api(s) => (s.code, s.reason),
+        other => panic!("not an API error: {other:?}"),
+    };
+
+    let missing = ingresses
+        .patch_status("nope", &pp, &Patch::Merge(&lb_status("192.0.2.1")))
+        .await
+        .unwrap_err();
+    assert_eq!(code(missing), (404, "NotFound".to_owned()));
+    let strategic = ingresses
+        .patch_status("site", &pp, &Patch::Strategic(&lb_status("192.0.2.1")))
+        .await
+        .unwrap_err();
+    assert_eq!(code(strategic), (415, "UnsupportedMediaType".to_owned()));
+    let apply = ingresses
+        .patch_status(
+            "site",
+            &PatchParams::apply("test"),
+            &Patch::Apply(&lb_status("192.0.2.1")),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(apply), (415, "UnsupportedMediaType".to_owned()));
+    assert!(
+        api.get("Ingress", "web", "site")
+            .unwrap()
+            .get("status")
+            .is_none()
+    );
+
+    // PUT of the status: a stale resourceVersion is a conflict; the current one writes.
+    let mut current = ingresses.get("site").await.unwrap();
+    let rv = current.metadata.resource_version.clone();
+    api.apply({
+        let mut changed = ingress("site");
+        changed["metadata"]["annotations"] = json!({"a": "b"});
+        changed
+    })
+    .unwrap();
+    current.status = serde_json::from_value(lb_status("192.0.2.2")["status"].clone()).unwrap();
+    let stale = ingresses
+        .replace_status("site", &PostParams::default(), &current)
+        .await
+        .unwrap_err();
+    assert_eq!(code(stale), (409, "Conflict".to_owned()));
+    current.metadata = ingresses.get("site").await.unwrap().metadata;
+    assert_ne!(current.metadata.resource_version, rv);
+    let written = ingresses
+        .replace_status("site", &PostParams::default(), &current)
+        .await
+        .unwrap();
+    assert_eq!(
+        written
+            .status
+            .unwrap()
+            .load_balancer
+            .unwrap()
+            .ingress
+            .unwrap()[0]
+            .ip
+            .as_deref(),
+        Some("192.0.2.2")
+    );
+}
