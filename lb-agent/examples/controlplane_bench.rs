@@ -155,6 +155,9 @@ struct AgentResult {
     /// data plane), and with the objects built, before the sync.
     rss_start_mib: f64,
     rss_objects_mib: f64,
+    /// After the sync: anonymous (heap) and file-backed (the binary's own pages) RSS.
+    anon_mib: f64,
+    file_mib: f64,
     change_p50: Duration,
     change_p99: Duration,
     entries: usize,
@@ -189,6 +192,8 @@ fn bench_agent<W: MapWriter>(a: &Args, writer: W) -> anyhow::Result<AgentResult>
     );
     let entries = r.programmed().services().len();
     let rss_mib = rss_kib("VmHWM:") as f64 / 1024.0;
+    let anon_mib = rss_kib("RssAnon:") as f64 / 1024.0;
+    let file_mib = rss_kib("RssFile:") as f64 / 1024.0;
 
     let mut lat = Vec::with_capacity(a.changes as usize);
     for g in 1..=a.changes {
@@ -204,6 +209,8 @@ fn bench_agent<W: MapWriter>(a: &Args, writer: W) -> anyhow::Result<AgentResult>
         rss_mib,
         rss_start_mib,
         rss_objects_mib,
+        anon_mib,
+        file_mib,
         change_p50: percentile(&lat, 0.5),
         change_p99: percentile(&lat, 0.99),
         entries,
@@ -419,9 +426,9 @@ fn main() -> anyhow::Result<()> {
     );
     let _ = writeln!(
         md,
-        "| of which: before the objects existed{} | {:.0} MiB | | |",
+        "| of which: before the objects existed (the process{}) | {:.0} MiB | | |",
         if a.kernel {
-            " (process + data plane load)"
+            " and the data plane load"
         } else {
             ""
         },
@@ -436,6 +443,11 @@ fn main() -> anyhow::Result<()> {
         md,
         "| of which: the model, programmed state and sync | {:.0} MiB | | |",
         agent.rss_mib - agent.rss_objects_mib
+    );
+    let _ = writeln!(
+        md,
+        "| after the sync: anonymous (heap) / file-backed (the binary's own pages, shared and reclaimable) | {:.0} MiB / {:.0} MiB | | |",
+        agent.anon_mib, agent.file_mib
     );
     let _ = writeln!(
         md,
