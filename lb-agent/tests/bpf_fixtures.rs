@@ -1466,3 +1466,52 @@ fn udp_zero_checksum_stays_zero_and_others_stay_valid() {
         (ip(NODE), 30053, ip(POD_A), 3101)
     );
 }
+
+#[test]
+fn a_direct_connection_reusing_a_service_connections_port_is_not_reverse_translated() {
+    let mut env = env();
+    let b1 = backend_a();
+    env.service(VIP, 80, PROTO_TCP, SCOPE_INTERNAL, 1, 0, &[&b1]);
+    // A service connection from POD_A:43000 to the VIP, DNATed to POD_B:8080, and its
+    // reply translated back.
+    env.run(PROG_TC_FROM_POD, &tcp(POD_A, 43_000, VIP, 80, SYN).build());
+    let reply = tcp(POD_B, 8080, POD_A, 43_000, SYN | ACK).build();
+    let (_, out) = env.run(PROG_TC_FROM_POD, &reply);
+    assert_eq!(view(&out).saddr, ip(VIP), "the service connection's reply");
+    let reply_key = flow(POD_B, 8080, POD_A, 43_000, PROTO_TCP);
+    assert!(
+        env.revnat_entries().iter().any(|(k, _)| *k == reply_key),
+        "reverse-NAT entry of the service connection"
+    );
+
+    // Later the client opens a direct connection to the pod from the same port (the
+    // kernel may reuse it: to the client the two connections have different tuples).
+    // The SYN is no service traffic and passes unchanged...
+    let syn = tcp(POD_A, 43_000, POD_B, 8080, SYN).build();
+    let before = env.reason(Reason::PassNotService);
+    let (v, out) = env.run(PROG_TC_FROM_POD, &syn);
+    assert_eq!((v, &out), (TC_ACT_OK, &syn));
+    assert_eq!(env.reason(Reason::PassNotService), before + 1);
+    // ... and the stale entry is gone, so the pod's SYN-ACK reaches the client as sent
+    // (before the fix it was rewritten to come from the VIP and the connect hung).
+    assert!(
+        !env.revnat_entries().iter().any(|(k, _)| *k == reply_key),
+        "the stale reverse-NAT entry was removed"
+    );
+    let (v, out) = env.run(PROG_TC_FROM_POD, &reply);
+    assert_eq!(
+        (v, &out),
+        (TC_ACT_OK, &reply),
+        "the direct reply is left alone"
+    );
+    let (v, out) = env.run(PROG_TC_TO_POD, &reply);
+    assert_eq!((v, &out), (TC_ACT_OK, &reply));
+
+    // A new service connection from yet another port is translated as before.
+    env.run(PROG_TC_FROM_POD, &tcp(POD_A, 43_001, VIP, 80, SYN).build());
+    let (_, out) = env.run(
+        PROG_TC_FROM_POD,
+        &tcp(POD_B, 8080, POD_A, 43_001, SYN | ACK).build(),
+    );
+    assert_eq!(view(&out).saddr, ip(VIP));
+}

@@ -147,6 +147,27 @@ pub fn reverse<P: Packet>(pkt: &P, p: &Parsed) -> Result<Option<Exit>, Reason> {
     }))
 }
 
+/// A new connection that is for no service, from a client port that an earlier service
+/// connection to the same backend used (without SNAT): its replies would match that
+/// connection's reverse-NAT entry and be rewritten to the service address, so the client
+/// would never see its SYN-ACK. The old entry is stale (the client reuses the port only
+/// when its own socket for the service connection is gone, or the two would collide on
+/// the wire anyway): drop it. Only on SYNs, so established traffic pays nothing.
+#[inline(always)]
+fn forget_stale_reply(key: &FlowKey) {
+    let reply = FlowKey {
+        saddr_be: key.daddr_be,
+        daddr_be: key.saddr_be,
+        sport_be: key.dport_be,
+        dport_be: key.sport_be,
+        ..*key
+    };
+    // SAFETY: the value is only tested for presence.
+    if unsafe { LB_REVNAT.get(&reply) }.is_some() {
+        let _ = LB_REVNAT.remove(&reply);
+    }
+}
+
 /// Forward direction: conntrack first, then the service lookup in `scope`. `Err` with
 /// `PassNotService` when the packet is for no service.
 #[inline(always)]
@@ -198,6 +219,9 @@ pub fn forward<P: Packet>(
     };
     // SAFETY: the value is copied out at once.
     let Some(svc) = (unsafe { LB_SERVICES.get(&skey) }).copied() else {
+        if p.has(TCP_SYN) && !p.has(TCP_ACK) {
+            forget_stale_reply(&key);
+        }
         return Err(Reason::PassNotService);
     };
     count_svc(svc.lut_id, pkt.len());
