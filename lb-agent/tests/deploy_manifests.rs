@@ -537,11 +537,14 @@ fn the_ingress_role_grants_what_the_ingress_watches_and_its_status() {
     assert_eq!(roles.len(), 1);
     let mut expected = read_only(&lb_ingress::source::KINDS);
     let (group, ingresses) = resource_of(Kind::Ingress);
-    expected.insert((
-        group.to_owned(),
-        format!("{ingresses}/status"),
-        "update".to_owned(),
-    ));
+    // The status address is written with a merge patch (lb_ingress::status).
+    for verb in ["update", "patch"] {
+        expected.insert((
+            group.to_owned(),
+            format!("{ingresses}/status"),
+            verb.to_owned(),
+        ));
+    }
     assert_eq!(grants(roles[0]), expected);
 }
 

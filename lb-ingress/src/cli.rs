@@ -9,6 +9,7 @@ use lb_k8s::SourceConfig;
 use crate::proxy::ProxyOptions;
 use crate::proxy::headers::TrustedProxies;
 use crate::server::ServerConfig;
+use crate::status::{PublishService, StatusConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -104,6 +105,14 @@ pub struct RunArgs {
     /// How long shutdown waits for in-flight requests, in seconds.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_s: u64,
+    /// Write these addresses (IPs or host names, comma-separated or repeated) into
+    /// status.loadBalancer of the Ingresses served; wins over --publish-service.
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    pub publish_status_address: Vec<String>,
+    /// Write the load-balancer addresses (else the externalIPs) of this Service, the
+    /// ingress's own, into status.loadBalancer of the Ingresses served.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub publish_service: Option<PublishService>,
 }
 
 impl RunArgs {
@@ -122,6 +131,16 @@ impl RunArgs {
         config.metrics_addr = self.metrics_addr;
         config.ingress_class.clone_from(&self.ingress_class);
         config.shutdown_grace = Duration::from_secs(self.shutdown_grace_s);
+        config.status = StatusConfig {
+            addresses: self
+                .publish_status_address
+                .iter()
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect(),
+            service: self.publish_service.clone(),
+            ..StatusConfig::default()
+        };
         config.options = ProxyOptions {
             header_read_timeout: Duration::from_millis(self.header_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),

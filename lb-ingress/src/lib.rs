@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod source;
+pub mod status;
 pub mod tls;
 
 pub use proxy::ProxyOptions;

@@ -13,8 +13,18 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-async fn run(args: &lb_ingress::cli::RunArgs) -> anyhow::Result<()> {
-    let handle = lb_ingress::Server::start(args.server_config()).await?;
+/// Threads that serve connections: `TOKIO_WORKER_THREADS` when set (the worker count
+/// tokio itself would use), else one per CPU.
+fn serving_threads() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+async fn run(config: lb_ingress::ServerConfig) -> anyhow::Result<()> {
+    let handle = lb_ingress::Server::start(config).await?;
     handle.run_until_signal().await
 }
 
@@ -22,11 +32,19 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     let result = match cli.command {
-        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(run(&args))),
+        Command::Run(args) => {
+            let mut config = args.server_config();
+            // Connections are served on threads of their own, a single-threaded runtime
+            // each (see `ServerConfig::serving_threads`); this runtime runs the rest:
+            // the configuration source, the metrics listener, shutdown.
+            config.serving_threads = serving_threads();
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(run(config)))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

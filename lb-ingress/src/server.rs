@@ -11,18 +11,27 @@
 //!    header size limit;
 //! 4. a watch on the connection: graceful shutdown on SIGTERM/SIGINT or
 //!    [`ServerHandle::shutdown`], and the idle timeout.
+//!
+//! Connections are served either by the runtime that starts the server or, with
+//! [`ServerConfig::serving_threads`] (what the binary does), by threads with a
+//! single-threaded runtime each and listening sockets of their own, the way nginx's
+//! workers share nothing: a connection's requests, their upstream connections and the
+//! pooled ones stay on its thread.
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures::task::AtomicWaker;
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use lb_k8s::SourceConfig;
 use prometheus_client::registry::Registry;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
@@ -45,6 +54,15 @@ pub struct ServerConfig {
     pub options: ProxyOptions,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// What to write into the status of our Ingresses (nothing by default).
+    pub status: crate::status::StatusConfig,
+    /// Threads that serve connections. 0 (the default): the runtime that calls
+    /// [`Server::start`] serves them, on its worker threads. N: N threads of their own,
+    /// each with a single-threaded runtime and its own listening sockets (SO_REUSEPORT:
+    /// the kernel spreads new connections over them), so that a connection, its
+    /// requests and their upstream connections stay on one thread: no work stealing,
+    /// no wakeups across threads, no contention for the connection pools.
+    pub serving_threads: usize,
 }
 
 impl ServerConfig {
@@ -57,6 +75,8 @@ impl ServerConfig {
             ingress_class: "lb".into(),
             options: ProxyOptions::default(),
             shutdown_grace: Duration::from_secs(30),
+            status: crate::status::StatusConfig::default(),
+            serving_threads: 0,
         }
     }
 }
@@ -85,22 +105,18 @@ impl Server {
         let registry = Arc::new(EndpointRegistry::new(options.eject_for));
         let mut prometheus = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut prometheus, Arc::clone(&registry)));
+        let status_metrics = crate::status::StatusMetrics::new(&mut prometheus);
         let certs = Arc::new(CertResolver::new());
         let routes = Arc::new(ArcSwap::from_pointee(Config::default()));
 
-        let http = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let threads = config.serving_threads;
+        let http = Sockets::bind(config.listen, threads).await?;
         let http_addr = http.local_addr()?;
         let https = match config.listen_tls {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
-            ),
+            Some(addr) => Some(Sockets::bind(addr, threads).await?),
             None => None,
         };
-        let https_addr = https.as_ref().map(TcpListener::local_addr).transpose()?;
+        let https_addr = https.as_ref().map(Sockets::local_addr).transpose()?;
         options.https_port = https_addr.map(|a| a.port());
         let (metrics_addr, metrics_task) = match config.metrics_addr {
             Some(addr) => {
@@ -113,7 +129,12 @@ impl Server {
 
         let (generation_tx, generation) = watch::channel(0u64);
         let source = tokio::spawn(run_source(
-            config.source.into_source(),
+            crate::status::source(
+                config.source,
+                &config.ingress_class,
+                config.status,
+                status_metrics,
+            ),
             config.ingress_class.clone(),
             Sinks {
                 config: Arc::clone(&routes),
@@ -131,6 +152,10 @@ impl Server {
             Arc::clone(&metrics),
             options.clone(),
         ));
+        tokio::spawn(crate::proxy::upstream::reap(
+            Arc::downgrade(&proxy.registry),
+            proxy.client.idle_timeout(),
+        ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (drain_tx, drained) = mpsc::channel::<()>(1);
         let connections = Arc::new(Semaphore::new(options.max_connections));
@@ -140,15 +165,46 @@ impl Server {
             connections: Arc::clone(&connections),
             shutdown: shutdown_rx.clone(),
             _drain: drain_tx.clone(),
+            _thread: None,
             idle_timeout: options.idle_timeout,
         };
-        tokio::spawn(listener.clone().accept_loop(http, None));
-        info!(addr = %http_addr, class = %config.ingress_class, "serving HTTP");
-        if let Some(https) = https {
-            let tls = TlsAcceptor::from(Arc::new(server_config(certs)?));
-            tokio::spawn(listener.accept_loop(https, Some((tls, options.header_read_timeout))));
-            info!(addr = ?https_addr, "serving HTTPS");
+        let https = match https {
+            Some(sockets) => {
+                let tls = TlsAcceptor::from(Arc::new(server_config(certs)?));
+                Some((sockets, (tls, options.header_read_timeout)))
+            }
+            None => None,
+        };
+        match (http, https) {
+            (Sockets::Runtime(http), https) => {
+                tokio::spawn(listener.clone().accept_loop(http, None));
+                if let Some((Sockets::Runtime(https), tls)) = https {
+                    tokio::spawn(listener.clone().accept_loop(https, Some(tls)));
+                }
+            }
+            (Sockets::Threads(http), https) => {
+                let mut https = match https {
+                    Some((Sockets::Threads(sockets), tls)) => sockets
+                        .into_iter()
+                        .map(|s| Some((s, tls.clone())))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                https.resize_with(http.len(), || None);
+                for (i, (http, https)) in http.into_iter().zip(https).enumerate() {
+                    let listener = listener.clone();
+                    std::thread::Builder::new()
+                        .name(format!("lb-serve-{i}"))
+                        .spawn(move || listener.serve_thread(http, https))
+                        .map_err(|e| anyhow::anyhow!("cannot start a serving thread: {e}"))?;
+                }
+            }
         }
+        info!(addr = %http_addr, class = %config.ingress_class, threads, "serving HTTP");
+        if let Some(addr) = https_addr {
+            info!(%addr, "serving HTTPS");
+        }
+        drop(listener);
         drop(drain_tx);
         Ok(ServerHandle {
             http_addr,
@@ -243,10 +299,96 @@ struct Listener {
     shutdown: watch::Receiver<bool>,
     /// Held by every connection task: shutdown is complete when all are dropped.
     _drain: mpsc::Sender<()>,
+    /// On a serving thread: held the same way, for that thread's connections alone.
+    _thread: Option<mpsc::Sender<()>>,
     idle_timeout: Duration,
 }
 
+/// The listening sockets of one address.
+enum Sockets {
+    /// One, served by the runtime that started the server.
+    Runtime(TcpListener),
+    /// One per serving thread, bound to the same address with SO_REUSEPORT.
+    Threads(Vec<std::net::TcpListener>),
+}
+
+impl Sockets {
+    async fn bind(addr: SocketAddr, threads: usize) -> anyhow::Result<Sockets> {
+        let cannot = |e: std::io::Error| anyhow::anyhow!("cannot listen on {addr}: {e}");
+        if threads == 0 {
+            return Ok(Sockets::Runtime(
+                TcpListener::bind(addr).await.map_err(cannot)?,
+            ));
+        }
+        let mut bound = addr;
+        let mut sockets = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let socket = if bound.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+            .map_err(cannot)?;
+            socket.set_reuseaddr(true).map_err(cannot)?;
+            socket.set_reuseport(true).map_err(cannot)?;
+            socket.bind(bound).map_err(cannot)?;
+            // The backlog tokio's TcpListener::bind uses.
+            let listener = socket.listen(1024).map_err(cannot)?;
+            // Port 0: the others take the port the first one got.
+            bound = listener.local_addr().map_err(cannot)?;
+            sockets.push(listener.into_std().map_err(cannot)?);
+        }
+        Ok(Sockets::Threads(sockets))
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Sockets::Runtime(l) => l.local_addr(),
+            Sockets::Threads(l) => l[0].local_addr(),
+        }
+    }
+}
+
 impl Listener {
+    /// A serving thread: its own runtime, accepting on its own sockets until shutdown,
+    /// then running until the last of its connections has ended.
+    fn serve_thread(
+        self,
+        http: std::net::TcpListener,
+        https: Option<(std::net::TcpListener, (TlsAcceptor, Duration))>,
+    ) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                warn!(error = %e, "cannot start a serving runtime");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let (done, mut all_done) = mpsc::channel::<()>(1);
+            let this = Listener {
+                _thread: Some(done),
+                ..self
+            };
+            match TcpListener::from_std(http) {
+                Ok(l) => drop(tokio::spawn(this.clone().accept_loop(l, None))),
+                Err(e) => warn!(error = %e, "cannot serve HTTP on this thread"),
+            }
+            if let Some((https, tls)) = https {
+                match TcpListener::from_std(https) {
+                    Ok(l) => drop(tokio::spawn(this.clone().accept_loop(l, Some(tls)))),
+                    Err(e) => warn!(error = %e, "cannot serve HTTPS on this thread"),
+                }
+            }
+            drop(this);
+            // Every accept loop and connection of this thread holds a sender.
+            let _ = all_done.recv().await;
+        });
+    }
+
     async fn accept_loop(self, listener: TcpListener, tls: Option<(TlsAcceptor, Duration)>) {
         let mut shutdown = self.shutdown.clone();
         loop {
@@ -323,38 +465,79 @@ impl Listener {
         let proxy = Arc::clone(&self.proxy);
         let conn_info = Arc::clone(&info);
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let proxy = Arc::clone(&proxy);
-            let info = Arc::clone(&conn_info);
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &info).await) }
+            let response = proxy.handle(req, &conn_info);
+            async move { Ok::<_, std::convert::Infallible>(response.await) }
         });
         let conn = self.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let mut shutdown = self.shutdown.clone();
+        let stop = stopped(&mut shutdown);
+        tokio::pin!(stop);
         let mut closing = false;
         let tick = (self.idle_timeout / 4).max(Duration::from_millis(10));
         let mut idle = tokio::time::interval(tick);
         idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                    break;
-                }
-                () = stopped(&mut shutdown), if !closing => {
+        // The shutdown signal and the idle timer wake the task through their own waker,
+        // which records it: they are polled only then (and once at the start), not on
+        // every read and write of the connection, which are nearly all the wakeups.
+        let side = Arc::new(SideWaker::new());
+        let side_waker = Waker::from(Arc::clone(&side));
+        let result = std::future::poll_fn(|cx| {
+            side.task.register(cx.waker());
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            if closing || !side.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            let mut side_cx = Context::from_waker(&side_waker);
+            if stop.as_mut().poll(&mut side_cx).is_ready() {
+                closing = true;
+            }
+            while !closing && idle.poll_tick(&mut side_cx).is_ready() {
+                if info.idle_for().is_some_and(|d| d >= self.idle_timeout) {
+                    debug!(%peer, "idle timeout");
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                _ = idle.tick(), if !closing => {
-                    if info.idle_for().is_some_and(|d| d >= self.idle_timeout) {
-                        debug!(%peer, "idle timeout");
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
                 }
             }
+            if !closing {
+                return Poll::Pending;
+            }
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().poll(cx)
+        })
+        .await;
+        if let Err(e) = result {
+            debug!(%peer, error = %e, "connection ended with an error");
         }
+    }
+}
+
+/// The waker of a connection's side signals (see [`Listener::serve`]): wakes the
+/// connection task and remembers that it did.
+struct SideWaker {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl SideWaker {
+    fn new() -> Self {
+        SideWaker {
+            // Polled once at the start, to register.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Wake for SideWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 

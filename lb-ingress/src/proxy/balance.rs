@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use super::upstream::ConnPool;
+
 /// One upstream address (a pod IP and port).
 #[derive(Debug)]
 pub struct Endpoint {
@@ -20,6 +22,9 @@ pub struct Endpoint {
     /// Milliseconds since the registry's epoch until which the endpoint is ejected; 0
     /// when it is not.
     ejected_until_ms: AtomicU64,
+    /// Idle keep-alive connections to this address (closed when the endpoint is
+    /// forgotten).
+    pub conns: ConnPool,
 }
 
 impl Endpoint {
@@ -73,10 +78,12 @@ impl Pool {
     /// (Envoy's panic threshold at 100%): better to try a suspect endpoint than to fail
     /// for sure.
     pub fn pick(&self, registry: &EndpointRegistry, tried: &[SocketAddr]) -> Option<InFlight> {
-        let now = registry.now_ms();
+        // The clock is read only if some endpoint has been ejected at some point.
+        let now = std::cell::OnceCell::new();
         let usable = |e: &Arc<Endpoint>, allow_ejected: bool| {
+            let until = e.ejected_until_ms.load(Ordering::Relaxed);
             !tried.contains(&e.addr)
-                && (allow_ejected || e.ejected_until_ms.load(Ordering::Relaxed) <= now)
+                && (allow_ejected || until == 0 || until <= *now.get_or_init(|| registry.now_ms()))
         };
         let chosen = self
             .choose(|e| usable(e, false))
@@ -157,6 +164,7 @@ impl EndpointRegistry {
             authority: addr.to_string(),
             in_flight: AtomicUsize::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            conns: ConnPool::default(),
         });
         states.insert(addr, Arc::downgrade(&e));
         e
@@ -168,6 +176,17 @@ impl EndpointRegistry {
             .lock()
             .expect("endpoint registry poisoned")
             .retain(|_, w| w.strong_count() > 0);
+    }
+
+    /// Calls `f` on every endpoint some configuration still refers to.
+    pub fn for_each(&self, mut f: impl FnMut(&Endpoint)) {
+        let live: Vec<Arc<Endpoint>> = {
+            let states = self.states.lock().expect("endpoint registry poisoned");
+            states.values().filter_map(Weak::upgrade).collect()
+        };
+        for e in &live {
+            f(e);
+        }
     }
 
     pub fn eject(&self, endpoint: &Endpoint) {

@@ -8,14 +8,14 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::BodyExt as _;
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::error::{BoxError, ProxyError};
 use super::log::RequestLog;
+use super::upstream::PooledConn;
 
 #[derive(Debug)]
 struct RequestBodyState {
@@ -28,39 +28,47 @@ struct RequestBodyState {
 }
 
 /// The client's request body on its way upstream. Cloning gives another handle on the
-/// same stream (used only to send an untouched body again).
+/// same stream (used only to send an untouched body again). A request without a body
+/// (the common GET) needs no shared state at all.
 #[derive(Debug, Clone)]
-pub struct RequestBody(Arc<Mutex<RequestBodyState>>);
+pub struct RequestBody(Option<Arc<Mutex<RequestBodyState>>>);
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64) -> Self {
-        RequestBody(Arc::new(Mutex::new(RequestBodyState {
+        if inner.is_end_stream() {
+            // Nothing to read, nothing to count: the same as an empty `Incoming` to the
+            // upstream (end of stream, an exact size of 0).
+            return RequestBody(None);
+        }
+        RequestBody(Some(Arc::new(Mutex::new(RequestBodyState {
             inner,
             polled: false,
             seen: 0,
             limit,
             too_large: false,
             client_failed: false,
-        })))
+        }))))
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, RequestBodyState> {
-        self.0.lock().expect("request body poisoned")
+    fn state(&self) -> Option<std::sync::MutexGuard<'_, RequestBodyState>> {
+        self.0
+            .as_ref()
+            .map(|s| s.lock().expect("request body poisoned"))
     }
 
     /// True while no frame has been read: the body can still be sent elsewhere.
     pub fn untouched(&self) -> bool {
-        let s = self.state();
-        !s.polled || s.inner.is_end_stream() && s.seen == 0
+        self.state()
+            .is_none_or(|s| !s.polled || s.inner.is_end_stream() && s.seen == 0)
     }
 
     pub fn too_large(&self) -> bool {
-        self.state().too_large
+        self.state().is_some_and(|s| s.too_large)
     }
 
     /// The client's side of the body failed (reset, malformed chunk, gone away).
     pub fn client_failed(&self) -> bool {
-        self.state().client_failed
+        self.state().is_some_and(|s| s.client_failed)
     }
 }
 
@@ -72,7 +80,9 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut s = self.state();
+        let Some(mut s) = self.state() else {
+            return Poll::Ready(None);
+        };
         s.polled = true;
         match Pin::new(&mut s.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -96,45 +106,73 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state().inner.is_end_stream()
+        self.state().is_none_or(|s| s.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.state().inner.size_hint()
+        self.state()
+            .map_or_else(|| SizeHint::with_exact(0), |s| s.inner.size_hint())
     }
+}
+
+enum Inner {
+    Upstream(Incoming),
+    /// A body made here: its one frame until taken (`None`: empty).
+    Local(Option<Bytes>),
 }
 
 /// What the client receives: the upstream's body or a local one, with the request's
 /// log record, written when this is dropped (after the last frame, or when the client
-/// goes away).
+/// goes away), and the upstream connection, given back to its pool when the body was
+/// read to the end (closed otherwise).
 pub struct ResponseBody {
-    inner: UnsyncBoxBody<Bytes, BoxError>,
+    inner: Inner,
+    ended: bool,
+    conn: Option<PooledConn>,
     log: Option<Box<RequestLog>>,
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming, log: Box<RequestLog>) -> Self {
+    pub fn upstream(body: Incoming, log: Box<RequestLog>, conn: Option<PooledConn>) -> Self {
         ResponseBody {
-            inner: body.map_err(BoxError::from).boxed_unsync(),
+            inner: Inner::Upstream(body),
+            ended: false,
+            conn,
             log: Some(log),
         }
     }
 
     pub fn local(text: &'static str, log: Option<Box<RequestLog>>) -> Self {
         ResponseBody {
-            inner: http_body_util::Full::new(Bytes::from_static(text.as_bytes()))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
+            inner: Inner::Local(
+                Some(Bytes::from_static(text.as_bytes())).filter(|b| !b.is_empty()),
+            ),
+            ended: false,
+            conn: None,
             log,
         }
     }
 
     pub fn empty(log: Option<Box<RequestLog>>) -> Self {
         ResponseBody {
-            inner: http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed_unsync(),
+            inner: Inner::Local(None),
+            ended: false,
+            conn: None,
             log,
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        if let Some(conn) = self.conn.take()
+            && (self.ended || self.is_end_stream())
+        {
+            conn.release(now);
+        }
+        if let Some(log) = self.log.as_deref_mut() {
+            log.finished = Some(now);
         }
     }
 }
@@ -148,7 +186,18 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = match &mut this.inner {
+            Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            Inner::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        if matches!(polled, Poll::Ready(None)) {
+            this.ended = true;
+        }
         if let Some(log) = this.log.as_deref_mut() {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -164,10 +213,16 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Local(data) => data.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Upstream(body) => body.size_hint(),
+            Inner::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
     }
 }

@@ -43,23 +43,46 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers, including those named in `Connection`. With
 /// `keep_upgrade`, `Upgrade` and `Connection: upgrade` stay (the tunnel is end to end).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(&name);
+    // One pass over the names finds which of the fixed ones are there (most messages
+    // carry none, or only `Connection: keep-alive`); only those are removed.
+    let fixed = fixed_hop_by_hop();
+    let mut present = [false; 7];
+    for name in headers.keys() {
+        if let Some(i) = fixed.iter().position(|h| *h == name) {
+            present[i] = true;
         }
     }
-    let upgrade = keep_upgrade
+    if !present.contains(&true) {
+        return;
+    }
+    // Headers named by `Connection` (index 0), other than the fixed ones, which go
+    // anyway: looked up by the token itself, so `keep-alive` or `close` cost no
+    // allocation.
+    let named: Vec<HeaderName> = if present[0] {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !fixed.iter().any(|h| h.as_str().eq_ignore_ascii_case(t)))
+            .filter(|t| headers.contains_key(*t))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for name in named {
+        headers.remove(&name);
+    }
+    // `Upgrade` is index 6.
+    let upgrade = (keep_upgrade && present[6])
         .then(|| headers.remove(header::UPGRADE))
         .flatten();
-    for name in fixed_hop_by_hop() {
-        headers.remove(name);
+    for (name, there) in fixed.into_iter().zip(present) {
+        if there {
+            headers.remove(name);
+        }
     }
     if let Some(u) = upgrade {
         headers.insert(header::UPGRADE, u);
@@ -78,6 +101,48 @@ impl TrustedProxies {
             v4 @ IpAddr::V4(_) => v4,
         };
         self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// The `Forwarded` element this hop adds (RFC 7239): `for=...;host="...";proto=...`.
+pub fn forwarded_element(peer: IpAddr, peer_s: &str, host: &str, proto: &str) -> String {
+    let for_node = match peer {
+        IpAddr::V4(_) => peer_s.to_owned(),
+        IpAddr::V6(_) => format!("\"[{peer_s}]\""),
+    };
+    let quoted_host: String = host.chars().filter(|c| *c != '"' && *c != '\\').collect();
+    format!("for={for_node};host=\"{quoted_host}\";proto={proto}")
+}
+
+/// The `Forwarded` value [`set_forwarded`] sets for a peer that is not trusted (`None`
+/// when it is not a valid header value: then it sets none).
+pub fn forwarded_value(peer: IpAddr, host: &str, proto: &str) -> Option<HeaderValue> {
+    HeaderValue::try_from(forwarded_element(peer, &peer.to_string(), host, proto)).ok()
+}
+
+/// What [`set_forwarded`] does for a peer that is not trusted, from values that can be
+/// made once per connection and shared by its requests: `xff` the peer's address,
+/// `forwarded` from [`forwarded_value`], and `host` the request's authority as a header
+/// value (`None` if it is not one).
+pub fn set_forwarded_untrusted(
+    headers: &mut HeaderMap,
+    xff: &HeaderValue,
+    forwarded: Option<&HeaderValue>,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    headers.insert(&X_FORWARDED_FOR, xff.clone());
+    if let Some(v) = forwarded {
+        headers.insert(header::FORWARDED, v.clone());
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    match host {
+        Some(v) => {
+            headers.insert(&X_FORWARDED_HOST, v.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
     }
 }
 
@@ -104,12 +169,7 @@ pub fn set_forwarded(
         (true, Some(prev)) => format!("{prev}, {peer_s}"),
         _ => peer_s.clone(),
     };
-    let for_node = match peer {
-        IpAddr::V4(_) => peer_s,
-        IpAddr::V6(_) => format!("\"[{peer_s}]\""),
-    };
-    let quoted_host: String = host.chars().filter(|c| *c != '"' && *c != '\\').collect();
-    let element = format!("for={for_node};host=\"{quoted_host}\";proto={proto}");
+    let element = forwarded_element(peer, &peer_s, host, proto);
     let forwarded = match (trusted, joined(headers, &header::FORWARDED)) {
         (true, Some(prev)) => format!("{prev}, {element}"),
         _ => element,
@@ -168,6 +228,23 @@ mod tests {
     }
 
     #[test]
+    fn connection_tokens_are_matched_case_insensitively() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive, X-Secret, close"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("close", "odd but named"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+        let mut h = map(&[("connection", "keep-alive"), ("x-kept", "yes")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
     fn upgrade_is_kept_for_tunnels() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade(&h));
@@ -188,6 +265,34 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.com");
         assert_eq!(h["forwarded"], "for=10.0.0.9;host=\"a.com\";proto=http");
+    }
+
+    #[test]
+    fn the_untrusted_fast_path_sets_what_set_forwarded_sets() {
+        for (peer, host, proto) in [
+            ("10.0.0.9", "a.com", "http"),
+            ("::1", "b.example:8443", "https"),
+            ("192.168.1.1", "", "http"),
+        ] {
+            let peer: IpAddr = peer.parse().unwrap();
+            let incoming = [
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-host", "evil"),
+                ("forwarded", "for=6.6.6.6"),
+                ("x-kept", "yes"),
+            ];
+            let mut slow = map(&incoming);
+            set_forwarded(&mut slow, peer, false, proto, host);
+            let mut fast = map(&incoming);
+            set_forwarded_untrusted(
+                &mut fast,
+                &HeaderValue::try_from(peer.to_string()).unwrap(),
+                forwarded_value(peer, host, proto).as_ref(),
+                proto,
+                HeaderValue::try_from(host).ok().as_ref(),
+            );
+            assert_eq!(slow, fast, "{peer} {host} {proto}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tracing::info;
 
 use super::ConnInfo;
 use super::balance::InFlight;
-use crate::metrics::{Metrics, RequestLabels, RouteLabels, method_label, status_class};
+use crate::metrics::{Metrics, RouteLabelValues};
 use crate::source::Target;
 
 /// Everything known about one request, filled in phase by phase.
@@ -21,6 +21,7 @@ pub struct RequestLog {
     pub access_log: bool,
     pub method: Method,
     pub version: Version,
+    /// The request's host and path, kept for the access log only (empty without it).
     pub host: String,
     pub path: String,
     pub target: Option<Arc<Target>>,
@@ -33,6 +34,8 @@ pub struct RequestLog {
     pub bytes_sent: u64,
     /// The endpoint's outstanding-request slot, released with this record.
     pub in_flight: Option<InFlight>,
+    /// When the response ended, if known (else when this record is dropped).
+    pub finished: Option<Instant>,
 }
 
 impl RequestLog {
@@ -42,18 +45,23 @@ impl RequestLog {
         access_log: bool,
         method: Method,
         version: Version,
-        path: String,
+        path: &str,
     ) -> Self {
-        conn.request_started();
+        let start = Instant::now();
+        conn.request_started(start);
         RequestLog {
-            start: Instant::now(),
+            start,
             conn,
             metrics,
             access_log,
             method,
             version,
             host: String::new(),
-            path,
+            path: if access_log {
+                path.to_owned()
+            } else {
+                String::new()
+            },
             target: None,
             upstream: None,
             upstream_duration: None,
@@ -63,6 +71,7 @@ impl RequestLog {
             body_error: None,
             bytes_sent: 0,
             in_flight: None,
+            finished: None,
         }
     }
 }
@@ -70,42 +79,27 @@ impl RequestLog {
 impl Drop for RequestLog {
     fn drop(&mut self) {
         drop(self.in_flight.take());
-        self.conn.request_finished();
-        let duration = self.start.elapsed();
-        let (ingress, rule_host, rule_path, service) = match &self.target {
-            Some(t) => (
-                t.ingress.as_str(),
-                t.host.as_str(),
-                t.path.as_str(),
-                t.service.as_str(),
-            ),
-            None => ("", "", "", ""),
+        let end = self.finished.unwrap_or_else(Instant::now);
+        self.conn.request_finished(end);
+        let duration = end.saturating_duration_since(self.start);
+        let (series, labels) = match &self.target {
+            Some(t) => (&t.series, t.labels()),
+            None => (&*self.metrics.unrouted, RouteLabelValues::default()),
         };
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                ingress: ingress.to_owned(),
-                host: rule_host.to_owned(),
-                path: rule_path.to_owned(),
-                service: service.to_owned(),
-                status_class: status_class(self.status),
-                method: method_label(&self.method),
-            })
-            .inc();
-        let route = RouteLabels {
-            ingress: ingress.to_owned(),
-            service: service.to_owned(),
-        };
-        self.metrics
-            .request_duration
-            .get_or_create(&route)
-            .observe(duration.as_secs_f64());
-        if let Some(d) = self.upstream_duration {
-            self.metrics
-                .upstream_response_duration
-                .get_or_create(&route)
-                .observe(d.as_secs_f64());
-        }
+        series.observe(
+            &self.metrics,
+            labels,
+            self.status,
+            &self.method,
+            duration,
+            self.upstream_duration,
+        );
+        let RouteLabelValues {
+            ingress,
+            host: rule_host,
+            path: rule_path,
+            service,
+        } = labels;
         if self.access_log {
             info!(
                 target: "lb_ingress::access",

@@ -15,8 +15,8 @@
 //!    repeated or invalid Host (400), a non-origin path (400), a declared body over the
 //!    limit (413). `--redirect-https` answers 308 here for hosts that have a certificate.
 //! 2. **route**: the configuration is loaded once ([`Proxy::config`], an `ArcSwap`) and
-//!    kept for the whole request, so a reload never changes a request midway; host and
-//!    path pick a [`Target`] or 404.
+//!    the [`Target`] that host and path pick (or 404) is kept, with its endpoints, for
+//!    the whole request, so a reload never changes a request midway.
 //! 3. **upstream_peer** ([`balance`]): power of two choices over outstanding requests
 //!    among the ready, non-ejected endpoints, or 503.
 //! 4. **upstream_request_filter** ([`headers`]): hop-by-hop headers removed, forwarding
@@ -38,9 +38,10 @@ pub mod retry;
 pub mod upgrade;
 pub mod upstream;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -50,7 +51,7 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Version};
 
 use crate::metrics::Metrics;
-use crate::source::Config;
+use crate::source::{Config, Target};
 use crate::tls::CertResolver;
 use balance::EndpointRegistry;
 use body::{RequestBody, ResponseBody};
@@ -58,6 +59,7 @@ use error::ProxyError;
 use headers::TrustedProxies;
 use log::RequestLog;
 use retry::RetryBudget;
+use upstream::PooledConn;
 
 /// The value of the `Server` header on every response.
 pub const SERVER: &str = concat!("lb-ingress/", env!("CARGO_PKG_VERSION"));
@@ -122,6 +124,9 @@ pub struct ConnInfo {
     opened: Instant,
     in_flight: AtomicUsize,
     last_active_ms: AtomicU64,
+    /// What the first request's authority gave, for the next requests with the same
+    /// one (nearly all of them: a connection rarely changes hosts).
+    authority: OnceLock<AuthorityInfo>,
 }
 
 impl ConnInfo {
@@ -132,22 +137,29 @@ impl ConnInfo {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
+            authority: OnceLock::new(),
         }
     }
 
-    fn touch(&self) {
-        self.last_active_ms
-            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+    fn touch(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.opened).as_millis() as u64;
+        self.last_active_ms.store(ms, Ordering::Relaxed);
     }
 
-    pub fn request_started(&self) {
+    /// A request started at `now`.
+    pub fn request_started(&self, now: Instant) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.touch();
+        self.touch(now);
     }
 
-    pub fn request_finished(&self) {
+    /// A request finished at `now`.
+    pub fn request_finished(&self, now: Instant) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.touch();
+        self.touch(now);
+    }
+
+    fn proto(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
     }
 
     /// How long the connection has had no request in flight (None while it has one).
@@ -192,50 +204,51 @@ impl Proxy {
     }
 
     /// Serves one request through the phases documented on this module.
-    pub async fn handle(
-        &self,
+    ///
+    /// The phases before the upstream request (1, 2 and 4) run in this call, and the
+    /// returned future holds only what the upstream exchange needs: hyper keeps (and
+    /// moves) that future for every request, so it is kept small.
+    pub fn handle(
+        self: &Arc<Self>,
         req: Request<Incoming>,
         conn: &Arc<ConnInfo>,
-    ) -> Response<ResponseBody> {
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + use<> {
         let mut log = Box::new(RequestLog::new(
             Arc::clone(conn),
             Arc::clone(&self.metrics),
             self.options.access_log,
             req.method().clone(),
             req.version(),
-            req.uri().path().to_owned(),
+            req.uri().path(),
         ));
-        match self.proxy(req, &mut log).await {
-            Ok(Forwarded::Response(parts, body)) => {
-                log.status = parts.status;
-                Response::from_parts(parts, ResponseBody::upstream(body, log))
-            }
-            Ok(Forwarded::Local(resp)) => {
-                log.status = resp.status();
-                let (parts, ()) = resp.into_parts();
-                Response::from_parts(parts, ResponseBody::empty(Some(log)))
-            }
-            Err(e) => {
-                let status = e.status();
-                log.status = status;
-                log.error = Some(e.to_string());
-                local(status, Some(log))
-            }
+        let step = self.request_phases(req, conn, &mut log);
+        let this = Arc::clone(self);
+        async move {
+            let forwarded = match step {
+                Ok(Step::Upstream(outgoing)) => this.forward(outgoing, &mut log).await,
+                Ok(Step::Local(resp)) => Ok(Forwarded::Local(resp)),
+                Err(e) => Err(e),
+            };
+            respond(forwarded, log)
         }
     }
 
-    async fn proxy(
+    /// Phases 1 (request_filter), 2 (route) and 4 (upstream_request_filter).
+    fn request_phases(
         &self,
         mut req: Request<Incoming>,
+        conn: &ConnInfo,
         log: &mut RequestLog,
-    ) -> Result<Forwarded, ProxyError> {
+    ) -> Result<Step, ProxyError> {
         // 1. request_filter
         if req.method() == Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed("CONNECT"));
         }
-        let authority = authority(&req)?;
-        let host = crate::routes::request_host(&authority);
-        log.host.clone_from(&host);
+        let authority = authority(&req, conn)?;
+        let host = authority.host.as_str();
+        if log.access_log {
+            log.host.clone_from(&authority.host);
+        }
         let path = req.uri().path();
         if !path.starts_with('/') {
             return Err(ProxyError::BadRequest("the request target must be a path"));
@@ -244,20 +257,23 @@ impl Proxy {
         if req.body().size_hint().lower() > limit {
             return Err(ProxyError::BodyTooLarge { limit });
         }
-        if self.options.redirect_https && !log.conn.tls && self.certs.table().has_host(&host) {
-            return Ok(Forwarded::Local(self.redirect(&host, &req)));
+        if self.options.redirect_https && !conn.tls && self.certs.table().has_host(host) {
+            return Ok(Step::Local(self.redirect(host, &req)));
         }
 
-        // 2. route: one load for the whole request (see source::watch on swap order).
-        let config = self.config.load_full();
+        // 2. route: one load for the whole request (see source::watch on swap order);
+        // the request keeps its rule's target, and with it the endpoints, to the end.
+        let config = self.config.load();
         if config.generation == 0 {
             return Err(ProxyError::NotReady);
         }
-        let target = config
-            .routes
-            .lookup(&host, path)
-            .cloned()
-            .ok_or(ProxyError::NoRoute)?;
+        let target = Arc::clone(
+            config
+                .routes
+                .lookup(host, path)
+                .ok_or(ProxyError::NoRoute)?,
+        );
+        drop(config);
         log.target = Some(Arc::clone(&target));
         if target.pool.is_empty() {
             return Err(ProxyError::NoEndpoint {
@@ -268,6 +284,9 @@ impl Proxy {
         // 4. upstream_request_filter (3, the endpoint choice, happens per attempt).
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // With a single Host header the authority is that header, which stays as it is.
+        let host_is_header =
+            req.uri().authority().is_none() && req.headers().contains_key(header::HOST);
         let (parts, incoming) = req.into_parts();
         let mut head = upstream::Head {
             method: parts.method,
@@ -279,20 +298,51 @@ impl Proxy {
             headers: parts.headers,
         };
         headers::strip_hop_by_hop(&mut head.headers, upgrade);
-        let peer_ip = log.conn.peer.ip();
-        headers::set_forwarded(
-            &mut head.headers,
-            peer_ip,
-            self.options.trusted_proxies.trusts(peer_ip),
-            if log.conn.tls { "https" } else { "http" },
-            &authority,
-        );
-        // HTTP/2 carries the host in :authority; the HTTP/1.1 upstream needs it as Host.
-        if let Ok(v) = HeaderValue::try_from(authority.as_str()) {
-            head.headers.insert(header::HOST, v);
+        let peer_ip = conn.peer.ip();
+        if self.options.trusted_proxies.trusts(peer_ip) {
+            headers::set_forwarded(
+                &mut head.headers,
+                peer_ip,
+                true,
+                conn.proto(),
+                &authority.text,
+            );
+        } else {
+            headers::set_forwarded_untrusted(
+                &mut head.headers,
+                &authority.xff,
+                authority.forwarded.as_ref(),
+                conn.proto(),
+                authority.value.as_ref(),
+            );
         }
-        let body = RequestBody::new(incoming, limit);
-        let (mut resp, slot) = upstream::send(self, &target, &head, &body, log).await?;
+        // HTTP/2 carries the host in :authority; the HTTP/1.1 upstream needs it as Host.
+        if !host_is_header && let Some(v) = &authority.value {
+            head.headers.insert(header::HOST, v.clone());
+        }
+        Ok(Step::Upstream(Outgoing {
+            target,
+            head,
+            body: RequestBody::new(incoming, limit),
+            client_upgrade,
+            upgrade,
+        }))
+    }
+
+    /// Phases 3 (upstream_peer, per attempt) and 5 (response_filter).
+    async fn forward(
+        &self,
+        outgoing: Outgoing,
+        log: &mut RequestLog,
+    ) -> Result<Forwarded, ProxyError> {
+        let Outgoing {
+            target,
+            mut head,
+            body,
+            client_upgrade,
+            upgrade,
+        } = outgoing;
+        let (mut resp, slot, pooled) = upstream::send(self, &target, &mut head, &body, log).await?;
         log.in_flight = Some(slot);
 
         // 5. response_filter
@@ -306,7 +356,9 @@ impl Proxy {
         parts
             .headers
             .insert(header::SERVER, HeaderValue::from_static(SERVER));
-        Ok(Forwarded::Response(parts, body))
+        // A connection that switched protocols is the tunnel's, not the pool's.
+        let pooled = (!switching).then_some(pooled);
+        Ok(Forwarded::Response(parts, body, pooled))
     }
 
     fn redirect(&self, host: &str, req: &Request<Incoming>) -> Response<()> {
@@ -326,33 +378,148 @@ impl Proxy {
     }
 }
 
-enum Forwarded {
-    Response(hyper::http::response::Parts, Incoming),
+/// What the phases before the upstream request decided.
+enum Step {
+    /// Answered here (a redirect).
     Local(Response<()>),
+    Upstream(Outgoing),
+}
+
+/// The upstream request, ready to go.
+struct Outgoing {
+    target: Arc<Target>,
+    head: upstream::Head,
+    body: RequestBody,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrade: bool,
+}
+
+/// The response to the client, with the request's log record.
+fn respond(
+    forwarded: Result<Forwarded, ProxyError>,
+    mut log: Box<RequestLog>,
+) -> Response<ResponseBody> {
+    match forwarded {
+        Ok(Forwarded::Response(parts, body, pooled)) => {
+            log.status = parts.status;
+            Response::from_parts(parts, ResponseBody::upstream(body, log, pooled))
+        }
+        Ok(Forwarded::Local(resp)) => {
+            log.status = resp.status();
+            let (parts, ()) = resp.into_parts();
+            Response::from_parts(parts, ResponseBody::empty(Some(log)))
+        }
+        Err(e) => {
+            let status = e.status();
+            log.status = status;
+            log.error = Some(e.to_string());
+            local(status, Some(log))
+        }
+    }
+}
+
+enum Forwarded {
+    Response(hyper::http::response::Parts, Incoming, Option<PooledConn>),
+    Local(Response<()>),
+}
+
+/// What a request's authority gives: the same for every request of a connection that
+/// names the same authority, so made once per connection ([`ConnInfo`] keeps it).
+#[derive(Clone, Debug)]
+struct AuthorityInfo {
+    /// The authority as the client sent it (Host or `:authority`); a copy, not a slice
+    /// of the connection's read buffer, which it would pin.
+    text: Box<str>,
+    /// The same as a header value (always one: a valid Host was one, and a URI
+    /// authority has only characters a header value allows).
+    value: Option<HeaderValue>,
+    /// Its host name as routing sees it ([`crate::routes::request_host`]).
+    host: String,
+    /// The peer's address, for X-Forwarded-For from an untrusted peer.
+    xff: HeaderValue,
+    /// Forwarded from an untrusted peer ([`headers::forwarded_value`]).
+    forwarded: Option<HeaderValue>,
+}
+
+impl AuthorityInfo {
+    /// `authority` has been validated (a URI authority, a valid Host, or empty).
+    fn new(authority: &str, conn: &ConnInfo) -> AuthorityInfo {
+        let peer = conn.peer.ip();
+        let peer_s = peer.to_string();
+        let forwarded = headers::forwarded_element(peer, &peer_s, authority, conn.proto());
+        // The three header values are slices of one buffer: one allocation for the
+        // connection, and clones into each request that only count references.
+        let mut buf = String::with_capacity(authority.len() + peer_s.len() + forwarded.len());
+        buf.push_str(authority);
+        buf.push_str(&peer_s);
+        buf.push_str(&forwarded);
+        let buf = bytes::Bytes::from(buf);
+        let (a, p) = (authority.len(), authority.len() + peer_s.len());
+        let value =
+            |range: std::ops::Range<usize>| HeaderValue::from_maybe_shared(buf.slice(range)).ok();
+        AuthorityInfo {
+            text: authority.into(),
+            value: value(0..a),
+            host: crate::routes::request_host(authority),
+            xff: value(a..p).expect("an address is a header value"),
+            forwarded: value(p..buf.len()),
+        }
+    }
 }
 
 /// The authority the request names: the URI's (HTTP/2, absolute-form) or the single
 /// Host header. HTTP/1.1 requires a Host; HTTP/1.0 may omit it.
-fn authority(req: &Request<Incoming>) -> Result<String, ProxyError> {
-    if let Some(a) = req.uri().authority() {
-        return Ok(a.as_str().to_owned());
+///
+/// The connection keeps what its first request's (non-empty) authority gave; a request
+/// naming the same bytes reuses it (validity depends on the bytes alone).
+fn authority<'c>(
+    req: &Request<Incoming>,
+    conn: &'c ConnInfo,
+) -> Result<Cow<'c, AuthorityInfo>, ProxyError> {
+    let host_header = if req.uri().authority().is_some() {
+        None
+    } else {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(_), Some(_)) => return Err(ProxyError::BadRequest("several Host headers")),
+            (Some(h), None) => Some(h),
+            (None, _) if req.version() == Version::HTTP_11 => {
+                return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
+            }
+            (None, _) => None,
+        }
+    };
+    let bytes = match (req.uri().authority(), host_header) {
+        (Some(a), _) => a.as_str().as_bytes(),
+        (None, Some(h)) => h.as_bytes(),
+        (None, None) => b"",
+    };
+    if let Some(known) = conn.authority.get()
+        && !bytes.is_empty()
+        && known.text.as_bytes() == bytes
+    {
+        return Ok(Cow::Borrowed(known));
     }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => Err(ProxyError::BadRequest("several Host headers")),
-        (Some(h), None) => {
+    let text = match (req.uri().authority(), host_header) {
+        (Some(a), _) => a.as_str(),
+        (None, Some(h)) => {
             let h = h
                 .to_str()
                 .map_err(|_| ProxyError::BadRequest("Host is not valid"))?;
             h.parse::<hyper::http::uri::Authority>()
                 .map_err(|_| ProxyError::BadRequest("Host is not valid"))?;
-            Ok(h.to_owned())
+            h
         }
-        (None, _) if req.version() == Version::HTTP_11 => {
-            Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
-        }
-        (None, _) => Ok(String::new()),
+        (None, None) => "",
+    };
+    let info = AuthorityInfo::new(text, conn);
+    if text.is_empty() {
+        return Ok(Cow::Owned(info));
     }
+    Ok(match conn.authority.set(info) {
+        Ok(()) => Cow::Borrowed(conn.authority.get().expect("just set")),
+        Err(info) => Cow::Owned(info),
+    })
 }
 
 /// A response made here, not by an upstream.

@@ -1,43 +1,331 @@
-//! The upstream side: pooled HTTP/1.1 connections straight to pod addresses (hyper-util's
-//! pooling client keyed by `ip:port`, shared by every configuration so that a reload
-//! keeps warm connections), and the attempt loop with its retry rules.
+//! The upstream side: pooled HTTP/1.1 connections straight to pod addresses, and the
+//! attempt loop with its retry rules.
+//!
+//! Pooling: each [`Endpoint`] keeps its own idle connections ([`ConnPool`], one shard
+//! per thread), so that a request takes a connection with one uncontended lock and no
+//! map lookup, and a reload that keeps an endpoint keeps its warm connections (endpoint
+//! state outlives configuration swaps, see [`super::balance`]). A connection is lent to
+//! one request and given back when its response has been read to the end
+//! ([`PooledConn::release`]); the most recently used is taken first, at most
+//! [`MAX_IDLE_PER_ENDPOINT`] are kept per thread, and one idle for the idle timeout is
+//! closed ([`ConnPool::prune`], run by [`reap`]). A request that a reused connection
+//! could not start (the upstream closed it while it was idle) is sent again on another
+//! connection, as no byte of it has gone out. Each connection is driven by a task of its
+//! own (hyper's client connection), on the runtime that opened it.
 //!
 //! Retry rules: a request is sent again, to another endpoint, only when no byte of it
 //! can have been processed: the connection could not be made, or the method is
 //! idempotent and the request body was never read. Never after a timeout (the upstream
 //! may still be working on it), and only while the [`RetryBudget`] allows.
+//!
+//! [`RetryBudget`]: super::retry::RetryBudget
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper::header::HeaderMap;
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::debug;
 
 use super::Proxy;
-use super::balance::InFlight;
+use super::balance::{Endpoint, EndpointRegistry, InFlight};
 use super::body::RequestBody;
-use super::error::ProxyError;
+use super::error::{BoxError, ProxyError};
 use super::log::RequestLog;
 use crate::metrics::ServiceLabel;
 use crate::source::Target;
 
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+/// Idle connections kept per endpoint and thread, at most; more are closed once done.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// Timeouts longer than this (30 years, tokio's own "far future") never fire.
+const FAR_FUTURE: Duration = Duration::from_hours(24 * 365 * 30);
+
+/// Pool shards per endpoint: threads use them in turn (more threads share them).
+const SHARDS: usize = 8;
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
+/// This thread's pool shard.
+fn shard() -> usize {
+    SHARD.with(|s| *s)
+}
+
+type Sender = http1::SendRequest<RequestBody>;
+
+struct Idle {
+    tx: Sender,
+    since: Instant,
+}
+
+/// One thread's idle connections, oldest first, on a cache line of its own.
+#[derive(Default)]
+#[repr(align(64))]
+struct Shard(Mutex<Vec<Idle>>);
+
+/// The idle keep-alive connections to one endpoint, by thread: a connection goes back
+/// to the shard of the thread that took it, and a thread takes only from its own, so
+/// that with a runtime per thread a request never drives (and wakes) a connection task
+/// of another thread, and threads do not contend for one lock.
+#[derive(Default)]
+pub struct ConnPool {
+    shards: [Shard; SHARDS],
+}
+
+impl std::fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnPool")
+            .field("idle", &self.len())
+            .finish()
+    }
+}
+
+impl ConnPool {
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.shards[shard]
+            .0
+            .lock()
+            .expect("connection pool poisoned")
+    }
+
+    /// The most recently used open connection of `shard`, unless it has been idle too
+    /// long (then so have all the others, which are closed).
+    fn take(&self, shard: usize, now: Instant, idle_timeout: Duration) -> Option<Sender> {
+        let mut idle = self.lock(shard);
+        while let Some(c) = idle.pop() {
+            if now.saturating_duration_since(c.since) >= idle_timeout {
+                idle.clear();
+                return None;
+            }
+            if !c.tx.is_closed() {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    fn put(&self, shard: usize, tx: Sender, now: Instant) {
+        let mut idle = self.lock(shard);
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(Idle { tx, since: now });
+        }
+    }
+
+    /// Closes the connections idle for `idle_timeout` or more, and forgets closed ones.
+    pub fn prune(&self, now: Instant, idle_timeout: Duration) {
+        for shard in 0..SHARDS {
+            self.lock(shard).retain(|c| {
+                !c.tx.is_closed() && now.saturating_duration_since(c.since) < idle_timeout
+            });
+        }
+    }
+
+    /// Idle connections held.
+    pub fn len(&self) -> usize {
+        (0..SHARDS).map(|shard| self.lock(shard).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A connection lent to one request. [`PooledConn::release`] gives it back to its
+/// endpoint's pool (call it once the response has been read to the end); dropping it
+/// instead closes the connection once the exchange on it is over.
+pub struct PooledConn {
+    tx: Sender,
+    endpoint: Arc<Endpoint>,
+    /// The pool shard it goes back to.
+    shard: usize,
+}
+
+impl std::fmt::Debug for PooledConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledConn")
+            .field("endpoint", &self.endpoint.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PooledConn {
+    /// Gives the connection back, idle since `now`.
+    pub fn release(mut self, now: Instant) {
+        if self.tx.is_closed() {
+            return;
+        }
+        if self.tx.is_ready() {
+            self.endpoint.conns.put(self.shard, self.tx, now);
+            return;
+        }
+        // The connection is still busy (the request body may still be going out): it
+        // goes back to the pool once it can take the next request, not before, so that
+        // no other request waits on it.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if self.tx.ready().await.is_ok() {
+                    self.endpoint.conns.put(self.shard, self.tx, Instant::now());
+                }
+            });
+        }
+    }
+}
+
+/// Why an attempt failed.
+enum Failure {
+    /// The TCP connection could not be made (or not in time).
+    Connect(BoxError),
+    /// The connection was made but the exchange failed.
+    Upstream(BoxError),
+}
+
+/// Opens connections to endpoints and sends requests on pooled ones.
+#[derive(Debug)]
+pub struct UpstreamClient {
+    h1: http1::Builder,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
 
 pub fn client(connect_timeout: Duration, idle_timeout: Duration) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(idle_timeout)
-        .pool_max_idle_per_host(256)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
+    UpstreamClient {
+        h1: http1::Builder::new(),
+        connect_timeout,
+        idle_timeout,
+    }
+}
+
+impl UpstreamClient {
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Sender, Failure> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(Failure::Connect(e.into())),
+                Err(_) => {
+                    return Err(Failure::Connect(
+                        format!(
+                            "connect timed out after {} ms",
+                            self.connect_timeout.as_millis()
+                        )
+                        .into(),
+                    ));
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        let (tx, conn) = self
+            .h1
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| Failure::Upstream(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(%addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// An idle connection to `endpoint`, or a new one; true when reused.
+    async fn checkout(&self, endpoint: &Endpoint, now: Instant) -> Result<(Sender, bool), Failure> {
+        if let Some(mut tx) = endpoint.conns.take(shard(), now, self.idle_timeout) {
+            // Pooled connections are ready; this only waits if one was given back early.
+            if tx.is_ready() || tx.ready().await.is_ok() {
+                return Ok((tx, true));
+            }
+        }
+        // A new connection (boxed: rare, and the future of every request carries this
+        // one) takes its first request before the connection task has run.
+        Ok((Box::pin(self.connect(endpoint.addr)).await?, false))
+    }
+
+    /// Sends the request `build` makes (called once a connection is there, so that a
+    /// failed connect has not consumed anything) to `endpoint`.
+    async fn request(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        build: impl FnOnce() -> Request<RequestBody>,
+        now: Instant,
+    ) -> Result<(Response<Incoming>, PooledConn), Failure> {
+        let (mut tx, reused) = self.checkout(endpoint, now).await?;
+        match tx.try_send_request(build()).await {
+            Ok(resp) => Ok((
+                resp,
+                PooledConn {
+                    tx,
+                    endpoint: Arc::clone(endpoint),
+                    shard: shard(),
+                },
+            )),
+            Err(mut e) => match e.take_message() {
+                // Not started on a connection that closed while idle: another one (a
+                // rare path, boxed to keep the common future small).
+                Some(unsent) if reused => {
+                    debug!(error = %e.error(), "unstarted request canceled, trying again");
+                    Box::pin(self.resend(endpoint, unsent, now)).await
+                }
+                _ => Err(Failure::Upstream(e.into_error().into())),
+            },
+        }
+    }
+
+    /// [`UpstreamClient::request`] again, for a request no byte of which went out.
+    async fn resend(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        mut req: Request<RequestBody>,
+        now: Instant,
+    ) -> Result<(Response<Incoming>, PooledConn), Failure> {
+        loop {
+            let (mut tx, reused) = self.checkout(endpoint, now).await?;
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let conn = PooledConn {
+                        tx,
+                        endpoint: Arc::clone(endpoint),
+                        shard: shard(),
+                    };
+                    return Ok((resp, conn));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        debug!(error = %e.error(), "unstarted request canceled, trying again");
+                        req = unsent;
+                    }
+                    _ => return Err(Failure::Upstream(e.into_error().into())),
+                },
+            }
+        }
+    }
+}
+
+/// Closes idle connections that have outlived the client's idle timeout, on every
+/// endpoint, until the registry is gone.
+pub async fn reap(registry: Weak<EndpointRegistry>, idle_timeout: Duration) {
+    let mut tick = tokio::time::interval(idle_timeout.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        registry.for_each(|e| e.conns.prune(now, idle_timeout));
+    }
 }
 
 /// The parts of the upstream request that are the same for every attempt.
@@ -55,13 +343,15 @@ fn idempotent(m: &Method) -> bool {
 }
 
 /// Sends the request to an endpoint of `target`, retrying as the rules above allow.
+/// Returns the response head, the endpoint's in-flight slot and the connection (to be
+/// released when the response body has been read).
 pub async fn send(
     proxy: &Proxy,
     target: &Target,
-    head: &Head,
+    head: &mut Head,
     body: &RequestBody,
     log: &mut RequestLog,
-) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+) -> Result<(Response<Incoming>, InFlight, PooledConn), ProxyError> {
     let mut tried: Vec<SocketAddr> = Vec::new();
     proxy.budget.deposit();
     loop {
@@ -73,34 +363,39 @@ pub async fn send(
         let endpoint = slot.endpoint();
         let addr = endpoint.addr;
         log.upstream = Some(addr);
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(endpoint.authority.as_str())
-            .path_and_query(head.path_and_query.clone())
-            .build()
-            .map_err(|e| ProxyError::Upstream {
-                addr,
-                source: e.into(),
-            })?;
-        let mut req = Request::new(body.clone());
-        *req.method_mut() = head.method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = head.headers.clone();
+        // The headers are moved into the request when no other attempt can follow.
+        let last = log.retries >= proxy.options.max_retries || tried.len() + 1 >= target.pool.len();
+        let build = || {
+            let headers = if last {
+                std::mem::take(&mut head.headers)
+            } else {
+                head.headers.clone()
+            };
+            let mut req = Request::new(body.clone());
+            *req.method_mut() = head.method.clone();
+            *req.uri_mut() = Uri::from(head.path_and_query.clone());
+            *req.version_mut() = Version::HTTP_11;
+            *req.headers_mut() = headers;
+            req
+        };
 
         let started = Instant::now();
+        // The deadline from the instant just read (tokio's `timeout` would read the
+        // clock again), capped as tokio caps a far-off one.
+        let deadline = tokio::time::Instant::from_std(started)
+            + proxy.options.response_timeout.min(FAR_FUTURE);
         let result =
-            tokio::time::timeout(proxy.options.response_timeout, proxy.client.request(req)).await;
+            tokio::time::timeout_at(deadline, proxy.client.request(endpoint, build, started)).await;
         log.upstream_duration = Some(started.elapsed());
-        let error = match result {
-            Ok(Ok(resp)) => return Ok((resp, slot)),
+        let failure = match result {
+            Ok(Ok((resp, conn))) => return Ok((resp, slot, conn)),
             Err(_elapsed) => {
                 return Err(ProxyError::Timeout {
                     addr,
                     timeout_ms: proxy.options.response_timeout.as_millis(),
                 });
             }
-            Ok(Err(e)) => e,
+            Ok(Err(f)) => f,
         };
         if body.too_large() {
             return Err(ProxyError::BodyTooLarge {
@@ -110,7 +405,7 @@ pub async fn send(
         if body.client_failed() {
             return Err(ProxyError::BadRequest("the request body could not be read"));
         }
-        let connect = error.is_connect();
+        let connect = matches!(failure, Failure::Connect(_));
         if connect {
             proxy
                 .metrics
@@ -124,23 +419,12 @@ pub async fn send(
             proxy.registry.eject(endpoint);
         }
         let retriable = (connect || idempotent(&head.method)) && body.untouched();
-        let error = if connect {
-            ProxyError::Connect {
-                addr,
-                source: error.into(),
-            }
-        } else {
-            ProxyError::Upstream {
-                addr,
-                source: error.into(),
-            }
+        let error = match failure {
+            Failure::Connect(source) => ProxyError::Connect { addr, source },
+            Failure::Upstream(source) => ProxyError::Upstream { addr, source },
         };
         tried.push(addr);
-        if !retriable
-            || log.retries >= proxy.options.max_retries
-            || tried.len() >= target.pool.len()
-            || !proxy.budget.withdraw()
-        {
+        if last || !retriable || !proxy.budget.withdraw() {
             return Err(error);
         }
         log.retries += 1;

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use lb_k8s::{Kind, Object, ObjectRef, Store};
 
+use crate::metrics::{RouteLabelValues, RouteSeries};
 use crate::proxy::balance::{EndpointRegistry, Pool};
 use crate::routes::{HostRule, PathKind, PathRule, Rank, RouteTable, RouteTableBuilder};
 use crate::tls::{CertTable, certified_key};
@@ -41,6 +42,19 @@ pub struct Target {
     /// `namespace/name:port` of the Service.
     pub service: String,
     pub pool: Arc<Pool>,
+    /// This rule's request metrics, looked up once (see [`RouteSeries`]).
+    pub series: RouteSeries,
+}
+
+impl Target {
+    pub fn labels(&self) -> RouteLabelValues<'_> {
+        RouteLabelValues {
+            ingress: &self.ingress,
+            host: &self.host,
+            path: &self.path,
+            service: &self.service,
+        }
+    }
 }
 
 /// One immutable configuration, swapped in whole.
@@ -140,6 +154,7 @@ pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
                 path: path.to_owned(),
                 service,
                 pool,
+                series: RouteSeries::default(),
             }))
         };
 
