@@ -428,7 +428,7 @@ fn main() -> anyhow::Result<()> {
         md,
         "| of which: before the objects existed (the process{}) | {:.0} MiB | | |",
         if a.kernel {
-            " and the data plane load"
+            " and the mmapped Maglev map"
         } else {
             ""
         },
@@ -446,7 +446,7 @@ fn main() -> anyhow::Result<()> {
     );
     let _ = writeln!(
         md,
-        "| after the sync: anonymous (heap) / file-backed (the binary's own pages, shared and reclaimable) | {:.0} MiB / {:.0} MiB | | |",
+        "| after the sync: anonymous (the agent's heap) / file-backed (the mmapped LB_MAGLEV array, i.e. the kernel map's own pages, sized by max-services, and the binary) | {:.0} MiB / {:.0} MiB | | |",
         agent.anon_mib, agent.file_mib
     );
     let _ = writeln!(
