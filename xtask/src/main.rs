@@ -175,35 +175,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
             Bench::Controlplane => ("controlplane", "lb-agent", "controlplane_bench"),
             Bench::Ingress => ("ingress", "lb-ingress", "ingress_bench"),
         };
-        if matches!(b, Bench::Ingress) {
-            // The benchmark starts the release lb-ingress binary as its own process.
-            cmd::step(
-                "release build of lb-ingress",
-                cargo(&[
-                    "build",
-                    "--release",
-                    "-p",
-                    "lb-ingress",
-                    "--bin",
-                    "lb-ingress",
-                ]),
-            )?;
-        }
-        if matches!(b, Bench::Dataplane) {
-            // The end-to-end part runs the sandbox: agent and pod server, release builds.
-            cmd::step(
-                "release build of lb-agent and lb-podserver",
-                cargo(&[
-                    "build",
-                    "--release",
-                    "--bins",
-                    "-p",
-                    "lb-agent",
-                    "-p",
-                    "lb-tests",
-                ]),
-            )?;
-        }
+        // Each benchmark builds the release binaries it starts (lb-ingress; lb-agent and
+        // lb-podserver) itself, through the cargo that runs it.
         let out = out_dir.join(format!("{name}.md"));
         let out_s = out.display().to_string();
         let mut run = vec![
