@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,7 +81,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     if !args.no_setup {
         setup::run()?;
     }
-    let bins = build()?;
+    build()?;
 
     println!("==> starting the sandbox cluster with the seed app (examples/seed-app)");
     let sb = Sandbox::builder().seed_app().build()?;
@@ -98,8 +97,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     );
     println!("    manifests: {}", sb.manifests_dir().display());
 
-    let agents = start_agents(&sb, bins.agent.as_deref(), args.prometheus)?;
-    let ingress = start_ingress(&sb, bins.ingress.as_deref(), args.prometheus)?;
+    let agents = start_agents(&sb, args.prometheus)?;
+    let ingress = start_ingress(&sb, args.prometheus)?;
     print_where(&sb, !agents.is_empty(), ingress.is_some());
     let prom = if args.prometheus {
         Some(start_prometheus(&sb, agents.len(), ingress.is_some())?)
@@ -161,52 +160,26 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-struct Bins {
-    agent: Option<PathBuf>,
-    ingress: Option<PathBuf>,
-}
-
 /// Builds the pod server, the agent and the ingress, all in the dev profile that
-/// `cargo xtask test` uses. A build failure stops the demo with the compiler's errors.
-fn build() -> Result<Bins> {
-    let cargo = |pkg: &str| {
+/// `cargo xtask test` uses (the sandbox finds them there). A build failure stops the demo
+/// with the compiler's errors.
+fn build() -> Result<()> {
+    for pkg in ["lb-tests", "lb-agent", "lb-ingress"] {
         let mut c = Command::new("cargo");
         c.args(["build", "--bins", "-p", pkg]).current_dir(root());
-        c
-    };
-    let dir = root().join("target/debug");
-    let built = |pkg: &str| -> Result<Option<PathBuf>> {
-        cmd::step(&format!("build {pkg}"), cargo(pkg))?;
-        Ok(Some(dir.join(pkg)))
-    };
-    built("lb-tests")?;
-    let agent = built("lb-agent")?;
-    let ingress = built("lb-ingress")?;
-    Ok(Bins { agent, ingress })
-}
-
-/// `BIN run --help` succeeds and lists `flag`: the binary has its `run` subcommand (a
-/// placeholder `main` would accept anything). Returns the help text.
-fn supports_run(bin: &Path, flag: &str) -> Option<String> {
-    cmd::output(Command::new(bin).args(["run", "--help"])).filter(|h| h.contains(flag))
+        cmd::step(&format!("build {pkg}"), c)?;
+    }
+    Ok(())
 }
 
 fn exited(procs: &[Proc]) -> bool {
     procs.iter().any(|p| matches!(p.try_wait(), Ok(Some(_))))
 }
 
-fn start_agents(sb: &Sandbox, bin: Option<&Path>, node_metrics: bool) -> Result<Vec<Proc>> {
-    let Some(help) = bin.and_then(|b| supports_run(b, "--node-name")) else {
-        println!("    lb-agent has no `run` yet: showing direct pod traffic only");
-        return Ok(Vec::new());
-    };
+fn start_agents(sb: &Sandbox, node_metrics: bool) -> Result<Vec<Proc>> {
     // Several agents share this machine's cgroup tree; socket-level hooks on the root cgroup
     // would apply to every sandbox at once, so the demo keeps to the per-netns hooks.
-    let extra: &[&str] = if help.contains("--cgroup") {
-        &["--cgroup", "none"]
-    } else {
-        &[]
-    };
+    let extra: &[&str] = &["--cgroup", "none"];
     let mut agents = Vec::new();
     for node in sb.nodes() {
         let metrics = SocketAddr::from((node.ip, AGENT_METRICS_PORT)).to_string();
@@ -256,11 +229,7 @@ fn start_agents(sb: &Sandbox, bin: Option<&Path>, node_metrics: bool) -> Result<
     Ok(agents)
 }
 
-fn start_ingress(sb: &Sandbox, bin: Option<&Path>, node_metrics: bool) -> Result<Option<Proc>> {
-    if bin.and_then(|b| supports_run(b, "--listen")).is_none() {
-        println!("    lb-ingress has no `run` yet: no ingress in this demo");
-        return Ok(None);
-    }
+fn start_ingress(sb: &Sandbox, node_metrics: bool) -> Result<Option<Proc>> {
     let metrics = SocketAddr::from((sb.node(0).ip, INGRESS_METRICS_PORT)).to_string();
     let extra: &[&str] = if node_metrics {
         &["--metrics-addr", &metrics]
