@@ -5,13 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Service;
 use lb_common::{NodeConfig, ServiceKey};
 use lb_k8s::{Changes, Event, Kind, Object, ObjectRef, Store};
 use tracing::{debug, info, warn};
 
 use crate::maps::{MapWriteError, MapWriter};
-use crate::model::{ModelOptions, NodeInfo, SkipReason, service_frontends};
+use crate::model::{ModelOptions, NodeInfo, SkipReason, Slice, service_frontends};
 use crate::plan::{Limits, Programmed};
 
 /// Kinds the agent reads.
@@ -22,7 +22,28 @@ pub const KINDS: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
 const SNAT_PORT_MIN: u16 = 61_000;
 const SNAT_PORT_MAX: u16 = 65_535;
 
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// What the agent keeps of each object it reads: Services whole, EndpointSlices and Nodes
+/// only as the model reads them (a slice in a tenth of the memory of the parsed object; a
+/// Node without its status' image list and conditions).
+#[derive(Debug, PartialEq)]
+pub enum Stored {
+    Service(Box<Service>),
+    Slice(Slice),
+    Node(NodeInfo),
+    /// Kinds the agent does not read (never asked for; kept only to be total).
+    Other,
+}
+
+impl From<Object> for Stored {
+    fn from(o: Object) -> Self {
+        match o {
+            Object::Service(s) => Stored::Service(s),
+            Object::EndpointSlice(es) => Stored::Slice(Slice::from(&*es)),
+            Object::Node(n) => Stored::Node(NodeInfo::from_node(&n)),
+            _ => Stored::Other,
+        }
+    }
+}
 
 /// What one event did, for logs and metrics.
 #[derive(Debug, Default)]
@@ -45,7 +66,7 @@ pub type HealthChecks = BTreeMap<u16, (ObjectRef, usize)>;
 pub struct Reconciler<W: MapWriter> {
     node: NodeInfo,
     opts: ModelOptions,
-    store: Store,
+    store: Store<Stored>,
     programmed: Programmed,
     writer: W,
     /// Frontends each Service owns, and the reverse.
@@ -82,7 +103,7 @@ impl<W: MapWriter> Reconciler<W> {
         Ok(Reconciler {
             node: NodeInfo::named(node_name),
             opts,
-            store: Store::new(),
+            store: Store::default(),
             programmed,
             writer,
             owned: HashMap::new(),
@@ -176,9 +197,10 @@ impl<W: MapWriter> Reconciler<W> {
                         }
                         affected.insert(old);
                     }
-                    if let Some(Object::EndpointSlice(es)) = self.store.get(r)
-                        && let Some(svc) = slice_owner(es, &r.namespace)
+                    if let Some(Stored::Slice(es)) = self.store.get(r)
+                        && let Some(name) = &es.service_name
                     {
+                        let svc = ObjectRef::new(Kind::Service, r.namespace.clone(), &**name);
                         self.slice_service.insert(r.clone(), svc.clone());
                         self.service_slices
                             .entry(svc.clone())
@@ -196,14 +218,14 @@ impl<W: MapWriter> Reconciler<W> {
                 .store
                 .get(&ObjectRef::new(Kind::Node, "", self.node.name.clone()))
             {
-                Some(Object::Node(n)) => NodeInfo::from_node(n),
+                Some(Stored::Node(n)) => n.clone(),
                 _ => NodeInfo::named(&self.node.name),
             };
             if info != self.node {
                 info!(node = %info.name, addrs = ?info.addrs, zone = ?info.zone, "node addresses");
                 self.node = info;
                 self.write_config();
-                affected.extend(self.store.of_kind(Kind::Service).map(Object::object_ref));
+                affected.extend(self.store.refs_of_kind(Kind::Service).cloned());
             }
         }
         affected
@@ -230,8 +252,8 @@ impl<W: MapWriter> Reconciler<W> {
         // Services, and the names slices point at (to report slices without a Service).
         let services: BTreeSet<ObjectRef> = self
             .store
-            .of_kind(Kind::Service)
-            .map(Object::object_ref)
+            .refs_of_kind(Kind::Service)
+            .cloned()
             .chain(self.service_slices.keys().cloned())
             .collect();
         for svc in &services {
@@ -268,14 +290,14 @@ impl<W: MapWriter> Reconciler<W> {
         out.services_recomputed += 1;
         let old: Vec<ServiceKey> = self.owned.get(svc_ref).cloned().unwrap_or_default();
         let desired = match self.store.get(svc_ref) {
-            Some(Object::Service(svc)) => {
-                let slices: Vec<&EndpointSlice> = self
+            Some(Stored::Service(svc)) => {
+                let slices: Vec<&Slice> = self
                     .service_slices
                     .get(svc_ref)
                     .into_iter()
                     .flatten()
                     .filter_map(|r| match self.store.get(r) {
-                        Some(Object::EndpointSlice(es)) => Some(es),
+                        Some(Stored::Slice(es)) => Some(es),
                         _ => None,
                     })
                     .collect();
@@ -412,13 +434,4 @@ impl<W: MapWriter> Reconciler<W> {
         self.reported.insert(at.clone(), reason.clone());
         out.problems.push((kind, at, reason));
     }
-}
-
-/// The Service an EndpointSlice belongs to, from its `kubernetes.io/service-name` label.
-fn slice_owner(es: &EndpointSlice, namespace: &str) -> Option<ObjectRef> {
-    es.metadata
-        .labels
-        .as_ref()?
-        .get(SERVICE_NAME_LABEL)
-        .map(|name| ObjectRef::new(Kind::Service, namespace, name.clone()))
 }

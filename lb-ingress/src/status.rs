@@ -225,7 +225,7 @@ pub struct Stale {
 /// The Ingresses of `class` in `store` whose `status.loadBalancer.ingress` is not `want`.
 pub fn stale(store: &Store, class: &str, want: &[IngressLoadBalancerIngress]) -> Vec<Stale> {
     let classes = store.of_kind(Kind::IngressClass).filter_map(|o| match o {
-        Object::IngressClass(c) => Some(c),
+        Object::IngressClass(c) => Some(&**c),
         _ => None,
     });
     let default = class::class_is_default(classes, class);
@@ -666,7 +666,9 @@ mod tests {
             name: "lb".into(),
         };
         let service = |ns: &str, name: &str| {
-            Object::Service(svc(json!({"metadata": {"name": name, "namespace": ns}})))
+            Object::Service(Box::new(svc(
+                json!({"metadata": {"name": name, "namespace": ns}}),
+            )))
         };
         let resync = Event::Resync {
             kinds: vec![Kind::Service, Kind::EndpointSlice],

@@ -76,16 +76,24 @@ impl Source for KubeSource {
             for kind in kinds.iter() {
                 let (c, tx) = (client.clone(), tx.clone());
                 match kind {
-                    Kind::Service => tasks.spawn(watch::<Service>(c, kind, tx, Object::Service)),
-                    Kind::EndpointSlice => {
-                        tasks.spawn(watch::<EndpointSlice>(c, kind, tx, Object::EndpointSlice))
+                    Kind::Service => tasks.spawn(watch::<Service>(c, kind, tx, |o| {
+                        Object::Service(Box::new(o))
+                    })),
+                    Kind::EndpointSlice => tasks.spawn(watch::<EndpointSlice>(c, kind, tx, |o| {
+                        Object::EndpointSlice(Box::new(o))
+                    })),
+                    Kind::Node => {
+                        tasks.spawn(watch::<Node>(c, kind, tx, |o| Object::Node(Box::new(o))))
                     }
-                    Kind::Node => tasks.spawn(watch::<Node>(c, kind, tx, Object::Node)),
-                    Kind::Ingress => tasks.spawn(watch::<Ingress>(c, kind, tx, Object::Ingress)),
-                    Kind::IngressClass => {
-                        tasks.spawn(watch::<IngressClass>(c, kind, tx, Object::IngressClass))
-                    }
-                    Kind::Secret => tasks.spawn(watch::<Secret>(c, kind, tx, Object::Secret)),
+                    Kind::Ingress => tasks.spawn(watch::<Ingress>(c, kind, tx, |o| {
+                        Object::Ingress(Box::new(o))
+                    })),
+                    Kind::IngressClass => tasks.spawn(watch::<IngressClass>(c, kind, tx, |o| {
+                        Object::IngressClass(Box::new(o))
+                    })),
+                    Kind::Secret => tasks.spawn(watch::<Secret>(c, kind, tx, |o| {
+                        Object::Secret(Box::new(o))
+                    })),
                 };
             }
             while let Some(done) = tasks.join_next().await {

@@ -17,18 +17,35 @@ pub struct Changes {
 }
 
 /// All objects currently known, by kind, namespace and name.
-#[derive(Clone, Debug, Default)]
-pub struct Store {
-    objects: BTreeMap<ObjectRef, Object>,
+///
+/// A consumer that reads only a few fields of an object keeps its own smaller form of it
+/// (`T: From<Object>`): the store converts each object as it arrives, so the parsed
+/// object is dropped at once and only what the consumer reads stays in memory.
+#[derive(Clone, Debug)]
+pub struct Store<T = Object> {
+    objects: BTreeMap<ObjectRef, T>,
     origins: BTreeMap<ObjectRef, String>,
     synced: BTreeSet<Kind>,
 }
 
+impl<T> Default for Store<T> {
+    fn default() -> Self {
+        Store {
+            objects: BTreeMap::new(),
+            origins: BTreeMap::new(),
+            synced: BTreeSet::new(),
+        }
+    }
+}
+
 impl Store {
+    /// A store of whole objects (`Store::<T>::default()` for a consumer's own form).
     pub fn new() -> Self {
         Store::default()
     }
+}
 
+impl<T: From<Object> + PartialEq> Store<T> {
     /// Applies one event and returns what changed. An `Apply` of an identical object
     /// changes nothing.
     pub fn apply(&mut self, event: Event) -> Changes {
@@ -36,6 +53,7 @@ impl Store {
         match event {
             Event::Apply(object) => {
                 let r = object.object_ref();
+                let object = T::from(object);
                 if self.objects.get(&r) != Some(&object) {
                     self.objects.insert(r.clone(), object);
                     changes.changed.insert(r);
@@ -58,6 +76,7 @@ impl Store {
                     if !kinds.contains(&r.kind) {
                         continue;
                     }
+                    let object = T::from(object);
                     listed.insert(r.clone());
                     match origin {
                         Some(o) => self.origins.insert(r.clone(), o),
@@ -89,7 +108,7 @@ impl Store {
         changes
     }
 
-    pub fn get(&self, r: &ObjectRef) -> Option<&Object> {
+    pub fn get(&self, r: &ObjectRef) -> Option<&T> {
         self.objects.get(r)
     }
 
@@ -104,12 +123,20 @@ impl Store {
     }
 
     /// All objects of one kind, in namespace/name order.
-    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &T> {
+        self.entries_of_kind(kind).map(|(_, o)| o)
+    }
+
+    /// The names of all objects of one kind, in namespace/name order.
+    pub fn refs_of_kind(&self, kind: Kind) -> impl Iterator<Item = &ObjectRef> {
+        self.entries_of_kind(kind).map(|(r, _)| r)
+    }
+
+    fn entries_of_kind(&self, kind: Kind) -> impl Iterator<Item = (&ObjectRef, &T)> {
         let start = ObjectRef::new(kind, String::new(), String::new());
         self.objects
             .range(start..)
             .take_while(move |(r, _)| r.kind == kind)
-            .map(|(_, o)| o)
     }
 
     pub fn len(&self) -> usize {
@@ -128,7 +155,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn svc(name: &str, port: i32) -> Object {
-        Object::Service(Service {
+        Object::Service(Box::new(Service {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("default".into()),
@@ -142,7 +169,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     }
 
     fn resync(objects: Vec<Object>) -> Event {

@@ -7,7 +7,9 @@ mod endpoints;
 mod node;
 mod service;
 
-pub use endpoints::{Endpoint, EndpointSet};
+pub use endpoints::{
+    Endpoint, EndpointSet, SERVICE_NAME_LABEL, Slice, SliceAddr, SliceEndpoint, SlicePort,
+};
 pub use node::NodeInfo;
 pub use service::{BackendAddr, Frontend, ServiceModel, SkipReason, service_frontends};
 

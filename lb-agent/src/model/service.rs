@@ -2,13 +2,12 @@
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lb_common::{
     PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_CLUSTER_IP,
     SVC_F_EXTERNAL_IP, SVC_F_LOCAL, SVC_F_NODEPORT, ServiceKey,
 };
 
-use super::{Endpoint, EndpointSet, ModelOptions, NodeInfo};
+use super::{Endpoint, EndpointSet, ModelOptions, NodeInfo, Slice};
 
 /// Default ClientIP affinity timeout (API default: 3 hours).
 const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
@@ -108,7 +107,7 @@ fn backends(eps: &[&Endpoint], proto: u8, node: &NodeInfo) -> Vec<BackendAddr> {
 /// (label `kubernetes.io/service-name`).
 pub fn service_frontends(
     svc: &Service,
-    slices: &[&EndpointSlice],
+    slices: &[&Slice],
     node: &NodeInfo,
     opts: &ModelOptions,
 ) -> Result<ServiceModel, SkipReason> {
@@ -303,8 +302,10 @@ mod tests {
     fn svc(yaml: &str) -> Service {
         serde_yaml::from_str(yaml).unwrap()
     }
-    fn slice(yaml: &str) -> EndpointSlice {
-        serde_yaml::from_str(yaml).unwrap()
+    fn slice(yaml: &str) -> Slice {
+        let es: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_yaml::from_str(yaml).unwrap();
+        Slice::from(&es)
     }
     fn node() -> NodeInfo {
         NodeInfo {

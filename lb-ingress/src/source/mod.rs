@@ -87,12 +87,12 @@ fn rank(ingress: &Ingress, r: &ObjectRef) -> Rank {
 pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
     let mut problems = Vec::new();
     let classes = store.of_kind(Kind::IngressClass).filter_map(|o| match o {
-        Object::IngressClass(c) => Some(c),
+        Object::IngressClass(c) => Some(&**c),
         _ => None,
     });
     let default = class::class_is_default(classes, class);
     let slices = SliceIndex::new(store.of_kind(Kind::EndpointSlice).filter_map(|o| match o {
-        Object::EndpointSlice(s) => Some(s),
+        Object::EndpointSlice(s) => Some(&**s),
         _ => None,
     }));
     let mut pools: HashMap<(String, String, String), (String, Arc<Pool>)> = HashMap::new();
