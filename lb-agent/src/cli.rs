@@ -91,6 +91,11 @@ pub struct RunArgs {
     pub conntrack_size: u32,
     #[arg(long, default_value_t = lb_common::DEFAULT_AFFINITY_SIZE)]
     pub affinity_size: u32,
+    /// Seconds a removed TCP endpoint's backend entry is kept for the connections already
+    /// on it (no new connection goes there); afterwards they are moved to another
+    /// endpoint. 0: at once. UDP flows always move at once (as kube-proxy flushes them).
+    #[arg(long, default_value_t = 60)]
+    pub removed_endpoint_grace_s: u64,
 }
 
 #[derive(clap::Args, Debug)]

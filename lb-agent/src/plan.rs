@@ -4,9 +4,10 @@
 //! in reverse). No I/O here: [`crate::maps`] applies the operations.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use lb_common::maglev::{MaglevBackend, backend_identity, build_table};
-use lb_common::{BACKEND_F_LOCAL, BackendValue, ServiceKey, ServiceValue};
+use lb_common::{BACKEND_F_LOCAL, BackendValue, PROTO_TCP, ServiceKey, ServiceValue};
 
 use crate::model::{BackendAddr, Frontend};
 
@@ -55,7 +56,8 @@ impl MapOp {
 /// Identity of a backend in the maps: one entry per frontend and endpoint. Not shared
 /// between frontends, so that removing an endpoint from one Service deletes the entry its
 /// connections point at (the kernel then re-selects, as kube-proxy flushes conntrack
-/// for a removed UDP endpoint) even while another Service still uses the same pod.
+/// for a removed UDP endpoint; a TCP entry is deleted after the retire grace period)
+/// even while another Service still uses the same pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendKey {
     pub frontend: ServiceKey,
@@ -158,6 +160,12 @@ pub struct Programmed {
     backend_ids: Ids,
     /// Backend ids read back from the maps that no table references.
     orphan_backends: Vec<u32>,
+    /// TCP backend entries no frontend wants any more, kept for `retire_grace` so that
+    /// connections already on them finish (kube-proxy leaves a removed endpoint's TCP
+    /// conntrack entries alone; the kernel re-selects only once the entry is gone). Never
+    /// in a Maglev table, so no new connection picks them; their ids are not reused.
+    retired: BTreeMap<BackendKey, (BackendState, Instant)>,
+    retire_grace: Duration,
 }
 
 impl Programmed {
@@ -168,6 +176,8 @@ impl Programmed {
             backends: HashMap::new(),
             tables: HashMap::new(),
             orphan_backends: Vec::new(),
+            retired: BTreeMap::new(),
+            retire_grace: Duration::ZERO,
             lut_ids: Ids::new(0, limits.max_services),
             // Backend id 0 means "unset" in the kernel: never allocate it.
             backend_ids: Ids::new(1, limits.max_backends.saturating_add(1)),
@@ -240,6 +250,49 @@ impl Programmed {
         self.backends.len()
     }
 
+    /// How long a removed TCP endpoint's backend entry stays for the connections already
+    /// on it (zero: deleted at once, and those connections re-select).
+    pub fn set_retire_grace(&mut self, grace: Duration) {
+        self.retire_grace = grace;
+    }
+
+    /// Backend entries kept only for connections already on them.
+    pub fn retired_count(&self) -> usize {
+        self.retired.len()
+    }
+
+    /// Deletes retired backend entries older than the grace period.
+    pub fn expire_retired(&mut self, now: Instant) -> Vec<MapOp> {
+        let expired: Vec<BackendKey> = self
+            .retired
+            .iter()
+            .filter(|(_, (_, at))| now.duration_since(*at) >= self.retire_grace)
+            .map(|(k, _)| *k)
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|k| self.retired.remove(&k))
+            .map(|(b, _)| {
+                self.backend_ids.release(b.id);
+                MapOp::DelBackend { id: b.id }
+            })
+            .collect()
+    }
+
+    /// A backend id: a free one, else the oldest retired entry's (its connections then
+    /// re-select; the caller's PutBackend overwrites the entry, so no delete is planned).
+    fn alloc_backend_id(&mut self) -> Option<u32> {
+        if let Some(id) = self.backend_ids.alloc() {
+            return Some(id);
+        }
+        let oldest = self
+            .retired
+            .iter()
+            .min_by_key(|(_, (_, at))| *at)
+            .map(|(k, _)| *k)?;
+        self.retired.remove(&oldest).map(|(b, _)| b.id)
+    }
+
     pub fn limits(&self) -> Limits {
         self.limits
     }
@@ -271,14 +324,22 @@ impl Programmed {
                 Err(e) => errors.push((f.key, e)),
             }
         }
+        let now = Instant::now();
         for key in released_backends {
             if let Some(b) = self.backends.get_mut(&key) {
                 b.refs -= 1;
                 if b.refs == 0 {
-                    let id = b.id;
-                    self.backends.remove(&key);
-                    self.backend_ids.release(id);
-                    ops.push(MapOp::DelBackend { id });
+                    let Some(state) = self.backends.remove(&key) else {
+                        continue;
+                    };
+                    if key.proto == PROTO_TCP && !self.retire_grace.is_zero() {
+                        self.retired.insert(key, (state, now));
+                    } else {
+                        // UDP: kube-proxy flushes a removed endpoint's UDP conntrack
+                        // entries, so the flow re-selects at once.
+                        self.backend_ids.release(state.id);
+                        ops.push(MapOp::DelBackend { id: state.id });
+                    }
                 }
             }
         }
@@ -322,6 +383,10 @@ impl Programmed {
                 proto: b.proto,
                 flags: if b.local { BACKEND_F_LOCAL } else { 0 },
             };
+            if let Some((state, _)) = self.retired.remove(&key) {
+                // The endpoint came back within the grace period: same entry, same id.
+                self.backends.insert(key, BackendState { refs: 0, ..state });
+            }
             match self.backends.get_mut(&key) {
                 Some(state) => {
                     state.refs += 1;
@@ -334,7 +399,7 @@ impl Programmed {
                     }
                 }
                 None => {
-                    let Some(id) = self.backend_ids.alloc() else {
+                    let Some(id) = self.alloc_backend_id() else {
                         // Undo what this frontend took so the state stays consistent.
                         for k in &acquired {
                             released.push(*k);
@@ -427,7 +492,7 @@ impl Programmed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::{PROTO_TCP, SCOPE_INTERNAL};
+    use lb_common::{PROTO_UDP, SCOPE_INTERNAL};
 
     const LIMITS: Limits = Limits {
         max_services: 4,
@@ -457,6 +522,83 @@ mod tests {
             standby: vec![],
             port_name: String::new(),
         }
+    }
+
+    fn put_ids(ops: &[MapOp]) -> Vec<u32> {
+        ops.iter()
+            .filter_map(|o| match o {
+                MapOp::PutBackend { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn del_ids(ops: &[MapOp]) -> Vec<u32> {
+        ops.iter()
+            .filter_map(|o| match o {
+                MapOp::DelBackend { id } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_removed_tcp_endpoint_keeps_its_entry_for_the_grace_period_only() {
+        let grace = Duration::from_mins(1);
+        let mut p = Programmed::new(LIMITS);
+        p.set_retire_grace(grace);
+        let (ops, _) = p.plan(&[], &[fe(80, &[1, 2, 3])]);
+        assert_eq!(put_ids(&ops), [1, 2, 3]);
+        // Endpoint .3 (id 3) leaves: out of the table, entry kept, id not reused.
+        let (ops, _) = p.plan(&[], &[fe(80, &[1, 2])]);
+        assert!(del_ids(&ops).is_empty(), "{ops:?}");
+        assert_eq!(p.retired_count(), 1);
+        let (ops, _) = p.plan(&[], &[fe(80, &[1, 2, 4])]);
+        assert_eq!(put_ids(&ops), [4], "a new endpoint gets a new id: {ops:?}");
+        // Back within the grace period: the same entry again, nothing to write for it.
+        let (ops, _) = p.plan(&[], &[fe(80, &[1, 2, 3, 4])]);
+        assert!(put_ids(&ops).is_empty(), "{ops:?}");
+        assert_eq!(p.retired_count(), 0);
+        // Gone again; deleted only once the grace period is over.
+        p.plan(&[], &[fe(80, &[1, 2, 4])]);
+        assert!(p.expire_retired(Instant::now()).is_empty());
+        let later = Instant::now() + grace;
+        assert_eq!(del_ids(&p.expire_retired(later)), [3]);
+        assert_eq!(p.retired_count(), 0);
+        let (ops, _) = p.plan(&[], &[fe(80, &[1, 2, 4, 5])]);
+        assert_eq!(put_ids(&ops), [3], "the expired id is free again");
+    }
+
+    #[test]
+    fn a_removed_udp_endpoint_is_deleted_at_once() {
+        let mut p = Programmed::new(LIMITS);
+        p.set_retire_grace(Duration::from_mins(1));
+        let udp = |backends: &[u8]| {
+            let mut f = fe(53, backends);
+            f.key.proto = PROTO_UDP;
+            for b in &mut f.backends {
+                b.proto = PROTO_UDP;
+            }
+            f
+        };
+        p.plan(&[], &[udp(&[1, 2])]);
+        let (ops, _) = p.plan(&[], &[udp(&[1])]);
+        assert_eq!(del_ids(&ops), [2]);
+        assert_eq!(p.retired_count(), 0);
+    }
+
+    #[test]
+    fn a_full_backend_map_reuses_the_oldest_retired_entry() {
+        let mut p = Programmed::new(LIMITS); // 8 backends
+        p.set_retire_grace(Duration::from_mins(1));
+        p.plan(&[], &[fe(80, &[1, 2, 3, 4, 5, 6, 7, 8])]);
+        p.plan(&[], &[fe(80, &[2, 3, 4, 5, 6, 7, 8])]);
+        let (ops, errs) = p.plan(&[], &[fe(80, &[2, 3, 4, 5, 6, 7, 8, 9])]);
+        assert!(errs.is_empty(), "{errs:?}");
+        // Id 1 is overwritten by the new backend; no delete may follow the write.
+        assert_eq!(put_ids(&ops), [1]);
+        assert!(del_ids(&ops).is_empty(), "{ops:?}");
+        assert_eq!(p.retired_count(), 0);
     }
 
     fn ranks(ops: &[MapOp]) -> Vec<u8> {

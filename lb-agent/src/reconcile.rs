@@ -122,6 +122,25 @@ impl<W: MapWriter> Reconciler<W> {
         self.netns_cookie = cookie;
     }
 
+    /// See [`Programmed::set_retire_grace`].
+    pub fn set_retire_grace(&mut self, grace: std::time::Duration) {
+        self.programmed.set_retire_grace(grace);
+    }
+
+    /// Deletes the backend entries of removed endpoints whose grace period is over.
+    pub fn expire_retired(&mut self) -> Outcome {
+        let mut out = Outcome::default();
+        let ops = self.programmed.expire_retired(Instant::now());
+        if !ops.is_empty() {
+            debug!(
+                entries = ops.len(),
+                "removed endpoints' backend entries expired"
+            );
+        }
+        self.apply(&ops, &mut out);
+        out
+    }
+
     pub fn is_synced(&self) -> bool {
         self.synced
     }

@@ -41,6 +41,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut reconciler = Reconciler::new(&args.node_name, opts, limits, writer)?;
     reconciler.set_netns_cookie(crate::preflight::netns_cookie().unwrap_or(0));
+    reconciler.set_retire_grace(Duration::from_secs(args.removed_endpoint_grace_s));
     let shared: Shared = Arc::new(Mutex::new(reconciler));
 
     // Metrics on their own address: only /metrics there.
@@ -120,8 +121,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut health_checks = crate::healthcheck::HealthCheckServers::default();
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut expire = tokio::time::interval(Duration::from_secs(1));
+    expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = expire.tick() => {
+                let mut r = shared.lock().map_err(|_| anyhow::anyhow!("reconciler lock poisoned"))?;
+                let outcome = r.expire_retired();
+                metrics.map_write_errors.inc_by(outcome.map_errors as u64);
+            }
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 let received = Instant::now();

@@ -153,7 +153,7 @@ pub fn lb_tc_from_pod(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_from_pod(ctx: &TcContext) -> Result<Exit, Reason> {
-    let pkt = TcPkt(ctx);
+    let pkt = TcPkt::new(ctx);
     let p = parse_counted(&pkt)?;
     if p.key.proto == PROTO_ICMP {
         let exit = icmp::translate_error(&pkt, &p)?;
@@ -189,7 +189,7 @@ pub fn lb_tc_to_pod(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_to_pod(ctx: &TcContext) -> Result<Exit, Reason> {
-    let pkt = TcPkt(ctx);
+    let pkt = TcPkt::new(ctx);
     let p = parse_counted(&pkt)?;
     let reply = if p.key.proto == PROTO_ICMP {
         Some(icmp::translate_error(&pkt, &p)?)
