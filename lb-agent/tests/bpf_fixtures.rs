@@ -23,8 +23,8 @@ use lb_common::{
     AffinityKey, AffinityValue, BACKEND_F_LOCAL, BackendValue, CtValue, FlowKey, HAIRPIN_ADDR_BE,
     MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_MAGLEV, MAP_REASONS, MAP_REVNAT,
     MAP_SERVICES, MAP_SVC_COUNTERS, NatValue, NodeConfig, PROTO_TCP, PROTO_UDP, Reason,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_CLUSTER_IP, SVC_F_LOCAL, SVC_F_NODEPORT,
-    ServiceKey, ServiceValue, SvcCounters,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_CLUSTER_IP, SVC_F_DROP_EMPTY,
+    SVC_F_LOCAL, SVC_F_NODEPORT, ServiceKey, ServiceValue, SvcCounters,
 };
 
 const XDP_DROP: u32 = 1;
@@ -1102,6 +1102,39 @@ fn snat_port_exhaustion_drops() {
     let (v, _) = env.run(PROG_XDP, &tcp(CLIENT, 2, NODE, 30080, SYN).build());
     assert_eq!(v, XDP_DROP, "the only SNAT port is taken");
     assert_eq!(env.reason(Reason::DropSnatExhausted), 1);
+}
+
+/// kube-proxy drops (no RST, no ICMP) a new connection to an entry whose Local traffic
+/// policy leaves it no endpoint on this node while the Service has endpoints elsewhere.
+#[test]
+fn no_local_endpoints_under_a_local_policy_is_a_silent_drop() {
+    let mut env = env();
+    env.service(
+        NODE,
+        30091,
+        PROTO_TCP,
+        SCOPE_EXTERNAL,
+        4,
+        SVC_F_NODEPORT | SVC_F_LOCAL | SVC_F_DROP_EMPTY,
+        &[],
+    );
+    let (v, _) = env.run(PROG_XDP, &tcp(CLIENT, 50_020, NODE, 30091, SYN).build());
+    assert_eq!(v, XDP_DROP);
+    let (v, _) = env.run(PROG_XDP, &udp(CLIENT, 50_021, NODE, 30091).build());
+    assert_eq!(v, XDP_PASS, "another protocol is not this entry");
+    env.service(
+        VIP,
+        8081,
+        PROTO_UDP,
+        SCOPE_INTERNAL,
+        5,
+        SVC_F_CLUSTER_IP | SVC_F_LOCAL | SVC_F_DROP_EMPTY,
+        &[],
+    );
+    let (v, _) = env.run(PROG_TC_FROM_POD, &udp(POD_A, 5555, VIP, 8081).build());
+    assert_eq!(v, TC_ACT_SHOT, "no ICMP port unreachable either");
+    assert_eq!(env.reason(Reason::DropNoLocalEndpoints), 2);
+    assert_eq!(env.reason(Reason::RejectNoEndpoints), 0);
 }
 
 #[test]

@@ -81,6 +81,10 @@ pub const SVC_F_NODEPORT: u32 = 1 << 2;
 pub const SVC_F_EXTERNAL_IP: u32 = 1 << 3;
 /// A ClusterIP entry.
 pub const SVC_F_CLUSTER_IP: u32 = 1 << 4;
+/// With `backend_count == 0`: the Service has endpoints, just none this entry's Local
+/// traffic policy may use, so new connections are dropped (kube-proxy's "has no local
+/// endpoints" DROP), not rejected: a load balancer's health check steers clients away.
+pub const SVC_F_DROP_EMPTY: u32 = 1 << 5;
 
 /// Value of [`MAP_SERVICES`].
 #[repr(C)]
@@ -88,7 +92,8 @@ pub const SVC_F_CLUSTER_IP: u32 = 1 << 4;
 pub struct ServiceValue {
     /// Index of this entry's Maglev table and counters; stable for the entry's life.
     pub lut_id: u32,
-    /// Number of usable backends in the table; 0 means reject (RST / ICMP unreachable).
+    /// Number of usable backends in the table; 0 means reject (RST / ICMP unreachable),
+    /// or drop with [`SVC_F_DROP_EMPTY`].
     pub backend_count: u32,
     /// `SVC_F_*` bits.
     pub flags: u32,

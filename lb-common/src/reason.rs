@@ -34,11 +34,14 @@ pub enum Reason {
     PassOther = 12,
     /// A checksum or header rewrite helper failed.
     DropRewriteFailed = 13,
+    /// A new connection to a Service entry with a Local traffic policy and no endpoint
+    /// on this node while the Service has endpoints elsewhere: dropped, as kube-proxy does.
+    DropNoLocalEndpoints = 14,
 }
 
 impl Reason {
     /// Number of slots; the size of the `REASONS` array.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotService,
@@ -55,6 +58,7 @@ impl Reason {
         Reason::IpOptions,
         Reason::PassOther,
         Reason::DropRewriteFailed,
+        Reason::DropNoLocalEndpoints,
     ];
 
     /// The metric label value for this slot.
@@ -74,6 +78,7 @@ impl Reason {
             Reason::IpOptions => "ip_options",
             Reason::PassOther => "pass_other",
             Reason::DropRewriteFailed => "drop_rewrite_failed",
+            Reason::DropNoLocalEndpoints => "drop_no_local_endpoints",
         }
     }
 }

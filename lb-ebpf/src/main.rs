@@ -38,6 +38,7 @@ fn drops(reason: Reason) -> bool {
             | Reason::DropConntrackFull
             | Reason::DropSnatExhausted
             | Reason::DropRewriteFailed
+            | Reason::DropNoLocalEndpoints
             | Reason::RejectNoEndpoints
     )
 }

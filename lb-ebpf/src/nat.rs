@@ -5,7 +5,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     AffinityKey, AffinityValue, BACKEND_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_HAIRPIN,
     CT_F_SNAT, CtValue, FlowKey, HAIRPIN_ADDR_BE, NatValue, NodeConfig, Reason, SCOPE_EXTERNAL,
-    SVC_F_AFFINITY, SVC_F_LOCAL, ServiceKey, ServiceValue, maglev::flow_hash,
+    SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_LOCAL, ServiceKey, ServiceValue, maglev::flow_hash,
 };
 
 use crate::{
@@ -226,6 +226,9 @@ pub fn forward<P: Packet>(
     };
     count_svc(svc.lut_id, pkt.len());
     if svc.backend_count == 0 {
+        if svc.flags & SVC_F_DROP_EMPTY != 0 {
+            return Err(Reason::DropNoLocalEndpoints);
+        }
         return Ok(Exit {
             action: Action::Reject,
             reason: Reason::RejectNoEndpoints,

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, SCOPE_INTERNAL,
-    SVC_F_AFFINITY, ServiceKey, SockRevKey, SockRevValue, maglev::flow_hash,
+    SVC_F_AFFINITY, SVC_F_DROP_EMPTY, ServiceKey, SockRevKey, SockRevValue, maglev::flow_hash,
 };
 
 use crate::maps::{
@@ -76,7 +76,13 @@ pub fn forward(ctx: &SockAddrContext) -> i32 {
     };
     count_svc(svc.lut_id, 0);
     if svc.backend_count == 0 {
-        count(Reason::RejectNoEndpoints);
+        // A socket cannot be left to time out the way a dropped SYN does: the connect
+        // fails at once either way, counted under the packet path's reason.
+        count(if svc.flags & SVC_F_DROP_EMPTY != 0 {
+            Reason::DropNoLocalEndpoints
+        } else {
+            Reason::RejectNoEndpoints
+        });
         return REJECT;
     }
     // SAFETY: helper on our own context.

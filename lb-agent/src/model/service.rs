@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::core::v1::Service;
 use lb_common::{
     PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_CLUSTER_IP,
-    SVC_F_EXTERNAL_IP, SVC_F_LOCAL, SVC_F_NODEPORT, ServiceKey,
+    SVC_F_DROP_EMPTY, SVC_F_EXTERNAL_IP, SVC_F_LOCAL, SVC_F_NODEPORT, ServiceKey,
 };
 
 use super::{Endpoint, EndpointSet, ModelOptions, NodeInfo, Slice};
@@ -235,10 +235,24 @@ pub fn service_frontends(
         let ext_local_flag = if etp_local { SVC_F_LOCAL } else { 0 };
 
         let draining = backends(&set.terminating(), proto, node);
+        // kube-proxy (CategorizeEndpoints): the endpoints some entry of this Service may
+        // use. None at all: reject. Some, but none for an entry with a Local policy: that
+        // entry drops ("has no local endpoints"), so a load balancer's health check, not
+        // an RST, moves clients to a node that has endpoints.
+        let externally_accessible = node_port.is_some() || !extra_ips.is_empty();
+        let uses_cluster = !itp_local || (externally_accessible && !etp_local);
+        let uses_local = itp_local || (externally_accessible && etp_local);
+        let has_endpoints =
+            (uses_cluster && !cluster.is_empty()) || (uses_local && !local.is_empty());
         let mut push = |addr: Ipv4Addr, port: u16, scope: u8, flags: u32, b: &Vec<BackendAddr>| {
+            let drop_empty = if b.is_empty() && has_endpoints {
+                SVC_F_DROP_EMPTY
+            } else {
+                0
+            };
             model.frontends.push(Frontend {
                 key: key(addr, port, proto, scope),
-                flags: flags | affinity_flag,
+                flags: flags | affinity_flag | drop_empty,
                 affinity_timeout_s,
                 backends: b.clone(),
                 standby: draining
@@ -460,5 +474,61 @@ spec: {clusterIP: 10.96.0.10, sessionAffinity: ClientIP, internalTrafficPolicy: 
         assert_eq!(f.affinity_timeout_s, 10_800);
         assert!(f.flags & SVC_F_AFFINITY != 0 && f.flags & SVC_F_LOCAL != 0);
         assert_eq!(f.backends.len(), 1);
+    }
+
+    /// kube-proxy's REJECT versus DROP: an entry whose Local policy leaves it without
+    /// endpoints drops when the Service has endpoints elsewhere, rejects when it has none.
+    #[test]
+    fn local_policy_without_local_endpoints_drops_and_no_endpoints_at_all_rejects() {
+        // SLICE's ready endpoint on this node (node-0) is removed: only node-1 has one.
+        let remote_only = SLICE.replace(
+            "- {addresses: [\"10.244.0.10\"], nodeName: node-0, conditions: {ready: true}}\n",
+            "",
+        );
+        let lb = r"
+metadata: {name: web, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  externalTrafficPolicy: Local
+  ports: [{name: http, port: 80, nodePort: 30080}]";
+        let m = frontends_of(lb, &remote_only);
+        for f in &m.frontends {
+            let external = f.key.scope == SCOPE_EXTERNAL;
+            assert_eq!(f.backends.is_empty(), external, "{f:?}");
+            assert_eq!(f.flags & SVC_F_DROP_EMPTY != 0, external, "{f:?}");
+        }
+        // No endpoint anywhere: every entry rejects.
+        let none = SLICE.split("endpoints:").next().unwrap().to_owned() + "endpoints: []\n";
+        for f in &frontends_of(lb, &none).frontends {
+            assert!(
+                f.backends.is_empty() && f.flags & SVC_F_DROP_EMPTY == 0,
+                "{f:?}"
+            );
+        }
+        // internalTrafficPolicy Local on a ClusterIP-only Service uses local endpoints
+        // only: none here means none at all for it, so it rejects.
+        let itp = r"
+metadata: {name: web}
+spec: {clusterIP: 10.96.0.10, internalTrafficPolicy: Local, ports: [{name: http, port: 80}]}";
+        let f = &frontends_of(itp, &remote_only).frontends[0];
+        assert!(
+            f.backends.is_empty() && f.flags & SVC_F_DROP_EMPTY == 0,
+            "{f:?}"
+        );
+        // ... but with a NodePort using cluster endpoints, the ClusterIP entry drops.
+        let itp_np = r"
+metadata: {name: web}
+spec: {type: NodePort, clusterIP: 10.96.0.10, internalTrafficPolicy: Local, ports: [{name: http, port: 80, nodePort: 30080}]}";
+        let m = frontends_of(itp_np, &remote_only);
+        let cip = m
+            .frontends
+            .iter()
+            .find(|f| f.flags & SVC_F_CLUSTER_IP != 0)
+            .unwrap();
+        assert!(
+            cip.backends.is_empty() && cip.flags & SVC_F_DROP_EMPTY != 0,
+            "{cip:?}"
+        );
     }
 }
