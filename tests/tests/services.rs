@@ -570,3 +570,55 @@ fn udp_should_keep_working_when_the_server_endpoints_cycle() {
         );
     }
 }
+
+/// Mirrors "should implement service.kubernetes.io/service-proxy-name" and "should
+/// implement service.kubernetes.io/headless": a Service carrying either label is left to
+/// someone else (nothing answers at its ClusterIP) while an unlabelled one next to it
+/// works; once the label is removed it is served.
+#[test]
+fn should_implement_service_proxy_name_and_headless_labels() {
+    let c = cluster();
+    let pods = ["backend-0", "backend-1"];
+    let ns = c.pod_ns("frontend-0");
+    let plain_addr = sock(Ipv4Addr::new(10, 96, 13, 1), 80);
+    c.apply(
+        "plain.yaml",
+        &service_yaml(
+            &c,
+            "plain",
+            "  clusterIP: 10.96.13.1\n  clusterIPs: [10.96.13.1]",
+            &pods,
+            false,
+        ),
+    );
+    for (i, label) in [
+        "service.kubernetes.io/service-proxy-name: foo-bar",
+        "service.kubernetes.io/headless: \"\"",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ip = Ipv4Addr::new(10, 96, 13, 10 + i as u8);
+        let name = format!("labelled-{i}");
+        let spec = format!("  clusterIP: {ip}\n  clusterIPs: [{ip}]");
+        let unlabelled = service_yaml(&c, &name, &spec, &pods, false);
+        let labelled = unlabelled.replacen(
+            "  namespace: default\n",
+            &format!("  namespace: default\n  labels:\n    {label}\n"),
+            1,
+        );
+        assert_ne!(labelled, unlabelled);
+        let file = format!("{name}.yaml");
+        c.apply(&file, &labelled);
+        let addr = sock(ip, 80);
+        let got =
+            c.sb.in_ns(&ns, || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(1500))
+            })
+            .expect("netns");
+        assert!(got.is_err(), "{label}: the Service answered: {got:?}");
+        assert_eq!(c.distinct(&ns, plain_addr, 6), names(&pods), "{label}");
+        c.apply(&file, &unlabelled);
+        assert_eq!(c.distinct(&ns, addr, 12), names(&pods), "{label} removed");
+    }
+}

@@ -59,6 +59,8 @@ pub enum SkipReason {
     Headless,
     #[error("labelled service.kubernetes.io/service-proxy-name={0}, served by another proxy")]
     OtherProxy(String),
+    #[error("labelled service.kubernetes.io/headless: not proxied")]
+    HeadlessLabel,
     /// A Service that cannot be translated: reported, counted and skipped.
     #[error("{0}")]
     Invalid(String),
@@ -119,6 +121,16 @@ pub fn service_frontends(
         && opts.service_proxy_name.as_deref() != Some(v.as_str())
     {
         return Err(SkipReason::OtherProxy(v.clone()));
+    }
+    // kube-proxy's informers select `!service.kubernetes.io/headless`: a Service with the
+    // label (any value) is not proxied, and is again once the label is gone.
+    if svc
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key("service.kubernetes.io/headless"))
+    {
+        return Err(SkipReason::HeadlessLabel);
     }
     let spec = svc
         .spec
@@ -447,6 +459,13 @@ status: {loadBalancer: {ingress: [{ip: 10.0.100.1}]}}",
             service_proxy_name: Some("foo".into()),
         };
         assert!(service_frontends(&other, &[], &n, &mine).is_ok());
+        let labelled = svc(r#"
+metadata: {name: h, labels: {service.kubernetes.io/headless: ""}}
+spec: {clusterIP: 10.96.0.12, ports: [{port: 80}]}"#);
+        assert_eq!(
+            service_frontends(&labelled, &[], &n, &o),
+            Err(SkipReason::HeadlessLabel)
+        );
     }
 
     #[test]
