@@ -29,6 +29,8 @@ fn flags(v: &ServiceValue) -> Vec<&'static str> {
         (lb_common::SVC_F_EXTERNAL_IP, "ExternalIP"),
         (lb_common::SVC_F_LOCAL, "Local"),
         (lb_common::SVC_F_AFFINITY, "ClientIP-affinity"),
+        (lb_common::SVC_F_DROP_EMPTY, "DropWhenEmpty"),
+        (lb_common::SVC_F_SRC_RANGES, "SourceRanges"),
     ] {
         if v.flags & bit != 0 {
             f.push(name);

@@ -37,6 +37,17 @@ pub enum MapOp {
     DelBackend {
         id: u32,
     },
+    /// One `loadBalancerSourceRanges` network of a service entry.
+    PutSrcRange {
+        lut_id: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+    },
+    DelSrcRange {
+        lut_id: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+    },
 }
 
 impl MapOp {
@@ -45,9 +56,11 @@ impl MapOp {
         match self {
             MapOp::PutBackend { .. } => 0,
             MapOp::ResetCounters { .. } => 1,
-            MapOp::PutSlots { .. } => 2,
+            // Ranges are in place before the entry that says to check them; a range is
+            // removed only after the entry stopped referring to it (or is gone).
+            MapOp::PutSlots { .. } | MapOp::PutSrcRange { .. } => 2,
             MapOp::PutService { .. } => 3,
-            MapOp::DelService { .. } => 4,
+            MapOp::DelService { .. } | MapOp::DelSrcRange { .. } => 4,
             MapOp::DelBackend { .. } => 5,
         }
     }
@@ -90,6 +103,8 @@ pub struct ServiceState {
     pub value: ServiceValue,
     /// Every backend entry this frontend holds (table backends and standby ones).
     pub backends: Vec<BackendKey>,
+    /// Its `loadBalancerSourceRanges` entries, sorted.
+    pub src_ranges: Vec<(Ipv4Addr, u8)>,
 }
 
 /// Allocates small integer ids, lowest free first.
@@ -160,6 +175,8 @@ pub struct Programmed {
     backend_ids: Ids,
     /// Backend ids read back from the maps that no table references.
     orphan_backends: Vec<u32>,
+    /// Source ranges read back whose lut id no service entry holds.
+    orphan_ranges: Vec<(u32, Ipv4Addr, u8)>,
     /// TCP backend entries no frontend wants any more, kept for `retire_grace` so that
     /// connections already on them finish (kube-proxy leaves a removed endpoint's TCP
     /// conntrack entries alone; the kernel re-selects only once the entry is gone). Never
@@ -176,6 +193,7 @@ impl Programmed {
             backends: HashMap::new(),
             tables: HashMap::new(),
             orphan_backends: Vec::new(),
+            orphan_ranges: Vec::new(),
             retired: BTreeMap::new(),
             retire_grace: Duration::ZERO,
             lut_ids: Ids::new(0, limits.max_services),
@@ -190,6 +208,7 @@ impl Programmed {
         services: Vec<(ServiceKey, ServiceValue)>,
         backends: Vec<(u32, BackendValue)>,
         tables: HashMap<u32, Vec<u32>>,
+        ranges: &[(u32, Ipv4Addr, u8)],
     ) -> Self {
         let mut p = Programmed::new(limits);
         let mut by_id: HashMap<u32, BackendValue> = HashMap::new();
@@ -227,17 +246,32 @@ impl Programmed {
                 );
                 keys.push(k);
             }
+            let mut src_ranges: Vec<(Ipv4Addr, u8)> = ranges
+                .iter()
+                .filter(|(lut, _, _)| *lut == value.lut_id)
+                .map(|(_, a, l)| (*a, *l))
+                .collect();
+            src_ranges.sort_unstable();
             p.services.insert(
                 key,
                 ServiceState {
                     value,
                     backends: keys,
+                    src_ranges,
                 },
             );
         }
         // Entries no table points at (standby backends of draining endpoints, or leftovers):
         // removed after the first full sync, when the desired state is known.
         p.orphan_backends = by_id.into_keys().collect();
+        // Ranges of lut ids no service entry holds: their ids stay taken until they are
+        // deleted, so that no new entry inherits a stale range.
+        for &(lut, addr, prefix) in ranges {
+            if !p.services.values().any(|s| s.value.lut_id == lut) {
+                p.lut_ids.take(lut);
+                p.orphan_ranges.push((lut, addr, prefix));
+            }
+        }
         p.tables = tables;
         p
     }
@@ -308,13 +342,23 @@ impl Programmed {
         let mut ops = Vec::new();
         let mut errors = Vec::new();
         let mut released_backends: Vec<BackendKey> = Vec::new();
+        // Released after the upserts, so that no entry of this batch reuses a lut id whose
+        // range deletions are still in the batch (they run after the puts).
+        let mut released_luts: Vec<u32> = Vec::new();
         for key in remove {
             if upsert.iter().any(|f| f.key == *key) {
                 continue;
             }
             if let Some(old) = self.services.remove(key) {
                 ops.push(MapOp::DelService { key: *key });
-                self.lut_ids.release(old.value.lut_id);
+                for &(addr, prefix) in &old.src_ranges {
+                    ops.push(MapOp::DelSrcRange {
+                        lut_id: old.value.lut_id,
+                        addr,
+                        prefix,
+                    });
+                }
+                released_luts.push(old.value.lut_id);
                 released_backends.extend(old.backends);
             }
         }
@@ -323,6 +367,9 @@ impl Programmed {
                 Ok(()) => {}
                 Err(e) => errors.push((f.key, e)),
             }
+        }
+        for id in released_luts {
+            self.lut_ids.release(id);
         }
         let now = Instant::now();
         for key in released_backends {
@@ -448,6 +495,28 @@ impl Programmed {
             flags: f.flags,
             affinity_timeout_s: f.affinity_timeout_s,
         };
+        let mut src_ranges = f.source_ranges.clone();
+        src_ranges.sort_unstable();
+        src_ranges.dedup();
+        let old_ranges = old.as_ref().map_or(&[][..], |o| &o.src_ranges[..]);
+        for &(addr, prefix) in &src_ranges {
+            if !old_ranges.contains(&(addr, prefix)) {
+                ops.push(MapOp::PutSrcRange {
+                    lut_id,
+                    addr,
+                    prefix,
+                });
+            }
+        }
+        for &(addr, prefix) in old_ranges {
+            if !src_ranges.contains(&(addr, prefix)) {
+                ops.push(MapOp::DelSrcRange {
+                    lut_id,
+                    addr,
+                    prefix,
+                });
+            }
+        }
         if old.as_ref().map(|o| o.value) != Some(value) {
             ops.push(MapOp::PutService { key: f.key, value });
         }
@@ -459,6 +528,7 @@ impl Programmed {
             ServiceState {
                 value,
                 backends: acquired,
+                src_ranges,
             },
         );
         Ok(())
@@ -467,18 +537,39 @@ impl Programmed {
     /// Deletes backend entries read back at start that nothing references any more.
     /// Call after the first full sync.
     pub fn prune_orphan_backends(&mut self) -> Vec<MapOp> {
+        let mut ops = Vec::new();
+        let mut luts = BTreeSet::new();
+        for (lut_id, addr, prefix) in std::mem::take(&mut self.orphan_ranges) {
+            luts.insert(lut_id);
+            ops.push(MapOp::DelSrcRange {
+                lut_id,
+                addr,
+                prefix,
+            });
+        }
+        for lut in luts {
+            self.lut_ids.release(lut);
+        }
         let ids = std::mem::take(&mut self.orphan_backends);
-        ids.into_iter()
-            .map(|id| {
-                self.backend_ids.release(id);
-                MapOp::DelBackend { id }
-            })
-            .collect()
+        ops.extend(ids.into_iter().map(|id| {
+            self.backend_ids.release(id);
+            MapOp::DelBackend { id }
+        }));
+        ops
     }
 
     /// Forgets a service entry whose write failed, so that a later sync retries it.
-    pub fn forget(&mut self, key: &ServiceKey) {
+    /// Returns the deletions of the source ranges written for it, to apply next.
+    pub fn forget(&mut self, key: &ServiceKey) -> Vec<MapOp> {
+        let mut ops = Vec::new();
         if let Some(old) = self.services.remove(key) {
+            for &(addr, prefix) in &old.src_ranges {
+                ops.push(MapOp::DelSrcRange {
+                    lut_id: old.value.lut_id,
+                    addr,
+                    prefix,
+                });
+            }
             self.lut_ids.release(old.value.lut_id);
             for k in old.backends {
                 if let Some(b) = self.backends.get_mut(&k) {
@@ -486,6 +577,7 @@ impl Programmed {
                 }
             }
         }
+        ops
     }
 }
 
@@ -521,6 +613,7 @@ mod tests {
                 .collect(),
             standby: vec![],
             port_name: String::new(),
+            source_ranges: vec![],
         }
     }
 
@@ -708,9 +801,95 @@ mod tests {
                 _ => {}
             }
         }
-        let mut q = Programmed::restore(LIMITS, services, backends, tables);
+        let mut q = Programmed::restore(LIMITS, services, backends, tables, &[]);
         let (ops, errs) = q.plan(&[], &[fe(80, &[1, 2]), fe(81, &[])]);
         assert!(errs.is_empty());
         assert!(ops.is_empty(), "restart must not rewrite anything: {ops:?}");
+    }
+
+    #[test]
+    fn source_ranges_are_written_before_the_entry_and_removed_after_it() {
+        let mut p = Programmed::new(LIMITS);
+        let mut f = fe(80, &[1]);
+        f.source_ranges = vec![(Ipv4Addr::new(10, 0, 0, 0), 8)];
+        let (ops, _) = p.plan(&[], &[f.clone()]);
+        let put = ops
+            .iter()
+            .position(|o| matches!(o, MapOp::PutSrcRange { prefix: 8, .. }))
+            .expect("range written");
+        let svc = ops
+            .iter()
+            .position(|o| matches!(o, MapOp::PutService { .. }))
+            .unwrap();
+        assert!(put < svc, "{ops:?}");
+        // One range swapped for another: put the new, delete the old after the entry.
+        f.source_ranges = vec![(Ipv4Addr::new(10, 1, 0, 0), 16)];
+        let (ops, _) = p.plan(&[], &[f.clone()]);
+        assert!(
+            matches!(
+                ops.as_slice(),
+                [
+                    MapOp::PutSrcRange { prefix: 16, .. },
+                    MapOp::DelSrcRange { prefix: 8, .. }
+                ]
+            ),
+            "{ops:?}"
+        );
+        // Removed with the entry, after it; its lut id is not reused in the same batch.
+        let mut g = fe(81, &[2]);
+        g.source_ranges = vec![(Ipv4Addr::new(10, 2, 0, 0), 16)];
+        let (ops, _) = p.plan(&[f.key], &[g]);
+        let lut_of = |o: &MapOp| match o {
+            MapOp::PutSrcRange { lut_id, .. } | MapOp::DelSrcRange { lut_id, .. } => Some(*lut_id),
+            _ => None,
+        };
+        let puts: Vec<u32> = ops
+            .iter()
+            .filter(|o| matches!(o, MapOp::PutSrcRange { .. }))
+            .filter_map(lut_of)
+            .collect();
+        let dels: Vec<u32> = ops
+            .iter()
+            .filter(|o| matches!(o, MapOp::DelSrcRange { .. }))
+            .filter_map(lut_of)
+            .collect();
+        assert_eq!((puts.len(), dels.len()), (1, 1), "{ops:?}");
+        assert_ne!(
+            puts[0], dels[0],
+            "a deleted range must not be the new entry's"
+        );
+    }
+
+    #[test]
+    fn restored_ranges_plan_nothing_and_orphans_are_pruned_without_lut_reuse() {
+        let mut p = Programmed::new(LIMITS);
+        let mut f = fe(80, &[1, 2]);
+        f.source_ranges = vec![(Ipv4Addr::new(10, 0, 0, 0), 8)];
+        let mut maps = crate::maps::memory::MemoryMaps::new(4, 8);
+        let (ops, _) = p.plan(&[], &[f.clone()]);
+        for op in &ops {
+            crate::maps::MapWriter::apply(&mut maps, op).unwrap();
+        }
+        // A range left by a service entry that no longer exists (lut 3).
+        maps.src_ranges
+            .insert((3, Ipv4Addr::new(192, 168, 0, 0), 16));
+        let rb = crate::maps::MapWriter::read_back(&maps, LIMITS.maglev_size).unwrap();
+        let mut q =
+            Programmed::restore(LIMITS, rb.services, rb.backends, rb.tables, &rb.src_ranges);
+        let (ops, _) = q.plan(&[], &[f]);
+        assert!(ops.is_empty(), "{ops:?}");
+        // Until pruned, lut 3 is not handed out.
+        let (ops, _) = q.plan(&[], &[fe(81, &[3]), fe(82, &[4]), fe(83, &[5])]);
+        assert!(
+            !ops.iter()
+                .any(|o| matches!(o, MapOp::PutService { value, .. } if value.lut_id == 3)),
+            "{ops:?}"
+        );
+        let pruned = q.prune_orphan_backends();
+        assert!(pruned.contains(&MapOp::DelSrcRange {
+            lut_id: 3,
+            addr: Ipv4Addr::new(192, 168, 0, 0),
+            prefix: 16
+        }));
     }
 }

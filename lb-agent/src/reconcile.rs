@@ -99,7 +99,8 @@ impl<W: MapWriter> Reconciler<W> {
                 "found programmed maps from a previous run; they keep serving until the first sync"
             );
         }
-        let programmed = Programmed::restore(limits, rb.services, rb.backends, rb.tables);
+        let programmed =
+            Programmed::restore(limits, rb.services, rb.backends, rb.tables, &rb.src_ranges);
         Ok(Reconciler {
             node: NodeInfo::named(node_name),
             opts,
@@ -405,6 +406,7 @@ impl<W: MapWriter> Reconciler<W> {
     }
 
     fn apply(&mut self, ops: &[crate::plan::MapOp], out: &mut Outcome) {
+        let mut cleanup = Vec::new();
         for op in ops {
             match self.writer.apply(op) {
                 Ok(()) => out.ops_applied += 1,
@@ -412,7 +414,7 @@ impl<W: MapWriter> Reconciler<W> {
                     warn!(map, ?op, "map full: entry not written");
                     out.map_full.push(map);
                     if let crate::plan::MapOp::PutService { key, .. } = op {
-                        self.programmed.forget(key);
+                        cleanup.extend(self.programmed.forget(key));
                         self.owner.remove(key);
                     }
                 }
@@ -420,10 +422,16 @@ impl<W: MapWriter> Reconciler<W> {
                     warn!(error = %e, ?op, "map write failed");
                     out.map_errors += 1;
                     if let crate::plan::MapOp::PutService { key, .. } = op {
-                        self.programmed.forget(key);
+                        cleanup.extend(self.programmed.forget(key));
                         self.owner.remove(key);
                     }
                 }
+            }
+        }
+        for op in &cleanup {
+            if let Err(e) = self.writer.apply(op) {
+                warn!(error = %e, ?op, "map write failed");
+                out.map_errors += 1;
             }
         }
     }

@@ -24,7 +24,8 @@ use lb_common::{
     MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_MAGLEV, MAP_REASONS, MAP_REVNAT,
     MAP_SERVICES, MAP_SVC_COUNTERS, NatValue, NodeConfig, PROTO_TCP, PROTO_UDP, Reason,
     SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_CLUSTER_IP, SVC_F_DROP_EMPTY,
-    SVC_F_LOCAL, SVC_F_NODEPORT, ServiceKey, ServiceValue, SvcCounters,
+    SVC_F_EXTERNAL_IP, SVC_F_LOCAL, SVC_F_NODEPORT, SVC_F_SRC_RANGES, ServiceKey, ServiceValue,
+    SvcCounters,
 };
 
 const XDP_DROP: u32 = 1;
@@ -1102,6 +1103,72 @@ fn snat_port_exhaustion_drops() {
     let (v, _) = env.run(PROG_XDP, &tcp(CLIENT, 2, NODE, 30080, SYN).build());
     assert_eq!(v, XDP_DROP, "the only SNAT port is taken");
     assert_eq!(env.reason(Reason::DropSnatExhausted), 1);
+}
+
+/// loadBalancerSourceRanges, written through the agent's own writer (so its key encoding is
+/// what the program looks up): a SYN from inside a range is served, from outside dropped;
+/// a connection already established is not cut by it (only new ones are checked).
+#[test]
+fn source_ranges_admit_only_listed_sources_to_a_load_balancer_address() {
+    use lb_agent::maps::{MapWriter as _, kernel::KernelMaps};
+    use lb_agent::plan::MapOp;
+    let mut env = env();
+    let lb_ip = [203, 0, 113, 7];
+    let b = backend_a();
+    env.service(
+        lb_ip,
+        443,
+        PROTO_TCP,
+        SCOPE_EXTERNAL,
+        6,
+        SVC_F_EXTERNAL_IP | SVC_F_SRC_RANGES,
+        &[&b],
+    );
+    let mut maps = KernelMaps::open_pinned(&env.dir).expect("pinned maps");
+    // 192.168.50.0/25 holds CLIENT (.99); /30 around .200 does not; lut 5's range is
+    // another entry's.
+    for (lut_id, addr, prefix) in [
+        (6, Ipv4Addr::new(192, 168, 50, 0), 25),
+        (6, Ipv4Addr::new(192, 168, 50, 200), 30),
+        (5, Ipv4Addr::new(198, 51, 100, 0), 24),
+    ] {
+        maps.apply(&MapOp::PutSrcRange {
+            lut_id,
+            addr,
+            prefix,
+        })
+        .expect("range");
+    }
+    let (v, out) = env.run(PROG_XDP, &tcp(CLIENT, 50_100, lb_ip, 443, SYN).build());
+    assert_eq!(v, XDP_PASS);
+    assert_eq!(view(&out).daddr, ip(POD_B), "inside the range: served");
+    let outsider = [192, 168, 50, 130];
+    let (v, _) = env.run(PROG_XDP, &tcp(outsider, 50_101, lb_ip, 443, SYN).build());
+    assert_eq!(v, XDP_DROP, "outside every range of this entry");
+    let other_entry = [198, 51, 100, 9];
+    let (v, _) = env.run(PROG_XDP, &tcp(other_entry, 50_102, lb_ip, 443, SYN).build());
+    assert_eq!(v, XDP_DROP, "another entry's range does not count");
+    assert_eq!(env.reason(Reason::DropSourceRange), 2);
+    // The range that admitted CLIENT goes: its established flow goes on, a new one not.
+    maps.apply(&MapOp::DelSrcRange {
+        lut_id: 6,
+        addr: Ipv4Addr::new(192, 168, 50, 0),
+        prefix: 25,
+    })
+    .expect("delete");
+    let (v, _) = env.run(PROG_XDP, &tcp(CLIENT, 50_100, lb_ip, 443, ACK).build());
+    assert_eq!(v, XDP_PASS);
+    let (v, _) = env.run(PROG_XDP, &tcp(CLIENT, 50_103, lb_ip, 443, SYN).build());
+    assert_eq!(v, XDP_DROP);
+    let mut back = maps.read_back(M).expect("read back").src_ranges;
+    back.sort_unstable();
+    assert_eq!(
+        back,
+        [
+            (5, Ipv4Addr::new(198, 51, 100, 0), 24),
+            (6, Ipv4Addr::new(192, 168, 50, 200), 30)
+        ]
+    );
 }
 
 /// kube-proxy drops (no RST, no ICMP) a new connection to an entry whose Local traffic

@@ -27,8 +27,13 @@ pub const MAP_CONFIG: &str = "LB_CONFIG";
 /// to show in recvmsg4/getpeername4: [`SockRevKey`] -> [`SockRevValue`]. LRU hash.
 pub const MAP_SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
 
+/// `loadBalancerSourceRanges`: (lut id, source network) -> 1, longest-prefix match over
+/// [`SrcRangeKey`] with prefix length `32 + network bits`. A service entry with
+/// [`SVC_F_SRC_RANGES`] takes new connections only from sources found here. LPM trie.
+pub const MAP_SRC_RANGES: &str = "LB_SRC_RANGES";
+
 /// Every map of the object, for tools that open or remove all pins.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -39,6 +44,7 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_REASONS,
     MAP_CONFIG,
     MAP_SOCK_REVNAT,
+    MAP_SRC_RANGES,
 ];
 
 /// Default capacities; the agent can override them with flags before load.
@@ -47,6 +53,7 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 65_536;
 pub const DEFAULT_MAGLEV_SIZE: u32 = 1021;
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
 pub const DEFAULT_AFFINITY_SIZE: u32 = 65_536;
+pub const DEFAULT_SRC_RANGES_SIZE: u32 = 16_384;
 
 /// IP protocol numbers as used in keys.
 pub const PROTO_TCP: u8 = 6;
@@ -85,6 +92,20 @@ pub const SVC_F_CLUSTER_IP: u32 = 1 << 4;
 /// traffic policy may use, so new connections are dropped (kube-proxy's "has no local
 /// endpoints" DROP), not rejected: a load balancer's health check steers clients away.
 pub const SVC_F_DROP_EMPTY: u32 = 1 << 5;
+/// The entry has `loadBalancerSourceRanges`: new connections from a source not in
+/// [`MAP_SRC_RANGES`] under this entry's lut id are dropped (kube-proxy's KUBE-FW chain).
+pub const SVC_F_SRC_RANGES: u32 = 1 << 6;
+
+/// Data of a [`MAP_SRC_RANGES`] key (after the LPM prefix length): the lut id, matched in
+/// full, then the source network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SrcRangeKey {
+    /// Big-endian, so that it is the first 32 bits the trie matches.
+    pub lut_id_be: u32,
+    pub addr_be: u32,
+}
+const _: () = assert!(core::mem::size_of::<SrcRangeKey>() == 8);
 
 /// Value of [`MAP_SERVICES`].
 #[repr(C)]
@@ -269,4 +290,5 @@ mod pod {
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::SockRevValue {}
+    unsafe impl aya::Pod for super::SrcRangeKey {}
 }

@@ -37,11 +37,14 @@ pub enum Reason {
     /// A new connection to a Service entry with a Local traffic policy and no endpoint
     /// on this node while the Service has endpoints elsewhere: dropped, as kube-proxy does.
     DropNoLocalEndpoints = 14,
+    /// A new connection to a LoadBalancer address from a source outside the Service's
+    /// `loadBalancerSourceRanges`: dropped.
+    DropSourceRange = 15,
 }
 
 impl Reason {
     /// Number of slots; the size of the `REASONS` array.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotService,
@@ -59,6 +62,7 @@ impl Reason {
         Reason::PassOther,
         Reason::DropRewriteFailed,
         Reason::DropNoLocalEndpoints,
+        Reason::DropSourceRange,
     ];
 
     /// The metric label value for this slot.
@@ -79,6 +83,7 @@ impl Reason {
             Reason::PassOther => "pass_other",
             Reason::DropRewriteFailed => "drop_rewrite_failed",
             Reason::DropNoLocalEndpoints => "drop_no_local_endpoints",
+            Reason::DropSourceRange => "drop_source_range",
         }
     }
 }

@@ -39,6 +39,7 @@ fn drops(reason: Reason) -> bool {
             | Reason::DropSnatExhausted
             | Reason::DropRewriteFailed
             | Reason::DropNoLocalEndpoints
+            | Reason::DropSourceRange
             | Reason::RejectNoEndpoints
     )
 }

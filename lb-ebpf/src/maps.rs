@@ -5,13 +5,13 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use lb_common::{
     AffinityKey, AffinityValue, BackendValue, CtValue, DEFAULT_AFFINITY_SIZE,
     DEFAULT_CONNTRACK_SIZE, DEFAULT_MAGLEV_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
-    FlowKey, NatValue, NodeConfig, Reason, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
-    SvcCounters,
+    DEFAULT_SRC_RANGES_SIZE, FlowKey, NatValue, NodeConfig, Reason, ServiceKey, ServiceValue,
+    SockRevKey, SockRevValue, SrcRangeKey, SvcCounters,
 };
 
 /// (address, port, protocol, scope) -> service entry. Written last by the agent.
@@ -60,6 +60,23 @@ pub static LB_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 #[map]
 pub static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
     LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
+
+/// loadBalancerSourceRanges: (lut id, source network) -> 1, longest-prefix match.
+#[map]
+pub static LB_SRC_RANGES: LpmTrie<SrcRangeKey, u8> = LpmTrie::pinned(DEFAULT_SRC_RANGES_SIZE, 0);
+
+/// True when `saddr_be` is inside one of the source ranges of service entry `lut_id`.
+#[inline(always)]
+pub fn source_allowed(lut_id: u32, saddr_be: u32) -> bool {
+    let key = Key::new(
+        64,
+        SrcRangeKey {
+            lut_id_be: lut_id.to_be(),
+            addr_be: saddr_be,
+        },
+    );
+    LB_SRC_RANGES.get(&key).is_some()
+}
 
 /// Counts one exit under `reason`.
 #[inline(always)]

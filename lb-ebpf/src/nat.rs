@@ -5,11 +5,15 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     AffinityKey, AffinityValue, BACKEND_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_HAIRPIN,
     CT_F_SNAT, CtValue, FlowKey, HAIRPIN_ADDR_BE, NatValue, NodeConfig, Reason, SCOPE_EXTERNAL,
-    SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_LOCAL, ServiceKey, ServiceValue, maglev::flow_hash,
+    SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_LOCAL, SVC_F_SRC_RANGES, ServiceKey, ServiceValue,
+    maglev::flow_hash,
 };
 
 use crate::{
-    maps::{LB_AFFINITY, LB_BACKENDS, LB_CONNTRACK, LB_MAGLEV, LB_REVNAT, LB_SERVICES, count_svc},
+    maps::{
+        LB_AFFINITY, LB_BACKENDS, LB_CONNTRACK, LB_MAGLEV, LB_REVNAT, LB_SERVICES, count_svc,
+        source_allowed,
+    },
     packet::{Packet, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -224,6 +228,9 @@ pub fn forward<P: Packet>(
         }
         return Err(Reason::PassNotService);
     };
+    if svc.flags & SVC_F_SRC_RANGES != 0 && !source_allowed(svc.lut_id, key.saddr_be) {
+        return Err(Reason::DropSourceRange);
+    }
     count_svc(svc.lut_id, pkt.len());
     if svc.backend_count == 0 {
         if svc.flags & SVC_F_DROP_EMPTY != 0 {

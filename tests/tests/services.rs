@@ -622,3 +622,70 @@ fn should_implement_service_proxy_name_and_headless_labels() {
         assert_eq!(c.distinct(&ns, addr, 12), names(&pods), "{label} removed");
     }
 }
+
+/// Mirrors "should only allow access from service loadbalancer source ranges": the
+/// LoadBalancer address answers only clients inside `loadBalancerSourceRanges` (from
+/// outside and from pods alike), and everyone again once the ranges are removed. The
+/// client reaches the LB address through node-0, as a router announcing it would send it.
+#[test]
+fn should_only_allow_access_from_service_loadbalancer_source_ranges() {
+    let c = cluster();
+    let lb_ip = Ipv4Addr::new(10, 0, 113, 1);
+    lb_tests::netns::run(std::process::Command::new("ip").args([
+        "-n",
+        c.sb.client_ns(),
+        "route",
+        "replace",
+        &format!("{lb_ip}/32"),
+        "via",
+        &c.sb.node(0).ip.to_string(),
+    ]))
+    .expect("route to the LB address");
+    let yaml = |ranges: &str| {
+        let spec = format!(
+            "  type: LoadBalancer\n  clusterIP: 10.96.14.1\n  clusterIPs: [10.96.14.1]{ranges}"
+        );
+        service_yaml(&c, "lbsr", &spec, &["backend-0", "backend-1"], false).replacen(
+            "\n---",
+            &format!("\nstatus:\n  loadBalancer:\n    ingress: [{{ip: {lb_ip}}}]\n---"),
+            1,
+        )
+    };
+    let addr = sock(lb_ip, 80);
+    let client = c.sb.client_ns().to_owned();
+    let pod = c.pod_ns("frontend-0");
+    let refused = |ns: &str| {
+        c.sb.in_ns(ns, || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(1500))
+        })
+        .expect("netns")
+        .is_err()
+    };
+    c.apply(
+        "lbsr.yaml",
+        &yaml(&format!(
+            "\n  loadBalancerSourceRanges: [\"{CLIENT_IP}/32\"]"
+        )),
+    );
+    assert_eq!(
+        c.distinct(&client, addr, 8).len(),
+        2,
+        "client inside the range"
+    );
+    assert!(
+        refused(&pod),
+        "a pod outside the range reached the LB address"
+    );
+    c.apply(
+        "lbsr.yaml",
+        &yaml("\n  loadBalancerSourceRanges: [\"10.255.0.0/16\"]"),
+    );
+    assert!(refused(&client), "the client outside the range reached it");
+    c.apply("lbsr.yaml", &yaml(""));
+    assert_eq!(c.distinct(&client, addr, 8).len(), 2, "no ranges: open");
+    assert_eq!(
+        c.distinct(&pod, addr, 8).len(),
+        2,
+        "no ranges: open to pods"
+    );
+}

@@ -9,8 +9,9 @@ use aya::{
 };
 use lb_common::{
     DEFAULT_AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAGLEV_SIZE, DEFAULT_MAX_BACKENDS,
-    DEFAULT_MAX_SERVICES, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_MAGLEV, MAP_REVNAT,
-    MAP_SERVICES, MAP_SOCK_REVNAT, MAP_SVC_COUNTERS,
+    DEFAULT_MAX_SERVICES, DEFAULT_SRC_RANGES_SIZE, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK,
+    MAP_MAGLEV, MAP_REASONS, MAP_REVNAT, MAP_SERVICES, MAP_SOCK_REVNAT, MAP_SRC_RANGES,
+    MAP_SVC_COUNTERS, Reason,
 };
 
 use super::{BpfError, mounts};
@@ -45,7 +46,7 @@ impl Default for LoadOptions {
 
 impl LoadOptions {
     /// (map name, max entries) for every map whose size is configurable.
-    pub fn sizes(&self) -> [(&'static str, u32); 8] {
+    pub fn sizes(&self) -> [(&'static str, u32); 9] {
         [
             (MAP_SERVICES, self.max_services),
             (MAP_BACKENDS, self.max_backends),
@@ -55,6 +56,7 @@ impl LoadOptions {
             (MAP_AFFINITY, self.affinity_size),
             (MAP_SVC_COUNTERS, self.max_services),
             (MAP_SOCK_REVNAT, self.conntrack_size),
+            (MAP_SRC_RANGES, DEFAULT_SRC_RANGES_SIZE),
         ]
     }
 }
@@ -88,6 +90,7 @@ impl Dataplane {
             dir: dir.clone(),
             source,
         })?;
+        replace_old_reasons(dir);
         let sizes = opts.sizes();
         for (map, wanted) in sizes {
             check_pinned_size(dir, map, wanted)?;
@@ -148,6 +151,29 @@ fn static_name(name: &str) -> &'static str {
     .into_iter()
     .find(|n| *n == name)
     .unwrap_or("unknown program")
+}
+
+/// A verdict-reason array pinned by an agent that knew fewer reasons: counters only, so it
+/// is unpinned and created anew at the current size (programs still attached keep theirs
+/// until they are replaced). Without this the new reasons would go uncounted.
+fn replace_old_reasons(dir: &Path) {
+    let path = dir.join(MAP_REASONS);
+    let size = MapData::from_pin(&path)
+        .ok()
+        .and_then(|m| m.info().ok())
+        .map(|i| i.max_entries());
+    if let Some(size) = size
+        && size != Reason::COUNT
+    {
+        tracing::info!(
+            pinned = size,
+            wanted = Reason::COUNT,
+            "replacing the verdict reason counters"
+        );
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot unpin the old reason counters");
+        }
+    }
 }
 
 fn check_pinned_size(dir: &Path, map: &'static str, wanted: u32) -> Result<(), BpfError> {

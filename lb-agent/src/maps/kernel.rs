@@ -6,12 +6,13 @@
 use std::path::Path;
 
 use anyhow::Context as _;
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::util::nr_cpus;
 use lb_common::{
     BackendValue, CtValue, FlowKey, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_MAGLEV,
-    MAP_REASONS, MAP_REVNAT, MAP_SERVICES, MAP_SVC_COUNTERS, NatValue, NodeConfig, Reason,
-    ServiceKey, ServiceValue, SvcCounters,
+    MAP_REASONS, MAP_REVNAT, MAP_SERVICES, MAP_SRC_RANGES, MAP_SVC_COUNTERS, NatValue, NodeConfig,
+    Reason, ServiceKey, ServiceValue, SrcRangeKey, SvcCounters,
 };
 
 use super::{MapWriteError, MapWriter, ReadBack};
@@ -30,6 +31,17 @@ pub struct KernelMaps {
     reasons: PerCpuArray<MapData, u64>,
     conntrack: HashMap<MapData, FlowKey, CtValue>,
     revnat: HashMap<MapData, FlowKey, NatValue>,
+    src_ranges: LpmTrie<MapData, SrcRangeKey, u8>,
+}
+
+fn src_range_key(lut_id: u32, addr: std::net::Ipv4Addr, prefix: u8) -> Key<SrcRangeKey> {
+    Key::new(
+        32 + u32::from(prefix),
+        SrcRangeKey {
+            lut_id_be: lut_id.to_be(),
+            addr_be: u32::from(addr).to_be(),
+        },
+    )
 }
 
 fn open(dir: &Path, name: &str) -> anyhow::Result<Map> {
@@ -65,6 +77,7 @@ impl KernelMaps {
             reasons: open(dir, MAP_REASONS)?.try_into()?,
             conntrack: open(dir, MAP_CONNTRACK)?.try_into()?,
             revnat: open(dir, MAP_REVNAT)?.try_into()?,
+            src_ranges: open(dir, MAP_SRC_RANGES)?.try_into()?,
         })
     }
 }
@@ -151,6 +164,23 @@ impl MapWriter for KernelMaps {
             MapOp::DelBackend { id } => {
                 ignore_missing(self.backends.remove(id)).map_err(|e| classify(MAP_BACKENDS, e))
             }
+            MapOp::PutSrcRange {
+                lut_id,
+                addr,
+                prefix,
+            } => self
+                .src_ranges
+                .insert(&src_range_key(*lut_id, *addr, *prefix), 1, 0)
+                .map_err(|e| classify(MAP_SRC_RANGES, e)),
+            MapOp::DelSrcRange {
+                lut_id,
+                addr,
+                prefix,
+            } => ignore_missing(
+                self.src_ranges
+                    .remove(&src_range_key(*lut_id, *addr, *prefix)),
+            )
+            .map_err(|e| classify(MAP_SRC_RANGES, e)),
         }
     }
 
@@ -179,10 +209,24 @@ impl MapWriter for KernelMaps {
             };
             tables.insert(v.lut_id, t);
         }
+        let src_ranges = self
+            .src_ranges
+            .keys()
+            .map(|k| {
+                let k = k?;
+                let data = k.data();
+                Ok((
+                    u32::from_be(data.lut_id_be),
+                    std::net::Ipv4Addr::from(u32::from_be(data.addr_be)),
+                    u8::try_from(k.prefix_len().saturating_sub(32)).unwrap_or(32),
+                ))
+            })
+            .collect::<Result<Vec<_>, MapError>>()?;
         Ok(ReadBack {
             services,
             backends,
             tables,
+            src_ranges,
         })
     }
 

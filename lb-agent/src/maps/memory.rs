@@ -1,5 +1,6 @@
 //! An in-memory [`MapWriter`] with the kernel maps' capacities, for tests.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 
 use lb_common::{
     BackendValue, CtValue, FlowKey, NatValue, NodeConfig, ServiceKey, ServiceValue, SvcCounters,
@@ -14,6 +15,8 @@ pub struct MemoryMaps {
     pub backends: BTreeMap<u32, BackendValue>,
     /// Flattened Maglev array: (lut_id, slot) -> backend id.
     pub maglev: HashMap<(u32, u32), u32>,
+    /// Source ranges: (lut id, network, prefix length).
+    pub src_ranges: BTreeSet<(u32, Ipv4Addr, u8)>,
     pub max_services: usize,
     pub max_backends: usize,
     pub config: NodeConfig,
@@ -82,6 +85,20 @@ impl MapWriter for MemoryMaps {
             MapOp::DelBackend { id } => {
                 self.backends.remove(id);
             }
+            MapOp::PutSrcRange {
+                lut_id,
+                addr,
+                prefix,
+            } => {
+                self.src_ranges.insert((*lut_id, *addr, *prefix));
+            }
+            MapOp::DelSrcRange {
+                lut_id,
+                addr,
+                prefix,
+            } => {
+                self.src_ranges.remove(&(*lut_id, *addr, *prefix));
+            }
         }
         self.log.push(op.clone());
         Ok(())
@@ -104,6 +121,7 @@ impl MapWriter for MemoryMaps {
             services: self.services.iter().map(|(k, v)| (*k, *v)).collect(),
             backends: self.backends.iter().map(|(k, v)| (*k, *v)).collect(),
             tables,
+            src_ranges: self.src_ranges.iter().copied().collect(),
         })
     }
 

@@ -34,6 +34,8 @@ pub struct ReadBack {
     pub backends: Vec<(u32, BackendValue)>,
     /// Maglev tables of the lut ids in use.
     pub tables: HashMap<u32, Vec<u32>>,
+    /// Source ranges: (lut id, network, prefix length).
+    pub src_ranges: Vec<(u32, std::net::Ipv4Addr, u8)>,
 }
 
 /// Read and write access to the service maps.

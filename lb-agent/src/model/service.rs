@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::core::v1::Service;
 use lb_common::{
     PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_CLUSTER_IP,
-    SVC_F_DROP_EMPTY, SVC_F_EXTERNAL_IP, SVC_F_LOCAL, SVC_F_NODEPORT, ServiceKey,
+    SVC_F_DROP_EMPTY, SVC_F_EXTERNAL_IP, SVC_F_LOCAL, SVC_F_NODEPORT, SVC_F_SRC_RANGES, ServiceKey,
 };
 
 use super::{Endpoint, EndpointSet, ModelOptions, NodeInfo, Slice};
@@ -36,6 +36,9 @@ pub struct Frontend {
     pub standby: Vec<BackendAddr>,
     /// The Service port's name, for metrics and inspection.
     pub port_name: String,
+    /// `loadBalancerSourceRanges` (networks, host bits cleared) of a LoadBalancer address
+    /// entry: the only sources it accepts new connections from (with `SVC_F_SRC_RANGES`).
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
 }
 
 /// Everything this node programs for one Service.
@@ -105,6 +108,66 @@ fn backends(eps: &[&Endpoint], proto: u8, node: &NodeInfo) -> Vec<BackendAddr> {
     v
 }
 
+/// Legacy annotation kube-proxy still reads when `spec.loadBalancerSourceRanges` is empty.
+const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+
+/// The IPv4 `loadBalancerSourceRanges` (or the legacy annotation, comma-separated), host
+/// bits cleared, sorted and deduplicated. IPv6 ranges belong to the other family; an
+/// unparsable range is reported and left out.
+fn source_ranges(svc: &Service, problems: &mut Vec<String>) -> Vec<(Ipv4Addr, u8)> {
+    let from_spec: Vec<String> = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.load_balancer_source_ranges.clone())
+        .unwrap_or_default();
+    let raw: Vec<String> = if from_spec.is_empty() {
+        svc.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION))
+            .map(|v| {
+                v.split(',')
+                    .map(|r| r.trim().to_owned())
+                    .filter(|r| !r.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        from_spec
+    };
+    let mut out = Vec::new();
+    for r in &raw {
+        let parsed = r.split_once('/').map_or_else(
+            || {
+                r.parse::<std::net::IpAddr>()
+                    .map(|ip| (ip, if ip.is_ipv4() { 32 } else { 128 }))
+                    .ok()
+            },
+            |(ip, len)| {
+                Some((
+                    ip.trim().parse::<std::net::IpAddr>().ok()?,
+                    len.trim().parse::<u8>().ok()?,
+                ))
+            },
+        );
+        match parsed {
+            Some((std::net::IpAddr::V4(ip), len)) if len <= 32 => {
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(len))
+                };
+                out.push((Ipv4Addr::from(u32::from(ip) & mask), len));
+            }
+            Some((std::net::IpAddr::V6(_), len)) if len <= 128 => {}
+            _ => problems.push(format!("loadBalancerSourceRanges: {r:?} is not a CIDR")),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Computes the frontends of `svc` on `node`. `slices` are the Service's EndpointSlices
 /// (label `kubernetes.io/service-name`).
 pub fn service_frontends(
@@ -167,6 +230,7 @@ pub fn service_frontends(
         }
     }
     let mut extra_ips = Vec::new(); // externalIPs and LoadBalancer ingress IPs
+    let mut lb_ips = Vec::new(); // LoadBalancer ingress IPs only (source ranges apply)
     for s in spec.external_ips.iter().flatten() {
         match s.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V4(ip)) => extra_ips.push(ip),
@@ -192,14 +256,21 @@ pub fn service_frontends(
             if ing.ip_mode.as_deref() == Some("Proxy") {
                 continue;
             }
-            if let Some(Ok(ip)) = ing.ip.as_ref().map(|s| s.parse::<Ipv4Addr>())
-                && !extra_ips.contains(&ip)
-            {
-                extra_ips.push(ip);
+            if let Some(Ok(ip)) = ing.ip.as_ref().map(|s| s.parse::<Ipv4Addr>()) {
+                lb_ips.push(ip);
+                if !extra_ips.contains(&ip) {
+                    extra_ips.push(ip);
+                }
             }
         }
     }
 
+    let mut model = ServiceModel::default();
+    let source_ranges = if type_ == "LoadBalancer" {
+        source_ranges(svc, &mut model.problems)
+    } else {
+        Vec::new()
+    };
     let etp_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
@@ -218,7 +289,6 @@ pub fn service_frontends(
             (0, 0)
         };
 
-    let mut model = ServiceModel::default();
     let mut local_endpoints = 0_usize;
     let ports = spec.ports.as_deref().unwrap_or(&[]);
     for sp in ports {
@@ -262,9 +332,22 @@ pub fn service_frontends(
             } else {
                 0
             };
+            // Source ranges guard the LoadBalancer address itself (kube-proxy's KUBE-FW
+            // chain), from outside and from pods alike; NodePorts stay open.
+            let ranges = if flags & SVC_F_EXTERNAL_IP != 0 && lb_ips.contains(&addr) {
+                source_ranges.clone()
+            } else {
+                Vec::new()
+            };
+            let ranges_flag = if ranges.is_empty() {
+                0
+            } else {
+                SVC_F_SRC_RANGES
+            };
             model.frontends.push(Frontend {
                 key: key(addr, port, proto, scope),
-                flags: flags | affinity_flag | drop_empty,
+                flags: flags | affinity_flag | drop_empty | ranges_flag,
+                source_ranges: ranges,
                 affinity_timeout_s,
                 backends: b.clone(),
                 standby: draining
@@ -548,6 +631,69 @@ spec: {type: NodePort, clusterIP: 10.96.0.10, internalTrafficPolicy: Local, port
         assert!(
             cip.backends.is_empty() && cip.flags & SVC_F_DROP_EMPTY != 0,
             "{cip:?}"
+        );
+    }
+
+    /// loadBalancerSourceRanges guard the LoadBalancer address only (from outside and from
+    /// pods), not NodePorts, ClusterIPs or externalIPs; the legacy annotation is read when
+    /// the field is empty; IPv6 ranges are the other family's; a bad one is reported.
+    #[test]
+    fn source_ranges_apply_to_the_load_balancer_address_only() {
+        let lb = r#"
+metadata: {name: web, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.10
+  externalIPs: [10.0.200.1]
+  loadBalancerSourceRanges: ["192.168.7.9/24", "2001:db8::/32", "10.0.0.0/8", "nope/33"]
+  ports: [{name: http, port: 80, nodePort: 30080}]
+status: {loadBalancer: {ingress: [{ip: 10.0.100.1}]}}"#;
+        let m = frontends_of(lb, SLICE);
+        let want = vec![
+            (Ipv4Addr::new(10, 0, 0, 0), 8),
+            (Ipv4Addr::new(192, 168, 7, 0), 24),
+        ];
+        let lb_addr = u32::from(Ipv4Addr::new(10, 0, 100, 1)).to_be();
+        let mut guarded = 0;
+        for f in &m.frontends {
+            if f.key.addr_be == lb_addr {
+                guarded += 1;
+                assert_eq!(f.source_ranges, want, "{f:?}");
+                assert!(f.flags & SVC_F_SRC_RANGES != 0);
+            } else {
+                assert!(
+                    f.source_ranges.is_empty() && f.flags & SVC_F_SRC_RANGES == 0,
+                    "{f:?}"
+                );
+            }
+        }
+        assert_eq!(guarded, 2, "the LB address in both scopes");
+        assert_eq!(
+            m.problems,
+            ["loadBalancerSourceRanges: \"nope/33\" is not a CIDR"]
+        );
+        // The annotation, when the field is empty.
+        let annotated = lb
+            .replace(
+                "  loadBalancerSourceRanges: [\"192.168.7.9/24\", \"2001:db8::/32\", \"10.0.0.0/8\", \"nope/33\"]\n",
+                "",
+            )
+            .replace(
+                "namespace: default}",
+                "namespace: default, annotations: {service.beta.kubernetes.io/load-balancer-source-ranges: \"10.1.2.3/32, 10.9.0.0/16\"}}",
+            );
+        let m = frontends_of(&annotated, SLICE);
+        let f = m
+            .frontends
+            .iter()
+            .find(|f| f.key.addr_be == lb_addr)
+            .unwrap();
+        assert_eq!(
+            f.source_ranges,
+            [
+                (Ipv4Addr::new(10, 1, 2, 3), 32),
+                (Ipv4Addr::new(10, 9, 0, 0), 16)
+            ]
         );
     }
 }
