@@ -39,8 +39,17 @@ pub struct SliceEndpoint {
     pub ready: Option<bool>,
     pub serving: Option<bool>,
     pub terminating: Option<bool>,
-    /// `hints.forZones` names.
-    pub zone_hints: Box<[Box<str>]>,
+    /// `hints.forZones` and `hints.forNodes` names.
+    pub hints: Box<[Hint]>,
+}
+
+/// One topology hint of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hint {
+    /// `hints.forZones[].name` (trafficDistribution PreferClose / PreferSameZone).
+    Zone(Box<str>),
+    /// `hints.forNodes[].name` (trafficDistribution PreferSameNode).
+    Node(Box<str>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,13 +99,16 @@ impl From<&EndpointSlice> for Slice {
                         ready: cond.and_then(|c| c.ready),
                         serving: cond.and_then(|c| c.serving),
                         terminating: cond.and_then(|c| c.terminating),
-                        zone_hints: ep
+                        hints: ep
                             .hints
-                            .as_ref()
-                            .and_then(|h| h.for_zones.as_ref())
-                            .into_iter()
-                            .flatten()
-                            .map(|z| z.name.as_str().into())
+                            .iter()
+                            .flat_map(|h| {
+                                let zones = h.for_zones.iter().flatten();
+                                let nodes = h.for_nodes.iter().flatten();
+                                zones
+                                    .map(|z| Hint::Zone(z.name.as_str().into()))
+                                    .chain(nodes.map(|n| Hint::Node(n.name.as_str().into())))
+                            })
                             .collect(),
                     }
                 })
@@ -119,6 +131,8 @@ pub struct Endpoint {
     pub terminating: bool,
     /// Zones from topology hints (`hints.forZones`), empty when there are none.
     pub zone_hints: BTreeSet<String>,
+    /// Nodes from topology hints (`hints.forNodes`), empty when there are none.
+    pub node_hints: BTreeSet<String>,
 }
 
 /// All endpoints of one Service port, deduplicated by address and port.
@@ -187,7 +201,22 @@ impl EndpointSet {
                     ready: (ready && !terminating) || publish_not_ready,
                     serving,
                     terminating,
-                    zone_hints: ep.zone_hints.iter().map(ToString::to_string).collect(),
+                    zone_hints: ep
+                        .hints
+                        .iter()
+                        .filter_map(|h| match h {
+                            Hint::Zone(z) => Some(z.to_string()),
+                            Hint::Node(_) => None,
+                        })
+                        .collect(),
+                    node_hints: ep
+                        .hints
+                        .iter()
+                        .filter_map(|h| match h {
+                            Hint::Node(n) => Some(n.to_string()),
+                            Hint::Zone(_) => None,
+                        })
+                        .collect(),
                 };
                 if !out.iter().any(|o| o.addr == e.addr && o.port == e.port) {
                     out.push(e);
@@ -233,13 +262,28 @@ fn usable<'a>(eps: impl Iterator<Item = &'a Endpoint> + Clone) -> Vec<&'a Endpoi
     eps.filter(|e| e.serving && e.terminating).collect()
 }
 
-/// Topology-aware routing: when every endpoint carries zone hints and some are for this
-/// node's zone, use only those (kube-proxy's topology.go; otherwise hints are ignored).
+/// Topology-aware routing, as kube-proxy's topology.go: when every endpoint carries node
+/// hints (`trafficDistribution: PreferSameNode`) and some are for this node, only those;
+/// else when every endpoint carries zone hints and some are for this node's zone, only
+/// those; otherwise hints are ignored.
 fn apply_topology<'a>(eps: Vec<&'a Endpoint>, node: &NodeInfo) -> Vec<&'a Endpoint> {
+    if eps.is_empty() {
+        return eps;
+    }
+    if eps.iter().all(|e| !e.node_hints.is_empty()) {
+        let on_node: Vec<&Endpoint> = eps
+            .iter()
+            .copied()
+            .filter(|e| e.node_hints.contains(&node.name))
+            .collect();
+        if !on_node.is_empty() {
+            return on_node;
+        }
+    }
     let Some(zone) = node.zone.as_ref() else {
         return eps;
     };
-    if eps.is_empty() || eps.iter().any(|e| e.zone_hints.is_empty()) {
+    if eps.iter().any(|e| e.zone_hints.is_empty()) {
         return eps;
     }
     let in_zone: Vec<&Endpoint> = eps
@@ -321,5 +365,40 @@ endpoints:
         // What keeps 100k endpoints in a few MiB instead of 35 (k8s-openapi's Endpoint is
         // 352 bytes before its strings).
         assert!(std::mem::size_of::<SliceEndpoint>() <= 64);
+    }
+
+    /// kube-proxy's topology.go: same-node hints first (when every endpoint has some and
+    /// one is for this node), then same-zone hints, else every endpoint.
+    #[test]
+    fn node_hints_then_zone_hints_then_everything() {
+        let s = slice(
+            r#"
+metadata: {name: web-abc, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: ["10.244.0.10"], nodeName: node-0, hints: {forNodes: [{name: node-0}], forZones: [{name: a}]}}
+- {addresses: ["10.244.1.10"], nodeName: node-1, hints: {forNodes: [{name: node-1}], forZones: [{name: a}]}}
+- {addresses: ["10.244.2.10"], nodeName: node-2, hints: {forNodes: [{name: node-2}], forZones: [{name: b}]}}
+"#,
+        );
+        let (set, _) = EndpointSet::collect(&[&s], "http", "TCP", false);
+        let picked = |name: &str, zone: Option<&str>| -> Vec<String> {
+            let node = NodeInfo {
+                name: name.into(),
+                addrs: vec![],
+                zone: zone.map(Into::into),
+            };
+            set.cluster(&node).iter().map(|e| e.addr.to_string()).collect()
+        };
+        assert_eq!(picked("node-1", Some("a")), ["10.244.1.10"], "same node");
+        assert_eq!(picked("node-1", None), ["10.244.1.10"], "no zone needed");
+        assert_eq!(
+            picked("node-9", Some("a")),
+            ["10.244.0.10", "10.244.1.10"],
+            "no endpoint for this node: same zone"
+        );
+        assert_eq!(picked("node-9", None).len(), 3, "neither: all");
+        assert_eq!(picked("node-9", Some("c")).len(), 3, "no endpoint in the zone: all");
     }
 }

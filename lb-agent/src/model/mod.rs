@@ -8,7 +8,7 @@ mod node;
 mod service;
 
 pub use endpoints::{
-    Endpoint, EndpointSet, SERVICE_NAME_LABEL, Slice, SliceAddr, SliceEndpoint, SlicePort,
+    Endpoint, EndpointSet, Hint, SERVICE_NAME_LABEL, Slice, SliceAddr, SliceEndpoint, SlicePort,
 };
 pub use node::NodeInfo;
 pub use service::{BackendAddr, Frontend, ServiceModel, SkipReason, service_frontends};
