@@ -105,7 +105,11 @@ struct Agent {
 impl Agent {
     fn start(api: FakeApi, maps: MemoryMaps) -> Agent {
         let dir = tempfile::tempdir().unwrap();
-        let source = Box::new(KubeSource::new(Some(api.kubeconfig_file(dir.path()))));
+        // As the daemon does (run.rs): only its own Node, no headless Services' slices.
+        let source = Box::new(KubeSource::for_node(
+            Some(api.kubeconfig_file(dir.path())),
+            "node-0".into(),
+        ));
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(source.run(KindSet::of(&KINDS), tx));
         Agent {

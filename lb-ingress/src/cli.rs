@@ -124,6 +124,7 @@ impl RunArgs {
             },
             None => SourceConfig::Kube {
                 kubeconfig: self.kubeconfig.clone(),
+                node: None,
             },
         };
         let mut config = ServerConfig::new(source, self.listen);

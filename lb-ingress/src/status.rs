@@ -280,7 +280,7 @@ pub fn source(
             );
             source.into_source()
         }
-        SourceConfig::Kube { ref kubeconfig } => Box::new(StatusSource {
+        SourceConfig::Kube { ref kubeconfig, .. } => Box::new(StatusSource {
             kubeconfig: kubeconfig.clone(),
             inner: source.into_source(),
             class: class.to_owned(),

@@ -89,6 +89,7 @@ async fn start(api: &FakeApi, dir: &tempfile::TempDir, status: StatusConfig) -> 
     let mut config = ServerConfig::new(
         SourceConfig::Kube {
             kubeconfig: Some(api.kubeconfig_file(dir.path())),
+            node: None,
         },
         "127.0.0.1:0".parse().unwrap(),
     );

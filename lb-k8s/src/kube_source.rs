@@ -23,11 +23,26 @@ use crate::source::{Event, Source};
 /// `--kubeconfig FILE`, or the in-cluster configuration.
 pub struct KubeSource {
     kubeconfig: Option<PathBuf>,
+    node: Option<String>,
 }
 
 impl KubeSource {
     pub fn new(kubeconfig: Option<PathBuf>) -> Self {
-        KubeSource { kubeconfig }
+        KubeSource {
+            kubeconfig,
+            node: None,
+        }
+    }
+
+    /// For a node agent, as kube-proxy's informers are set up: only this Node is watched
+    /// (`metadata.name=NODE`; a cluster's Nodes, with their status, can be hundreds of
+    /// MiB), and EndpointSlices of headless Services (label
+    /// `service.kubernetes.io/headless`) are left on the server, since nothing proxies them.
+    pub fn for_node(kubeconfig: Option<PathBuf>, node: String) -> Self {
+        KubeSource {
+            kubeconfig,
+            node: Some(node),
+        }
     }
 }
 
@@ -75,23 +90,28 @@ impl Source for KubeSource {
             let mut tasks = tokio::task::JoinSet::new();
             for kind in kinds.iter() {
                 let (c, tx) = (client.clone(), tx.clone());
+                let config = watch_config(kind, self.node.as_deref());
                 match kind {
-                    Kind::Service => tasks.spawn(watch::<Service>(c, kind, tx, |o| {
+                    Kind::Service => tasks.spawn(watch::<Service>(c, kind, config, tx, |o| {
                         Object::Service(Box::new(o))
                     })),
-                    Kind::EndpointSlice => tasks.spawn(watch::<EndpointSlice>(c, kind, tx, |o| {
-                        Object::EndpointSlice(Box::new(o))
-                    })),
-                    Kind::Node => {
-                        tasks.spawn(watch::<Node>(c, kind, tx, |o| Object::Node(Box::new(o))))
+                    Kind::EndpointSlice => {
+                        tasks.spawn(watch::<EndpointSlice>(c, kind, config, tx, |o| {
+                            Object::EndpointSlice(Box::new(o))
+                        }))
                     }
-                    Kind::Ingress => tasks.spawn(watch::<Ingress>(c, kind, tx, |o| {
+                    Kind::Node => tasks.spawn(watch::<Node>(c, kind, config, tx, |o| {
+                        Object::Node(Box::new(o))
+                    })),
+                    Kind::Ingress => tasks.spawn(watch::<Ingress>(c, kind, config, tx, |o| {
                         Object::Ingress(Box::new(o))
                     })),
-                    Kind::IngressClass => tasks.spawn(watch::<IngressClass>(c, kind, tx, |o| {
-                        Object::IngressClass(Box::new(o))
-                    })),
-                    Kind::Secret => tasks.spawn(watch::<Secret>(c, kind, tx, |o| {
+                    Kind::IngressClass => {
+                        tasks.spawn(watch::<IngressClass>(c, kind, config, tx, |o| {
+                            Object::IngressClass(Box::new(o))
+                        }))
+                    }
+                    Kind::Secret => tasks.spawn(watch::<Secret>(c, kind, config, tx, |o| {
                         Object::Secret(Box::new(o))
                     })),
                 };
@@ -117,11 +137,25 @@ fn slim<K: Resource>(mut o: K) -> K {
     o
 }
 
+/// The server-side selectors of one kind's watch.
+fn watch_config(kind: Kind, node: Option<&str>) -> watcher::Config {
+    let config = watcher::Config::default();
+    match (kind, node) {
+        // Secrets: only TLS ones are ever needed; the field selector keeps others out of
+        // memory.
+        (Kind::Secret, _) => config.fields("type=kubernetes.io/tls"),
+        (Kind::Node, Some(node)) => config.fields(&format!("metadata.name={node}")),
+        (Kind::EndpointSlice, Some(_)) => config.labels("!service.kubernetes.io/headless"),
+        _ => config,
+    }
+}
+
 /// Watches one kind until the receiver goes away. Watch errors (including 410 Gone) are
 /// retried by kube-runtime with backoff, and a relist follows as Init..InitDone.
 async fn watch<K>(
     client: Client,
     kind: Kind,
+    config: watcher::Config,
     tx: mpsc::Sender<Event>,
     wrap: fn(K) -> Object,
 ) -> anyhow::Result<()>
@@ -129,12 +163,6 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let api: Api<K> = Api::all(client);
-    // Secrets: only TLS ones are ever needed; the field selector keeps others out of memory.
-    let config = if kind == Kind::Secret {
-        watcher::Config::default().fields("type=kubernetes.io/tls")
-    } else {
-        watcher::Config::default()
-    };
     let mut stream = watcher(api, config).default_backoff().boxed();
     let mut buffer: Vec<(Object, Option<String>)> = Vec::new();
     while let Some(item) = stream.next().await {

@@ -44,8 +44,12 @@ pub trait Source: Send + 'static {
 pub enum SourceConfig {
     /// `--manifests DIR`, polled every `interval` for changes.
     Manifests { dir: PathBuf, interval: Duration },
-    /// `--kubeconfig FILE`, or in-cluster configuration when `None`.
-    Kube { kubeconfig: Option<PathBuf> },
+    /// `--kubeconfig FILE`, or in-cluster configuration when `None`. `node`: a node
+    /// agent's own node name (see [`crate::kube_source::KubeSource::for_node`]).
+    Kube {
+        kubeconfig: Option<PathBuf>,
+        node: Option<String>,
+    },
 }
 
 impl SourceConfig {
@@ -54,9 +58,14 @@ impl SourceConfig {
             SourceConfig::Manifests { dir, interval } => {
                 Box::new(crate::manifests::ManifestDir::new(dir, interval))
             }
-            SourceConfig::Kube { kubeconfig } => {
-                Box::new(crate::kube_source::KubeSource::new(kubeconfig))
-            }
+            SourceConfig::Kube {
+                kubeconfig,
+                node: None,
+            } => Box::new(crate::kube_source::KubeSource::new(kubeconfig)),
+            SourceConfig::Kube {
+                kubeconfig,
+                node: Some(node),
+            } => Box::new(crate::kube_source::KubeSource::for_node(kubeconfig, node)),
         }
     }
 }

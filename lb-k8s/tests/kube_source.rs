@@ -191,6 +191,57 @@ async fn initial_listing_is_one_resync_per_kind() {
     );
 }
 
+/// A node agent's source (kube-proxy's informer setup): its own Node only, and no slices
+/// of headless Services, filtered by the API server.
+#[tokio::test]
+async fn a_node_agent_watches_its_own_node_and_no_headless_slices() {
+    let api = FakeApi::start_with(Config::default()).await;
+    api.apply(node("node-0", "10.0.0.10")).unwrap();
+    api.apply(node("node-1", "10.0.0.11")).unwrap();
+    api.apply(slice("web-1", "web", &["10.244.0.5"])).unwrap();
+    let mut headless = slice("db-1", "db", &["10.244.0.6"]);
+    headless["metadata"]["labels"]["service.kubernetes.io/headless"] = json!("");
+    api.apply(headless).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source = Box::new(KubeSource::for_node(
+        Some(api.kubeconfig_file(dir.path())),
+        "node-0".into(),
+    ));
+    let (tx, mut rx) = mpsc::channel(64);
+    let task = tokio::spawn(source.run(KindSet::of(&AGENT_KINDS), tx));
+    let mut store = Store::new();
+    timeout(WAIT, async {
+        while !store.is_synced(&AGENT_KINDS) {
+            store.apply(rx.recv().await.expect("source ended"));
+        }
+    })
+    .await
+    .expect("initial sync");
+    let names =
+        |kind| -> Vec<String> { store.of_kind(kind).map(|o| o.object_ref().name).collect() };
+    assert_eq!(names(Kind::Node), ["node-0"]);
+    assert_eq!(names(Kind::EndpointSlice), ["web-1"]);
+    // A change to another node never arrives; one to ours does.
+    api.apply(node("node-1", "10.0.0.21")).unwrap();
+    api.apply(node("node-0", "10.0.0.20")).unwrap();
+    let next = timeout(WAIT, rx.recv())
+        .await
+        .expect("an event")
+        .expect("source ended");
+    match next {
+        Event::Apply(o) => assert_eq!(o.object_ref().name, "node-0"),
+        other => panic!("expected node-0's update, got {other:?}"),
+    }
+    assert!(
+        api.requests()
+            .iter()
+            .filter(|r| r.kind == Some("Node"))
+            .all(|r| r.param("fieldSelector") == Some("metadata.name=node-0")),
+        "every Node request is for this node only"
+    );
+    task.abort();
+}
+
 #[tokio::test]
 async fn paginated_listing_is_complete_and_secrets_are_only_tls() {
     let config = Config {

@@ -389,7 +389,10 @@ endpoints:
                 addrs: vec![],
                 zone: zone.map(Into::into),
             };
-            set.cluster(&node).iter().map(|e| e.addr.to_string()).collect()
+            set.cluster(&node)
+                .iter()
+                .map(|e| e.addr.to_string())
+                .collect()
         };
         assert_eq!(picked("node-1", Some("a")), ["10.244.1.10"], "same node");
         assert_eq!(picked("node-1", None), ["10.244.1.10"], "no zone needed");
@@ -399,6 +402,10 @@ endpoints:
             "no endpoint for this node: same zone"
         );
         assert_eq!(picked("node-9", None).len(), 3, "neither: all");
-        assert_eq!(picked("node-9", Some("c")).len(), 3, "no endpoint in the zone: all");
+        assert_eq!(
+            picked("node-9", Some("c")).len(),
+            3,
+            "no endpoint in the zone: all"
+        );
     }
 }
