@@ -152,16 +152,7 @@ fn be32(a: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(a.octets())
 }
 
-fn csum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+use lb_common::internet_checksum as csum;
 
 /// Ethernet + IPv4 + TCP (no options, no payload) with valid checksums.
 fn tcp(saddr: Ipv4Addr, sport: u16, daddr: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {

@@ -115,16 +115,7 @@ fn udp(saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16) -> Pkt {
     }
 }
 
-fn csum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+use lb_common::internet_checksum as csum;
 
 fn pseudo(saddr: &[u8], daddr: &[u8], proto: u8, len: usize) -> Vec<u8> {
     let mut p = Vec::new();

@@ -150,21 +150,27 @@ pub fn parse<P: Packet>(pkt: &P) -> Result<Parsed, Reason> {
 /// (the verifier only accepts a packet pointer dereference after such a check).
 pub struct XdpPkt<'a>(pub &'a XdpContext);
 
+/// A pointer to `size_of::<T>()` bytes at `data + off`, checked against `data_end` (XDP
+/// and TC direct packet access alike).
+///
+/// Verifier: the access must go through the very register that was compared with
+/// data_end. Left alone, LLVM re-associates `data + off + k` differently in the check and
+/// in the access (two pointers with different ids, and the access is rejected as "offset
+/// is outside of the packet"). `black_box` pins the pointer (one spill/fill, which the
+/// verifier tracks), so check and access use the same value.
+#[inline(always)]
+fn checked_ptr<T>(data: usize, data_end: usize, off: usize) -> Result<usize, Reason> {
+    let ptr = core::hint::black_box(data + off);
+    if ptr + core::mem::size_of::<T>() > data_end {
+        return Err(Reason::DropMalformed);
+    }
+    Ok(ptr)
+}
+
 impl XdpPkt<'_> {
-    /// A pointer to `size_of::<T>()` bytes at `off`, checked against `data_end`.
-    ///
-    /// Verifier: the access must go through the very register that was compared with
-    /// data_end. Left alone, LLVM re-associates `data + off + k` differently in the check
-    /// and in the access (two pointers with different ids, and the access is rejected as
-    /// "offset is outside of the packet"). `black_box` pins the pointer (one spill/fill,
-    /// which the verifier tracks), so check and access use the same value.
     #[inline(always)]
     fn ptr<T>(&self, off: usize) -> Result<usize, Reason> {
-        let ptr = core::hint::black_box(self.0.data() + off);
-        if ptr + core::mem::size_of::<T>() > self.0.data_end() {
-            return Err(Reason::DropMalformed);
-        }
-        Ok(ptr)
+        checked_ptr::<T>(self.0.data(), self.0.data_end(), off)
     }
 }
 
@@ -279,14 +285,9 @@ impl<'a> TcPkt<'a> {
         TcPkt(ctx)
     }
 
-    /// As `XdpPkt::ptr` (the same verifier constraint).
     #[inline(always)]
     fn ptr<T>(&self, off: usize) -> Result<usize, Reason> {
-        let ptr = core::hint::black_box(self.0.data() + off);
-        if ptr + core::mem::size_of::<T>() > self.0.data_end() {
-            return Err(Reason::DropMalformed);
-        }
-        Ok(ptr)
+        checked_ptr::<T>(self.0.data(), self.0.data_end(), off)
     }
 }
 

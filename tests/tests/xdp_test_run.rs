@@ -30,16 +30,7 @@ fn udp_packet() -> Vec<u8> {
     p
 }
 
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+use lb_common::internet_checksum as checksum;
 
 /// A bpffs directory for maps the object may pin, removed at the end (named like sandbox
 /// directories so that a crashed run's is swept).

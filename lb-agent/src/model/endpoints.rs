@@ -52,6 +52,22 @@ pub enum Hint {
     Node(Box<str>),
 }
 
+impl Hint {
+    fn zone(&self) -> Option<&str> {
+        match self {
+            Hint::Zone(z) => Some(z),
+            Hint::Node(_) => None,
+        }
+    }
+
+    fn node(&self) -> Option<&str> {
+        match self {
+            Hint::Node(n) => Some(n),
+            Hint::Zone(_) => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SliceAddr {
     V4(Ipv4Addr),
@@ -204,18 +220,14 @@ impl EndpointSet {
                     zone_hints: ep
                         .hints
                         .iter()
-                        .filter_map(|h| match h {
-                            Hint::Zone(z) => Some(z.to_string()),
-                            Hint::Node(_) => None,
-                        })
+                        .filter_map(Hint::zone)
+                        .map(Into::into)
                         .collect(),
                     node_hints: ep
                         .hints
                         .iter()
-                        .filter_map(|h| match h {
-                            Hint::Node(n) => Some(n.to_string()),
-                            Hint::Zone(_) => None,
-                        })
+                        .filter_map(Hint::node)
+                        .map(Into::into)
                         .collect(),
                 };
                 if !out.iter().any(|o| o.addr == e.addr && o.port == e.port) {
