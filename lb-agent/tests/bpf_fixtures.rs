@@ -758,7 +758,7 @@ fn stateless_fixture_table() {
                 reason: Reason::IpOptions,
             },
             Fixture {
-                description: "a non-first fragment cannot be matched by port: passes",
+                description: "a non-first fragment whose first fragment was not seen passes",
                 prog: PROG_TC_FROM_POD,
                 input: frag.build(),
                 verdict: TC_ACT_OK,
@@ -766,7 +766,7 @@ fn stateless_fixture_table() {
                 reason: Reason::PassFragment,
             },
             Fixture {
-                description: "XDP: a non-first fragment passes",
+                description: "XDP: a non-first fragment whose first was not seen passes",
                 prog: PROG_XDP,
                 input: frag.build(),
                 verdict: XDP_PASS,
@@ -1094,6 +1094,82 @@ fn snat_port_exhaustion_drops() {
     let (v, _) = env.run(PROG_XDP, &tcp(CLIENT, 2, NODE, 30080, SYN).build());
     assert_eq!(v, XDP_DROP, "the only SNAT port is taken");
     assert_eq!(env.reason(Reason::DropSnatExhausted), 1);
+}
+
+/// Later fragments have no UDP header: they follow the translation of their datagram's
+/// first fragment (same source, destination, IP id), forward and back, at TC and XDP,
+/// with a valid IP checksum and the payload untouched.
+#[test]
+fn fragments_follow_their_first_fragment_both_ways() {
+    let mut env = env();
+    let b = Backend {
+        id: 1,
+        addr: POD_B,
+        port: 5353,
+        local: true,
+    };
+    env.service(
+        VIP,
+        53,
+        PROTO_UDP,
+        SCOPE_INTERNAL,
+        2,
+        SVC_F_CLUSTER_IP,
+        &[&b],
+    );
+    env.service(
+        NODE,
+        30053,
+        PROTO_UDP,
+        SCOPE_EXTERNAL,
+        3,
+        SVC_F_NODEPORT,
+        &[&b],
+    );
+    let rest = vec![0xab_u8; 16];
+    // A later fragment at offset 32 bytes (4 units), from `src` to `dst`.
+    let later = |src, dst| {
+        frame(
+            &Pkt {
+                frag: 4,
+                ..udp(src, 0, dst, 0)
+            },
+            &rest,
+        )
+    };
+    let first = |src, sport, dst, dport| {
+        let mut p = udp(src, sport, dst, dport);
+        p.frag = 0x2000; // more fragments
+        p.payload = vec![0xcd; 24];
+        p.build()
+    };
+    // Pod A -> ClusterIP.
+    let (v, out) = env.run(PROG_TC_FROM_POD, &first(POD_A, 4000, VIP, 53));
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!((view(&out).daddr, view(&out).dport), (ip(POD_B), 5353));
+    let (v, out) = env.run(PROG_TC_FROM_POD, &later(POD_A, VIP));
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!((view(&out).saddr, view(&out).daddr), (ip(POD_A), ip(POD_B)));
+    assert_eq!(&out[34..], &rest[..], "payload untouched");
+    // The backend's fragmented reply, reverse-translated to the ClusterIP.
+    let (v, out) = env.run(PROG_TC_FROM_POD, &first(POD_B, 5353, POD_A, 4000));
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!((view(&out).saddr, view(&out).sport), (ip(VIP), 53));
+    let (v, out) = env.run(PROG_TC_FROM_POD, &later(POD_B, POD_A));
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!((view(&out).saddr, view(&out).daddr), (ip(VIP), ip(POD_A)));
+    // An external client -> NodePort through XDP.
+    let (v, out) = env.run(PROG_XDP, &first(CLIENT, 4001, NODE, 30053));
+    assert_eq!(v, XDP_PASS);
+    assert_eq!(view(&out).daddr, ip(POD_B));
+    let (v, out) = env.run(PROG_XDP, &later(CLIENT, NODE));
+    assert_eq!(v, XDP_PASS);
+    assert_eq!(
+        (view(&out).saddr, view(&out).daddr),
+        (ip(CLIENT), ip(POD_B))
+    );
+    assert_eq!(&out[34..], &rest[..]);
+    assert_eq!(env.reason(Reason::PassFragment), 0);
 }
 
 /// loadBalancerSourceRanges, written through the agent's own writer (so its key encoding is

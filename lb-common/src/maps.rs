@@ -32,8 +32,13 @@ pub const MAP_SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
 /// [`SVC_F_SRC_RANGES`] takes new connections only from sources found here. LPM trie.
 pub const MAP_SRC_RANGES: &str = "LB_SRC_RANGES";
 
+/// IPv4 fragment tracking: (source, destination, IP id, protocol) of a fragmented TCP/UDP
+/// datagram -> the ports its first fragment carried, so that later fragments (which have
+/// no L4 header) follow the same translation: [`FragKey`] -> [`FragValue`]. LRU hash.
+pub const MAP_FRAGS: &str = "LB_FRAGS";
+
 /// Every map of the object, for tools that open or remove all pins.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -45,6 +50,7 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_CONFIG,
     MAP_SOCK_REVNAT,
     MAP_SRC_RANGES,
+    MAP_FRAGS,
 ];
 
 /// Default capacities; the agent can override them with flags before load.
@@ -54,6 +60,7 @@ pub const DEFAULT_MAGLEV_SIZE: u32 = 1021;
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
 pub const DEFAULT_AFFINITY_SIZE: u32 = 65_536;
 pub const DEFAULT_SRC_RANGES_SIZE: u32 = 16_384;
+pub const DEFAULT_FRAGS_SIZE: u32 = 8192;
 
 /// IP protocol numbers as used in keys.
 pub const PROTO_TCP: u8 = 6;
@@ -95,6 +102,27 @@ pub const SVC_F_DROP_EMPTY: u32 = 1 << 5;
 /// The entry has `loadBalancerSourceRanges`: new connections from a source not in
 /// [`MAP_SRC_RANGES`] under this entry's lut id are dropped (kube-proxy's KUBE-FW chain).
 pub const SVC_F_SRC_RANGES: u32 = 1 << 6;
+
+/// Key of [`MAP_FRAGS`]: one fragmented datagram as its fragments arrive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub id_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+
+/// Value of [`MAP_FRAGS`]: the ports of the datagram's first fragment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragValue {
+    pub sport_be: u16,
+    pub dport_be: u16,
+}
+const _: () = assert!(core::mem::size_of::<FragValue>() == 4);
 
 /// Data of a [`MAP_SRC_RANGES`] key (after the LPM prefix length): the lut id, matched in
 /// full, then the source network.
@@ -291,4 +319,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::SockRevValue {}
     unsafe impl aya::Pod for super::SrcRangeKey {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragValue {}
 }

@@ -54,9 +54,13 @@ fn parse_counted<P: Packet>(pkt: &P) -> Result<Parsed, Reason> {
     Ok(p)
 }
 
-/// Builds the reject answer in place.
+/// Builds the reject answer in place. A later fragment has no header to answer from (its
+/// first fragment was answered): dropped, under the same reason.
 #[inline(always)]
 fn reject<P: Packet>(pkt: &P, p: &Parsed) -> Result<(), Reason> {
+    if p.later_fragment {
+        return Err(Reason::RejectNoEndpoints);
+    }
     if p.key.proto == PROTO_TCP {
         reject::tcp_rst(pkt, p)
     } else {

@@ -9,9 +9,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, BackendValue, CtValue, DEFAULT_AFFINITY_SIZE,
-    DEFAULT_CONNTRACK_SIZE, DEFAULT_MAGLEV_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
-    DEFAULT_SRC_RANGES_SIZE, FlowKey, NatValue, NodeConfig, Reason, ServiceKey, ServiceValue,
-    SockRevKey, SockRevValue, SrcRangeKey, SvcCounters,
+    DEFAULT_CONNTRACK_SIZE, DEFAULT_FRAGS_SIZE, DEFAULT_MAGLEV_SIZE, DEFAULT_MAX_BACKENDS,
+    DEFAULT_MAX_SERVICES, DEFAULT_SRC_RANGES_SIZE, FlowKey, FragKey, FragValue, NatValue,
+    NodeConfig, Reason, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SrcRangeKey,
+    SvcCounters,
 };
 
 /// (address, port, protocol, scope) -> service entry. Written last by the agent.
@@ -64,6 +65,10 @@ pub static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
 /// loadBalancerSourceRanges: (lut id, source network) -> 1, longest-prefix match.
 #[map]
 pub static LB_SRC_RANGES: LpmTrie<SrcRangeKey, u8> = LpmTrie::pinned(DEFAULT_SRC_RANGES_SIZE, 0);
+
+/// Ports of fragmented datagrams, recorded from their first fragment. LRU.
+#[map]
+pub static LB_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(DEFAULT_FRAGS_SIZE, 0);
 
 /// True when `saddr_be` is inside one of the source ranges of service entry `lut_id`.
 #[inline(always)]

@@ -6,9 +6,9 @@ use aya_ebpf::{
     helpers::{bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, Reason};
+use lb_common::{FlowKey, FragKey, FragValue, PROTO_TCP, PROTO_UDP, Reason};
 
-use crate::csum;
+use crate::{csum, maps::LB_FRAGS};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -17,6 +17,9 @@ pub const IP_CSUM_OFF: usize = IP_OFF + 10;
 pub const IP_SADDR_OFF: usize = IP_OFF + 12;
 pub const IP_DADDR_OFF: usize = IP_OFF + 16;
 pub const PROTO_ICMP: u8 = 1;
+/// IPv4 flags/fragment-offset field: more fragments, and the offset bits.
+pub const IP_MF: u16 = 0x2000;
+pub const IP_OFFSET_MASK: u16 = 0x1fff;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -52,6 +55,9 @@ pub struct Parsed {
     pub tcp_flags: u8,
     /// The IP header had options.
     pub ip_options: bool,
+    /// A later (non-first) fragment of a tracked TCP/UDP datagram: `key` carries the
+    /// ports of its first fragment, and there is no L4 header to read or rewrite.
+    pub later_fragment: bool,
 }
 
 impl Parsed {
@@ -98,14 +104,43 @@ pub fn parse<P: Packet>(pkt: &P) -> Result<Parsed, Reason> {
     if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(Reason::PassNotService);
     }
-    if frag & 0x1fff != 0 {
-        // A non-first fragment has no L4 header: it cannot be matched by port.
-        return Err(Reason::PassFragment);
-    }
     let l4_off = ETH_HLEN + ihl;
     let l4_len = tot_len - ihl;
     let saddr: u32 = pkt.load(IP_SADDR_OFF)?;
     let daddr: u32 = pkt.load(IP_DADDR_OFF)?;
+    let frag_key = FragKey {
+        saddr_be: saddr,
+        daddr_be: daddr,
+        id_be: pkt.load::<u16>(IP_OFF + 4)?,
+        proto,
+        _pad: 0,
+    };
+    if frag & IP_OFFSET_MASK != 0 {
+        // A later fragment has no L4 header: it takes the ports its first fragment had
+        // (Cilium's fragment tracking; netfilter reassembles instead). Not seen first, or
+        // ICMP: passed as it is.
+        if proto == PROTO_ICMP {
+            return Err(Reason::PassFragment);
+        }
+        // SAFETY: the value is copied out at once.
+        let Some(ports) = (unsafe { LB_FRAGS.get(&frag_key) }).copied() else {
+            return Err(Reason::PassFragment);
+        };
+        return Ok(Parsed {
+            l4_off,
+            key: FlowKey {
+                saddr_be: saddr,
+                daddr_be: daddr,
+                sport_be: ports.sport_be,
+                dport_be: ports.dport_be,
+                proto,
+                _pad: [0; 3],
+            },
+            tcp_flags: 0,
+            ip_options: ihl > 20,
+            later_fragment: true,
+        });
+    }
     let (sport, dport, tcp_flags) = if proto == PROTO_TCP {
         if l4_len < 20 {
             return Err(Reason::DropMalformed);
@@ -131,6 +166,14 @@ pub fn parse<P: Packet>(pkt: &P) -> Result<Parsed, Reason> {
         let _: u32 = pkt.load(l4_off + 4)?;
         (0, 0, 0)
     };
+    if frag & IP_MF != 0 && proto != PROTO_ICMP {
+        // First fragment of a larger datagram: remember its ports for the rest.
+        let ports = FragValue {
+            sport_be: sport,
+            dport_be: dport,
+        };
+        let _ = LB_FRAGS.insert(&frag_key, &ports, 0);
+    }
     Ok(Parsed {
         l4_off,
         key: FlowKey {
@@ -143,6 +186,7 @@ pub fn parse<P: Packet>(pkt: &P) -> Result<Parsed, Reason> {
         },
         tcp_flags,
         ip_options: ihl > 20,
+        later_fragment: false,
     })
 }
 
@@ -198,6 +242,19 @@ impl Packet for XdpPkt<'_> {
     #[inline(always)]
     fn rewrite(&self, p: &Parsed, to: &FlowKey) -> Result<(), Reason> {
         let from = &p.key;
+        if p.later_fragment {
+            // No L4 header here: its checksum and ports were fixed in the first fragment.
+            let mut ipc: u16 = self.load(IP_CSUM_OFF)?;
+            if from.saddr_be != to.saddr_be {
+                ipc = csum::replace4(ipc, from.saddr_be, to.saddr_be);
+                self.store(IP_SADDR_OFF, to.saddr_be)?;
+            }
+            if from.daddr_be != to.daddr_be {
+                ipc = csum::replace4(ipc, from.daddr_be, to.daddr_be);
+                self.store(IP_DADDR_OFF, to.daddr_be)?;
+            }
+            return self.store(IP_CSUM_OFF, ipc);
+        }
         let mut ipc: u16 = self.load(IP_CSUM_OFF)?;
         let coff = p.l4_csum_off();
         let l4c_in: u16 = self.load(coff)?;
@@ -325,6 +382,21 @@ impl Packet for TcPkt<'_> {
         };
         let pseudo = u64::from(BPF_F_PSEUDO_HDR);
         let err = |_| Reason::DropRewriteFailed;
+        if p.later_fragment {
+            // No L4 header here: its checksum and ports were fixed in the first fragment.
+            for (off, a, b) in [
+                (IP_SADDR_OFF, from.saddr_be, to.saddr_be),
+                (IP_DADDR_OFF, from.daddr_be, to.daddr_be),
+            ] {
+                if a != b {
+                    self.0
+                        .l3_csum_replace(IP_CSUM_OFF, u64::from(a), u64::from(b), 4)
+                        .map_err(err)?;
+                    self.store(off, b)?;
+                }
+            }
+            return Ok(());
+        }
         if from.saddr_be != to.saddr_be {
             let (a, b) = (u64::from(from.saddr_be), u64::from(to.saddr_be));
             self.0

@@ -205,7 +205,7 @@ pub fn udp_request(
     sock.set_read_timeout(Some(timeout))?;
     sock.send_to(payload, addr)
         .with_context(|| format!("send UDP to {addr}"))?;
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65_536];
     let (n, from) = sock
         .recv_from(&mut buf)
         .with_context(|| format!("no UDP answer from {addr} within {timeout:?}"))?;

@@ -689,3 +689,53 @@ fn should_only_allow_access_from_service_loadbalancer_source_ranges() {
         "no ranges: open to pods"
     );
 }
+
+/// UDP datagrams larger than the MTU (a large DNS answer, say) through a ClusterIP and a
+/// NodePort: the sender's kernel fragments them and every fragment, not only the first,
+/// must be translated both ways, or reassembly fails and nothing is answered.
+#[test]
+fn udp_datagrams_larger_than_the_mtu_go_through_services_both_ways() {
+    let c = cluster();
+    let pods = ["backend-0", "backend-1", "backend-2"];
+    let yaml = service_yaml(
+        &c,
+        "bigudp",
+        "  type: NodePort\n  clusterIP: 10.96.15.1\n  clusterIPs: [10.96.15.1]",
+        &pods,
+        true,
+    )
+    .replace(
+        "      protocol: UDP\n      port: 80\n      targetPort: 8080",
+        "      protocol: UDP\n      port: 80\n      targetPort: 8080\n      nodePort: 30515",
+    );
+    c.apply("bigudp.yaml", &yaml);
+    let payload = vec![b'x'; 4000];
+    let targets = [
+        (
+            c.pod_ns("frontend-0"),
+            sock(Ipv4Addr::new(10, 96, 15, 1), 80),
+        ),
+        (c.sb.client_ns().to_owned(), sock(c.sb.node(1).ip, 30515)),
+    ];
+    for (ns, addr) in &targets {
+        let mut seen = BTreeSet::new();
+        for i in 0..12 {
+            let (answer, from) =
+                c.sb.udp(ns, *addr, &payload)
+                    .unwrap_or_else(|e| panic!("datagram {i} from {ns} to {addr}: {e:#}"));
+            assert_eq!(from, *addr, "the answer comes from the service address");
+            assert_eq!(answer.len(), payload.len(), "the whole answer came back");
+            seen.insert(
+                answer
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        assert!(
+            seen.len() > 1 && seen.is_subset(&names(&pods)),
+            "{ns}: {seen:?}"
+        );
+    }
+}

@@ -90,13 +90,20 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Answers `<name> <client address>`, padded with spaces to the request's length when the
+/// request is longer, so that a datagram larger than the MTU gets one as large back (both
+/// directions fragmented).
 fn udp_echo(sock: &UdpSocket, name: &str) {
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65_536];
     loop {
-        let Ok((_, from)) = sock.recv_from(&mut buf) else {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
             continue;
         };
-        let _ = sock.send_to(format!("{name} {from}").as_bytes(), from);
+        let mut answer = format!("{name} {from}").into_bytes();
+        if answer.len() < n {
+            answer.resize(n, b' ');
+        }
+        let _ = sock.send_to(&answer, from);
     }
 }
 
