@@ -108,13 +108,6 @@ pub fn parse<P: Packet>(pkt: &P) -> Result<Parsed, Reason> {
     let l4_len = tot_len - ihl;
     let saddr: u32 = pkt.load(IP_SADDR_OFF)?;
     let daddr: u32 = pkt.load(IP_DADDR_OFF)?;
-    let frag_key = FragKey {
-        saddr_be: saddr,
-        daddr_be: daddr,
-        id_be: pkt.load::<u16>(IP_OFF + 4)?,
-        proto,
-        _pad: 0,
-    };
     if frag & IP_OFFSET_MASK != 0 {
         // A later fragment has no L4 header: it takes the ports its first fragment had
         // (Cilium's fragment tracking; netfilter reassembles instead). Not seen first, or
@@ -122,8 +115,9 @@ pub fn parse<P: Packet>(pkt: &P) -> Result<Parsed, Reason> {
         if proto == PROTO_ICMP {
             return Err(Reason::PassFragment);
         }
+        let key = frag_key(pkt, saddr, daddr, proto)?;
         // SAFETY: the value is copied out at once.
-        let Some(ports) = (unsafe { LB_FRAGS.get(&frag_key) }).copied() else {
+        let Some(ports) = (unsafe { LB_FRAGS.get(&key) }).copied() else {
             return Err(Reason::PassFragment);
         };
         return Ok(Parsed {
@@ -172,7 +166,7 @@ pub fn parse<P: Packet>(pkt: &P) -> Result<Parsed, Reason> {
             sport_be: sport,
             dport_be: dport,
         };
-        let _ = LB_FRAGS.insert(&frag_key, &ports, 0);
+        let _ = LB_FRAGS.insert(&frag_key(pkt, saddr, daddr, proto)?, &ports, 0);
     }
     Ok(Parsed {
         l4_off,
@@ -187,6 +181,19 @@ pub fn parse<P: Packet>(pkt: &P) -> Result<Parsed, Reason> {
         tcp_flags,
         ip_options: ihl > 20,
         later_fragment: false,
+    })
+}
+
+/// The [`LB_FRAGS`] key of a fragmented datagram (the IP id is read only for fragments,
+/// off the path of unfragmented packets).
+#[inline(always)]
+fn frag_key<P: Packet>(pkt: &P, saddr: u32, daddr: u32, proto: u8) -> Result<FragKey, Reason> {
+    Ok(FragKey {
+        saddr_be: saddr,
+        daddr_be: daddr,
+        id_be: pkt.load::<u16>(IP_OFF + 4)?,
+        proto,
+        _pad: 0,
     })
 }
 
