@@ -23,8 +23,8 @@ const SNAT_PORT_MIN: u16 = 61_000;
 const SNAT_PORT_MAX: u16 = 65_535;
 
 /// What the agent keeps of each object it reads: Services whole, EndpointSlices and Nodes
-/// only as the model reads them (a slice in a tenth of the memory of the parsed object; a
-/// Node without its status' image list and conditions).
+/// only as the model reads them (see [`Slice`]; a Node without its status' image list and
+/// conditions).
 #[derive(Debug, PartialEq)]
 pub enum Stored {
     Service(Box<Service>),
