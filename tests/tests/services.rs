@@ -75,6 +75,15 @@ impl Cluster {
     }
 }
 
+/// The pod that sent a UDP answer (`<pod> <client address>`, maybe padded).
+fn answering_pod(answer: &str) -> String {
+    answer
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn names(v: &[&str]) -> BTreeSet<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -198,13 +207,7 @@ fn should_be_able_to_create_a_functioning_nodeport_service() {
         for _ in 0..30 {
             let (answer, from) = c.sb.udp(c.sb.client_ns(), addr, b"ping").expect("udp");
             assert_eq!(from, addr, "the reply comes from the NodePort address");
-            udp_pods.insert(
-                answer
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned(),
-            );
+            udp_pods.insert(answering_pod(&answer));
         }
         assert!(
             udp_pods.is_subset(&all) && !udp_pods.is_empty(),
@@ -725,13 +728,7 @@ fn udp_datagrams_larger_than_the_mtu_go_through_services_both_ways() {
                     .unwrap_or_else(|e| panic!("datagram {i} from {ns} to {addr}: {e:#}"));
             assert_eq!(from, *addr, "the answer comes from the service address");
             assert_eq!(answer.len(), payload.len(), "the whole answer came back");
-            seen.insert(
-                answer
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned(),
-            );
+            seen.insert(answering_pod(&answer));
         }
         assert!(
             seen.len() > 1 && seen.is_subset(&names(&pods)),
