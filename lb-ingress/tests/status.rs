@@ -192,15 +192,7 @@ async fn ingresses_of_our_class_get_the_published_service_address_and_follow_it(
     .await;
 
     let metrics = h.metrics_addr.unwrap();
-    assert_eq!(
-        common::metric(
-            metrics,
-            "lb_ingress_status_updates_total",
-            &["result=\"success\""]
-        )
-        .await,
-        Some(9)
-    );
+    assert_eq!(status_updates(metrics, "success").await, Some(9));
     h.shutdown().await;
 }
 
@@ -228,15 +220,7 @@ async fn published_addresses_are_written_and_failed_writes_back_off() {
     )
     .await;
     let metrics = h.metrics_addr.unwrap();
-    let errors = || async {
-        common::metric(
-            metrics,
-            "lb_ingress_status_updates_total",
-            &["result=\"error\""],
-        )
-        .await
-        .unwrap_or(0)
-    };
+    let errors = || async { status_updates(metrics, "error").await.unwrap_or(0) };
     let deadline = tokio::time::Instant::now() + WAIT;
     while errors().await < 4 {
         assert!(tokio::time::Instant::now() < deadline, "no retries");
@@ -256,15 +240,7 @@ async fn published_addresses_are_written_and_failed_writes_back_off() {
     })
     .await;
     quiet().await;
-    assert_eq!(
-        common::metric(
-            metrics,
-            "lb_ingress_status_updates_total",
-            &["result=\"success\""]
-        )
-        .await,
-        Some(2)
-    );
+    assert_eq!(status_updates(metrics, "success").await, Some(2));
     assert_eq!(errors().await, all_patches(&api) as u64 - 2);
     h.shutdown().await;
 }
@@ -284,4 +260,15 @@ async fn with_manifests_no_status_is_written_and_the_ingress_still_serves() {
     let h = common::start(config).await;
     assert!(h.generation() >= 1);
     h.shutdown().await;
+}
+
+/// `lb_ingress_status_updates_total{result}` as the ingress exports it.
+async fn status_updates(metrics: std::net::SocketAddr, result: &str) -> Option<u64> {
+    let label = format!("result=\"{result}\"");
+    common::metric(
+        metrics,
+        "lb_ingress_status_updates_total",
+        &[label.as_str()],
+    )
+    .await
 }
