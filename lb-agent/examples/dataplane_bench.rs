@@ -37,7 +37,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use aya::maps::{HashMap, MapData};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
-use lb_agent::bpf::{Dataplane, LoadOptions, PROG_TC_FROM_POD, PROG_XDP, PROG_XDP_PASS};
+use lb_agent::bpf::{
+    Dataplane, LoadOptions, PROG_BENCH_CT_INSERT, PROG_TC_FROM_POD, PROG_XDP, PROG_XDP_PASS,
+};
 use lb_agent::maps::MapWriter as _;
 use lb_agent::maps::kernel::KernelMaps;
 use lb_agent::plan::MapOp;
@@ -46,7 +48,7 @@ use lb_common::{
     BackendValue, CT_F_SNAT, CtValue, DEFAULT_AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE,
     DEFAULT_MAGLEV_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, FlowKey, MAP_BACKENDS,
     MAP_CONNTRACK, NodeConfig, PROTO_TCP, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_CLUSTER_IP,
-    SVC_F_NODEPORT, ServiceKey, ServiceValue,
+    SVC_F_EXTERNAL_IP, SVC_F_NODEPORT, ServiceKey, ServiceValue,
 };
 
 #[path = "common/iptables.rs"]
@@ -105,6 +107,9 @@ struct Cfg {
     trials: u32,
     /// Distinct flows timed one run per syscall.
     flows: u32,
+    /// Service entries of the ring the hot new-connection runs go round (`repeat` of
+    /// those runs: one new connection per entry).
+    ring: u32,
     /// Services for the end-to-end runs.
     e2e_scales: Vec<u32>,
     /// TCP connects and HTTP time per data plane and N, split over `rounds` alternating
@@ -122,6 +127,7 @@ impl Cfg {
                 repeat: 100_000,
                 trials: 3,
                 flows: 1000,
+                ring: 1024,
                 e2e_scales: vec![100, 1000],
                 connects: 300,
                 rate_time: Duration::from_millis(600),
@@ -133,6 +139,7 @@ impl Cfg {
                 repeat: 1_000_000,
                 trials: 7,
                 flows: 4000,
+                ring: 4096,
                 e2e_scales: vec![100, 1000, 10_000],
                 connects: 3000,
                 rate_time: Duration::from_secs(3),
@@ -218,6 +225,8 @@ const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
 const POD_HOT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 11);
 const CLIENT_ONE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
 const POD_ONE: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 12);
+const CLIENT_NEW: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+const POD_NEW: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 13);
 
 fn vip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i)
@@ -229,6 +238,16 @@ fn backend_addr(i: u32, j: u32) -> Ipv4Addr {
 
 fn backend_id(i: u32, j: u32) -> u32 {
     1 + i * ENDPOINTS + j
+}
+
+/// Address of entry `i` of the hot new-connection ring (see `Scale::ring`).
+fn ring_addr(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i)
+}
+
+/// Backend id of ring entry `i` (after every id of `n` Services).
+fn ring_backend_id(n: u32, i: u32) -> u32 {
+    backend_id(n, 0) + i
 }
 
 /// A well-spread service index for flow `k` among `n`.
@@ -302,6 +321,8 @@ struct Scale {
     maps: KernelMaps,
     n: u32,
     nodeports: u32,
+    /// Entries of the hot new-connection ring.
+    ring: u32,
     fill: Duration,
     // Last: removed after the maps and programs are closed.
     _pins: PinGuard,
@@ -311,15 +332,17 @@ impl Scale {
     /// Service `i` has a ClusterIP entry (lut id `i`) and, for the first 2768, a NodePort
     /// entry on the node address (lut id `n + i`); both over the same `ENDPOINTS`
     /// backends, on other nodes (so NodePort traffic is SNATed: the costlier path).
-    fn load(n: u32) -> anyhow::Result<Self> {
+    ///
+    /// Then, untimed, the `ring` entries of the hot new-connection runs (see `Scale::ring`).
+    fn load(n: u32, ring: u32) -> anyhow::Result<Self> {
         sweep_stale_pins();
         let dir = PathBuf::from(format!("/sys/fs/bpf/lbbench-{}-{n}", std::process::id()));
         let pins = PinGuard(dir.clone());
         let nodeports = n.min(NODEPORT_RANGE);
         let opts = LoadOptions {
             bpffs_dir: dir.clone(),
-            max_services: DEFAULT_MAX_SERVICES.max(n + nodeports + 16),
-            max_backends: DEFAULT_MAX_BACKENDS.max(n * ENDPOINTS + 16),
+            max_services: DEFAULT_MAX_SERVICES.max(n + nodeports + ring + 16),
+            max_backends: DEFAULT_MAX_BACKENDS.max((n + 1) * ENDPOINTS + ring + 16),
             maglev_size: M,
             conntrack_size: DEFAULT_CONNTRACK_SIZE,
             affinity_size: DEFAULT_AFFINITY_SIZE,
@@ -393,12 +416,48 @@ impl Scale {
                 maps.apply(&MapOp::PutService { key, value })?;
             }
         }
+        let fill = started.elapsed();
+        // The ring: entry i is a Service at ring_addr(i):80 (a ClusterIP entry for the
+        // TC runs and an external one, as for an externalIP, for the XDP runs; one
+        // table), whose one endpoint, on another node, is the next entry's address.
+        for i in 0..ring {
+            let id = ring_backend_id(n, i);
+            let value = BackendValue {
+                addr_be: be32(ring_addr((i + 1) % ring)),
+                port_be: 80_u16.to_be(),
+                proto: PROTO_TCP,
+                flags: 0,
+            };
+            maps.apply(&MapOp::PutBackend { id, value })?;
+            let lut_id = n + nodeports + i;
+            let slots = (0..M).map(|s| (s, id)).collect();
+            maps.apply(&MapOp::PutSlots { lut_id, slots })?;
+            for (scope, flags) in [
+                (SCOPE_INTERNAL, SVC_F_CLUSTER_IP),
+                (SCOPE_EXTERNAL, SVC_F_EXTERNAL_IP),
+            ] {
+                let key = ServiceKey {
+                    addr_be: be32(ring_addr(i)),
+                    port_be: 80_u16.to_be(),
+                    proto: PROTO_TCP,
+                    scope,
+                };
+                let value = ServiceValue {
+                    lut_id,
+                    backend_count: 1,
+                    flags,
+                    affinity_timeout_s: 0,
+                };
+                maps.apply(&MapOp::PutService { key, value })?;
+            }
+        }
         Ok(Scale {
             dp,
             maps,
             n,
             nodeports,
-            fill: started.elapsed(),
+            ring,
+            fill,
             _pins: pins,
         })
     }
@@ -474,6 +533,9 @@ struct HookResult {
     /// Established flow, `repeat` runs on one buffer (every run a conntrack hit and a full
     /// rewrite; see `hot_established`).
     est_hot: f64,
+    /// New connection, `ring` runs on one buffer, every run a new connection to another
+    /// ring entry (least disturbed of the trials; see `Scale::hot_new`).
+    new_hot: f64,
     /// One run per syscall over distinct packets (raw: the timer's overhead included):
     /// not a service; new and established flows all to one service entry; the same
     /// spread over all entries.
@@ -496,6 +558,9 @@ struct ScaleResult {
     overhead: f64,
     /// Busy fraction of all CPUs just before measuring (other work on the machine).
     busy_before: f64,
+    /// `lb_bench_ct_insert`, `ring` runs on one buffer: one insert of a fresh key into the
+    /// conntrack map per run (a new connection does two such inserts).
+    ct_insert: f64,
     xdp: HookResult,
     tc: HookResult,
 }
@@ -618,6 +683,42 @@ impl Scale {
         Ok(tcp(src, 7000, dst, dport, ACK))
     }
 
+    /// New connections timed the hot way: each rewrite of a SYN by the program leads to the
+    /// next ring entry (its one endpoint is the next entry's address), so each of `ring`
+    /// runs on one buffer is a full new connection: conntrack miss, service lookup,
+    /// Maglev pick, reverse-NAT insert (XDP: SNAT port allocation, the endpoint being on
+    /// another node), conntrack insert, counters and rewrite, on a different service
+    /// entry every time. Trial t starts from source port 7000 + t, so every trial's
+    /// tuples are new too. The least disturbed trial's ns per run.
+    fn hot_new(&mut self, hook: Hook, trials: u32, notes: &mut Vec<String>) -> anyhow::Result<f64> {
+        let src = match hook {
+            Hook::Xdp => CLIENT_NEW,
+            Hook::Tc => POD_NEW,
+        };
+        let before = self.reasons()?;
+        let mut out = [0_u8; 256];
+        let mut best = u64::MAX;
+        for t in 0..trials {
+            let syn = tcp(src, 7000 + t as u16, ring_addr(0), 80, SYN);
+            let (_, ns, len) = test_run(&mut self.dp, hook.prog(), &syn, self.ring, &mut out)?;
+            anyhow::ensure!(
+                tuple(&out[..len]).2 == ring_addr(0),
+                "{}: the ring did not go round (ended at {:?})",
+                hook.prog(),
+                tuple(&out[..len])
+            );
+            best = best.min(ns);
+        }
+        self.check(
+            &before,
+            Reason::NatNew,
+            u64::from(self.ring) * u64::from(trials),
+            "new connection (hot)",
+            notes,
+        )?;
+        Ok(best as f64)
+    }
+
     /// New connections (SYNs) then the same flows established (ACKs), one run each.
     fn new_then_established(
         &mut self,
@@ -701,6 +802,8 @@ impl Scale {
             self.new_then_established(prog, &syns, &acks, "spread", &mut notes)?;
         r.notes.append(&mut notes);
 
+        r.new_hot = self.hot_new(hook, cfg.trials, &mut r.notes)?;
+
         let ack = self.hot_established(hook)?;
         let before = self.reasons()?;
         r.est_hot = self.hot(prog, &ack, cfg.repeat, cfg.trials)?;
@@ -779,7 +882,7 @@ fn micro(cfg: &Cfg) -> anyhow::Result<Micro> {
     let mut floor_ns = 0.0;
     for &n in &cfg.scales {
         eprintln!("[micro] {n} Services: filling the maps...");
-        let mut s = Scale::load(n)?;
+        let mut s = Scale::load(n, cfg.ring)?;
         eprintln!("[micro] {n} Services: filled in {:.1?}", s.fill);
         let busy_before = wait_quiet(Duration::from_secs(10));
         let p = tcp(CLIENT, 9, NODE, 22, ACK);
@@ -793,19 +896,26 @@ fn micro(cfg: &Cfg) -> anyhow::Result<Micro> {
         }
         let xdp = s.bench(Hook::Xdp, cfg)?;
         let tc = s.bench(Hook::Tc, cfg)?;
+        let ct_insert = s.hot(PROG_BENCH_CT_INSERT, &p, cfg.ring, cfg.trials)?;
         let r = ScaleResult {
             n,
             fill: s.fill,
             overhead: floor_1.p50 - floor_hot,
             busy_before,
+            ct_insert,
             xdp,
             tc,
         };
+        eprintln!(
+            "[micro] {n} Services: one conntrack insert (hot) {:.0} ns",
+            r.ct_insert
+        );
         for (name, h) in [("XDP", &r.xdp), ("TC", &r.tc)] {
             eprintln!(
-                "[micro] {n} Services, {name}: hot pass {:.0} est {:.0} | per flow (timer overhead {:.0} off): one service new {:.0} est {:.0}, spread new {:.0} est {:.0}, pass {:.0} ns",
+                "[micro] {n} Services, {name}: hot pass {:.0} est {:.0} new {:.0} | per flow (timer overhead {:.0} off): one service new {:.0} est {:.0}, spread new {:.0} est {:.0}, pass {:.0} ns",
                 h.pass_hot,
                 h.est_hot,
+                h.new_hot,
                 r.overhead,
                 r.net(h.new_one),
                 r.net(h.est_one),
@@ -1328,15 +1438,23 @@ fn micro_report(md: &mut String, cfg: &Cfg, m: &Micro) {
            hand-made mirror conntrack entry maps the rewritten tuple back to the original \
            destination, so runs alternate flow / mirror and every run is a full established \
            translation (reverse-NAT miss, conntrack hit, backend lookup, counters, rewrite; \
-           XDP: DNAT + SNAT of 4 fields, TC: DNAT of 2).\n\
+           XDP: DNAT + SNAT of 4 fields, TC: DNAT of 2). **new** (hot): a ring of {} \
+           extra service entries (added after the N Services, outside their fill time), \
+           entry i at 10.200.0.i:80 with one endpoint on another node whose address is \
+           entry i+1's (a ClusterIP entry for TC, an externalIP entry for XDP, one Maglev \
+           table); a SYN to entry 0 run `repeat` = {} times on one buffer goes once round \
+           the ring, each run a full new connection on another entry (conntrack miss, \
+           service lookup, Maglev pick, reverse-NAT insert (XDP: SNAT port allocation), \
+           conntrack insert, counters, rewrite) into tables that grow by one flow per run; \
+           trial t starts from source port 7000 + t, so no trial meets another's entries; \
+           the least disturbed of {} trials.\n\
          - **per flow**: one run per BPF_PROG_TEST_RUN (`repeat` = 1) over {} distinct flows \
            (distinct source ports; the same number at every scale). **new** = their SYNs \
            (conntrack miss, service lookup, Maglev pick, reverse-NAT (+SNAT port) and \
            conntrack inserts, rewrite); **est.** = the same flows again as ACKs. Two sets: \
            all flows to **one service** entry (the last one: the table holds N entries, the \
            flows touch one), and flows **spread** over all entries (XDP: over the NodePort \
-           entries, at most {NODEPORT_RANGE}); each set has its own source address. A new \
-           connection cannot be timed hot: its first run creates the conntrack entry. Each \
+           entries, at most {NODEPORT_RANGE}); each set has its own source address. Each \
            run comes after a trip through the syscall path and touches another flow's \
            entries, so these are costs with cold-ish caches. Reported: the median, minus the \
            timer overhead of one run per syscall (measured at each scale: `lb_xdp_pass`, a \
@@ -1345,7 +1463,7 @@ fn micro_report(md: &mut String, cfg: &Cfg, m: &Micro) {
            are read around every measurement to confirm each run took the intended path \
            (`pass_not_service`, `nat_new`, `nat_established`); mismatches are listed below \
            the tables (none listed: all matched).\n",
-        cfg.repeat, cfg.trials, cfg.flows, m.floor_ns
+        cfg.repeat, cfg.trials, cfg.ring, cfg.ring, cfg.trials, cfg.flows, m.floor_ns
     );
     for (hook, title) in [
         (Hook::Xdp, "`lb_xdp`, NodePort (external client)"),
@@ -1354,17 +1472,18 @@ fn micro_report(md: &mut String, cfg: &Cfg, m: &Micro) {
         let _ = writeln!(md, "### {title}, ns per packet\n");
         let _ = writeln!(
             md,
-            "| Services | pass (hot) | **est. (hot)** | new, one service | est., one service | new, spread | est., spread | pass (per flow) | spread over | maps filled in |"
+            "| Services | pass (hot) | **est. (hot)** | **new (hot)** | new, one service | est., one service | new, spread | est., spread | pass (per flow) | spread over | maps filled in |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
         for s in &m.scales {
             let r = s.hook(hook);
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | **{:.0}** | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.1} s |",
+                "| {} | {:.0} | **{:.0}** | **{:.0}** | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.1} s |",
                 human(s.n),
                 r.pass_hot,
                 r.est_hot,
+                r.new_hot,
                 s.net(r.new_one),
                 s.net(r.est_one),
                 s.net(r.new_all),
@@ -1381,6 +1500,35 @@ fn micro_report(md: &mut String, cfg: &Cfg, m: &Micro) {
             }
         }
     }
+    let _ = writeln!(
+        md,
+        "### Reference: one conntrack insert\n\n\
+         `lb_bench_ct_insert` (in the same object, never attached) inserts one fresh key into \
+         the conntrack map (the LRU hash the programs use, same size; the key from the clock, \
+         protocol 255, which no flow carries) and returns: run hot like **new (hot)**, after \
+         the scale's other runs. A new connection makes two such inserts (conntrack and \
+         reverse NAT), so twice this is a floor under **new (hot)** that no change to the \
+         programs' own code can remove; Katran's per-flow state is one LRU insert (no reverse \
+         path: direct server return).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| Services | one insert (hot) | two inserts | new (hot), XDP | new (hot), TC | TC new (hot) minus two inserts |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for s in &m.scales {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            human(s.n),
+            s.ct_insert,
+            2.0 * s.ct_insert,
+            s.xdp.new_hot,
+            s.tc.new_hot,
+            s.tc.new_hot - 2.0 * s.ct_insert
+        );
+    }
+    let _ = writeln!(md);
     let _ = writeln!(
         md,
         "Per-flow details (ns, raw = timer overhead included): median / p90 / mean. The \
@@ -1422,8 +1570,9 @@ fn micro_report(md: &mut String, cfg: &Cfg, m: &Micro) {
         "| program | path | at 1k | at {big} | {big} / 1k | worst over all scales | <= 100 ns at every scale |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-    let paths: [(&str, Pick); 5] = [
+    let paths: [(&str, Pick); 6] = [
         ("established (hot)", |s, h| s.hook(h).est_hot),
+        ("new connection (hot)", |s, h| s.hook(h).new_hot),
         ("established, one service (per flow)", |s, h| {
             s.net(s.hook(h).est_one)
         }),

@@ -119,6 +119,38 @@ pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Benchmark reference, never attached: one insert of a fresh key into the conntrack map,
+/// what a new connection does twice (conntrack and reverse NAT, both LRU maps of the same
+/// size). The key comes from the clock (distinct on every run) with protocol 255, which no
+/// parsed packet carries, so no flow ever meets these entries; they age out like any.
+#[xdp]
+pub fn lb_bench_ct_insert(_ctx: XdpContext) -> u32 {
+    // SAFETY: helper without arguments.
+    let t = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let key = lb_common::FlowKey {
+        saddr_be: t as u32,
+        daddr_be: (t >> 32) as u32,
+        sport_be: 0,
+        dport_be: 0,
+        proto: 255,
+        _pad: [0; 3],
+    };
+    let ct = lb_common::CtValue {
+        backend_id: 0,
+        lut_id: 0,
+        snat_addr_be: 0,
+        snat_port_be: 0,
+        _pad: 0,
+        flags: 0,
+        _pad2: 0,
+        last_seen_ns: t,
+    };
+    match maps::LB_CONNTRACK.insert(&key, &ct, 0) {
+        Ok(()) => xdp_action::XDP_PASS,
+        Err(_) => xdp_action::XDP_DROP,
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // TC (tcx) on the host side of each pod's veth.
 

@@ -135,12 +135,13 @@ impl Dataplane {
 /// Maps a program name back to its constant (for `'static` error fields).
 fn static_name(name: &str) -> &'static str {
     use super::{
-        PROG_SOCK_CONNECT4, PROG_SOCK_GETPEERNAME4, PROG_SOCK_RECVMSG4, PROG_SOCK_SENDMSG4,
-        PROG_TC_FROM_POD, PROG_TC_TO_POD, PROG_XDP, PROG_XDP_PASS,
+        PROG_BENCH_CT_INSERT, PROG_SOCK_CONNECT4, PROG_SOCK_GETPEERNAME4, PROG_SOCK_RECVMSG4,
+        PROG_SOCK_SENDMSG4, PROG_TC_FROM_POD, PROG_TC_TO_POD, PROG_XDP, PROG_XDP_PASS,
     };
     [
         PROG_XDP,
         PROG_XDP_PASS,
+        PROG_BENCH_CT_INSERT,
         PROG_TC_FROM_POD,
         PROG_TC_TO_POD,
         PROG_SOCK_CONNECT4,

@@ -18,6 +18,8 @@ pub use sys::netns_cookie;
 /// Program names in the object (the functions in lb-ebpf/src/main.rs).
 pub const PROG_XDP: &str = "lb_xdp";
 pub const PROG_XDP_PASS: &str = "lb_xdp_pass";
+/// Benchmark reference (never attached): one conntrack insert per run.
+pub const PROG_BENCH_CT_INSERT: &str = "lb_bench_ct_insert";
 pub const PROG_TC_FROM_POD: &str = "lb_tc_from_pod";
 pub const PROG_TC_TO_POD: &str = "lb_tc_to_pod";
 pub const PROG_SOCK_CONNECT4: &str = "lb_sock_connect4";
