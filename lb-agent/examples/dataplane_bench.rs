@@ -341,7 +341,8 @@ impl Scale {
         let nodeports = n.min(NODEPORT_RANGE);
         let opts = LoadOptions {
             bpffs_dir: dir.clone(),
-            max_services: DEFAULT_MAX_SERVICES.max(n + nodeports + ring + 16),
+            // Service entries: n + nodeports, and two per ring entry (one table each).
+            max_services: DEFAULT_MAX_SERVICES.max(n + nodeports + 2 * ring + 16),
             max_backends: DEFAULT_MAX_BACKENDS.max((n + 1) * ENDPOINTS + ring + 16),
             maglev_size: M,
             conntrack_size: DEFAULT_CONNTRACK_SIZE,
