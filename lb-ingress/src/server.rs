@@ -409,22 +409,31 @@ impl Listener {
                 () = stopped(&mut shutdown) => return,
             };
             let _ = stream.set_nodelay(true);
+            // One task type per listener kind: a task's memory is its future's size, and
+            // one future for both kinds would give every plain connection the size of the
+            // TLS one (the rustls connection state is held inline): 6.6 KiB instead of
+            // the plain path's own.
             let this = self.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                this.connection(stream, peer, tls).await;
-                drop(permit);
-            });
+            match &tls {
+                None => drop(tokio::spawn(async move {
+                    let _open = this.count_open("http");
+                    this.serve(TokioIo::new(stream), peer, false).await;
+                    drop(permit);
+                })),
+                Some((acceptor, timeout)) => {
+                    let (acceptor, timeout) = (acceptor.clone(), *timeout);
+                    drop(tokio::spawn(async move {
+                        let _open = this.count_open("https");
+                        this.tls_connection(stream, peer, acceptor, timeout).await;
+                        drop(permit);
+                    }));
+                }
+            }
         }
     }
 
-    async fn connection(
-        self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        tls: Option<(TlsAcceptor, Duration)>,
-    ) {
-        let listener = if tls.is_some() { "https" } else { "http" };
+    /// Counts a connection of `listener` as open until the returned guard is dropped.
+    fn count_open(&self, listener: &'static str) -> impl Drop + use<> {
         let gauge = self
             .proxy
             .metrics
@@ -432,28 +441,32 @@ impl Listener {
             .get_or_create(&ListenerLabel { listener })
             .clone();
         gauge.inc();
-        let _dec = scopeguard(move || {
+        scopeguard(move || {
             gauge.dec();
-        });
-        match tls {
-            None => self.serve(TokioIo::new(stream), peer, false).await,
-            Some((acceptor, timeout)) => {
-                let handshake = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
-                let result = match &handshake {
-                    Ok(Ok(_)) => "success",
-                    _ => "error",
-                };
-                self.proxy
-                    .metrics
-                    .tls_handshakes
-                    .get_or_create(&ResultLabel { result })
-                    .inc();
-                match handshake {
-                    Ok(Ok(tls)) => self.serve(TokioIo::new(tls), peer, true).await,
-                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => debug!(%peer, "TLS handshake timed out"),
-                }
-            }
+        })
+    }
+
+    async fn tls_connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        acceptor: TlsAcceptor,
+        timeout: Duration,
+    ) {
+        let handshake = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+        let result = match &handshake {
+            Ok(Ok(_)) => "success",
+            _ => "error",
+        };
+        self.proxy
+            .metrics
+            .tls_handshakes
+            .get_or_create(&ResultLabel { result })
+            .inc();
+        match handshake {
+            Ok(Ok(tls)) => self.serve(TokioIo::new(tls), peer, true).await,
+            Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => debug!(%peer, "TLS handshake timed out"),
         }
     }
 
