@@ -126,6 +126,11 @@ fn select(
 /// source and the original client as destination. `None` when the packet is no reply.
 #[inline(always)]
 pub fn reverse<P: Packet>(pkt: &P, p: &Parsed) -> Result<Option<Exit>, Reason> {
+    // A SYN without ACK opens a connection and is never a reply: no lookup for it (new
+    // connections are the costly path; replies carry ACK from the SYN-ACK on).
+    if p.has(TCP_SYN) && !p.has(TCP_ACK) {
+        return Ok(None);
+    }
     let Some(nat) = LB_REVNAT.get_ptr_mut(&p.key) else {
         return Ok(None);
     };
