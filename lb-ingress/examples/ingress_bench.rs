@@ -12,6 +12,9 @@
 //! 1. wrk (Debian's package) against each proxy: 1 and 2 proxy workers x 64 and 512
 //!    connections, a warm-up run then a measured run: requests/s, p50/p99 latency, errors,
 //!    and the proxy's CPU time per request (from /proc, less sensitive to a shared machine).
+//!    A third contender, a bare hyper forwarder (this binary run with `--bare-proxy`; see
+//!    `bare_proxy`), splits the gap to nginx into what hyper/tokio cost and what lb-ingress
+//!    adds.
 //! 2. Memory at N idle keep-alive connections (10k by default): N TCP connections, one
 //!    request each, then the proxy's RSS (nginx: master + workers) from /proc, and a second
 //!    request on every connection to show that they were still open when measured.
@@ -25,12 +28,14 @@
     reason = "a benchmark script: rates and ratios in floating point"
 )]
 
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -378,6 +383,33 @@ fn start_lb(
         .with_context(|| format!("starting {}", bin.display()))?;
     let mut p = Proc {
         name: "lb-ingress",
+        child,
+        log,
+    };
+    wait_ready(&mut p, addr)?;
+    Ok((p, addr))
+}
+
+/// The bare hyper forwarder (see `bare_proxy`): this benchmark's own binary, re-run.
+fn start_bare(
+    tmp: &Path,
+    workers: usize,
+    upstreams: &[SocketAddr],
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let log = tmp.join(format!("bare-{workers}w-{}.log", addr.port()));
+    let child = Command::new(std::env::current_exe()?)
+        .arg("--bare-proxy")
+        .arg(addr.to_string())
+        .arg(workers.to_string())
+        .args(upstreams.iter().map(ToString::to_string))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting the bare hyper forwarder")?;
+    let mut p = Proc {
+        name: "bare-hyper",
         child,
         log,
     };
@@ -805,10 +837,17 @@ struct Scenario {
     conns: u32,
     lb: Wrk,
     nginx: Wrk,
-    first: &'static str,
+    /// The bare hyper forwarder (see `bare_proxy`).
+    bare: Wrk,
+    /// The order the three ran in.
+    order: String,
 }
 
 fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--bare-proxy") {
+        return bare_proxy(&argv[2..]);
+    }
     let a = parse_args()?;
     let bin = lb_ingress_bin(&a)?;
     let nofile = raise_nofile(65_536)?;
@@ -850,9 +889,10 @@ fn main() -> anyhow::Result<()> {
     for &workers in &a.workers {
         let (mut lb, lb_addr) = start_lb(&bin, tmp.path(), workers, &manifests_dir)?;
         let (mut ngx, ngx_addr) = start_nginx(tmp.path(), workers, &upstreams, nofile)?;
+        let (mut bare, bare_addr) = start_bare(tmp.path(), workers, &upstreams)?;
         for &conns in &a.conns {
-            // Alternate which proxy goes first, so neither always runs on a cooler machine.
-            let lb_first = scenarios.len() % 2 == 0;
+            // Rotate which proxy goes first, so none always runs on a cooler machine.
+            let turn = scenarios.len();
             let run = |name: &str, addr: SocketAddr, p: &mut Proc| -> anyhow::Result<Wrk> {
                 p.ensure_running()?;
                 let before: Vec<u64> = hits.iter().map(|h| h.load(Ordering::Relaxed)).collect();
@@ -869,22 +909,32 @@ fn main() -> anyhow::Result<()> {
                 );
                 Ok(w)
             };
-            let (lbw, ngw) = if lb_first {
-                let l = run("lb-ingress", lb_addr, &mut lb)?;
-                (l, run("nginx", ngx_addr, &mut ngx)?)
-            } else {
-                let n = run("nginx", ngx_addr, &mut ngx)?;
-                (run("lb-ingress", lb_addr, &mut lb)?, n)
+            let mut results: [Option<Wrk>; 3] = [None, None, None];
+            let mut order = Vec::new();
+            for k in 0..3 {
+                let which = (turn + k) % 3;
+                let w = match which {
+                    0 => run("lb-ingress", lb_addr, &mut lb)?,
+                    1 => run("nginx", ngx_addr, &mut ngx)?,
+                    _ => run("bare-hyper", bare_addr, &mut bare)?,
+                };
+                order.push(["lb-ingress", "nginx", "bare hyper"][which]);
+                results[which] = Some(w);
+            }
+            let [Some(lbw), Some(ngw), Some(bw)] = results else {
+                unreachable!("each of the three ran once");
             };
             scenarios.push(Scenario {
                 workers,
                 conns,
                 lb: lbw,
                 nginx: ngw,
-                first: if lb_first { "lb-ingress" } else { "nginx" },
+                bare: bw,
+                order: order.join(", "),
             });
         }
         nginx_error_lines.extend(nginx_errors(&ngx));
+        drop(bare);
         drop(ngx);
         drop(lb);
     }
@@ -1047,15 +1097,19 @@ fn report(a: &Args, r: &Report) -> String {
     for s in r.scenarios {
         let _ = writeln!(
             md,
-            "### {} worker{}, {} connections (measured first: {})\n",
+            "### {} worker{}, {} connections (order: {})\n",
             s.workers,
             if s.workers == 1 { "" } else { "s" },
             s.conns,
-            s.first
+            s.order
         );
         let _ = writeln!(md, "| proxy | req/s | p50 | p99 | errors | CPU/req |");
         let _ = writeln!(md, "|---|---|---|---|---|---|");
-        for (name, w) in [("lb-ingress", &s.lb), ("nginx", &s.nginx)] {
+        for (name, w) in [
+            ("lb-ingress", &s.lb),
+            ("nginx", &s.nginx),
+            ("bare hyper", &s.bare),
+        ] {
             let _ = writeln!(
                 md,
                 "| {name} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.1} µs |",
@@ -1071,6 +1125,30 @@ fn report(a: &Args, r: &Report) -> String {
             s.lb.cpu_us_per_req / s.nginx.cpu_us_per_req.max(1e-9),
         );
     }
+
+    let _ = writeln!(md, "## Where the gap to nginx is\n");
+    let _ = writeln!(
+        md,
+        "The **bare hyper** forwarder (`ingress_bench --bare-proxy`, a process of its own, measured in the same rotation) is lb-ingress with every feature taken out, on the same libraries and threading model: a single-threaded tokio runtime per worker thread with its own SO_REUSEPORT socket, hyper's HTTP/1.1 server, per-thread pools of hyper HTTP/1.1 client connections, requests sent round robin to the upstreams unchanged (no routing, header rewriting, limits, timeouts, retries, metrics or logs). bare / nginx is what hyper and tokio cost against nginx here; lb-ingress / bare is what lb-ingress's own work costs on top.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| workers | conns | bare / nginx req/s | lb-ingress / bare req/s | bare / nginx CPU/req | lb-ingress / bare CPU/req |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for s in r.scenarios {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            s.workers,
+            s.conns,
+            s.bare.rps / s.nginx.rps.max(1e-9),
+            s.lb.rps / s.bare.rps.max(1e-9),
+            s.bare.cpu_us_per_req / s.nginx.cpu_us_per_req.max(1e-9),
+            s.lb.cpu_us_per_req / s.bare.cpu_us_per_req.max(1e-9),
+        );
+    }
+    let _ = writeln!(md);
 
     let _ = writeln!(
         md,
@@ -1149,7 +1227,7 @@ fn reading(a: &Args, r: &Report) -> String {
     let errors: u64 = r
         .scenarios
         .iter()
-        .map(|s| s.lb.errors + s.nginx.errors)
+        .map(|s| s.lb.errors + s.nginx.errors + s.bare.errors)
         .sum();
     let cpu: Vec<f64> = r
         .scenarios
@@ -1198,6 +1276,24 @@ fn reading(a: &Args, r: &Report) -> String {
         lm.still_open,
         nm.still_open,
     );
+    let bare_ngx: Vec<f64> = r
+        .scenarios
+        .iter()
+        .map(|s| s.bare.rps / s.nginx.rps.max(1e-9))
+        .collect();
+    let lb_bare: Vec<f64> = r
+        .scenarios
+        .iter()
+        .map(|s| s.lb.rps / s.bare.rps.max(1e-9))
+        .collect();
+    let _ = write!(
+        s,
+        "The bare hyper forwarder served {:.2}x to {:.2}x nginx's requests per second, and lb-ingress {:.2}x to {:.2}x the bare forwarder's: the first is the share of the gap that hyper and tokio bring, the second lb-ingress's own. ",
+        min(&bare_ngx),
+        max(&bare_ngx),
+        min(&lb_bare),
+        max(&lb_bare),
+    );
     if errors > 0 {
         let _ = write!(
             s,
@@ -1211,4 +1307,153 @@ fn reading(a: &Args, r: &Report) -> String {
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
     );
     s
+}
+
+// ---------------------------------------------------------------------------------------
+// The bare hyper forwarder: the reference that splits the gap to nginx in two.
+
+/// `ingress_bench --bare-proxy LISTEN WORKERS UPSTREAM...`: what lb-ingress would be with
+/// every feature taken out, on the same libraries and threading model (a single-threaded
+/// tokio runtime per worker thread, each with its own SO_REUSEPORT listening socket, and
+/// pooled hyper HTTP/1.1 client connections per thread): requests go round robin to the
+/// upstreams unchanged (no routing, header rewriting, limits, timeouts, retries, metrics
+/// or logs). Runs until killed.
+fn bare_proxy(args: &[String]) -> anyhow::Result<()> {
+    let [listen, workers, ups @ ..] = args else {
+        bail!("usage: --bare-proxy LISTEN WORKERS UPSTREAM...");
+    };
+    let listen: SocketAddr = listen.parse().context("LISTEN")?;
+    let workers: usize = workers.parse().context("WORKERS")?;
+    let ups: Vec<SocketAddr> = ups
+        .iter()
+        .map(|u| u.parse().context("UPSTREAM"))
+        .collect::<anyhow::Result<_>>()?;
+    ensure!(!ups.is_empty(), "no upstream");
+    let threads: Vec<_> = (0..workers)
+        .map(|_| {
+            let ups = ups.clone();
+            std::thread::spawn(move || bare_worker(listen, ups))
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+    }
+    Ok(())
+}
+
+fn bare_worker(listen: SocketAddr, ups: Vec<SocketAddr>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(listen)?;
+        let listener = socket.listen(4096)?;
+        let pool = Rc::new(BarePool {
+            idle: RefCell::new(ups.iter().map(|_| Vec::new()).collect()),
+            next: Cell::new(0),
+            ups,
+        });
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let pool = Rc::clone(&pool);
+            tokio::task::spawn_local(async move {
+                let svc = hyper::service::service_fn(move |req| Rc::clone(&pool).forward(req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    })
+}
+
+type BareSender = hyper::client::conn::http1::SendRequest<hyper::body::Incoming>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One thread's idle upstream connections, by upstream.
+struct BarePool {
+    ups: Vec<SocketAddr>,
+    idle: RefCell<Vec<Vec<BareSender>>>,
+    next: Cell<usize>,
+}
+
+impl BarePool {
+    async fn forward(
+        self: Rc<Self>,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<Response<BareBody>, BoxError> {
+        let i = self.next.get();
+        self.next.set((i + 1) % self.ups.len());
+        let mut tx = loop {
+            let idle = self.idle.borrow_mut()[i].pop();
+            match idle {
+                Some(mut tx) => {
+                    if tx.ready().await.is_ok() {
+                        break tx;
+                    }
+                }
+                None => break self.connect(i).await?,
+            }
+        };
+        let resp = tx.send_request(req).await?;
+        let (parts, body) = resp.into_parts();
+        Ok(Response::from_parts(
+            parts,
+            BareBody {
+                inner: body,
+                back: Some((self, i, tx)),
+            },
+        ))
+    }
+
+    async fn connect(&self, i: usize) -> Result<BareSender, BoxError> {
+        let stream = tokio::net::TcpStream::connect(self.ups[i]).await?;
+        stream.set_nodelay(true)?;
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::task::spawn_local(async move {
+            let _ = conn.await;
+        });
+        Ok(tx)
+    }
+}
+
+/// The upstream's response body; its connection goes back to the pool when it has been
+/// read to the end (dropped with it otherwise).
+struct BareBody {
+    inner: hyper::body::Incoming,
+    back: Option<(Rc<BarePool>, usize, BareSender)>,
+}
+
+impl hyper::body::Body for BareBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            if let Some((pool, i, tx)) = self.back.take() {
+                pool.idle.borrow_mut()[i].push(tx);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
