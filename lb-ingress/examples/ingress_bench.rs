@@ -1441,10 +1441,10 @@ impl hyper::body::Body for BareBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(r, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
-            if let Some((pool, i, tx)) = self.back.take() {
-                pool.idle.borrow_mut()[i].push(tx);
-            }
+        if (matches!(r, std::task::Poll::Ready(None)) || self.inner.is_end_stream())
+            && let Some((pool, i, tx)) = self.back.take()
+        {
+            pool.idle.borrow_mut()[i].push(tx);
         }
         r
     }
