@@ -1082,12 +1082,12 @@ fn report(a: &Args, r: &Report) -> String {
             s.conns,
             s.lb.rps,
             s.nginx.rps,
-            s.lb.rps / s.nginx.rps.max(1e-9),
+            ratio(s.lb.rps, s.nginx.rps),
             s.lb.p50_ms,
             s.nginx.p50_ms,
             s.lb.p99_ms,
             s.nginx.p99_ms,
-            s.lb.p99_ms / s.nginx.p99_ms.max(1e-9),
+            ratio(s.lb.p99_ms, s.nginx.p99_ms),
         );
     }
     let _ = writeln!(
@@ -1119,10 +1119,10 @@ fn report(a: &Args, r: &Report) -> String {
         let _ = writeln!(
             md,
             "| lb-ingress / nginx | {:.2} | {:.2} | {:.2} | | {:.2} |\n",
-            s.lb.rps / s.nginx.rps.max(1e-9),
-            s.lb.p50_ms / s.nginx.p50_ms.max(1e-9),
-            s.lb.p99_ms / s.nginx.p99_ms.max(1e-9),
-            s.lb.cpu_us_per_req / s.nginx.cpu_us_per_req.max(1e-9),
+            ratio(s.lb.rps, s.nginx.rps),
+            ratio(s.lb.p50_ms, s.nginx.p50_ms),
+            ratio(s.lb.p99_ms, s.nginx.p99_ms),
+            ratio(s.lb.cpu_us_per_req, s.nginx.cpu_us_per_req),
         );
     }
 
@@ -1142,10 +1142,10 @@ fn report(a: &Args, r: &Report) -> String {
             "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
             s.workers,
             s.conns,
-            s.bare.rps / s.nginx.rps.max(1e-9),
-            s.lb.rps / s.bare.rps.max(1e-9),
-            s.bare.cpu_us_per_req / s.nginx.cpu_us_per_req.max(1e-9),
-            s.lb.cpu_us_per_req / s.bare.cpu_us_per_req.max(1e-9),
+            ratio(s.bare.rps, s.nginx.rps),
+            ratio(s.lb.rps, s.bare.rps),
+            ratio(s.bare.cpu_us_per_req, s.nginx.cpu_us_per_req),
+            ratio(s.lb.cpu_us_per_req, s.bare.cpu_us_per_req),
         );
     }
     let _ = writeln!(md);
@@ -1202,19 +1202,17 @@ fn report(a: &Args, r: &Report) -> String {
     md
 }
 
+/// `a / b`, finite when `b` is 0 (a run with no request).
+fn ratio(a: f64, b: f64) -> f64 {
+    a / b.max(1e-9)
+}
+
 /// The paragraph: what the numbers say, and no more.
 fn reading(a: &Args, r: &Report) -> String {
     let n = r.scenarios.len();
-    let ratios: Vec<f64> = r
-        .scenarios
-        .iter()
-        .map(|s| s.lb.rps / s.nginx.rps.max(1e-9))
-        .collect();
-    let p99s: Vec<f64> = r
-        .scenarios
-        .iter()
-        .map(|s| s.lb.p99_ms / s.nginx.p99_ms.max(1e-9))
-        .collect();
+    let each = |f: fn(&Scenario) -> f64| -> Vec<f64> { r.scenarios.iter().map(f).collect() };
+    let ratios = each(|s| ratio(s.lb.rps, s.nginx.rps));
+    let p99s = each(|s| ratio(s.lb.p99_ms, s.nginx.p99_ms));
     let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let rps_met = ratios.iter().filter(|&&x| x >= 1.0).count();
@@ -1229,11 +1227,7 @@ fn reading(a: &Args, r: &Report) -> String {
         .iter()
         .map(|s| s.lb.errors + s.nginx.errors + s.bare.errors)
         .sum();
-    let cpu: Vec<f64> = r
-        .scenarios
-        .iter()
-        .map(|s| s.lb.cpu_us_per_req / s.nginx.cpu_us_per_req.max(1e-9))
-        .collect();
+    let cpu = each(|s| ratio(s.lb.cpu_us_per_req, s.nginx.cpu_us_per_req));
     let (lm, nm) = (r.lb_idle, r.ngx_idle);
     let per = |m: &Idle| m.rss_kib.saturating_sub(m.rss_base_kib) as f64 / m.opened.max(1) as f64;
     let mut s = format!(
@@ -1276,16 +1270,8 @@ fn reading(a: &Args, r: &Report) -> String {
         lm.still_open,
         nm.still_open,
     );
-    let bare_ngx: Vec<f64> = r
-        .scenarios
-        .iter()
-        .map(|s| s.bare.rps / s.nginx.rps.max(1e-9))
-        .collect();
-    let lb_bare: Vec<f64> = r
-        .scenarios
-        .iter()
-        .map(|s| s.lb.rps / s.bare.rps.max(1e-9))
-        .collect();
+    let bare_ngx = each(|s| ratio(s.bare.rps, s.nginx.rps));
+    let lb_bare = each(|s| ratio(s.lb.rps, s.bare.rps));
     let _ = write!(
         s,
         "The bare hyper forwarder served {:.2}x to {:.2}x nginx's requests per second, and lb-ingress {:.2}x to {:.2}x the bare forwarder's: the first is the share of the gap that hyper and tokio bring, the second lb-ingress's own. ",

@@ -36,8 +36,9 @@ impl KubeSource {
 
     /// For a node agent, as kube-proxy's informers are set up: only this Node is watched
     /// (`metadata.name=NODE`: the agent reads one Node, and every other one would be
-    /// listed and parsed with its whole status), and EndpointSlices of headless Services (label
-    /// `service.kubernetes.io/headless`) are left on the server, since nothing proxies them.
+    /// listed and parsed with its whole status), and EndpointSlices of headless Services
+    /// (label `service.kubernetes.io/headless`) are left on the server, since nothing
+    /// proxies them.
     pub fn for_node(kubeconfig: Option<PathBuf>, node: String) -> Self {
         KubeSource {
             kubeconfig,

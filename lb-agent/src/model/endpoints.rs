@@ -9,7 +9,8 @@ use super::NodeInfo;
 
 /// The parts of an EndpointSlice the model reads (k8s-openapi's `Endpoint` is 352 bytes
 /// before its strings; [`SliceEndpoint`] is at most 64, asserted in a test; in the
-/// control-plane benchmark the agent's RSS went from 190 to 121 MiB with this form). The agent keeps slices only in this form (Cilium's "slim" objects do the same).
+/// control-plane benchmark the agent's RSS went from 190 to 121 MiB with this form). The
+/// agent keeps slices only in this form (Cilium's "slim" objects do the same).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slice {
     pub name: Box<str>,

@@ -56,28 +56,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         return;
     }
     // Headers named by `Connection` (index 0), other than the fixed ones, which go
-    // anyway: looked up by the token itself, so `keep-alive` or `close` cost no
-    // allocation.
-    // The usual `Connection` values name no other header: no token scan for them.
+    // anyway: looked up by the token itself, so no allocation for a token that names
+    // nothing present. The usual values (`keep-alive`, `close`) skip the scan.
     let plain = |v: &HeaderValue| {
         let v = v.as_bytes();
         v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
     };
-    let named: Vec<HeaderName> =
-        if present[0] && !headers.get_all(header::CONNECTION).iter().all(plain) {
-            headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .filter(|t| !fixed.iter().any(|h| h.as_str().eq_ignore_ascii_case(t)))
-                .filter(|t| headers.contains_key(*t))
-                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-                .collect()
-        } else {
-            Vec::new()
-        };
+    let connection = headers.get_all(header::CONNECTION);
+    let named: Vec<HeaderName> = if present[0] && !connection.iter().all(plain) {
+        connection
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !fixed.iter().any(|h| h.as_str().eq_ignore_ascii_case(t)))
+            .filter(|t| headers.contains_key(*t))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
     for name in named {
         headers.remove(&name);
     }
