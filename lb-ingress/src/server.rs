@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::{ListenerLabel, Metrics, ResultLabel};
 use crate::proxy::balance::EndpointRegistry;
-use crate::proxy::{ConnInfo, Proxy, ProxyOptions};
+use crate::proxy::{ConnInfo, Expiry, FAR_FUTURE, Proxy, ProxyOptions};
 use crate::source::Config;
 use crate::source::watch::{Sinks, run as run_source};
 use crate::tls::{CertResolver, server_config};
@@ -166,6 +166,7 @@ impl Server {
             shutdown: shutdown_rx.clone(),
             _drain: drain_tx.clone(),
             _thread: None,
+            header_timeout: options.header_read_timeout,
             idle_timeout: options.idle_timeout,
         };
         let https = match https {
@@ -277,9 +278,10 @@ impl ServerHandle {
 
 fn builder(options: &ProxyOptions) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
+    // The header read timeout is the connection watch's (see `Listener::serve`): hyper's
+    // makes, registers and drops a timer for every request.
     b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(options.max_header_bytes.max(8192))
         .keep_alive(true);
     b.http2()
@@ -301,6 +303,7 @@ struct Listener {
     _drain: mpsc::Sender<()>,
     /// On a serving thread: held the same way, for that thread's connections alone.
     _thread: Option<mpsc::Sender<()>>,
+    header_timeout: Duration,
     idle_timeout: Duration,
 }
 
@@ -487,10 +490,16 @@ impl Listener {
         let stop = stopped(&mut shutdown);
         tokio::pin!(stop);
         let mut closing = false;
-        let tick = (self.idle_timeout / 4).max(Duration::from_millis(10));
-        let mut idle = tokio::time::interval(tick);
-        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The shutdown signal and the idle timer wake the task through their own waker,
+        // One timer for the connection's life, reset only when it fires: the header
+        // read and idle timeouts cost nothing per request.
+        let (header, idle) = (
+            self.header_timeout.min(FAR_FUTURE),
+            self.idle_timeout.min(FAR_FUTURE),
+        );
+        let mut watch = Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+            info.opened() + header.min(idle),
+        )));
+        // The shutdown signal and the timer wake the task through their own waker,
         // which records it: they are polled only then (and once at the start), not on
         // every read and write of the connection, which are nearly all the wakeups.
         let side = Arc::new(SideWaker::new());
@@ -507,10 +516,19 @@ impl Listener {
             if stop.as_mut().poll(&mut side_cx).is_ready() {
                 closing = true;
             }
-            while !closing && idle.poll_tick(&mut side_cx).is_ready() {
-                if info.idle_for().is_some_and(|d| d >= self.idle_timeout) {
-                    debug!(%peer, "idle timeout");
-                    closing = true;
+            while !closing && watch.as_mut().poll(&mut side_cx).is_ready() {
+                match info.expiry(std::time::Instant::now(), header, idle) {
+                    Expiry::Check(at) => watch
+                        .as_mut()
+                        .reset(tokio::time::Instant::from_std(at)),
+                    Expiry::Close => {
+                        debug!(%peer, "no request head in time: closing");
+                        return Poll::Ready(Ok(()));
+                    }
+                    Expiry::Idle => {
+                        debug!(%peer, "idle timeout");
+                        closing = true;
+                    }
                 }
             }
             if !closing {

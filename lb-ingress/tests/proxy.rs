@@ -413,6 +413,45 @@ async fn slow_client_is_cut_off_by_the_header_timeout() {
     h.shutdown().await;
 }
 
+/// The header read timeout (500 ms in tests) runs while a keep-alive connection waits
+/// for its next request head, from the end of the last response; it does not cut a
+/// request whose response takes longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_timeout_closes_idle_keep_alive_but_not_a_slow_response() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let up = Upstream::start("keepalive").await;
+    let m = Manifests::new();
+    m.write("ingress.yaml", SEED_INGRESS);
+    m.write(
+        "svc.yaml",
+        &service("default", "frontend", 3000, "http", "3000", &[&up]),
+    );
+    let h = start(server_config(&m)).await;
+    let mut s = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    // Twice the header timeout upstream: the response must still come.
+    for ms in [1000, 0] {
+        let req = format!("GET /sleep?ms={ms} HTTP/1.1\r\nHost: shop.example.com\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("no response in 5 s")
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 200"), "after {ms} ms upstream: {head}");
+    }
+    let idle_from = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("idle keep-alive connection still open after 5 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+    let took = idle_from.elapsed();
+    assert!(took >= Duration::from_millis(400), "closed too early: {took:?}");
+    assert!(took < Duration::from_secs(3), "closed too late: {took:?}");
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_are_431_and_malformed_requests_400_without_upstream() {
     let up = Upstream::start("limits").await;

@@ -48,7 +48,7 @@ impl RequestLog {
         path: &str,
     ) -> Self {
         let start = Instant::now();
-        conn.request_started(start);
+        conn.request_started(start, version);
         RequestLog {
             start,
             conn,

@@ -40,7 +40,7 @@ pub mod upstream;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,9 @@ use upstream::PooledConn;
 
 /// The value of the `Server` header on every response.
 pub const SERVER: &str = concat!("lb-ingress/", env!("CARGO_PKG_VERSION"));
+
+/// Timeouts longer than this (30 years, tokio's own "far future") never fire.
+pub const FAR_FUTURE: Duration = Duration::from_hours(24 * 365 * 30);
 
 /// Limits, timeouts and policies of the proxy. Defaults are safe for the open internet.
 #[derive(Clone, Debug)]
@@ -124,6 +127,8 @@ pub struct ConnInfo {
     opened: Instant,
     in_flight: AtomicUsize,
     last_active_ms: AtomicU64,
+    /// An HTTP/2 request was seen: the header read timeout does not apply.
+    http2: AtomicBool,
     /// What the first request's authority gave, for the next requests with the same
     /// one (nearly all of them: a connection rarely changes hosts).
     authority: OnceLock<AuthorityInfo>,
@@ -137,8 +142,14 @@ impl ConnInfo {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
             authority: OnceLock::new(),
         }
+    }
+
+    /// When the connection was accepted (after its TLS handshake).
+    pub fn opened(&self) -> Instant {
+        self.opened
     }
 
     fn touch(&self, now: Instant) {
@@ -147,8 +158,11 @@ impl ConnInfo {
     }
 
     /// A request started at `now`.
-    pub fn request_started(&self, now: Instant) {
+    pub fn request_started(&self, now: Instant, version: Version) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if version == Version::HTTP_2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
         self.touch(now);
     }
 
@@ -162,14 +176,46 @@ impl ConnInfo {
         if self.tls { "https" } else { "http" }
     }
 
-    /// How long the connection has had no request in flight (None while it has one).
-    pub fn idle_for(&self) -> Option<Duration> {
+    /// How long, at `now`, the connection has had no request in flight (None while it
+    /// has one).
+    pub fn idle_for(&self, now: Instant) -> Option<Duration> {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return None;
         }
         let last = Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
-        Some(self.opened.elapsed().saturating_sub(last))
+        Some(now.saturating_duration_since(self.opened).saturating_sub(last))
     }
+
+    /// The connection's timeouts at `now`: what is due, or when to look again.
+    ///
+    /// While no request is in flight, an HTTP/1 connection (or one that has not
+    /// completed a request yet) has `header` (or `idle`, if shorter) to complete the next
+    /// request head, counted from its last response or from its start: hyper's header
+    /// read timeout, kept here instead of in a timer hyper makes and drops for every
+    /// request. An HTTP/2 connection with no stream in flight for `idle` is idle. While
+    /// requests are in flight nothing can be due before that limit has passed again.
+    pub fn expiry(&self, now: Instant, header: Duration, idle: Duration) -> Expiry {
+        let http2 = self.http2.load(Ordering::Relaxed);
+        let limit = if http2 { idle } else { header.min(idle) };
+        match self.idle_for(now) {
+            None => Expiry::Check(now + limit),
+            Some(d) if d < limit => Expiry::Check(now + limit.saturating_sub(d)),
+            Some(_) if http2 => Expiry::Idle,
+            Some(_) => Expiry::Close,
+        }
+    }
+}
+
+/// What [`ConnInfo::expiry`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// Nothing due before this instant.
+    Check(Instant),
+    /// HTTP/1 with no complete request head in time: close now. (A graceful shutdown
+    /// would wait for a half-read first request, which is what a slow client sends.)
+    Close,
+    /// HTTP/2 idle for the idle timeout: close gracefully (GOAWAY).
+    Idle,
 }
 
 /// The proxy: shared by every connection of every listener.
@@ -547,4 +593,61 @@ pub fn local(status: StatusCode, log: Option<Box<RequestLog>>) -> Response<Respo
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: Duration = Duration::from_secs(10);
+    const I: Duration = Duration::from_mins(1);
+
+    fn conn() -> (ConnInfo, Instant) {
+        let c = ConnInfo::new("192.0.2.1:4000".parse().unwrap(), false);
+        let t0 = c.opened();
+        (c, t0)
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_new_connection_has_the_header_timeout_to_send_its_first_head() {
+        let (c, t0) = conn();
+        assert_eq!(c.expiry(t0, H, I), Expiry::Check(t0 + H));
+        assert_eq!(c.expiry(t0 + secs(4), H, I), Expiry::Check(t0 + H));
+        assert_eq!(c.expiry(t0 + H, H, I), Expiry::Close);
+    }
+
+    #[test]
+    fn the_header_timeout_counts_from_the_last_response_and_not_during_requests() {
+        let (c, t0) = conn();
+        c.request_started(t0 + secs(5), Version::HTTP_11);
+        // A request in flight (a slow upstream, a long body): nothing is due.
+        assert_eq!(
+            c.expiry(t0 + secs(30), H, I),
+            Expiry::Check(t0 + secs(30) + H)
+        );
+        c.request_finished(t0 + secs(35));
+        assert_eq!(c.expiry(t0 + secs(40), H, I), Expiry::Check(t0 + secs(45)));
+        assert_eq!(c.expiry(t0 + secs(45), H, I), Expiry::Close);
+    }
+
+    #[test]
+    fn a_shorter_idle_timeout_bounds_http1_too() {
+        let (c, t0) = conn();
+        let idle = secs(3);
+        assert_eq!(c.expiry(t0, H, idle), Expiry::Check(t0 + idle));
+        assert_eq!(c.expiry(t0 + idle, H, idle), Expiry::Close);
+    }
+
+    #[test]
+    fn http2_connections_have_only_the_idle_timeout_and_close_gracefully() {
+        let (c, t0) = conn();
+        c.request_started(t0, Version::HTTP_2);
+        c.request_finished(t0 + secs(1));
+        assert_eq!(c.expiry(t0 + secs(20), H, I), Expiry::Check(t0 + secs(61)));
+        assert_eq!(c.expiry(t0 + secs(61), H, I), Expiry::Idle);
+    }
 }

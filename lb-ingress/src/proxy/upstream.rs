@@ -33,7 +33,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::Proxy;
+use super::{FAR_FUTURE, Proxy};
 use super::balance::{Endpoint, EndpointRegistry, InFlight};
 use super::body::RequestBody;
 use super::error::{BoxError, ProxyError};
@@ -43,9 +43,6 @@ use crate::source::Target;
 
 /// Idle connections kept per endpoint and thread, at most; more are closed once done.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
-
-/// Timeouts longer than this (30 years, tokio's own "far future") never fire.
-const FAR_FUTURE: Duration = Duration::from_hours(24 * 365 * 30);
 
 /// Pool shards per endpoint: threads use them in turn (more threads share them).
 const SHARDS: usize = 8;
