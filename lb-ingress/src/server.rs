@@ -518,9 +518,7 @@ impl Listener {
             }
             while !closing && watch.as_mut().poll(&mut side_cx).is_ready() {
                 match info.expiry(std::time::Instant::now(), header, idle) {
-                    Expiry::Check(at) => watch
-                        .as_mut()
-                        .reset(tokio::time::Instant::from_std(at)),
+                    Expiry::Check(at) => watch.as_mut().reset(tokio::time::Instant::from_std(at)),
                     Expiry::Close => {
                         debug!(%peer, "no request head in time: closing");
                         return Poll::Ready(Ok(()));

@@ -183,7 +183,10 @@ impl ConnInfo {
             return None;
         }
         let last = Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
-        Some(now.saturating_duration_since(self.opened).saturating_sub(last))
+        Some(
+            now.saturating_duration_since(self.opened)
+                .saturating_sub(last),
+        )
     }
 
     /// The connection's timeouts at `now`: what is due, or when to look again.

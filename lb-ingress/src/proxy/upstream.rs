@@ -20,8 +20,10 @@
 //!
 //! [`RetryBudget`]: super::retry::RetryBudget
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -33,11 +35,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::{FAR_FUTURE, Proxy};
 use super::balance::{Endpoint, EndpointRegistry, InFlight};
 use super::body::RequestBody;
 use super::error::{BoxError, ProxyError};
 use super::log::RequestLog;
+use super::{FAR_FUTURE, Proxy};
 use crate::metrics::ServiceLabel;
 use crate::source::Target;
 
@@ -60,8 +62,17 @@ fn shard() -> usize {
 
 type Sender = http1::SendRequest<RequestBody>;
 
+/// A connection's response timer: one tokio timer for the connection's life, moved to
+/// each request's deadline. Moving a registered timer later is one atomic update in
+/// tokio; a timer made and dropped per request is an allocation and two updates of the
+/// timer wheel under its lock. While the connection is idle its timer may still fire
+/// (at the last request's deadline): that wakes the task that last waited on it, which
+/// finds nothing to do.
+type Timer = Pin<Box<tokio::time::Sleep>>;
+
 struct Idle {
     tx: Sender,
+    timer: Timer,
     since: Instant,
 }
 
@@ -97,7 +108,7 @@ impl ConnPool {
 
     /// The most recently used open connection of `shard`, unless it has been idle too
     /// long (then so have all the others, which are closed).
-    fn take(&self, shard: usize, now: Instant, idle_timeout: Duration) -> Option<Sender> {
+    fn take(&self, shard: usize, now: Instant, idle_timeout: Duration) -> Option<(Sender, Timer)> {
         let mut idle = self.lock(shard);
         while let Some(c) = idle.pop() {
             if now.saturating_duration_since(c.since) >= idle_timeout {
@@ -105,16 +116,20 @@ impl ConnPool {
                 return None;
             }
             if !c.tx.is_closed() {
-                return Some(c.tx);
+                return Some((c.tx, c.timer));
             }
         }
         None
     }
 
-    fn put(&self, shard: usize, tx: Sender, now: Instant) {
+    fn put(&self, shard: usize, tx: Sender, timer: Timer, now: Instant) {
         let mut idle = self.lock(shard);
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(Idle { tx, since: now });
+            idle.push(Idle {
+                tx,
+                timer,
+                since: now,
+            });
         }
     }
 
@@ -142,6 +157,7 @@ impl ConnPool {
 /// instead closes the connection once the exchange on it is over.
 pub struct PooledConn {
     tx: Sender,
+    timer: Timer,
     endpoint: Arc<Endpoint>,
     /// The pool shard it goes back to.
     shard: usize,
@@ -162,7 +178,9 @@ impl PooledConn {
             return;
         }
         if self.tx.is_ready() {
-            self.endpoint.conns.put(self.shard, self.tx, now);
+            self.endpoint
+                .conns
+                .put(self.shard, self.tx, self.timer, now);
             return;
         }
         // The connection is still busy (the request body may still be going out): it
@@ -171,7 +189,10 @@ impl PooledConn {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 if self.tx.ready().await.is_ok() {
-                    self.endpoint.conns.put(self.shard, self.tx, Instant::now());
+                    let now = Instant::now();
+                    self.endpoint
+                        .conns
+                        .put(self.shard, self.tx, self.timer, now);
                 }
             });
         }
@@ -184,6 +205,21 @@ enum Failure {
     Connect(BoxError),
     /// The connection was made but the exchange failed.
     Upstream(BoxError),
+    /// No response head by the deadline.
+    Timeout,
+}
+
+impl Failure {
+    fn into_error(self, addr: SocketAddr, proxy: &Proxy) -> ProxyError {
+        match self {
+            Failure::Connect(source) => ProxyError::Connect { addr, source },
+            Failure::Upstream(source) => ProxyError::Upstream { addr, source },
+            Failure::Timeout => ProxyError::Timeout {
+                addr,
+                timeout_ms: proxy.options.response_timeout.as_millis(),
+            },
+        }
+    }
 }
 
 /// Opens connections to endpoints and sends requests on pooled ones.
@@ -237,42 +273,57 @@ impl UpstreamClient {
     }
 
     /// An idle connection to `endpoint`, or a new one; true when reused.
-    async fn checkout(&self, endpoint: &Endpoint, now: Instant) -> Result<(Sender, bool), Failure> {
-        if let Some(mut tx) = endpoint.conns.take(shard(), now, self.idle_timeout) {
+    async fn checkout(
+        &self,
+        endpoint: &Endpoint,
+        now: Instant,
+    ) -> Result<(Sender, Timer, bool), Failure> {
+        if let Some((mut tx, timer)) = endpoint.conns.take(shard(), now, self.idle_timeout) {
             // Pooled connections are ready; this only waits if one was given back early.
             if tx.is_ready() || tx.ready().await.is_ok() {
-                return Ok((tx, true));
+                return Ok((tx, timer, true));
             }
         }
         // A new connection (boxed: rare, and the future of every request carries this
         // one) takes its first request before the connection task has run.
-        Ok((Box::pin(self.connect(endpoint.addr)).await?, false))
+        let tx = Box::pin(self.connect(endpoint.addr)).await?;
+        let timer = Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+            now + FAR_FUTURE,
+        )));
+        Ok((tx, timer, false))
     }
 
     /// Sends the request `build` makes (called once a connection is there, so that a
-    /// failed connect has not consumed anything) to `endpoint`.
+    /// failed connect has not consumed anything) to `endpoint`, and waits for the
+    /// response head until `deadline`.
     async fn request(
         &self,
         endpoint: &Arc<Endpoint>,
         build: impl FnOnce() -> Request<RequestBody>,
         now: Instant,
+        deadline: Instant,
     ) -> Result<(Response<Incoming>, PooledConn), Failure> {
-        let (mut tx, reused) = self.checkout(endpoint, now).await?;
-        match tx.try_send_request(build()).await {
-            Ok(resp) => Ok((
+        let (mut tx, mut timer, reused) = self.checkout(endpoint, now).await?;
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::from_std(deadline));
+        match within(timer.as_mut(), tx.try_send_request(build())).await {
+            None => Err(Failure::Timeout),
+            Some(Ok(resp)) => Ok((
                 resp,
                 PooledConn {
                     tx,
+                    timer,
                     endpoint: Arc::clone(endpoint),
                     shard: shard(),
                 },
             )),
-            Err(mut e) => match e.take_message() {
+            Some(Err(mut e)) => match e.take_message() {
                 // Not started on a connection that closed while idle: another one (a
                 // rare path, boxed to keep the common future small).
                 Some(unsent) if reused => {
                     debug!(error = %e.error(), "unstarted request canceled, trying again");
-                    Box::pin(self.resend(endpoint, unsent, now)).await
+                    Box::pin(self.resend(endpoint, unsent, now, deadline)).await
                 }
                 _ => Err(Failure::Upstream(e.into_error().into())),
             },
@@ -285,19 +336,25 @@ impl UpstreamClient {
         endpoint: &Arc<Endpoint>,
         mut req: Request<RequestBody>,
         now: Instant,
+        deadline: Instant,
     ) -> Result<(Response<Incoming>, PooledConn), Failure> {
         loop {
-            let (mut tx, reused) = self.checkout(endpoint, now).await?;
-            match tx.try_send_request(req).await {
-                Ok(resp) => {
+            let (mut tx, mut timer, reused) = self.checkout(endpoint, now).await?;
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(deadline));
+            match within(timer.as_mut(), tx.try_send_request(req)).await {
+                None => return Err(Failure::Timeout),
+                Some(Ok(resp)) => {
                     let conn = PooledConn {
                         tx,
+                        timer,
                         endpoint: Arc::clone(endpoint),
                         shard: shard(),
                     };
                     return Ok((resp, conn));
                 }
-                Err(mut e) => match e.take_message() {
+                Some(Err(mut e)) => match e.take_message() {
                     Some(unsent) if reused => {
                         debug!(error = %e.error(), "unstarted request canceled, trying again");
                         req = unsent;
@@ -307,6 +364,16 @@ impl UpstreamClient {
             }
         }
     }
+}
+
+/// `fut`, or None if `timer` fires first.
+async fn within<F: Future>(mut timer: Pin<&mut tokio::time::Sleep>, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        Poll::Ready(v) => Poll::Ready(Some(v)),
+        Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+    })
+    .await
 }
 
 /// Closes idle connections that have outlived the client's idle timeout, on every
@@ -377,23 +444,21 @@ pub async fn send(
         };
 
         let started = Instant::now();
-        // The deadline from the instant just read (tokio's `timeout` would read the
-        // clock again), capped as tokio caps a far-off one.
-        let deadline = tokio::time::Instant::from_std(started)
-            + proxy.options.response_timeout.min(FAR_FUTURE);
-        let result =
-            tokio::time::timeout_at(deadline, proxy.client.request(endpoint, build, started)).await;
+        // Capped as tokio caps a far-off deadline.
+        let deadline = started + proxy.options.response_timeout.min(FAR_FUTURE);
+        let result = proxy
+            .client
+            .request(endpoint, build, started, deadline)
+            .await;
         log.upstream_duration = Some(started.elapsed());
         let failure = match result {
-            Ok(Ok((resp, conn))) => return Ok((resp, slot, conn)),
-            Err(_elapsed) => {
-                return Err(ProxyError::Timeout {
-                    addr,
-                    timeout_ms: proxy.options.response_timeout.as_millis(),
-                });
-            }
-            Ok(Err(f)) => f,
+            Ok((resp, conn)) => return Ok((resp, slot, conn)),
+            Err(f) => f,
         };
+        // Never retried: the upstream may still be working on it.
+        if let Failure::Timeout = failure {
+            return Err(failure.into_error(addr, proxy));
+        }
         if body.too_large() {
             return Err(ProxyError::BodyTooLarge {
                 limit: proxy.options.max_body_bytes,
@@ -416,10 +481,7 @@ pub async fn send(
             proxy.registry.eject(endpoint);
         }
         let retriable = (connect || idempotent(&head.method)) && body.untouched();
-        let error = match failure {
-            Failure::Connect(source) => ProxyError::Connect { addr, source },
-            Failure::Upstream(source) => ProxyError::Upstream { addr, source },
-        };
+        let error = failure.into_error(addr, proxy);
         tried.push(addr);
         if last || !retriable || !proxy.budget.withdraw() {
             return Err(error);
