@@ -460,6 +460,11 @@ http {{
             proxy_pass http://echo;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header Forwarded \"for=$remote_addr;host=\\\"$http_host\\\";proto=$scheme\";
         }}
     }}
 }}
@@ -1060,7 +1065,7 @@ fn report(a: &Args, r: &Report) -> String {
     );
     let _ = writeln!(
         md,
-        "- nginx: `master_process on`, `worker_processes` = workers, `upstream` with the same servers and `keepalive 64`, `proxy_http_version 1.1`, `proxy_set_header Connection \"\"`, `access_log off`, `keepalive_requests 1000000` on both sides (nginx's default of 1000 would close client and upstream connections that lb-ingress keeps), `worker_connections` and `worker_rlimit_nofile` = RLIMIT_NOFILE."
+        "- nginx: `master_process on`, `worker_processes` = workers, `upstream` with the same servers and `keepalive 64`, `proxy_http_version 1.1`, `proxy_set_header Connection \"\"`, and the request headers lb-ingress sets (as ingress-nginx's template does): `Host $http_host` (passed unchanged; nginx's default would be the upstream block's name), `X-Forwarded-For $remote_addr`, `X-Forwarded-Proto $scheme`, `X-Forwarded-Host $http_host` and `Forwarded \"for=$remote_addr;host=\\\"$http_host\\\";proto=$scheme\"`; `access_log off`, `keepalive_requests 1000000` on both sides (nginx's default of 1000 would close client and upstream connections that lb-ingress keeps), `worker_connections` and `worker_rlimit_nofile` = RLIMIT_NOFILE."
     );
     let _ = writeln!(
         md,
