@@ -64,6 +64,8 @@ struct Args {
     conns: Vec<u32>,
     memory_workers: usize,
     lb_ingress: Option<PathBuf>,
+    /// Measured runs per proxy and scenario, the three proxies in turn.
+    rounds: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -78,6 +80,7 @@ fn parse_args() -> anyhow::Result<Args> {
         conns: vec![64, 512],
         memory_workers: 2,
         lb_ingress: None,
+        rounds: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -90,15 +93,17 @@ fn parse_args() -> anyhow::Result<Args> {
             "--upstreams" => a.upstreams = v()?.parse().context("--upstreams N")?,
             "--wrk-threads" => a.wrk_threads = v()?.parse().context("--wrk-threads N")?,
             "--lb-ingress" => a.lb_ingress = Some(v()?.into()),
+            "--rounds" => a.rounds = v()?.parse().context("--rounds N")?,
             "--quick" => {
                 a.duration = 2;
                 a.warmup = 1;
                 a.idle_conns = 1000;
+                a.rounds = 1;
             }
             "-h" | "--help" => {
                 println!(
                     "ingress_bench [--out PATH] [--duration SECS] [--warmup SECS] [--idle-conns N] \
-                     [--upstreams N] [--wrk-threads N] [--lb-ingress PATH] [--quick]"
+                     [--upstreams N] [--wrk-threads N] [--rounds N] [--lb-ingress PATH] [--quick]"
                 );
                 std::process::exit(0);
             }
@@ -106,8 +111,8 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     ensure!(
-        a.duration > 0 && a.upstreams > 0,
-        "duration and upstreams must be > 0"
+        a.duration > 0 && a.upstreams > 0 && a.rounds > 0,
+        "duration, upstreams and rounds must be > 0"
     );
     Ok(a)
 }
@@ -844,8 +849,38 @@ struct Scenario {
     nginx: Wrk,
     /// The bare hyper forwarder (see `bare_proxy`).
     bare: Wrk,
-    /// The order the three ran in.
-    order: String,
+    /// Lowest and highest req/s over the rounds: lb-ingress, nginx, bare.
+    rps_range: [(f64, f64); 3],
+    /// Which proxy ran first in the first round.
+    first: &'static str,
+}
+
+/// Each metric's median over the runs (taken separately); errors and requests summed.
+fn median(runs: &[Wrk]) -> Wrk {
+    let med = |f: fn(&Wrk) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            f64::midpoint(v[n / 2 - 1], v[n / 2])
+        }
+    };
+    Wrk {
+        rps: med(|w| w.rps),
+        p50_ms: med(|w| w.p50_ms),
+        p99_ms: med(|w| w.p99_ms),
+        cpu_us_per_req: med(|w| w.cpu_us_per_req),
+        requests: runs.iter().map(|w| w.requests).sum(),
+        errors: runs.iter().map(|w| w.errors).sum(),
+    }
+}
+
+fn rps_range(runs: &[Wrk]) -> (f64, f64) {
+    runs.iter().fold((f64::INFINITY, 0.0), |(lo, hi), w| {
+        (lo.min(w.rps), hi.max(w.rps))
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -898,10 +933,16 @@ fn main() -> anyhow::Result<()> {
         for &conns in &a.conns {
             // Rotate which proxy goes first, so none always runs on a cooler machine.
             let turn = scenarios.len();
-            let run = |name: &str, addr: SocketAddr, p: &mut Proc| -> anyhow::Result<Wrk> {
+            let run = |name: &str,
+                       addr: SocketAddr,
+                       p: &mut Proc,
+                       warm: bool|
+             -> anyhow::Result<Wrk> {
                 p.ensure_running()?;
                 let before: Vec<u64> = hits.iter().map(|h| h.load(Ordering::Relaxed)).collect();
-                run_wrk(addr, conns, a.wrk_threads, a.warmup, p.pid())?;
+                if warm {
+                    run_wrk(addr, conns, a.wrk_threads, a.warmup, p.pid())?;
+                }
                 let w = run_wrk(addr, conns, a.wrk_threads, a.duration, p.pid())?;
                 let spread: Vec<u64> = hits
                     .iter()
@@ -914,28 +955,28 @@ fn main() -> anyhow::Result<()> {
                 );
                 Ok(w)
             };
-            let mut results: [Option<Wrk>; 3] = [None, None, None];
-            let mut order = Vec::new();
-            for k in 0..3 {
-                let which = (turn + k) % 3;
-                let w = match which {
-                    0 => run("lb-ingress", lb_addr, &mut lb)?,
-                    1 => run("nginx", ngx_addr, &mut ngx)?,
-                    _ => run("bare-hyper", bare_addr, &mut bare)?,
-                };
-                order.push(["lb-ingress", "nginx", "bare hyper"][which]);
-                results[which] = Some(w);
+            // Each round runs the three in turn, starting one later than the last round.
+            let mut runs: [Vec<Wrk>; 3] = Default::default();
+            for round in 0..a.rounds {
+                for k in 0..3 {
+                    let which = (turn + round + k) % 3;
+                    let warm = round == 0;
+                    let w = match which {
+                        0 => run("lb-ingress", lb_addr, &mut lb, warm)?,
+                        1 => run("nginx", ngx_addr, &mut ngx, warm)?,
+                        _ => run("bare-hyper", bare_addr, &mut bare, warm)?,
+                    };
+                    runs[which].push(w);
+                }
             }
-            let [Some(lbw), Some(ngw), Some(bw)] = results else {
-                unreachable!("each of the three ran once");
-            };
             scenarios.push(Scenario {
                 workers,
                 conns,
-                lb: lbw,
-                nginx: ngw,
-                bare: bw,
-                order: order.join(", "),
+                lb: median(&runs[0]),
+                nginx: median(&runs[1]),
+                bare: median(&runs[2]),
+                rps_range: runs.each_ref().map(|r| rps_range(r)),
+                first: ["lb-ingress", "nginx", "bare hyper"][turn % 3],
             });
         }
         nginx_error_lines.extend(nginx_errors(&ngx));
@@ -1069,8 +1110,8 @@ fn report(a: &Args, r: &Report) -> String {
     );
     let _ = writeln!(
         md,
-        "- wrk: `wrk -t{} -cC -d{}s --latency --timeout 5s` after a {} s warm-up run on the same connections count; one measured run per cell (no repetitions, so run-to-run variance is not measured). CPU/req is the proxy's user+system CPU time (nginx: master + workers) over the measured run divided by its requests. RLIMIT_NOFILE {}.\n",
-        a.wrk_threads, a.duration, a.warmup, r.nofile
+        "- wrk: `wrk -t{} -cC -d{}s --latency --timeout 5s` after a {} s warm-up run on the same connections count; {} measured run(s) per proxy and cell, the three proxies in turn and the order rotated every round, so that none always runs first or last. The tables give each metric's median over the runs (taken separately) and the range of req/s; errors are summed. CPU/req is the proxy's user+system CPU time (nginx: master + workers) over a measured run divided by its requests. RLIMIT_NOFILE {}.\n",
+        a.wrk_threads, a.duration, a.warmup, a.rounds, r.nofile
     );
 
     let _ = writeln!(md, "## Throughput and latency\n");
@@ -1102,28 +1143,34 @@ fn report(a: &Args, r: &Report) -> String {
     for s in r.scenarios {
         let _ = writeln!(
             md,
-            "### {} worker{}, {} connections (order: {})\n",
+            "### {} worker{}, {} connections ({} first in round 1)\n",
             s.workers,
             if s.workers == 1 { "" } else { "s" },
             s.conns,
-            s.order
+            s.first
         );
-        let _ = writeln!(md, "| proxy | req/s | p50 | p99 | errors | CPU/req |");
-        let _ = writeln!(md, "|---|---|---|---|---|---|");
-        for (name, w) in [
+        let _ = writeln!(
+            md,
+            "| proxy | req/s | req/s range | p50 | p99 | errors | CPU/req |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for ((name, w), (lo, hi)) in [
             ("lb-ingress", &s.lb),
             ("nginx", &s.nginx),
             ("bare hyper", &s.bare),
-        ] {
+        ]
+        .into_iter()
+        .zip(s.rps_range)
+        {
             let _ = writeln!(
                 md,
-                "| {name} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.1} µs |",
+                "| {name} | {:.0} | {lo:.0}-{hi:.0} | {:.2} ms | {:.2} ms | {} | {:.1} µs |",
                 w.rps, w.p50_ms, w.p99_ms, w.errors, w.cpu_us_per_req
             );
         }
         let _ = writeln!(
             md,
-            "| lb-ingress / nginx | {:.2} | {:.2} | {:.2} | | {:.2} |\n",
+            "| lb-ingress / nginx | {:.2} | | {:.2} | {:.2} | | {:.2} |\n",
             ratio(s.lb.rps, s.nginx.rps),
             ratio(s.lb.p50_ms, s.nginx.p50_ms),
             ratio(s.lb.p99_ms, s.nginx.p99_ms),
@@ -1293,7 +1340,8 @@ fn reading(a: &Args, r: &Report) -> String {
     }
     let _ = write!(
         s,
-        "These are single {}-second runs on a {}-core machine where wrk, the upstreams and the proxy compete for the same cores, so the proxy never has the CPU to itself: the numbers compare the two proxies under identical conditions here, not their capacity on dedicated hardware, and differences of a few percent are within what one run cannot resolve. Only small GET responses over HTTP/1.1 without TLS were measured.",
+        "These are medians of {} {}-second run(s) per cell on a {}-core machine where wrk, the upstreams and the proxy compete for the same cores, so the proxy never has the CPU to itself: the numbers compare the proxies under identical conditions here, not their capacity on dedicated hardware; the req/s ranges in the tables show how far runs of one proxy spread on this machine. Only small GET responses over HTTP/1.1 without TLS were measured.",
+        a.rounds,
         a.duration,
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
     );
