@@ -193,10 +193,58 @@ impl EncodeMetric for ShardedHistogram {
     }
 }
 
+/// A counter exposed as prometheus-client's [`Counter`], counted the way
+/// [`ShardedHistogram`] observes: each thread adds to a cache line of its own, summed
+/// when scraped. (One shared atomic per series would bounce between the serving threads
+/// on every request of a busy route.)
+#[derive(Clone, Default)]
+pub struct ShardedCounter {
+    shards: Arc<[CounterShard; HISTOGRAM_SHARDS]>,
+}
+
+#[derive(Default)]
+#[repr(align(64))]
+struct CounterShard(AtomicU64);
+
+impl ShardedCounter {
+    pub fn inc(&self) {
+        self.shards[SHARD.with(|s| *s)]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl std::fmt::Debug for ShardedCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ShardedCounter").field(&self.get()).finish()
+    }
+}
+
+impl TypedMetric for ShardedCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ShardedCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 /// Everything the proxy, the TLS acceptor and the source update.
 #[derive(Clone)]
 pub struct Metrics {
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: Family<RequestLabels, ShardedCounter>,
     pub request_duration: Family<RouteLabels, ShardedHistogram, fn() -> ShardedHistogram>,
     pub upstream_response_duration: Family<RouteLabels, ShardedHistogram, fn() -> ShardedHistogram>,
     pub upstream_connect_errors: Family<ServiceLabel, Counter>,
@@ -371,7 +419,7 @@ pub struct RouteLabelValues<'a> {
 /// series up on every request; a series still appears only once it has been used.
 #[derive(Debug, Default)]
 pub struct RouteSeries {
-    requests: [[OnceLock<Counter>; METHODS.len()]; STATUS_CLASSES.len()],
+    requests: [[OnceLock<ShardedCounter>; METHODS.len()]; STATUS_CLASSES.len()],
     duration: OnceLock<ShardedHistogram>,
     upstream_duration: OnceLock<ShardedHistogram>,
 }

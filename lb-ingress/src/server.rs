@@ -373,6 +373,7 @@ impl Listener {
         rt.block_on(async move {
             let (done, mut all_done) = mpsc::channel::<()>(1);
             let this = Listener {
+                proxy: Arc::new(self.proxy.for_thread()),
                 _thread: Some(done),
                 ..self
             };

@@ -9,15 +9,18 @@ use hyper::{Method, StatusCode, Version};
 use tracing::info;
 
 use super::ConnInfo;
+use super::Proxy;
 use super::balance::InFlight;
-use crate::metrics::{Metrics, RouteLabelValues};
+use crate::metrics::RouteLabelValues;
 use crate::source::Target;
 
 /// Everything known about one request, filled in phase by phase.
 pub struct RequestLog {
     pub start: Instant,
     pub conn: Arc<ConnInfo>,
-    pub metrics: Arc<Metrics>,
+    /// For the metrics: the serving thread's own handle (see [`Proxy::for_thread`]), so
+    /// that taking and dropping it does not touch a count other threads share.
+    pub proxy: Arc<Proxy>,
     pub access_log: bool,
     pub method: Method,
     pub version: Version,
@@ -41,7 +44,7 @@ pub struct RequestLog {
 impl RequestLog {
     pub fn new(
         conn: Arc<ConnInfo>,
-        metrics: Arc<Metrics>,
+        proxy: Arc<Proxy>,
         access_log: bool,
         method: Method,
         version: Version,
@@ -52,7 +55,7 @@ impl RequestLog {
         RequestLog {
             start,
             conn,
-            metrics,
+            proxy,
             access_log,
             method,
             version,
@@ -84,10 +87,10 @@ impl Drop for RequestLog {
         let duration = end.saturating_duration_since(self.start);
         let (series, labels) = match &self.target {
             Some(t) => (&t.series, t.labels()),
-            None => (&*self.metrics.unrouted, RouteLabelValues::default()),
+            None => (&*self.proxy.metrics.unrouted, RouteLabelValues::default()),
         };
         series.observe(
-            &self.metrics,
+            &self.proxy.metrics,
             labels,
             self.status,
             &self.method,

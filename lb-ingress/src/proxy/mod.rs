@@ -51,7 +51,7 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Version};
 
 use crate::metrics::Metrics;
-use crate::source::{Config, Target};
+use crate::source::Config;
 use crate::tls::CertResolver;
 use balance::EndpointRegistry;
 use body::{RequestBody, ResponseBody};
@@ -229,7 +229,7 @@ pub struct Proxy {
     pub registry: Arc<EndpointRegistry>,
     pub metrics: Arc<Metrics>,
     pub client: upstream::UpstreamClient,
-    pub budget: RetryBudget,
+    pub budget: Arc<RetryBudget>,
     pub options: ProxyOptions,
 }
 
@@ -247,8 +247,25 @@ impl Proxy {
             registry,
             metrics,
             client: upstream::client(options.connect_timeout, Duration::from_secs(90)),
-            budget: RetryBudget::new(options.retry_ratio, 10),
+            budget: Arc::new(RetryBudget::new(options.retry_ratio, 10)),
             options,
+        }
+    }
+
+    /// Another handle on the same proxy (same configuration, endpoints, metrics and
+    /// budget), for one serving thread. A request clones its thread's `Arc<Proxy>`; one
+    /// shared by all threads would have its count bounce between their caches on every
+    /// request.
+    #[must_use]
+    pub fn for_thread(&self) -> Proxy {
+        Proxy {
+            config: Arc::clone(&self.config),
+            certs: Arc::clone(&self.certs),
+            registry: Arc::clone(&self.registry),
+            metrics: Arc::clone(&self.metrics),
+            client: self.client.clone(),
+            budget: Arc::clone(&self.budget),
+            options: self.options.clone(),
         }
     }
 
@@ -264,7 +281,7 @@ impl Proxy {
     ) -> impl Future<Output = Response<ResponseBody>> + Send + use<> {
         let mut log = Box::new(RequestLog::new(
             Arc::clone(conn),
-            Arc::clone(&self.metrics),
+            Arc::clone(self),
             self.options.access_log,
             req.method().clone(),
             req.version(),
@@ -323,12 +340,13 @@ impl Proxy {
                 .ok_or(ProxyError::NoRoute)?,
         );
         drop(config);
-        log.target = Some(Arc::clone(&target));
         if target.pool.is_empty() {
-            return Err(ProxyError::NoEndpoint {
-                service: target.service.clone(),
-            });
+            let service = target.service.clone();
+            log.target = Some(target);
+            return Err(ProxyError::NoEndpoint { service });
         }
+        // The log record holds the target; the upstream phases borrow it from there.
+        log.target = Some(target);
 
         // 4. upstream_request_filter (3, the endpoint choice, happens per attempt).
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
@@ -370,7 +388,6 @@ impl Proxy {
             head.headers.insert(header::HOST, v.clone());
         }
         Ok(Step::Upstream(Outgoing {
-            target,
             head,
             body: RequestBody::new(incoming, limit),
             client_upgrade,
@@ -385,13 +402,17 @@ impl Proxy {
         log: &mut RequestLog,
     ) -> Result<Forwarded, ProxyError> {
         let Outgoing {
-            target,
             mut head,
             body,
             client_upgrade,
             upgrade,
         } = outgoing;
-        let (mut resp, slot, pooled) = upstream::send(self, &target, &mut head, &body, log).await?;
+        // Taken from the log record for the exchange and put back whatever its outcome:
+        // no count of the (shared) target is touched here.
+        let target = log.target.take().expect("routed before forwarding");
+        let sent = upstream::send(self, &target, &mut head, &body, log).await;
+        log.target = Some(target);
+        let (mut resp, slot, pooled) = sent?;
         log.in_flight = Some(slot);
 
         // 5. response_filter
@@ -434,9 +455,8 @@ enum Step {
     Upstream(Outgoing),
 }
 
-/// The upstream request, ready to go.
+/// The upstream request, ready to go (its target is in the request's log record).
 struct Outgoing {
-    target: Arc<Target>,
     head: upstream::Head,
     body: RequestBody,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,

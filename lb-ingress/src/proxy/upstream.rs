@@ -223,7 +223,7 @@ impl Failure {
 }
 
 /// Opens connections to endpoints and sends requests on pooled ones.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct UpstreamClient {
     h1: http1::Builder,
     connect_timeout: Duration,
