@@ -421,7 +421,8 @@ impl Listener {
             match &tls {
                 None => drop(tokio::spawn(async move {
                     let _open = this.count_open("http");
-                    this.serve(TokioIo::new(stream), peer, false).await;
+                    this.serve(TokioIo::new(stream), ConnInfo::new(peer, false))
+                        .await;
                     drop(permit);
                 })),
                 Some((acceptor, timeout)) => {
@@ -468,17 +469,26 @@ impl Listener {
             .get_or_create(&ResultLabel { result })
             .inc();
         match handshake {
-            Ok(Ok(tls)) => self.serve(TokioIo::new(tls), peer, true).await,
+            Ok(Ok(tls)) => {
+                let info = ConnInfo::new(peer, true);
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    // Known now, not only at the first request: the header read timeout
+                    // (an HTTP/1 limit) does not apply.
+                    info.set_http2();
+                }
+                self.serve(TokioIo::new(tls), info).await;
+            }
             Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => debug!(%peer, "TLS handshake timed out"),
         }
     }
 
-    async fn serve<I>(&self, io: TokioIo<I>, peer: SocketAddr, tls: bool)
+    async fn serve<I>(&self, io: TokioIo<I>, info: ConnInfo)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let info = Arc::new(ConnInfo::new(peer, tls));
+        let peer = info.peer;
+        let info = Arc::new(info);
         let proxy = Arc::clone(&self.proxy);
         let conn_info = Arc::clone(&info);
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {

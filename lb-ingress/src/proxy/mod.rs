@@ -157,11 +157,16 @@ impl ConnInfo {
         self.last_active_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// The connection speaks HTTP/2 (ALPN said so, or a request came over it).
+    pub fn set_http2(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+    }
+
     /// A request started at `now`.
     pub fn request_started(&self, now: Instant, version: Version) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         if version == Version::HTTP_2 {
-            self.http2.store(true, Ordering::Relaxed);
+            self.set_http2();
         }
         self.touch(now);
     }
@@ -663,6 +668,14 @@ mod tests {
         let idle = secs(3);
         assert_eq!(c.expiry(t0, H, idle), Expiry::Check(t0 + idle));
         assert_eq!(c.expiry(t0 + idle, H, idle), Expiry::Close);
+    }
+
+    #[test]
+    fn an_http2_connection_by_alpn_waits_for_its_first_request_until_idle() {
+        let (c, t0) = conn();
+        c.set_http2();
+        assert_eq!(c.expiry(t0 + H, H, I), Expiry::Check(t0 + I));
+        assert_eq!(c.expiry(t0 + I, H, I), Expiry::Idle);
     }
 
     #[test]
