@@ -6,11 +6,11 @@
 //!    memory here;
 //! 2. the TLS handshake (HTTPS listener), bounded by the header read timeout, counted in
 //!    `tls_handshakes_total`;
-//! 3. hyper-util's auto connection (HTTP/1.1 with keep-alive, or HTTP/2 by ALPN or by
-//!    prior knowledge), with upgrades, a timer for the header read timeout, and the
-//!    header size limit;
+//! 3. hyper's HTTP/1.1 connection (keep-alive, upgrades, the header size limit) or its
+//!    HTTP/2 connection, chosen by ALPN or, on plain connections, by the HTTP/2 preface
+//!    (prior knowledge) seen with a peek;
 //! 4. a watch on the connection: graceful shutdown on SIGTERM/SIGINT or
-//!    [`ServerHandle::shutdown`], and the idle timeout.
+//!    [`ServerHandle::shutdown`], the header read timeout and the idle timeout.
 //!
 //! Connections are served either by the runtime that starts the server or, with
 //! [`ServerConfig::serving_threads`] (what the binary does), by threads with a
@@ -18,6 +18,7 @@
 //! workers share nothing: a connection's requests, their upstream connections and the
 //! pooled ones stay on its thread.
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
@@ -27,8 +28,9 @@ use arc_swap::ArcSwap;
 use futures::task::AtomicWaker;
 use hyper::Request;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use lb_k8s::SourceConfig;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -161,7 +163,7 @@ impl Server {
         let connections = Arc::new(Semaphore::new(options.max_connections));
         let listener = Listener {
             proxy: Arc::clone(&proxy),
-            builder: builder(&options),
+            builders: builders(&options),
             connections: Arc::clone(&connections),
             shutdown: shutdown_rx.clone(),
             _drain: drain_tx.clone(),
@@ -276,27 +278,94 @@ impl ServerHandle {
     }
 }
 
-fn builder(options: &ProxyOptions) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+/// hyper's HTTP/1.1 and HTTP/2 connection builders. Which one serves a connection is
+/// decided here (ALPN, or the HTTP/2 preface on plain connections), not by hyper-util's
+/// auto connection: that one reads the first 24 bytes on their own and replays them,
+/// so hyper's first read of every connection returns only those and its read buffer
+/// grows to 16 KiB for good (8 KiB otherwise), and every later read passes through the
+/// replaying wrapper.
+#[derive(Clone)]
+struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+fn builders(options: &ProxyOptions) -> Builders {
+    let mut h1 = http1::Builder::new();
     // The header read timeout is the connection watch's (see `Listener::serve`): hyper's
     // makes, registers and drops a timer for every request.
-    b.http1()
-        .header_read_timeout(None)
+    h1.header_read_timeout(None)
         .max_buf_size(options.max_header_bytes.max(8192))
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
-    b
+    Builders { h1, h2 }
+}
+
+/// One client connection as hyper serves it. HTTP/1 is inline on purpose: it is the
+/// common case, and the enum lives inside the connection's task anyway.
+#[allow(clippy::large_enum_variant)]
+enum Served<I, S>
+where
+    S: HttpService<Incoming>,
+{
+    Http1(http1::UpgradeableConnection<I, S>),
+    /// Boxed: rare, and pinned by its own future.
+    Http2(Pin<Box<http2::Connection<I, S, TokioExecutor>>>),
+}
+
+impl<I, S, B> Served<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send + 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(&mut self) {
+        match self {
+            Served::Http1(c) => Pin::new(c).graceful_shutdown(),
+            Served::Http2(c) => c.as_mut().graceful_shutdown(),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        match self {
+            Served::Http1(c) => Pin::new(c).poll(cx),
+            Served::Http2(c) => c.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Whether a plain connection opens with the HTTP/2 preface (h2c with prior knowledge).
+/// Peeks, so nothing is consumed; decided by the first byte that differs from the
+/// preface, which for HTTP/1 is the first byte of nearly every request.
+async fn opens_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == PREFACE.len() {
+            return Ok(true);
+        }
+        // A part of the preface so far: wait for the rest (bounded by the caller).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[derive(Clone)]
 struct Listener {
     proxy: Arc<Proxy>,
-    builder: auto::Builder<TokioExecutor>,
+    builders: Builders,
     connections: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
     /// Held by every connection task: shutdown is complete when all are dropped.
@@ -421,8 +490,7 @@ impl Listener {
             match &tls {
                 None => drop(tokio::spawn(async move {
                     let _open = this.count_open("http");
-                    this.serve(TokioIo::new(stream), ConnInfo::new(peer, false))
-                        .await;
+                    this.plain_connection(stream, peer).await;
                     drop(permit);
                 })),
                 Some((acceptor, timeout)) => {
@@ -451,6 +519,23 @@ impl Listener {
         })
     }
 
+    async fn plain_connection(&self, stream: TcpStream, peer: SocketAddr) {
+        let mut shutdown = self.shutdown.clone();
+        let h2 = tokio::select! {
+            r = tokio::time::timeout(self.header_timeout, opens_with_h2_preface(&stream)) => r,
+            // Nothing received yet: nothing to drain.
+            () = stopped(&mut shutdown) => return,
+        };
+        match h2 {
+            Ok(Ok(h2)) => {
+                self.serve(TokioIo::new(stream), ConnInfo::new(peer, false), h2)
+                    .await;
+            }
+            Ok(Err(e)) => debug!(%peer, error = %e, "connection failed before a request"),
+            Err(_) => debug!(%peer, "no request head in time: closing"),
+        }
+    }
+
     async fn tls_connection(
         &self,
         stream: TcpStream,
@@ -470,20 +555,16 @@ impl Listener {
             .inc();
         match handshake {
             Ok(Ok(tls)) => {
-                let info = ConnInfo::new(peer, true);
-                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    // Known now, not only at the first request: the header read timeout
-                    // (an HTTP/1 limit) does not apply.
-                    info.set_http2();
-                }
-                self.serve(TokioIo::new(tls), info).await;
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                self.serve(TokioIo::new(tls), ConnInfo::new(peer, true), h2)
+                    .await;
             }
             Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => debug!(%peer, "TLS handshake timed out"),
         }
     }
 
-    async fn serve<I>(&self, io: TokioIo<I>, info: ConnInfo)
+    async fn serve<I>(&self, io: TokioIo<I>, info: ConnInfo, h2: bool)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -495,8 +576,16 @@ impl Listener {
             let response = proxy.handle(req, &conn_info);
             async move { Ok::<_, std::convert::Infallible>(response.await) }
         });
-        let conn = self.builder.serve_connection_with_upgrades(io, service);
-        tokio::pin!(conn);
+        let mut conn = if h2 {
+            Served::Http2(Box::pin(self.builders.h2.serve_connection(io, service)))
+        } else {
+            Served::Http1(
+                self.builders
+                    .h1
+                    .serve_connection(io, service)
+                    .with_upgrades(),
+            )
+        };
         let mut shutdown = self.shutdown.clone();
         let stop = stopped(&mut shutdown);
         tokio::pin!(stop);
@@ -517,7 +606,7 @@ impl Listener {
         let side_waker = Waker::from(Arc::clone(&side));
         let result = std::future::poll_fn(|cx| {
             side.task.register(cx.waker());
-            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            if let Poll::Ready(r) = conn.poll(cx) {
                 return Poll::Ready(r);
             }
             if closing || !side.woken.swap(false, Ordering::AcqRel) {
@@ -525,6 +614,11 @@ impl Listener {
             }
             let mut side_cx = Context::from_waker(&side_waker);
             if stop.as_mut().poll(&mut side_cx).is_ready() {
+                if !info.served_any() {
+                    // Nothing to drain, and an HTTP/2 connection would wait for its
+                    // preface before it could close gracefully.
+                    return Poll::Ready(Ok(()));
+                }
                 closing = true;
             }
             while !closing && watch.as_mut().poll(&mut side_cx).is_ready() {
@@ -543,8 +637,8 @@ impl Listener {
             if !closing {
                 return Poll::Pending;
             }
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().poll(cx)
+            conn.graceful_shutdown();
+            conn.poll(cx)
         })
         .await;
         if let Err(e) = result {

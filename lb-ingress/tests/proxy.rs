@@ -458,6 +458,50 @@ async fn header_timeout_closes_idle_keep_alive_but_not_a_slow_response() {
     h.shutdown().await;
 }
 
+/// A plain connection is HTTP/2 if it opens with the preface; one that stalls inside it
+/// is cut off by the header timeout like a slow HTTP/1 client, and connections that
+/// never sent a request do not hold up shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_preface_is_cut_off_and_unused_connections_do_not_delay_shutdown() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let up = Upstream::start("preface").await;
+    let m = Manifests::new();
+    m.write("ingress.yaml", SEED_INGRESS);
+    m.write(
+        "svc.yaml",
+        &service("default", "frontend", 3000, "http", "3000", &[&up]),
+    );
+    let h = start(server_config(&m)).await;
+    let mut s = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("a stalled preface still open after 5 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(400),
+        "cut off too early: {took:?}"
+    );
+    assert!(took < Duration::from_secs(3), "cut off too late: {took:?}");
+
+    // Shutdown's grace is 5 s in tests: connections with nothing sent must not use it.
+    let _idle = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
+    half.write_all(b"PRI * HT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t0 = std::time::Instant::now();
+    h.shutdown().await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "shutdown waited {:?} for unused connections",
+        t0.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_are_431_and_malformed_requests_400_without_upstream() {
     let up = Upstream::start("limits").await;

@@ -127,8 +127,12 @@ pub struct ConnInfo {
     opened: Instant,
     in_flight: AtomicUsize,
     last_active_ms: AtomicU64,
-    /// An HTTP/2 request was seen: the header read timeout does not apply.
+    /// An HTTP/2 request was seen: the header read timeout no longer applies. (Not set
+    /// from ALPN: until its first request, an HTTP/2 connection is held to the header
+    /// timeout like any other, and closed at once, as hyper could close it gracefully
+    /// only after the client's preface.)
     http2: AtomicBool,
+    served_any: AtomicBool,
     /// What the first request's authority gave, for the next requests with the same
     /// one (nearly all of them: a connection rarely changes hosts).
     authority: OnceLock<AuthorityInfo>,
@@ -143,6 +147,7 @@ impl ConnInfo {
             in_flight: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
             http2: AtomicBool::new(false),
+            served_any: AtomicBool::new(false),
             authority: OnceLock::new(),
         }
     }
@@ -157,18 +162,21 @@ impl ConnInfo {
         self.last_active_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// The connection speaks HTTP/2 (ALPN said so, or a request came over it).
-    pub fn set_http2(&self) {
-        self.http2.store(true, Ordering::Relaxed);
-    }
-
     /// A request started at `now`.
     pub fn request_started(&self, now: Instant, version: Version) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if !self.served_any.load(Ordering::Relaxed) {
+            self.served_any.store(true, Ordering::Relaxed);
+        }
         if version == Version::HTTP_2 {
-            self.set_http2();
+            self.http2.store(true, Ordering::Relaxed);
         }
         self.touch(now);
+    }
+
+    /// Whether a request has come over this connection.
+    pub fn served_any(&self) -> bool {
+        self.served_any.load(Ordering::Relaxed)
     }
 
     /// A request finished at `now`.
@@ -668,14 +676,6 @@ mod tests {
         let idle = secs(3);
         assert_eq!(c.expiry(t0, H, idle), Expiry::Check(t0 + idle));
         assert_eq!(c.expiry(t0 + idle, H, idle), Expiry::Close);
-    }
-
-    #[test]
-    fn an_http2_connection_by_alpn_waits_for_its_first_request_until_idle() {
-        let (c, t0) = conn();
-        c.set_http2();
-        assert_eq!(c.expiry(t0 + H, H, I), Expiry::Check(t0 + I));
-        assert_eq!(c.expiry(t0 + I, H, I), Expiry::Idle);
     }
 
     #[test]
