@@ -23,6 +23,17 @@ spec:
       - {path: /, pathType: Prefix, backend: {service: {name: frontend, port: {number: 3000}}}}
 ";
 
+/// The seed Ingress with `up` as the frontend Service's one endpoint.
+fn seed_manifests(up: &Upstream) -> Manifests {
+    let m = Manifests::new();
+    m.write("ingress.yaml", SEED_INGRESS);
+    m.write(
+        "svc.yaml",
+        &service("default", "frontend", 3000, "http", "3000", &[up]),
+    );
+    m
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_host_and_path_to_every_replica() {
     let fe = [
@@ -192,12 +203,7 @@ async fn service_ports_by_name_with_named_target_ports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_sees_the_request_unchanged_and_forwarding_headers() {
     let up = Upstream::start("echo").await;
-    let m = Manifests::new();
-    m.write("ingress.yaml", SEED_INGRESS);
-    m.write(
-        "svc.yaml",
-        &service("default", "frontend", 3000, "http", "3000", &[&up]),
-    );
+    let m = seed_manifests(&up);
     let h = start(server_config(&m)).await;
     let c = client();
     let req = hyper::Request::builder()
@@ -254,12 +260,7 @@ async fn upstream_sees_the_request_unchanged_and_forwarding_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxies_extend_the_forwarded_chain() {
     let up = Upstream::start("echo").await;
-    let m = Manifests::new();
-    m.write("ingress.yaml", SEED_INGRESS);
-    m.write(
-        "svc.yaml",
-        &service("default", "frontend", 3000, "http", "3000", &[&up]),
-    );
+    let m = seed_manifests(&up);
     let mut cfg = server_config(&m);
     cfg.options.trusted_proxies =
         lb_ingress::proxy::headers::TrustedProxies(vec!["127.0.0.0/8".parse().unwrap()]);
@@ -291,12 +292,7 @@ async fn trusted_proxies_extend_the_forwarded_chain() {
 async fn websocket_upgrade_is_tunnelled() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let up = Upstream::start("ws").await;
-    let m = Manifests::new();
-    m.write("ingress.yaml", SEED_INGRESS);
-    m.write(
-        "svc.yaml",
-        &service("default", "frontend", 3000, "http", "3000", &[&up]),
-    );
+    let m = seed_manifests(&up);
     let h = start(server_config(&m)).await;
     let mut s = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
     s.write_all(
@@ -376,12 +372,7 @@ async fn http2_prior_knowledge_reaches_an_http1_upstream() {
 async fn slow_client_is_cut_off_by_the_header_timeout() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let up = Upstream::start("slow").await;
-    let m = Manifests::new();
-    m.write("ingress.yaml", SEED_INGRESS);
-    m.write(
-        "svc.yaml",
-        &service("default", "frontend", 3000, "http", "3000", &[&up]),
-    );
+    let m = seed_manifests(&up);
     let h = start(server_config(&m)).await;
     let mut s = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
     let t0 = std::time::Instant::now();
@@ -420,12 +411,7 @@ async fn slow_client_is_cut_off_by_the_header_timeout() {
 async fn header_timeout_closes_idle_keep_alive_but_not_a_slow_response() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let up = Upstream::start("keepalive").await;
-    let m = Manifests::new();
-    m.write("ingress.yaml", SEED_INGRESS);
-    m.write(
-        "svc.yaml",
-        &service("default", "frontend", 3000, "http", "3000", &[&up]),
-    );
+    let m = seed_manifests(&up);
     let h = start(server_config(&m)).await;
     let mut s = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
     let mut buf = vec![0u8; 64 * 1024];
@@ -465,12 +451,7 @@ async fn header_timeout_closes_idle_keep_alive_but_not_a_slow_response() {
 async fn stalled_preface_is_cut_off_and_unused_connections_do_not_delay_shutdown() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let up = Upstream::start("preface").await;
-    let m = Manifests::new();
-    m.write("ingress.yaml", SEED_INGRESS);
-    m.write(
-        "svc.yaml",
-        &service("default", "frontend", 3000, "http", "3000", &[&up]),
-    );
+    let m = seed_manifests(&up);
     let h = start(server_config(&m)).await;
     let mut s = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
@@ -505,12 +486,7 @@ async fn stalled_preface_is_cut_off_and_unused_connections_do_not_delay_shutdown
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_are_431_and_malformed_requests_400_without_upstream() {
     let up = Upstream::start("limits").await;
-    let m = Manifests::new();
-    m.write("ingress.yaml", SEED_INGRESS);
-    m.write(
-        "svc.yaml",
-        &service("default", "frontend", 3000, "http", "3000", &[&up]),
-    );
+    let m = seed_manifests(&up);
     let h = start(server_config(&m)).await;
     let big = format!(
         "GET / HTTP/1.1\r\nHost: shop.example.com\r\nX-Big: {}\r\n\r\n",
@@ -541,12 +517,7 @@ async fn oversized_headers_are_431_and_malformed_requests_400_without_upstream()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_over_the_limit_are_413() {
     let up = Upstream::start("body").await;
-    let m = Manifests::new();
-    m.write("ingress.yaml", SEED_INGRESS);
-    m.write(
-        "svc.yaml",
-        &service("default", "frontend", 3000, "http", "3000", &[&up]),
-    );
+    let m = seed_manifests(&up);
     let mut cfg = server_config(&m);
     cfg.options.max_body_bytes = 100_000;
     let h = start(cfg).await;
@@ -1113,12 +1084,7 @@ async fn ingress_class_selection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_requests() {
     let up = Upstream::start("drain").await;
-    let m = Manifests::new();
-    m.write("ingress.yaml", SEED_INGRESS);
-    m.write(
-        "svc.yaml",
-        &service("default", "frontend", 3000, "http", "3000", &[&up]),
-    );
+    let m = seed_manifests(&up);
     let h = start(server_config(&m)).await;
     let addr = h.http_addr;
     let c = client();
@@ -1142,12 +1108,7 @@ async fn shutdown_drains_in_flight_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connections_are_closed() {
     let up = Upstream::start("idle").await;
-    let m = Manifests::new();
-    m.write("ingress.yaml", SEED_INGRESS);
-    m.write(
-        "svc.yaml",
-        &service("default", "frontend", 3000, "http", "3000", &[&up]),
-    );
+    let m = seed_manifests(&up);
     let mut cfg = server_config(&m);
     cfg.options.idle_timeout = Duration::from_millis(300);
     let h = start(cfg).await;

@@ -303,30 +303,11 @@ impl UpstreamClient {
         now: Instant,
         deadline: Instant,
     ) -> Result<(Response<Incoming>, PooledConn), Failure> {
-        let (mut tx, mut timer, reused) = self.checkout(endpoint, now).await?;
-        timer
-            .as_mut()
-            .reset(tokio::time::Instant::from_std(deadline));
-        match within(timer.as_mut(), tx.try_send_request(build())).await {
-            None => Err(Failure::Timeout),
-            Some(Ok(resp)) => Ok((
-                resp,
-                PooledConn {
-                    tx,
-                    timer,
-                    endpoint: Arc::clone(endpoint),
-                    shard: shard(),
-                },
-            )),
-            Some(Err(mut e)) => match e.take_message() {
-                // Not started on a connection that closed while idle: another one (a
-                // rare path, boxed to keep the common future small).
-                Some(unsent) if reused => {
-                    debug!(error = %e.error(), "unstarted request canceled, trying again");
-                    Box::pin(self.resend(endpoint, unsent, now, deadline)).await
-                }
-                _ => Err(Failure::Upstream(e.into_error().into())),
-            },
+        let conn = self.checkout(endpoint, now).await?;
+        match self.attempt(endpoint, conn, build(), deadline).await? {
+            Attempt::Done(resp, conn) => Ok((resp, conn)),
+            // A rare path, boxed to keep the common future small.
+            Attempt::Unsent(req) => Box::pin(self.resend(endpoint, req, now, deadline)).await,
         }
     }
 
@@ -339,31 +320,54 @@ impl UpstreamClient {
         deadline: Instant,
     ) -> Result<(Response<Incoming>, PooledConn), Failure> {
         loop {
-            let (mut tx, mut timer, reused) = self.checkout(endpoint, now).await?;
-            timer
-                .as_mut()
-                .reset(tokio::time::Instant::from_std(deadline));
-            match within(timer.as_mut(), tx.try_send_request(req)).await {
-                None => return Err(Failure::Timeout),
-                Some(Ok(resp)) => {
-                    let conn = PooledConn {
-                        tx,
-                        timer,
-                        endpoint: Arc::clone(endpoint),
-                        shard: shard(),
-                    };
-                    return Ok((resp, conn));
-                }
-                Some(Err(mut e)) => match e.take_message() {
-                    Some(unsent) if reused => {
-                        debug!(error = %e.error(), "unstarted request canceled, trying again");
-                        req = unsent;
-                    }
-                    _ => return Err(Failure::Upstream(e.into_error().into())),
-                },
+            let conn = self.checkout(endpoint, now).await?;
+            match self.attempt(endpoint, conn, req, deadline).await? {
+                Attempt::Done(resp, conn) => return Ok((resp, conn)),
+                Attempt::Unsent(unsent) => req = unsent,
             }
         }
     }
+
+    /// One send of `req` on a checked-out connection, waiting for the response head
+    /// until `deadline`.
+    async fn attempt(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        (mut tx, mut timer, reused): (Sender, Timer, bool),
+        req: Request<RequestBody>,
+        deadline: Instant,
+    ) -> Result<Attempt, Failure> {
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::from_std(deadline));
+        match within(timer.as_mut(), tx.try_send_request(req)).await {
+            None => Err(Failure::Timeout),
+            Some(Ok(resp)) => Ok(Attempt::Done(
+                resp,
+                PooledConn {
+                    tx,
+                    timer,
+                    endpoint: Arc::clone(endpoint),
+                    shard: shard(),
+                },
+            )),
+            Some(Err(mut e)) => match e.take_message() {
+                // Not started on a connection that closed while idle: another one.
+                Some(unsent) if reused => {
+                    debug!(error = %e.error(), "unstarted request canceled, trying again");
+                    Ok(Attempt::Unsent(unsent))
+                }
+                _ => Err(Failure::Upstream(e.into_error().into())),
+            },
+        }
+    }
+}
+
+/// How one send went, short of a failure.
+enum Attempt {
+    Done(Response<Incoming>, PooledConn),
+    /// Never started (a pooled connection had closed): it may go on another.
+    Unsent(Request<RequestBody>),
 }
 
 /// `fut`, or None if `timer` fires first.
