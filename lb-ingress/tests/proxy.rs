@@ -110,6 +110,50 @@ async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Routing sees the path normalized (as nginx matches locations), the upstream gets it
+/// as sent: `/api/../admin` is not the `/api` backend's, whatever it would make of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_route_as_resolved_and_reach_the_upstream_unchanged() {
+    let fe = Upstream::start("frontend").await;
+    let be = Upstream::start("backend").await;
+    let m = seed_manifests(&fe);
+    m.write(
+        "backend.yaml",
+        &service("default", "backend", 80, "http", "8080", &[&be]),
+    );
+    let h = start(server_config(&m)).await;
+    let request = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n")
+    };
+    for (path, upstream) in [
+        ("/api/../admin", "frontend"),
+        ("/api/%2e%2E/admin", "frontend"),
+        ("/static/../api/items", "backend"),
+        ("//api//items", "backend"),
+        ("/%61pi/items", "backend"),
+        ("/api/./items/", "backend"),
+        ("/api%2Fitems", "frontend"),
+    ] {
+        let resp = raw(h.http_addr, request(path).as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{path}: {resp}");
+        let body = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
+        let v = seen(body);
+        assert_eq!(v["name"], upstream, "{path}");
+        assert_eq!(v["uri"], path, "the upstream gets the path as sent");
+    }
+    let hits = fe.hits() + be.hits();
+    for path in ["/../etc/passwd", "/api/../../x", "/api%zz", "/api/%2"] {
+        let resp = raw(h.http_addr, request(path).as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{path}: {resp}");
+    }
+    assert_eq!(
+        fe.hits() + be.hits(),
+        hits,
+        "a refused path reached an upstream"
+    );
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_route_is_404_and_no_ready_endpoint_is_503() {
     let up = Upstream::start("only").await;

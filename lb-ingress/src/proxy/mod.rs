@@ -332,6 +332,9 @@ impl Proxy {
         if !path.starts_with('/') {
             return Err(ProxyError::BadRequest("the request target must be a path"));
         }
+        // Matched as nginx matches locations, normalized; sent upstream as it came.
+        let path = crate::routes::normalize_request_path(path)
+            .map_err(|e| ProxyError::BadRequest(e.reason()))?;
         let limit = self.options.max_body_bytes;
         if req.body().size_hint().lower() > limit {
             return Err(ProxyError::BodyTooLarge { limit });
@@ -349,7 +352,7 @@ impl Proxy {
         let target = Arc::clone(
             config
                 .routes
-                .lookup(host, path)
+                .lookup(host, &path)
                 .ok_or(ProxyError::NoRoute)?,
         );
         drop(config);

@@ -4,6 +4,20 @@
 //! trailing slash on the rule is ignored: `/foo` and `/foo/` both match `/foo`, `/foo/`
 //! and `/foo/bar`, and neither matches `/foobar`. ImplementationSpecific is treated as
 //! Prefix. The request path is the URI path only: the query string is never part of it.
+//!
+//! Rules match the request path *normalized* ([`normalize_request_path`]): percent-encoded
+//! unreserved characters decoded, runs of slashes merged and `.`/`..` segments resolved,
+//! as nginx does before it matches a location. The request still goes upstream with its
+//! path exactly as the client sent it; normalizing only for the match means a route
+//! decision agrees with what an upstream that normalizes the path itself will serve:
+//! `/api/../admin` is routed as `/admin`, not sent to the `/api` backend, which would
+//! read it as `/admin`. A path that climbs above the root is refused (400).
+//!
+//! Rule paths of type Exact and Prefix are checked as the API server checks them (no
+//! `//`, `/./`, `/../`, `%2f`, no trailing `/.` or `/..`), which a manifests directory
+//! would otherwise bypass; an ImplementationSpecific path is normalized like a request
+//! path, so that it can match one.
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 /// `spec.rules[].http.paths[].pathType`, after ImplementationSpecific became Prefix.
@@ -34,17 +48,59 @@ pub struct PathRule {
 
 /// Why a path from an Ingress cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("path {path:?} must be absolute (start with '/')")]
+#[error("path {path:?} {reason}")]
 pub struct InvalidPath {
     pub path: String,
+    pub reason: String,
 }
 
+/// Sequences the API server refuses in an Exact or Prefix path (networking validation),
+/// and the endings it refuses.
+const INVALID_SEQUENCES: [&str; 5] = ["//", "/./", "/../", "%2f", "%2F"];
+const INVALID_SUFFIXES: [&str; 2] = ["/..", "/."];
+
 impl PathRule {
+    /// A rule from an Ingress path: `pathType` as written (Exact, Prefix or
+    /// ImplementationSpecific) and the path, validated as the API server validates it.
+    pub fn from_spec(path_type: &str, path: &str) -> Result<PathRule, InvalidPath> {
+        let invalid = |reason: String| InvalidPath {
+            path: path.into(),
+            reason,
+        };
+        let kind = PathKind::from_path_type(path_type);
+        if matches!(path_type, "Exact" | "Prefix") && !path.is_empty() {
+            if !path.starts_with('/') {
+                return Err(invalid("must be an absolute path (start with '/')".into()));
+            }
+            if let Some(seq) = INVALID_SEQUENCES.iter().find(|s| path.contains(*s)) {
+                return Err(invalid(format!("must not contain '{seq}'")));
+            }
+            if let Some(suffix) = INVALID_SUFFIXES.iter().find(|s| path.ends_with(*s)) {
+                return Err(invalid(format!("cannot end with '{suffix}'")));
+            }
+            return PathRule::new(kind, path);
+        }
+        if path.is_empty() {
+            return PathRule::new(kind, path);
+        }
+        if !path.starts_with('/') {
+            return Err(invalid("must be an absolute path (start with '/')".into()));
+        }
+        // ImplementationSpecific: matched as Prefix against normalized request paths, so
+        // normalized too (`/a//b/` would otherwise never match anything).
+        let normal = normalize_request_path(path)
+            .map_err(|e| invalid(format!("cannot be normalized: {e}")))?;
+        PathRule::new(kind, &normal)
+    }
+
     pub fn new(kind: PathKind, path: &str) -> Result<PathRule, InvalidPath> {
         // An empty path is what the API server defaults a missing Prefix path to ("/").
         let path = if path.is_empty() { "/" } else { path };
         if !path.starts_with('/') {
-            return Err(InvalidPath { path: path.into() });
+            return Err(InvalidPath {
+                path: path.into(),
+                reason: "must be an absolute path (start with '/')".into(),
+            });
         }
         let path = match kind {
             PathKind::Exact => path.to_owned(),
@@ -96,6 +152,113 @@ impl PathRule {
     }
 }
 
+/// Why a request path cannot be matched (answered 400).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadPath {
+    #[error("the request path has an invalid percent-encoding")]
+    Encoding,
+    #[error("the request path climbs above the root with '..'")]
+    AboveRoot,
+}
+
+impl BadPath {
+    /// What a 400 response and the access log say.
+    pub fn reason(self) -> &'static str {
+        match self {
+            BadPath::Encoding => "the request path has an invalid percent-encoding",
+            BadPath::AboveRoot => "the request path climbs above the root with '..'",
+        }
+    }
+}
+
+/// Is `b` an unreserved character (RFC 3986 section 2.3)? Its percent-encoding means the
+/// same as the character itself.
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Does the path need [`normalize_request_path`] to do anything? (Nearly every request
+/// path does not: then no allocation.)
+fn is_normal(path: &[u8]) -> bool {
+    let dot_segment = |rest: &[u8]| {
+        matches!(
+            rest,
+            [b'.'] | [b'.', b'/', ..] | [b'.', b'.'] | [b'.', b'.', b'/', ..]
+        )
+    };
+    path.iter().enumerate().all(|(i, &b)| match b {
+        b'%' => false,
+        b'/' => {
+            let rest = &path[i + 1..];
+            !(rest.first() == Some(&b'/') || dot_segment(rest))
+        }
+        _ => true,
+    })
+}
+
+/// The request path as routing sees it: percent-encoded unreserved characters decoded
+/// (other escapes kept, with upper-case hex digits; `%2F` stays an escape, not a
+/// separator), runs of `/` merged into one, and `.` and `..` segments resolved (RFC 3986
+/// section 5.2.4; a trailing `.` or `..` leaves a trailing slash). A path that is
+/// already normal comes back borrowed.
+pub fn normalize_request_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
+    if is_normal(path.as_bytes()) {
+        return Ok(Cow::Borrowed(path));
+    }
+    // 1. Percent-decoding of unreserved characters (ASCII for ASCII: the bytes stay
+    // UTF-8).
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b != b'%' {
+            decoded.push(b);
+            i += 1;
+            continue;
+        }
+        let hex = |c: Option<&u8>| c.and_then(|c| char::from(*c).to_digit(16));
+        let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) else {
+            return Err(BadPath::Encoding);
+        };
+        let v = u8::try_from(hi * 16 + lo).map_err(|_| BadPath::Encoding)?;
+        if unreserved(v) {
+            decoded.push(v);
+        } else {
+            decoded.push(b'%');
+            decoded.extend(bytes[i + 1..i + 3].iter().map(u8::to_ascii_uppercase));
+        }
+        i += 3;
+    }
+    let decoded = String::from_utf8(decoded).map_err(|_| BadPath::Encoding)?;
+    // 2. and 3. Empty segments (merged slashes) and dot segments. The path starts with
+    // '/', so the first piece of the split is empty and skipped.
+    let mut segments: Vec<&str> = Vec::new();
+    let mut ends_as_directory = false;
+    for seg in decoded.split('/').skip(1) {
+        match seg {
+            "" | "." => ends_as_directory = true,
+            ".." => {
+                segments.pop().ok_or(BadPath::AboveRoot)?;
+                ends_as_directory = true;
+            }
+            s => {
+                segments.push(s);
+                ends_as_directory = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if ends_as_directory || segments.is_empty() {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +301,71 @@ mod tests {
                 rule.as_str()
             );
         }
+    }
+
+    #[test]
+    fn request_paths_are_normalized_for_matching() {
+        let ok = |p: &str| normalize_request_path(p).unwrap().into_owned();
+        assert!(matches!(
+            normalize_request_path("/api/v1?x"),
+            Ok(Cow::Borrowed(_))
+        ));
+        assert!(matches!(
+            normalize_request_path("/a.b/.c/..d"),
+            Ok(Cow::Borrowed(_))
+        ));
+        assert_eq!(ok("/api/../admin"), "/admin");
+        assert_eq!(ok("/api/./v1"), "/api/v1");
+        assert_eq!(ok("//api///v1//"), "/api/v1/");
+        assert_eq!(ok("/api/v1/."), "/api/v1/");
+        assert_eq!(ok("/api/v1/.."), "/api/");
+        assert_eq!(ok("/api/%2E%2e/admin"), "/admin");
+        assert_eq!(ok("/%61pi/%7Euser"), "/api/~user");
+        assert_eq!(ok("/a%2fb/%2F..%2f"), "/a%2Fb/%2F..%2F");
+        assert_eq!(ok("/caf%C3%A9/é"), "/caf%C3%A9/é");
+        assert_eq!(ok("/."), "/");
+        assert_eq!(normalize_request_path("/../etc"), Err(BadPath::AboveRoot));
+        assert_eq!(
+            normalize_request_path("/a/../../b"),
+            Err(BadPath::AboveRoot)
+        );
+        assert_eq!(normalize_request_path("/a%2"), Err(BadPath::Encoding));
+        assert_eq!(normalize_request_path("/a%zz"), Err(BadPath::Encoding));
+    }
+
+    #[test]
+    fn a_normalized_path_meets_the_rules_as_nginx_would_see_it() {
+        let api = prefix("/api");
+        let norm = |p: &str| normalize_request_path(p).unwrap().into_owned();
+        assert!(!api.matches(&norm("/api/../admin")));
+        assert!(api.matches(&norm("/api//v1")));
+        assert!(exact("/foo").matches(&norm("//foo")));
+        assert!(!exact("/foo").matches(&norm("/foo/.")));
+    }
+
+    #[test]
+    fn spec_paths_are_validated_as_the_api_server_does() {
+        for (ty, path, why) in [
+            ("Prefix", "foo", "absolute"),
+            ("Exact", "/a//b", "'//'"),
+            ("Prefix", "/a/./b", "'/./'"),
+            ("Prefix", "/a/../b", "'/../'"),
+            ("Exact", "/a%2fb", "'%2f'"),
+            ("Prefix", "/a/..", "end with '/..'"),
+            ("Exact", "/a/.", "end with '/.'"),
+            ("ImplementationSpecific", "/../x", "normalized"),
+            ("ImplementationSpecific", "x", "absolute"),
+        ] {
+            let e = PathRule::from_spec(ty, path).unwrap_err();
+            assert!(e.to_string().contains(why), "{ty} {path}: {e}");
+        }
+        let rule = PathRule::from_spec("ImplementationSpecific", "/a//b/./c/").unwrap();
+        assert_eq!(rule.as_str(), "/a/b/c");
+        assert_eq!(PathRule::from_spec("Prefix", "").unwrap().as_str(), "/");
+        assert_eq!(
+            PathRule::from_spec("Exact", "/a.b").unwrap().as_str(),
+            "/a.b"
+        );
     }
 
     #[test]

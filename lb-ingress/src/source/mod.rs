@@ -16,7 +16,7 @@ use lb_k8s::{Kind, Object, ObjectRef, Store};
 
 use crate::metrics::{RouteLabelValues, RouteSeries};
 use crate::proxy::balance::{EndpointRegistry, Pool};
-use crate::routes::{HostRule, PathKind, PathRule, Rank, RouteTable, RouteTableBuilder};
+use crate::routes::{HostRule, PathRule, Rank, RouteTable, RouteTableBuilder};
 use crate::tls::{CertTable, certified_key};
 use endpoints::{SliceIndex, ready_addresses};
 
@@ -166,8 +166,8 @@ pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
         for rule in spec.rules.iter().flatten() {
             let host = HostRule::parse(rule.host.as_deref());
             for p in rule.http.iter().flat_map(|h| &h.paths) {
-                let kind = PathKind::from_path_type(&p.path_type);
-                let path = match PathRule::new(kind, p.path.as_deref().unwrap_or("/")) {
+                let path = match PathRule::from_spec(&p.path_type, p.path.as_deref().unwrap_or("/"))
+                {
                     Ok(path) => path,
                     Err(e) => {
                         problems.push(format!("Ingress {}/{}: {e}", r.namespace, r.name));
