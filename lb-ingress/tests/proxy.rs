@@ -1186,3 +1186,123 @@ async fn idle_http2_connections_are_closed() {
     );
     h.shutdown().await;
 }
+
+/// An h2c (HTTP/2, prior knowledge) upstream that answers as a gRPC server does: the
+/// request body echoed back, then the trailer `grpc-status: 0`; what it saw of the
+/// request in `x-seen`.
+async fn h2c_upstream() -> std::net::SocketAddr {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = hyper::service::service_fn(
+                |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let seen = format!(
+                        "{:?} {} {} authority={} te={}",
+                        req.version(),
+                        req.method(),
+                        req.uri().path_and_query().map_or("", |p| p.as_str()),
+                        req.uri().authority().map_or("", |a| a.as_str()),
+                        req.headers().get("te").map_or("", |v| v.to_str().unwrap()),
+                    );
+                    let body = req.into_body().collect().await?.to_bytes();
+                    let mut trailers = hyper::HeaderMap::new();
+                    trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                    let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>> = vec![
+                        Ok(hyper::body::Frame::data(body)),
+                        Ok(hyper::body::Frame::trailers(trailers)),
+                    ];
+                    let resp = hyper::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("x-seen", seen)
+                        .body(http_body_util::StreamBody::new(futures::stream::iter(
+                            frames,
+                        )))
+                        .unwrap();
+                    Ok::<_, hyper::Error>(resp)
+                },
+            );
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+/// A Service port with `appProtocol: kubernetes.io/h2c` is reached over HTTP/2, so gRPC
+/// works through the ingress: trailers come back, `TE: trailers` goes up, the authority
+/// and path are the client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_app_protocol_carries_grpc_with_trailers() {
+    let addr = h2c_upstream().await;
+    let m = Manifests::new();
+    m.write(
+        "ingress.yaml",
+        &ingress(
+            "g",
+            "  ingressClassName: lb\n",
+            "grpc.example.com",
+            &[("/", "Prefix", "greeter", "{number: 50051}")],
+        ),
+    );
+    let mut svc = "apiVersion: v1\nkind: Service\nmetadata: {name: greeter, namespace: default}\nspec:\n  ports:\n  - {name: grpc, port: 50051, targetPort: 50051, protocol: TCP, appProtocol: kubernetes.io/h2c}\n".to_owned();
+    svc += &slice("default", "greeter", "greeter-0", "grpc", &[addr], true);
+    m.write("svc.yaml", &svc);
+    let h = start(server_config(&m)).await;
+
+    // An HTTP/2 client, as gRPC clients are; several calls share the upstream connection.
+    let tcp = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for i in 0..3 {
+        let req = hyper::Request::post("http://grpc.example.com/helloworld.Greeter/SayHello")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                "hello {i}"
+            ))))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.headers()["x-seen"],
+            "HTTP/2.0 POST /helloworld.Greeter/SayHello authority=grpc.example.com te=trailers"
+        );
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected
+            .trailers()
+            .cloned()
+            .expect("trailers through the proxy");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(collected.to_bytes(), format!("hello {i}").as_bytes());
+    }
+
+    // An HTTP/1.1 client of the same route gets the body (its trailers have nowhere to go).
+    let req = hyper::Request::post(format!("http://{}/x?y=1", h.http_addr))
+        .header("host", "grpc.example.com")
+        .body(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"plain"))
+                .map_err(|n| match n {})
+                .boxed_unsync(),
+        )
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["x-seen"],
+        "HTTP/2.0 POST /x?y=1 authority=grpc.example.com te="
+    );
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes(),
+        "plain"
+    );
+    h.shutdown().await;
+}

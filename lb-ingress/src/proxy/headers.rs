@@ -40,6 +40,20 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Does the request's `TE` name `trailers`?
+pub fn te_has_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+}
+
 /// Removes hop-by-hop headers, including those named in `Connection`. With
 /// `keep_upgrade`, `Upgrade` and `Connection: upgrade` stay (the tunnel is end to end).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -203,6 +217,20 @@ pub fn set_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn te_trailers_is_found_among_other_codings() {
+        let te = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.append(header::TE, HeaderValue::from_static(v));
+            te_has_trailers(&h)
+        };
+        assert!(te("trailers"));
+        assert!(te("gzip, Trailers"));
+        assert!(te("deflate;q=0.5, trailers"));
+        assert!(!te("gzip"));
+        assert!(!te_has_trailers(&HeaderMap::new()));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

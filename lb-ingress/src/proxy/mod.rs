@@ -361,6 +361,7 @@ impl Proxy {
             log.target = Some(target);
             return Err(ProxyError::NoEndpoint { service });
         }
+        let target_protocol = target.protocol;
         // The log record holds the target; the upstream phases borrow it from there.
         log.target = Some(target);
 
@@ -371,7 +372,10 @@ impl Proxy {
         let host_is_header =
             req.uri().authority().is_none() && req.headers().contains_key(header::HOST);
         let (parts, incoming) = req.into_parts();
+        let te_trailers = target_protocol == upstream::UpstreamProtocol::H2c
+            && headers::te_has_trailers(&parts.headers);
         let mut head = upstream::Head {
+            te_trailers,
             method: parts.method,
             path_and_query: parts
                 .uri
@@ -438,12 +442,14 @@ impl Proxy {
             upgrade::tunnel(client_upgrade, upstream_upgrade);
         }
         let (mut parts, body) = resp.into_parts();
+        // From an HTTP/2 upstream: written to an HTTP/1 client as HTTP/1.1.
+        parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers, switching && upgrade);
         parts
             .headers
             .insert(header::SERVER, HeaderValue::from_static(SERVER));
         // A connection that switched protocols is the tunnel's, not the pool's.
-        let pooled = (!switching).then_some(pooled);
+        let pooled = pooled.filter(|_| !switching);
         Ok(Forwarded::Response(parts, body, pooled))
     }
 

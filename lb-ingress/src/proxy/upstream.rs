@@ -13,6 +13,12 @@
 //! connection, as no byte of it has gone out. Each connection is driven by a task of its
 //! own (hyper's client connection), on the runtime that opened it.
 //!
+//! HTTP/2 (h2c, prior knowledge) goes to the Service ports whose `appProtocol` says so
+//! (`kubernetes.io/h2c`, or `grpc`), which is what gRPC backends need: HTTP/1.1 cannot
+//! carry their trailers. Streams are multiplexed, so each endpoint keeps one shared
+//! connection per pool shard instead of a stack of idle ones; a closed one is replaced
+//! by the next request.
+//!
 //! Retry rules: a request is sent again, to another endpoint, only when no byte of it
 //! can have been processed: the connection could not be made, or the method is
 //! idempotent and the request body was never read. Never after a timeout (the upstream
@@ -27,11 +33,11 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper::header::HeaderMap;
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, Uri, Version};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -61,6 +67,27 @@ fn shard() -> usize {
 }
 
 type Sender = http1::SendRequest<RequestBody>;
+type H2Sender = http2::SendRequest<RequestBody>;
+
+/// The protocol spoken to a Service port's endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// From a Service port's `appProtocol`: `kubernetes.io/h2c` (the standard name) or
+    /// `h2c`/`grpc` (common unprefixed ones) mean HTTP/2; anything else HTTP/1.1.
+    pub fn from_app_protocol(app_protocol: Option<&str>) -> UpstreamProtocol {
+        match app_protocol.map(str::to_ascii_lowercase).as_deref() {
+            Some("kubernetes.io/h2c" | "h2c" | "grpc") => UpstreamProtocol::H2c,
+            _ => UpstreamProtocol::Http1,
+        }
+    }
+}
 
 /// A connection's response timer: one tokio timer for the connection's life, moved to
 /// each request's deadline. Moving a registered timer later is one atomic update in
@@ -88,6 +115,8 @@ struct Shard(Mutex<Vec<Idle>>);
 #[derive(Default)]
 pub struct ConnPool {
     shards: [Shard; SHARDS],
+    /// HTTP/2: one shared connection per shard.
+    h2: [Mutex<Option<H2Sender>>; SHARDS],
 }
 
 impl std::fmt::Debug for ConnPool {
@@ -139,12 +168,42 @@ impl ConnPool {
             self.lock(shard).retain(|c| {
                 !c.tx.is_closed() && now.saturating_duration_since(c.since) < idle_timeout
             });
+            let mut h2 = self.h2_lock(shard);
+            if h2.as_ref().is_some_and(H2Sender::is_closed) {
+                *h2 = None;
+            }
         }
     }
 
-    /// Idle connections held.
+    fn h2_lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Option<H2Sender>> {
+        self.h2[shard].lock().expect("connection pool poisoned")
+    }
+
+    /// The shard's HTTP/2 connection, if it is open.
+    fn h2_take(&self, shard: usize) -> Option<H2Sender> {
+        let mut slot = self.h2_lock(shard);
+        match slot.as_ref() {
+            Some(tx) if !tx.is_closed() => Some(tx.clone()),
+            Some(_) => {
+                *slot = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn h2_put(&self, shard: usize, tx: &H2Sender) {
+        let mut slot = self.h2_lock(shard);
+        if slot.as_ref().is_none_or(H2Sender::is_closed) {
+            *slot = Some(tx.clone());
+        }
+    }
+
+    /// Idle connections held (an HTTP/2 connection counts as one).
     pub fn len(&self) -> usize {
-        (0..SHARDS).map(|shard| self.lock(shard).len()).sum()
+        (0..SHARDS)
+            .map(|shard| self.lock(shard).len() + usize::from(self.h2_lock(shard).is_some()))
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -226,6 +285,7 @@ impl Failure {
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
     h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
     connect_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -233,6 +293,7 @@ pub struct UpstreamClient {
 pub fn client(connect_timeout: Duration, idle_timeout: Duration) -> UpstreamClient {
     UpstreamClient {
         h1: http1::Builder::new(),
+        h2: http2::Builder::new(TokioExecutor::new()),
         connect_timeout,
         idle_timeout,
     }
@@ -244,6 +305,37 @@ impl UpstreamClient {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Sender, Failure> {
+        let stream = self.tcp(addr).await?;
+        let (tx, conn) = self
+            .h1
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| Failure::Upstream(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(%addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// A new HTTP/2 connection to `addr`, driven by a task of its own.
+    async fn connect_h2(&self, addr: SocketAddr) -> Result<H2Sender, Failure> {
+        let stream = self.tcp(addr).await?;
+        let (tx, conn) = self
+            .h2
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| Failure::Upstream(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    async fn tcp(&self, addr: SocketAddr) -> Result<TcpStream, Failure> {
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => s,
@@ -259,17 +351,45 @@ impl UpstreamClient {
                 }
             };
         let _ = stream.set_nodelay(true);
-        let (tx, conn) = self
-            .h1
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| Failure::Upstream(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(%addr, error = %e, "upstream connection ended with an error");
+        Ok(stream)
+    }
+
+    /// Sends the request `build` makes to `endpoint` over HTTP/2 and waits for the
+    /// response head until `deadline`. A request refused before it was sent (the shared
+    /// connection had just closed) goes once more on a new connection.
+    async fn request_h2(
+        &self,
+        endpoint: &Endpoint,
+        build: impl FnOnce() -> Request<RequestBody>,
+        deadline: Instant,
+    ) -> Result<Response<Incoming>, Failure> {
+        let shard = shard();
+        let mut req = build();
+        let mut reused = true;
+        loop {
+            let mut tx = match endpoint.conns.h2_take(shard) {
+                Some(tx) if reused => tx,
+                _ => {
+                    reused = false;
+                    let tx = Box::pin(self.connect_h2(endpoint.addr)).await?;
+                    endpoint.conns.h2_put(shard, &tx);
+                    tx
+                }
+            };
+            let sent = tokio::time::timeout_at(deadline.into(), tx.try_send_request(req)).await;
+            match sent {
+                Err(_) => return Err(Failure::Timeout),
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        debug!(error = %e.error(), "HTTP/2 request not started, trying again");
+                        req = unsent;
+                        reused = false;
+                    }
+                    _ => return Err(Failure::Upstream(e.into_error().into())),
+                },
             }
-        });
-        Ok(tx)
+        }
     }
 
     /// An idle connection to `endpoint`, or a new one; true when reused.
@@ -302,12 +422,14 @@ impl UpstreamClient {
         build: impl FnOnce() -> Request<RequestBody>,
         now: Instant,
         deadline: Instant,
-    ) -> Result<(Response<Incoming>, PooledConn), Failure> {
+    ) -> Result<(Response<Incoming>, Option<PooledConn>), Failure> {
         let conn = self.checkout(endpoint, now).await?;
         match self.attempt(endpoint, conn, build(), deadline).await? {
-            Attempt::Done(resp, conn) => Ok((resp, conn)),
+            Attempt::Done(resp, conn) => Ok((resp, Some(conn))),
             // A rare path, boxed to keep the common future small.
-            Attempt::Unsent(req) => Box::pin(self.resend(endpoint, req, now, deadline)).await,
+            Attempt::Unsent(req) => Box::pin(self.resend(endpoint, req, now, deadline))
+                .await
+                .map(|(resp, conn)| (resp, Some(conn))),
         }
     }
 
@@ -401,6 +523,37 @@ pub struct Head {
     pub method: Method,
     pub path_and_query: PathAndQuery,
     pub headers: HeaderMap,
+    /// The client sent `TE: trailers` (removed with the hop-by-hop headers): passed on
+    /// to an HTTP/2 upstream, where it is the one TE allowed and gRPC servers need it.
+    pub te_trailers: bool,
+}
+
+/// Makes an HTTP/1.1-shaped request one for an HTTP/2 upstream: the Host becomes the
+/// `:authority` of an absolute URI (an intermediary forwarding a request builds it from
+/// the request's authority, RFC 9113 section 8.3.1), and `TE: trailers` goes back on.
+/// Without a usable Host the URI stays relative and no `:authority` is sent.
+fn h2_request(req: &mut Request<RequestBody>, te_trailers: bool) {
+    let authority = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| hyper::http::uri::Authority::try_from(h.as_bytes()).ok());
+    if let Some(authority) = authority {
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        parts.authority = Some(authority);
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+            *req.version_mut() = Version::HTTP_2;
+            req.headers_mut().remove(hyper::header::HOST);
+        }
+    }
+    if te_trailers {
+        req.headers_mut().insert(
+            hyper::header::TE,
+            hyper::header::HeaderValue::from_static("trailers"),
+        );
+    }
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -411,15 +564,15 @@ fn idempotent(m: &Method) -> bool {
 }
 
 /// Sends the request to an endpoint of `target`, retrying as the rules above allow.
-/// Returns the response head, the endpoint's in-flight slot and the connection (to be
-/// released when the response body has been read).
+/// Returns the response head, the endpoint's in-flight slot and the HTTP/1.1 connection
+/// (to be released when the response body has been read; an HTTP/2 one stays shared).
 pub async fn send(
     proxy: &Proxy,
     target: &Target,
     head: &mut Head,
     body: &RequestBody,
     log: &mut RequestLog,
-) -> Result<(Response<Incoming>, InFlight, PooledConn), ProxyError> {
+) -> Result<(Response<Incoming>, InFlight, Option<PooledConn>), ProxyError> {
     let mut tried: Vec<SocketAddr> = Vec::new();
     proxy.budget.deposit();
     loop {
@@ -444,16 +597,27 @@ pub async fn send(
             *req.uri_mut() = Uri::from(head.path_and_query.clone());
             *req.version_mut() = Version::HTTP_11;
             *req.headers_mut() = headers;
+            if target.protocol == UpstreamProtocol::H2c {
+                h2_request(&mut req, head.te_trailers);
+            }
             req
         };
 
         let started = Instant::now();
         // Capped as tokio caps a far-off deadline.
         let deadline = started + proxy.options.response_timeout.min(FAR_FUTURE);
-        let result = proxy
-            .client
-            .request(endpoint, build, started, deadline)
-            .await;
+        let result = match target.protocol {
+            UpstreamProtocol::Http1 => {
+                proxy
+                    .client
+                    .request(endpoint, build, started, deadline)
+                    .await
+            }
+            // Boxed: the HTTP/1.1 path's future (every request's) stays as small.
+            UpstreamProtocol::H2c => Box::pin(proxy.client.request_h2(endpoint, build, deadline))
+                .await
+                .map(|resp| (resp, None)),
+        };
         log.upstream_duration = Some(started.elapsed());
         let failure = match result {
             Ok((resp, conn)) => return Ok((resp, slot, conn)),
@@ -499,5 +663,26 @@ pub async fn send(
             })
             .inc();
         tracing::debug!(%error, "retrying on another endpoint");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_protocol_names_that_mean_http2() {
+        for h2 in ["kubernetes.io/h2c", "h2c", "grpc", "GRPC"] {
+            assert_eq!(
+                UpstreamProtocol::from_app_protocol(Some(h2)),
+                UpstreamProtocol::H2c
+            );
+        }
+        for h1 in [None, Some("http"), Some("kubernetes.io/ws"), Some("https")] {
+            assert_eq!(
+                UpstreamProtocol::from_app_protocol(h1),
+                UpstreamProtocol::Http1
+            );
+        }
     }
 }

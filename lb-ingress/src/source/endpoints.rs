@@ -14,6 +14,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceBackendPort;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::proxy::upstream::UpstreamProtocol;
+
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -51,6 +53,28 @@ impl<'a> SliceIndex<'a> {
     }
 }
 
+/// The protocol of `service`'s port `port` ([`UpstreamProtocol::from_app_protocol`] on
+/// its `appProtocol`); HTTP/1.1 when the port is not found (the route then has no
+/// endpoints anyway).
+pub fn upstream_protocol(service: &Service, port: &ServiceBackendPort) -> UpstreamProtocol {
+    service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.ports.as_ref())
+        .and_then(|ports| ports.iter().find(|sp| port_matches(sp, port)))
+        .map_or(UpstreamProtocol::Http1, |sp| {
+            UpstreamProtocol::from_app_protocol(sp.app_protocol.as_deref())
+        })
+}
+
+fn port_matches(sp: &k8s_openapi::api::core::v1::ServicePort, port: &ServiceBackendPort) -> bool {
+    match (port.number, port.name.as_deref()) {
+        (Some(n), _) => sp.port == n,
+        (None, Some(n)) => sp.name.as_deref() == Some(n),
+        (None, None) => false,
+    }
+}
+
 /// The ready addresses of `service`'s port `port`, sorted and without duplicates.
 /// Err explains why the backend cannot be resolved at all (the route then answers 503).
 pub fn ready_addresses(
@@ -68,11 +92,7 @@ pub fn ready_addresses(
         .ports
         .iter()
         .flatten()
-        .find(|sp| match (port.number, port.name.as_deref()) {
-            (Some(n), _) => sp.port == n,
-            (None, Some(n)) => sp.name.as_deref() == Some(n),
-            (None, None) => false,
-        })
+        .find(|sp| port_matches(sp, port))
         .ok_or_else(|| {
             format!(
                 "Service {namespace}/{name} has no port {}",

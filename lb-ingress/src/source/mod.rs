@@ -16,9 +16,14 @@ use lb_k8s::{Kind, Object, ObjectRef, Store};
 
 use crate::metrics::{RouteLabelValues, RouteSeries};
 use crate::proxy::balance::{EndpointRegistry, Pool};
+use crate::proxy::upstream::UpstreamProtocol;
 use crate::routes::{HostRule, PathRule, Rank, RouteTable, RouteTableBuilder};
 use crate::tls::{CertTable, certified_key};
 use endpoints::{SliceIndex, ready_addresses};
+
+/// A resolved Service port: its label (`namespace/name:port`), the pool of its ready
+/// endpoints and their protocol.
+type Backend = (String, Arc<Pool>, UpstreamProtocol);
 
 /// The kinds the ingress reads.
 pub const KINDS: [Kind; 5] = [
@@ -42,6 +47,8 @@ pub struct Target {
     /// `namespace/name:port` of the Service.
     pub service: String,
     pub pool: Arc<Pool>,
+    /// What the Service port's endpoints speak (its `appProtocol`).
+    pub protocol: UpstreamProtocol,
     /// This rule's request metrics, looked up once (see [`RouteSeries`]).
     pub series: RouteSeries,
 }
@@ -95,7 +102,7 @@ pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
         Object::EndpointSlice(s) => Some(&**s),
         _ => None,
     }));
-    let mut pools: HashMap<(String, String, String), (String, Arc<Pool>)> = HashMap::new();
+    let mut pools: HashMap<(String, String, String), Backend> = HashMap::new();
     let mut routes = RouteTableBuilder::new();
     let mut certs = CertTable::default();
 
@@ -129,23 +136,26 @@ pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
                 .or(port.name.clone())
                 .unwrap_or_default();
             let key = (r.namespace.clone(), svc.name.clone(), port_label.clone());
-            let (service, pool) = pools
+            let (service, pool, protocol) = pools
                 .entry(key)
                 .or_insert_with(|| {
                     let label = format!("{}/{}:{port_label}", r.namespace, svc.name);
                     let sref = ObjectRef::new(Kind::Service, r.namespace.clone(), svc.name.clone());
-                    let addrs = match store.get(&sref) {
-                        Some(Object::Service(s)) => resolve(s, &port, &slices, problems, &r),
+                    let (addrs, protocol) = match store.get(&sref) {
+                        Some(Object::Service(s)) => (
+                            resolve(s, &port, &slices, problems, &r),
+                            endpoints::upstream_protocol(s, &port),
+                        ),
                         _ => {
                             problems.push(format!(
                                 "Ingress {}/{}: Service {}/{} not found",
                                 r.namespace, r.name, r.namespace, svc.name
                             ));
-                            Vec::new()
+                            (Vec::new(), UpstreamProtocol::default())
                         }
                     };
                     let pool = Pool::new(addrs.into_iter().map(|a| registry.endpoint(a)).collect());
-                    (label, Arc::new(pool))
+                    (label, Arc::new(pool), protocol)
                 })
                 .clone();
             Some(Arc::new(Target {
@@ -154,6 +164,7 @@ pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
                 path: path.to_owned(),
                 service,
                 pool,
+                protocol,
                 series: RouteSeries::default(),
             }))
         };
