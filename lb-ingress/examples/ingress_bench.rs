@@ -68,6 +68,19 @@ struct Args {
     rounds: usize,
 }
 
+/// A comma-separated list of numbers (`1,2`).
+fn list<T: std::str::FromStr>(s: &str) -> anyhow::Result<Vec<T>>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let v = s
+        .split(',')
+        .map(|n| n.trim().parse::<T>())
+        .collect::<Result<Vec<_>, _>>()?;
+    ensure!(!v.is_empty(), "an empty list");
+    Ok(v)
+}
+
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
         out: None,
@@ -94,6 +107,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--wrk-threads" => a.wrk_threads = v()?.parse().context("--wrk-threads N")?,
             "--lb-ingress" => a.lb_ingress = Some(v()?.into()),
             "--rounds" => a.rounds = v()?.parse().context("--rounds N")?,
+            "--workers" => a.workers = list(&v()?).context("--workers N[,N...]")?,
+            "--conns" => a.conns = list(&v()?).context("--conns N[,N...]")?,
             "--quick" => {
                 a.duration = 2;
                 a.warmup = 1;
@@ -103,7 +118,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "-h" | "--help" => {
                 println!(
                     "ingress_bench [--out PATH] [--duration SECS] [--warmup SECS] [--idle-conns N] \
-                     [--upstreams N] [--wrk-threads N] [--rounds N] [--lb-ingress PATH] [--quick]"
+                     [--upstreams N] [--wrk-threads N] [--rounds N] [--workers N,N] [--conns N,N] \
+                     [--lb-ingress PATH] [--quick]"
                 );
                 std::process::exit(0);
             }

@@ -304,7 +304,7 @@ impl Proxy {
         let this = Arc::clone(self);
         async move {
             let forwarded = match step {
-                Ok(Step::Upstream(outgoing)) => this.forward(outgoing, &mut log).await,
+                Ok(Step::Upstream(outgoing)) => Box::pin(this.forward(outgoing, &mut log)).await,
                 Ok(Step::Local(resp)) => Ok(Forwarded::Local(resp)),
                 Err(e) => Err(e),
             };
