@@ -15,8 +15,8 @@
 //!
 //! Rule paths of type Exact and Prefix are checked as the API server checks them (no
 //! `//`, `/./`, `/../`, `%2f`, no trailing `/.` or `/..`), which a manifests directory
-//! would otherwise bypass; an ImplementationSpecific path is normalized like a request
-//! path, so that it can match one.
+//! would otherwise bypass; every rule path is normalized like a request path (escapes;
+//! for ImplementationSpecific also slashes and dot segments), so that it can match one.
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
@@ -78,7 +78,6 @@ impl PathRule {
             if let Some(suffix) = INVALID_SUFFIXES.iter().find(|s| path.ends_with(*s)) {
                 return Err(invalid(format!("cannot end with '{suffix}'")));
             }
-            return PathRule::new(kind, path);
         }
         if path.is_empty() {
             return PathRule::new(kind, path);
@@ -86,8 +85,10 @@ impl PathRule {
         if !path.starts_with('/') {
             return Err(invalid("must be an absolute path (start with '/')".into()));
         }
-        // ImplementationSpecific: matched as Prefix against normalized request paths, so
-        // normalized too (`/a//b/` would otherwise never match anything).
+        // Matched against normalized request paths, so normalized the same way: escapes
+        // (`/%7Euser` is `/~user`, `%c3` is `%C3`) and, for ImplementationSpecific, which
+        // the API server does not check, slashes and dot segments (`/a//b/` would
+        // otherwise never match anything).
         let normal = normalize_request_path(path)
             .map_err(|e| invalid(format!("cannot be normalized: {e}")))?;
         PathRule::new(kind, &normal)
@@ -359,6 +360,11 @@ mod tests {
             let e = PathRule::from_spec(ty, path).unwrap_err();
             assert!(e.to_string().contains(why), "{ty} {path}: {e}");
         }
+        let rule = PathRule::from_spec("Exact", "/caf%c3%a9").unwrap();
+        assert!(rule.matches(&normalize_request_path("/caf%C3%A9").unwrap()));
+        let rule = PathRule::from_spec("Prefix", "/%7Euser/").unwrap();
+        assert!(rule.matches(&normalize_request_path("/~user/x").unwrap()));
+        assert!(PathRule::from_spec("Prefix", "/a%zz").is_err());
         let rule = PathRule::from_spec("ImplementationSpecific", "/a//b/./c/").unwrap();
         assert_eq!(rule.as_str(), "/a/b/c");
         assert_eq!(PathRule::from_spec("Prefix", "").unwrap().as_str(), "/");
