@@ -1189,11 +1189,16 @@ async fn idle_http2_connections_are_closed() {
 
 /// An h2c (HTTP/2, prior knowledge) upstream that answers as a gRPC server does: the
 /// request body echoed back, then the trailer `grpc-status: 0`; what it saw of the
-/// request in `x-seen`.
-async fn h2c_upstream() -> std::net::SocketAddr {
+/// request in `x-seen`. Aborting the returned handles closes the connections it has.
+async fn h2c_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handles = std::sync::Arc::clone(&conns);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let svc = hyper::service::service_fn(
@@ -1223,21 +1228,24 @@ async fn h2c_upstream() -> std::net::SocketAddr {
                     Ok::<_, hyper::Error>(resp)
                 },
             );
-            tokio::spawn(
+            let task = tokio::spawn(
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc),
             );
+            handles.lock().unwrap().push(task.abort_handle());
         }
     });
-    addr
+    (addr, conns)
 }
 
 /// A Service port with `appProtocol: kubernetes.io/h2c` is reached over HTTP/2, so gRPC
 /// works through the ingress: trailers come back, `TE: trailers` goes up, the authority
-/// and path are the client's.
+/// and path are the client's, calls share one upstream connection, and a connection the
+/// upstream closed is replaced. (One serving thread, as the binary runs with one worker:
+/// the proxy keeps one HTTP/2 connection per endpoint and serving thread.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_app_protocol_carries_grpc_with_trailers() {
-    let addr = h2c_upstream().await;
+    let (addr, upstream_conns) = h2c_upstream().await;
     let m = Manifests::new();
     m.write(
         "ingress.yaml",
@@ -1251,7 +1259,9 @@ async fn h2c_app_protocol_carries_grpc_with_trailers() {
     let mut svc = "apiVersion: v1\nkind: Service\nmetadata: {name: greeter, namespace: default}\nspec:\n  ports:\n  - {name: grpc, port: 50051, targetPort: 50051, protocol: TCP, appProtocol: kubernetes.io/h2c}\n".to_owned();
     svc += &slice("default", "greeter", "greeter-0", "grpc", &[addr], true);
     m.write("svc.yaml", &svc);
-    let h = start(server_config(&m)).await;
+    let mut config = server_config(&m);
+    config.serving_threads = 1;
+    let h = start(config).await;
 
     // An HTTP/2 client, as gRPC clients are; several calls share the upstream connection.
     let tcp = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
@@ -1262,7 +1272,15 @@ async fn h2c_app_protocol_carries_grpc_with_trailers() {
     .await
     .unwrap();
     tokio::spawn(conn);
-    for i in 0..3 {
+    for i in 0..6 {
+        if i == 3 {
+            // The upstream drops its connection (a restart); once the proxy has seen it
+            // close, the next call goes on a new one.
+            let aborted: Vec<_> = std::mem::take(&mut *upstream_conns.lock().unwrap());
+            assert_eq!(aborted.len(), 1, "3 calls, one upstream connection");
+            aborted.iter().for_each(tokio::task::AbortHandle::abort);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let req = hyper::Request::post("http://grpc.example.com/helloworld.Greeter/SayHello")
             .header("content-type", "application/grpc")
             .header("te", "trailers")
@@ -1284,6 +1302,11 @@ async fn h2c_app_protocol_carries_grpc_with_trailers() {
         assert_eq!(trailers["grpc-status"], "0");
         assert_eq!(collected.to_bytes(), format!("hello {i}").as_bytes());
     }
+    assert_eq!(
+        upstream_conns.lock().unwrap().len(),
+        1,
+        "a new connection, shared"
+    );
 
     // An HTTP/1.1 client of the same route gets the body (its trailers have nowhere to go).
     let req = hyper::Request::post(format!("http://{}/x?y=1", h.http_addr))
