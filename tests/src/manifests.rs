@@ -232,8 +232,19 @@ spec:
       nodePort: 30081
 ";
 
+/// The Secret the seed Ingress's `spec.tls` names: the sandbox writes it with a
+/// certificate it generates (see `Sandbox`); on a real cluster, create it with
+/// `kubectl create secret tls seed-app-tls --cert=CRT --key=KEY`.
+pub const SEED_TLS_SECRET: &str = "seed-app-tls";
+
+/// The name the seed app's certificate is for (and the Host the tests send).
+pub const SEED_TLS_HOST: &str = "shop.example";
+
 const INGRESS: &str =
-    "# Ingress for the seed application: /api to the backend, everything else to the frontend.
+    "# Ingress for the seed application: /api to the backend, everything else to the frontend,
+# over HTTP and HTTPS. The Secret seed-app-tls is not in this directory: the sandbox
+# generates it (a self-signed certificate); on a real cluster create it with
+# `kubectl create secret tls seed-app-tls --cert=CRT --key=KEY`.
 apiVersion: networking.k8s.io/v1
 kind: IngressClass
 metadata:
@@ -250,6 +261,8 @@ metadata:
   namespace: default
 spec:
   ingressClassName: lb
+  tls:
+    - secretName: seed-app-tls
   rules:
     - http:
         paths:

@@ -90,4 +90,26 @@ fn client_reaches_every_frontend_and_backend_replica_through_the_ingress() {
         via_frontend.len() > 1,
         "frontends reach several backends: {via_frontend:?}"
     );
+
+    // The same over HTTPS (the seed Ingress's spec.tls, a certificate the sandbox made),
+    // with curl from the client: HTTP/2 by ALPN, every replica in turn.
+    let tls = SocketAddr::from((sb.node(0).ip, 443));
+    let mut backends = BTreeSet::new();
+    let mut frontends = BTreeSet::new();
+    for i in 0..30 {
+        let (r, version) = sb
+            .https_get(sb.client_ns(), tls, &format!("/api/items?i={i}"))
+            .expect("GET https /api");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(version, "2", "ALPN picks HTTP/2");
+        let j = r.json().expect("json");
+        assert_eq!(j["path"], format!("/api/items?i={i}"));
+        assert_eq!(j["headers"]["x-forwarded-proto"], "https", "{j}");
+        backends.insert(r.pod().expect("pod"));
+        let (r, _) = sb.https_get(sb.client_ns(), tls, "/").expect("GET https /");
+        assert_eq!(r.status, 200, "{r:?}");
+        frontends.insert(r.pod().expect("pod"));
+    }
+    assert_eq!(backends, all("backend"), "every backend over HTTPS");
+    assert_eq!(frontends, all("frontend"), "every frontend over HTTPS");
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use lb_tests::manifests::{
-    BACKEND_CLUSTER_IP, BACKEND_NODE_PORT, FRONTEND_CLUSTER_IP, FRONTEND_NODE_PORT,
+    BACKEND_CLUSTER_IP, BACKEND_NODE_PORT, FRONTEND_CLUSTER_IP, FRONTEND_NODE_PORT, SEED_TLS_HOST,
 };
 use lb_tests::prometheus::{self, Prometheus, ScrapeTarget};
 use lb_tests::topology::CLIENT_IP;
@@ -388,6 +388,9 @@ fn print_where(sb: &Sandbox, agents: bool, ingress: bool) {
         println!(
             "    ip netns exec {c} curl -s http://{n0}/          # ingress: / -> frontend -> backend"
         );
+        println!(
+            "    ip netns exec {c} curl -sk --resolve {SEED_TLS_HOST}:443:{n0} https://{SEED_TLS_HOST}/api/hello  # HTTPS (self-signed)"
+        );
     }
     println!("    (Ctrl-C stops the demo and removes everything)");
 }
@@ -395,7 +398,13 @@ fn print_where(sb: &Sandbox, agents: bool, ingress: bool) {
 /// One request; prints a line naming the replica(s) that answered and what they saw.
 fn probe(sb: &Sandbox, tally: &mut Tally, label: &str, ns: &str, addr: SocketAddr, path: &str) {
     let req = HttpRequest::get(addr, path).timeout(Duration::from_secs(2));
-    match sb.http(ns, &req) {
+    show(tally, label, sb.http(ns, &req));
+}
+
+/// What one request showed: the pod that answered and, for a frontend, the backend its
+/// own call reached.
+fn show(tally: &mut Tally, label: &str, response: anyhow::Result<lb_tests::HttpResponse>) {
+    match response {
         Ok(r) => {
             let v = r.json().unwrap_or_default();
             let pod = v["pod"].as_str().unwrap_or("?");
@@ -487,6 +496,13 @@ fn show_round(sb: &Sandbox, round: u32, agents: bool, ingress: bool, tally: &mut
             "/api/hello",
         );
         probe(sb, tally, &format!("client -> ingress {n0}/"), &c, n0, "/");
+        // HTTPS: the seed Ingress's spec.tls, with the certificate the sandbox made.
+        let tls = SocketAddr::from((sb.node(0).ip, 443));
+        for path in ["/api/hello", "/"] {
+            let label = format!("client -> ingress https://{SEED_TLS_HOST}{path}");
+            let result = sb.https_get(&c, tls, path).map(|(r, _version)| r);
+            show(tally, &label, result);
+        }
     }
 }
 

@@ -27,6 +27,7 @@ pub const PACKAGES: &[&str] = &[
     "bpftool",
     "ethtool",
     "curl",
+    "openssl",
     "jq",
     "wrk",
     "nginx",
