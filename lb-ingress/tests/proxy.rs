@@ -383,13 +383,7 @@ async fn http2_prior_knowledge_reaches_an_http1_upstream() {
     );
     let h = start(server_config(&m)).await;
     let tcp = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2_client(tcp).await;
     for i in 0..5 {
         let req = hyper::Request::get(format!("http://shop.example.com/api/{i}?q=1"))
             .body(empty())
@@ -738,13 +732,7 @@ async fn tls_certificates_by_sni_h2_by_alpn_and_hot_swapped() {
             "{sni}"
         );
         assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let (mut send, _conn) = h2_client(tls).await;
         let resp = send
             .send_request(
                 hyper::Request::get(format!("https://{sni}/p"))
@@ -1157,13 +1145,7 @@ async fn idle_http2_connections_are_closed() {
     cfg.options.idle_timeout = Duration::from_millis(300);
     let h = start(cfg).await;
     let tcp = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = h2_client(tcp).await;
     let resp = send
         .send_request(
             hyper::Request::get("http://shop.example.com/")
@@ -1265,13 +1247,7 @@ async fn h2c_app_protocol_carries_grpc_with_trailers() {
 
     // An HTTP/2 client, as gRPC clients are; several calls share the upstream connection.
     let tcp = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2_client(tcp).await;
     for i in 0..6 {
         if i == 3 {
             // The upstream drops its connection (a restart); once the proxy has seen it

@@ -84,6 +84,22 @@ impl SliceEndpoint {
 }
 
 /// An EndpointSlice of Service `service` (namespace `default`).
+/// A `kubernetes.io/tls` Secret in namespace `default` holding a PEM certificate chain
+/// and key (as `stringData`, which the manifests source reads as the API server would).
+pub fn tls_secret_yaml(name: &str, crt_pem: &str, key_pem: &str) -> String {
+    let indent = |pem: &str| {
+        pem.lines().fold(String::new(), |mut out, l| {
+            let _ = writeln!(out, "    {l}");
+            out
+        })
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(crt_pem),
+        indent(key_pem),
+    )
+}
+
 pub fn endpoint_slice_yaml(
     slice_name: &str,
     service: &str,

@@ -28,30 +28,24 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
 
 /// Is this an HTTP/1.1 Upgrade request (`Connection: upgrade` and an `Upgrade` header)?
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    headers.contains_key(header::UPGRADE) && has_token(headers, &header::CONNECTION, "upgrade")
 }
 
 /// Does the request's `TE` name `trailers`?
 pub fn te_has_trailers(headers: &HeaderMap) -> bool {
+    has_token(headers, &header::TE, "trailers")
+}
+
+/// Does the comma-separated list header `name` hold `token` (case-insensitive,
+/// parameters after `;` ignored, as in `TE: deflate;q=0.5`)?
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers
-        .get_all(header::TE)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
+        .filter_map(|t| t.split(';').next())
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`. With

@@ -287,7 +287,8 @@ impl Proxy {
     /// The phases before the upstream request (1, 2 and 4) run in this call, and the
     /// returned future holds only what the upstream exchange needs, with the exchange
     /// itself boxed: hyper keeps that future in a box made per connection and moves each
-    /// request's into it, so it is kept small (240 bytes; 1904 with the exchange inline).
+    /// request's into it, so it is kept small (240 bytes; 1904 with the exchange inline, by `size_of_val` in a
+    /// test build).
     pub fn handle(
         self: &Arc<Self>,
         req: Request<Incoming>,

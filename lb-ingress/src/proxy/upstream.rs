@@ -311,11 +311,7 @@ impl UpstreamClient {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| Failure::Upstream(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(%addr, error = %e, "upstream connection ended with an error");
-            }
-        });
+        drive(addr, conn.with_upgrades());
         Ok(tx)
     }
 
@@ -327,11 +323,7 @@ impl UpstreamClient {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| Failure::Upstream(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
-            }
-        });
+        drive(addr, conn);
         Ok(tx)
     }
 
@@ -483,6 +475,15 @@ impl UpstreamClient {
             },
         }
     }
+}
+
+/// Drives a hyper client connection to `addr` on a task of its own, on this runtime.
+fn drive(addr: SocketAddr, conn: impl Future<Output = hyper::Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(%addr, error = %e, "upstream connection ended with an error");
+        }
+    });
 }
 
 /// How one send went, short of a failure.

@@ -68,22 +68,19 @@ impl PathRule {
             reason,
         };
         let kind = PathKind::from_path_type(path_type);
-        if matches!(path_type, "Exact" | "Prefix") && !path.is_empty() {
-            if !path.starts_with('/') {
-                return Err(invalid("must be an absolute path (start with '/')".into()));
-            }
+        if path.is_empty() {
+            return PathRule::new(kind, path);
+        }
+        if !path.starts_with('/') {
+            return Err(invalid("must be an absolute path (start with '/')".into()));
+        }
+        if matches!(path_type, "Exact" | "Prefix") {
             if let Some(seq) = INVALID_SEQUENCES.iter().find(|s| path.contains(*s)) {
                 return Err(invalid(format!("must not contain '{seq}'")));
             }
             if let Some(suffix) = INVALID_SUFFIXES.iter().find(|s| path.ends_with(*s)) {
                 return Err(invalid(format!("cannot end with '{suffix}'")));
             }
-        }
-        if path.is_empty() {
-            return PathRule::new(kind, path);
-        }
-        if !path.starts_with('/') {
-            return Err(invalid("must be an absolute path (start with '/')".into()));
         }
         // Matched against normalized request paths, so normalized the same way: escapes
         // (`/%7Euser` is `/~user`, `%c3` is `%C3`) and, for ImplementationSpecific, which
@@ -154,13 +151,19 @@ impl PathRule {
 }
 
 /// Why a request path cannot be matched (answered 400).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BadPath {
-    #[error("the request path has an invalid percent-encoding")]
     Encoding,
-    #[error("the request path climbs above the root with '..'")]
     AboveRoot,
 }
+
+impl std::fmt::Display for BadPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for BadPath {}
 
 impl BadPath {
     /// What a 400 response and the access log say.

@@ -57,22 +57,23 @@ impl<'a> SliceIndex<'a> {
 /// its `appProtocol`); HTTP/1.1 when the port is not found (the route then has no
 /// endpoints anyway).
 pub fn upstream_protocol(service: &Service, port: &ServiceBackendPort) -> UpstreamProtocol {
-    service
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.ports.as_ref())
-        .and_then(|ports| ports.iter().find(|sp| port_matches(sp, port)))
-        .map_or(UpstreamProtocol::Http1, |sp| {
-            UpstreamProtocol::from_app_protocol(sp.app_protocol.as_deref())
-        })
+    service_port(service, port).map_or(UpstreamProtocol::Http1, |sp| {
+        UpstreamProtocol::from_app_protocol(sp.app_protocol.as_deref())
+    })
 }
 
-fn port_matches(sp: &k8s_openapi::api::core::v1::ServicePort, port: &ServiceBackendPort) -> bool {
-    match (port.number, port.name.as_deref()) {
-        (Some(n), _) => sp.port == n,
-        (None, Some(n)) => sp.name.as_deref() == Some(n),
-        (None, None) => false,
-    }
+/// The Service port an Ingress backend names, by number or by name.
+fn service_port<'a>(
+    service: &'a Service,
+    port: &ServiceBackendPort,
+) -> Option<&'a k8s_openapi::api::core::v1::ServicePort> {
+    service.spec.as_ref()?.ports.iter().flatten().find(|sp| {
+        match (port.number, port.name.as_deref()) {
+            (Some(n), _) => sp.port == n,
+            (None, Some(n)) => sp.name.as_deref() == Some(n),
+            (None, None) => false,
+        }
+    })
 }
 
 /// The ready addresses of `service`'s port `port`, sorted and without duplicates.
@@ -88,20 +89,15 @@ pub fn ready_addresses(
     if spec.type_.as_deref() == Some("ExternalName") {
         return Err("ExternalName Services are not supported as Ingress backends".into());
     }
-    let service_port = spec
-        .ports
-        .iter()
-        .flatten()
-        .find(|sp| port_matches(sp, port))
-        .ok_or_else(|| {
-            format!(
-                "Service {namespace}/{name} has no port {}",
-                port.number
-                    .map(|n| n.to_string())
-                    .or_else(|| port.name.clone())
-                    .unwrap_or_else(|| "(none given)".into())
-            )
-        })?;
+    let service_port = service_port(service, port).ok_or_else(|| {
+        format!(
+            "Service {namespace}/{name} has no port {}",
+            port.number
+                .map(|n| n.to_string())
+                .or_else(|| port.name.clone())
+                .unwrap_or_else(|| "(none given)".into())
+        )
+    })?;
     let port_name = service_port.name.as_deref().unwrap_or_default();
     let fallback_port = match &service_port.target_port {
         Some(IntOrString::Int(p)) => Some(*p),

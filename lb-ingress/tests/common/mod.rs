@@ -309,6 +309,27 @@ pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// An HTTP/2 client connection over `io` (prior knowledge, or after ALPN `h2`), driven
+/// by a task whose handle comes back with the sender.
+pub async fn h2_client<T, B>(
+    io: T,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    (send, tokio::spawn(conn))
+}
+
 pub fn empty() -> BoxBody {
     http_body_util::Empty::new()
         .map_err(|n| match n {})
