@@ -1305,3 +1305,203 @@ async fn h2c_app_protocol_carries_grpc_with_trailers() {
     );
     h.shutdown().await;
 }
+
+/// An Ingress for `host` (every path to Service `svc`) with these annotations.
+fn annotated(name: &str, host: &str, svc: &str, annotations: &[(&str, &str)]) -> String {
+    let mut y = format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: default\n  annotations:\n"
+    );
+    for (k, v) in annotations {
+        let _ = writeln!(y, "    {k}: {v:?}");
+    }
+    let _ = write!(
+        y,
+        "spec:\n  ingressClassName: lb\n  rules:\n  - host: {host}\n    http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}}}\n"
+    );
+    y
+}
+
+/// ingress-nginx's annotations (and ours) change what one Ingress's rules do, and no
+/// other Ingress's: source allowlist, body size, https redirects, app root, timeouts,
+/// backend protocol; a value that cannot be honoured fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotations_set_each_ingress_own_policy() {
+    let up = Upstream::start("up").await;
+    let m = Manifests::new();
+    let nginx = "nginx.ingress.kubernetes.io";
+    let ingresses = [
+        annotated("plain", "plain.example", "up", &[]),
+        annotated(
+            "deny",
+            "deny.example",
+            "up",
+            &[(&format!("{nginx}/whitelist-source-range"), "192.0.2.0/24")],
+        ),
+        annotated(
+            "allow",
+            "allow.example",
+            "up",
+            &[(
+                "ingress.lb.dev/allowlist-source-range",
+                "10.0.0.0/8, 127.0.0.1",
+            )],
+        ),
+        annotated(
+            "small",
+            "small.example",
+            "up",
+            &[(&format!("{nginx}/proxy-body-size"), "1k")],
+        ),
+        annotated(
+            "force",
+            "force.example",
+            "up",
+            &[(&format!("{nginx}/force-ssl-redirect"), "true")],
+        ),
+        annotated(
+            "root",
+            "root.example",
+            "up",
+            &[(&format!("{nginx}/app-root"), "/app/")],
+        ),
+        annotated(
+            "fast",
+            "fast.example",
+            "up",
+            &[(&format!("{nginx}/proxy-read-timeout"), "300ms")],
+        ),
+        annotated(
+            "tls",
+            "tls.example",
+            "up",
+            &[(&format!("{nginx}/backend-protocol"), "HTTPS")],
+        ),
+        annotated(
+            "bad",
+            "bad.example",
+            "up",
+            &[(&format!("{nginx}/allowlist-source-range"), "10.0.0.300")],
+        ),
+    ];
+    m.write("ingress.yaml", &ingresses.concat());
+    m.write(
+        "svc.yaml",
+        &service("default", "up", 80, "http", "80", &[&up]),
+    );
+    let mut cfg = server_config(&m);
+    cfg.options.response_timeout = Duration::from_secs(5);
+    // Loopback is a trusted proxy here: its X-Forwarded-For and -Proto are believed.
+    cfg.options.trusted_proxies =
+        lb_ingress::proxy::headers::TrustedProxies(vec!["127.0.0.1/32".parse().unwrap()]);
+    let h = start(cfg).await;
+    let c = client();
+    let send = |host: &str, path: &str, extra: &[(&str, &str)], body: Option<usize>| {
+        let mut builder = hyper::Request::builder()
+            .method(if body.is_some() { "POST" } else { "GET" })
+            .uri(format!("http://{}{path}", h.http_addr))
+            .header("host", host);
+        for (k, v) in extra {
+            builder = builder.header(*k, *v);
+        }
+        let body = match body {
+            Some(n) => http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; n]))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            None => empty(),
+        };
+        let req = builder.body(body).unwrap();
+        let c = c.clone();
+        async move {
+            let resp = c.request(req).await.unwrap();
+            let status = resp.status();
+            let location = resp
+                .headers()
+                .get("location")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let _ = resp.into_body().collect().await;
+            (status, location)
+        }
+    };
+
+    assert_eq!(
+        send("plain.example", "/", &[], None).await.0,
+        StatusCode::OK
+    );
+    // Allowlists: the peer (127.0.0.1), or the client a trusted proxy names.
+    let hits = up.hits();
+    assert_eq!(
+        send("deny.example", "/", &[], None).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(up.hits(), hits, "a refused client reaches no upstream");
+    let xff = [("x-forwarded-for", "192.0.2.7")];
+    assert_eq!(
+        send("deny.example", "/", &xff, None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send("allow.example", "/", &[], None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send("allow.example", "/", &xff, None).await.0,
+        StatusCode::FORBIDDEN
+    );
+    // Body size: this Ingress's limit, not the others'.
+    assert_eq!(
+        send("small.example", "/", &[], Some(1024)).await.0,
+        StatusCode::OK
+    );
+    let hits = up.hits();
+    assert_eq!(
+        send("small.example", "/", &[], Some(1025)).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(up.hits(), hits);
+    assert_eq!(
+        send("plain.example", "/", &[], Some(4096)).await.0,
+        StatusCode::OK
+    );
+    // force-ssl-redirect: no certificate needed; no loop behind a TLS-ending proxy.
+    let (status, location) = send("force.example", "/p?q=1", &[], None).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(location.as_deref(), Some("https://force.example/p?q=1"));
+    let https = [("x-forwarded-proto", "https")];
+    assert_eq!(
+        send("force.example", "/p", &https, None).await.0,
+        StatusCode::OK
+    );
+    // app-root: only `/` itself moves.
+    let (status, location) = send("root.example", "/", &[], None).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(location.as_deref(), Some("/app/"));
+    assert_eq!(
+        send("root.example", "/app/", &[], None).await.0,
+        StatusCode::OK
+    );
+    // proxy-read-timeout: 504 after this Ingress's timeout, not the default 5 s.
+    let t0 = std::time::Instant::now();
+    let (status, _) = send("fast.example", "/sleep?ms=2000", &[], None).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        send("plain.example", "/sleep?ms=600", &[], None).await.0,
+        StatusCode::OK
+    );
+    // What cannot be honoured fails closed: HTTPS upstreams, a broken allowlist.
+    let hits = up.hits();
+    assert_eq!(
+        send("tls.example", "/", &[], None).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        send("bad.example", "/", &xff, None).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(up.hits(), hits);
+    h.shutdown().await;
+}

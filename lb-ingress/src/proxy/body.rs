@@ -66,6 +66,11 @@ impl RequestBody {
         self.state().is_some_and(|s| s.too_large)
     }
 
+    /// The body size limit it was made with (`u64::MAX` for a body without one).
+    pub fn limit(&self) -> u64 {
+        self.state().map_or(u64::MAX, |s| s.limit)
+    }
+
     /// The client's side of the body failed (reset, malformed chunk, gone away).
     pub fn client_failed(&self) -> bool {
         self.state().is_some_and(|s| s.client_failed)

@@ -30,6 +30,10 @@ pub enum ProxyError {
     NotReady,
     #[error("no route for this host and path")]
     NoRoute,
+    #[error("client {0} is not in the route's allowlist-source-range")]
+    SourceNotAllowed(std::net::IpAddr),
+    #[error("route not served: {reason}")]
+    Misconfigured { reason: String },
     #[error("no ready endpoint for {service}")]
     NoEndpoint { service: String },
     #[error("cannot connect to {addr}: {source}")]
@@ -54,8 +58,11 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::SourceNotAllowed(_) => StatusCode::FORBIDDEN,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NotReady | ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NotReady
+            | ProxyError::NoEndpoint { .. }
+            | ProxyError::Misconfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -65,10 +72,12 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::MethodNotAllowed(_)
-            | ProxyError::BodyTooLarge { .. } => Blame::Client,
-            ProxyError::NotReady | ProxyError::NoRoute | ProxyError::NoEndpoint { .. } => {
-                Blame::Config
-            }
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::SourceNotAllowed(_) => Blame::Client,
+            ProxyError::NotReady
+            | ProxyError::NoRoute
+            | ProxyError::NoEndpoint { .. }
+            | ProxyError::Misconfigured { .. } => Blame::Config,
             ProxyError::Connect { .. }
             | ProxyError::Timeout { .. }
             | ProxyError::Upstream { .. } => Blame::Upstream,

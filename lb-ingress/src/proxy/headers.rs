@@ -116,6 +116,45 @@ impl TrustedProxies {
     }
 }
 
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the
+/// right-most `X-Forwarded-For` address that is not itself a trusted proxy (nginx's
+/// `real_ip_recursive`). An entry that is not an address ends the walk at the hop
+/// before it: nothing left of it can be believed.
+pub fn client_addr(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -> IpAddr {
+    let mut client = peer;
+    if !trusted.trusts(peer) {
+        return client;
+    }
+    let entries = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for entry in entries.iter().rev() {
+        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !trusted.trusts(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// Whether `X-Forwarded-Proto` says the client spoke https (the last value, the one the
+/// nearest proxy set). Believe it only from a trusted peer.
+pub fn forwarded_https(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(&X_FORWARDED_PROTO)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .next_back()
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+}
+
 /// The `Forwarded` element this hop adds (RFC 7239): `for=...;host="...";proto=...`.
 pub fn forwarded_element(peer: IpAddr, peer_s: &str, host: &str, proto: &str) -> String {
     let for_node = match peer {
@@ -345,5 +384,41 @@ mod tests {
         let mut h = HeaderMap::new();
         set_forwarded(&mut h, "::1".parse().unwrap(), false, "https", "b");
         assert_eq!(h["forwarded"], "for=\"[::1]\";host=\"b\";proto=https");
+    }
+
+    #[test]
+    fn the_client_address_is_believed_from_trusted_proxies_only() {
+        let trusted = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let h = map(&[
+            ("x-forwarded-for", "6.6.6.6, 1.1.1.1"),
+            ("x-forwarded-for", "10.9.9.9"),
+        ]);
+        // Through two trusted hops to the first address no trusted proxy vouches past.
+        assert_eq!(client_addr(&h, ip("10.1.2.3"), &trusted), ip("1.1.1.1"));
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(client_addr(&h, ip("2.2.2.2"), &trusted), ip("2.2.2.2"));
+        // Garbage ends the walk at the last hop that could be believed.
+        let h = map(&[("x-forwarded-for", "1.1.1.1, junk, 10.7.7.7")]);
+        assert_eq!(client_addr(&h, ip("10.1.2.3"), &trusted), ip("10.7.7.7"));
+        // No header: the trusted peer itself.
+        assert_eq!(
+            client_addr(&HeaderMap::new(), ip("10.1.2.3"), &trusted),
+            ip("10.1.2.3")
+        );
+    }
+
+    #[test]
+    fn forwarded_proto_is_the_nearest_proxys() {
+        assert!(forwarded_https(&map(&[("x-forwarded-proto", "HTTPS")])));
+        assert!(forwarded_https(&map(&[(
+            "x-forwarded-proto",
+            "http, https"
+        )])));
+        assert!(!forwarded_https(&map(&[(
+            "x-forwarded-proto",
+            "https, http"
+        )])));
+        assert!(!forwarded_https(&HeaderMap::new()));
     }
 }

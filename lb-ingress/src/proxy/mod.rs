@@ -13,10 +13,15 @@
 //!    unparseable requests with 400 before any of the phases below.
 //! 1. **request_filter**: reject what no upstream should see: CONNECT (405), a missing,
 //!    repeated or invalid Host (400), a non-origin path (400), a declared body over the
-//!    limit (413). `--redirect-https` answers 308 here for hosts that have a certificate.
+//!    limit (413).
 //! 2. **route**: the configuration is loaded once ([`Proxy::config`], an `ArcSwap`) and
 //!    the [`Target`] that host and path pick (or 404) is kept, with its endpoints, for
-//!    the whole request, so a reload never changes a request midway.
+//!    the whole request, so a reload never changes a request midway. Then the route's
+//!    own settings (its Ingress's annotations, [`crate::source::annotations`]): 503 for
+//!    a rule whose settings could not be honoured, 403 for a client outside its
+//!    `allowlist-source-range`, 308 to https (`ssl-redirect`, `--redirect-https`, for
+//!    hosts that have a certificate; `force-ssl-redirect` for any), 302 to its
+//!    `app-root` for `/`, 413 for a declared body over its limit.
 //! 3. **upstream_peer** ([`balance`]): power of two choices over outstanding requests
 //!    among the ready, non-ejected endpoints, or 503.
 //! 4. **upstream_request_filter** ([`headers`]): hop-by-hop headers removed, forwarding
@@ -259,7 +264,7 @@ impl Proxy {
             certs,
             registry,
             metrics,
-            client: upstream::client(options.connect_timeout, Duration::from_secs(90)),
+            client: upstream::client(Duration::from_secs(90)),
             budget: Arc::new(RetryBudget::new(options.retry_ratio, 10)),
             options,
         }
@@ -337,13 +342,11 @@ impl Proxy {
         // Matched as nginx matches locations, normalized; sent upstream as it came.
         let path = crate::routes::normalize_request_path(path)
             .map_err(|e| ProxyError::BadRequest(e.reason()))?;
-        let limit = self.options.max_body_bytes;
-        if req.body().size_hint().lower() > limit {
-            return Err(ProxyError::BodyTooLarge { limit });
-        }
-        if self.options.redirect_https && !conn.tls && self.certs.table().has_host(host) {
-            return Ok(Step::Local(self.redirect(host, &req)));
-        }
+        // Plain HTTP here, and not https before a trusted proxy either: may be redirected.
+        let https = conn.tls
+            || self.options.trusted_proxies.trusts(conn.peer.ip())
+                && headers::forwarded_https(req.headers());
+        let plain = !https;
 
         // 2. route: one load for the whole request (see source::watch on swap order);
         // the request keeps its rule's target, and with it the endpoints, to the end.
@@ -351,13 +354,50 @@ impl Proxy {
         if config.generation == 0 {
             return Err(ProxyError::NotReady);
         }
-        let target = Arc::clone(
-            config
-                .routes
-                .lookup(host, &path)
-                .ok_or(ProxyError::NoRoute)?,
-        );
+        let Some(target) = config.routes.lookup(host, &path).map(Arc::clone) else {
+            if plain && self.options.redirect_https && self.certs.table().has_host(host) {
+                return Ok(Step::Local(self.redirect(host, &req)));
+            }
+            return Err(ProxyError::NoRoute);
+        };
         drop(config);
+
+        // The route's own settings (its Ingress's annotations).
+        let options = &target.options;
+        if let Some(reason) = &options.deny {
+            let reason = reason.clone();
+            log.target = Some(target);
+            return Err(ProxyError::Misconfigured { reason });
+        }
+        if options.allow_sources.is_some() {
+            let client =
+                headers::client_addr(req.headers(), conn.peer.ip(), &self.options.trusted_proxies);
+            if !options.allows(client) {
+                log.target = Some(target);
+                return Err(ProxyError::SourceNotAllowed(client));
+            }
+        }
+        let redirect = options.force_ssl_redirect
+            || options.ssl_redirect.unwrap_or(self.options.redirect_https)
+                && self.certs.table().has_host(host);
+        if plain && redirect {
+            log.target = Some(target);
+            return Ok(Step::Local(self.redirect(host, &req)));
+        }
+        if let Some(root) = &options.app_root
+            && req.uri().path() == "/"
+        {
+            let resp = local_redirect(StatusCode::FOUND, root);
+            log.target = Some(target);
+            return Ok(Step::Local(resp));
+        }
+        let limit = options
+            .max_body_bytes
+            .unwrap_or(self.options.max_body_bytes);
+        if req.body().size_hint().lower() > limit {
+            log.target = Some(target);
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
         if target.pool.is_empty() {
             let service = target.service.clone();
             log.target = Some(target);
@@ -455,21 +495,32 @@ impl Proxy {
         Ok(Forwarded::Response(parts, body, pooled))
     }
 
+    /// 308 to the same request over https.
     fn redirect(&self, host: &str, req: &Request<Incoming>) -> Response<()> {
         let port = match self.options.https_port {
             Some(443) | None => String::new(),
             Some(p) => format!(":{p}"),
         };
         let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
-        let mut resp = Response::new(());
-        *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
-        if let Ok(v) = HeaderValue::try_from(format!("https://{host}{port}{pq}")) {
-            resp.headers_mut().insert(header::LOCATION, v);
-        }
-        resp.headers_mut()
-            .insert(header::SERVER, HeaderValue::from_static(SERVER));
-        resp
+        local_redirect(
+            StatusCode::PERMANENT_REDIRECT,
+            &format!("https://{host}{port}{pq}"),
+        )
     }
+}
+
+/// A redirect answered here (the location is a valid header value: `app-root` is
+/// checked to be a URI path when read, and the https one is built from a valid host
+/// and path).
+fn local_redirect(status: StatusCode, location: &str) -> Response<()> {
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::try_from(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static(SERVER));
+    resp
 }
 
 /// What the phases before the upstream request decided.

@@ -258,6 +258,28 @@ impl PooledConn {
     }
 }
 
+/// How long a connect may take, and when the response head is due.
+#[derive(Clone, Copy, Debug)]
+struct Deadlines {
+    connect: Duration,
+    response: Instant,
+}
+
+/// A TCP connection to `addr` (Nagle off), or the reason there is none within `timeout`.
+async fn tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Failure> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(Failure::Connect(e.into())),
+        Err(_) => {
+            return Err(Failure::Connect(
+                format!("connect timed out after {} ms", timeout.as_millis()).into(),
+            ));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 /// Why an attempt failed.
 enum Failure {
     /// The TCP connection could not be made (or not in time).
@@ -269,13 +291,13 @@ enum Failure {
 }
 
 impl Failure {
-    fn into_error(self, addr: SocketAddr, proxy: &Proxy) -> ProxyError {
+    fn into_error(self, addr: SocketAddr, response_timeout: Duration) -> ProxyError {
         match self {
             Failure::Connect(source) => ProxyError::Connect { addr, source },
             Failure::Upstream(source) => ProxyError::Upstream { addr, source },
             Failure::Timeout => ProxyError::Timeout {
                 addr,
-                timeout_ms: proxy.options.response_timeout.as_millis(),
+                timeout_ms: response_timeout.as_millis(),
             },
         }
     }
@@ -286,15 +308,13 @@ impl Failure {
 pub struct UpstreamClient {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
-    connect_timeout: Duration,
     idle_timeout: Duration,
 }
 
-pub fn client(connect_timeout: Duration, idle_timeout: Duration) -> UpstreamClient {
+pub fn client(idle_timeout: Duration) -> UpstreamClient {
     UpstreamClient {
         h1: http1::Builder::new(),
         h2: http2::Builder::new(TokioExecutor::new()),
-        connect_timeout,
         idle_timeout,
     }
 }
@@ -304,8 +324,8 @@ impl UpstreamClient {
         self.idle_timeout
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Sender, Failure> {
-        let stream = self.tcp(addr).await?;
+    async fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<Sender, Failure> {
+        let stream = tcp(addr, timeout).await?;
         let (tx, conn) = self
             .h1
             .handshake(TokioIo::new(stream))
@@ -316,8 +336,8 @@ impl UpstreamClient {
     }
 
     /// A new HTTP/2 connection to `addr`, driven by a task of its own.
-    async fn connect_h2(&self, addr: SocketAddr) -> Result<H2Sender, Failure> {
-        let stream = self.tcp(addr).await?;
+    async fn connect_h2(&self, addr: SocketAddr, timeout: Duration) -> Result<H2Sender, Failure> {
+        let stream = tcp(addr, timeout).await?;
         let (tx, conn) = self
             .h2
             .handshake(TokioIo::new(stream))
@@ -327,25 +347,6 @@ impl UpstreamClient {
         Ok(tx)
     }
 
-    async fn tcp(&self, addr: SocketAddr) -> Result<TcpStream, Failure> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(Failure::Connect(e.into())),
-                Err(_) => {
-                    return Err(Failure::Connect(
-                        format!(
-                            "connect timed out after {} ms",
-                            self.connect_timeout.as_millis()
-                        )
-                        .into(),
-                    ));
-                }
-            };
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
-    }
-
     /// Sends the request `build` makes to `endpoint` over HTTP/2 and waits for the
     /// response head until `deadline`. A request refused before it was sent (the shared
     /// connection had just closed) goes once more on a new connection.
@@ -353,8 +354,12 @@ impl UpstreamClient {
         &self,
         endpoint: &Endpoint,
         build: impl FnOnce() -> Request<RequestBody>,
-        deadline: Instant,
+        deadlines: Deadlines,
     ) -> Result<Response<Incoming>, Failure> {
+        let Deadlines {
+            connect,
+            response: deadline,
+        } = deadlines;
         let shard = shard();
         let mut req = build();
         let mut reused = true;
@@ -363,7 +368,7 @@ impl UpstreamClient {
                 Some(tx) if reused => tx,
                 _ => {
                     reused = false;
-                    let tx = Box::pin(self.connect_h2(endpoint.addr)).await?;
+                    let tx = Box::pin(self.connect_h2(endpoint.addr, connect)).await?;
                     endpoint.conns.h2_put(shard, &tx);
                     tx
                 }
@@ -389,6 +394,7 @@ impl UpstreamClient {
         &self,
         endpoint: &Endpoint,
         now: Instant,
+        connect_timeout: Duration,
     ) -> Result<(Sender, Timer, bool), Failure> {
         if let Some((mut tx, timer)) = endpoint.conns.take(shard(), now, self.idle_timeout) {
             // Pooled connections are ready; this only waits if one was given back early.
@@ -398,7 +404,7 @@ impl UpstreamClient {
         }
         // A new connection (boxed: rare, and the future of every request carries this
         // one) takes its first request before the connection task has run.
-        let tx = Box::pin(self.connect(endpoint.addr)).await?;
+        let tx = Box::pin(self.connect(endpoint.addr, connect_timeout)).await?;
         let timer = Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
             now + FAR_FUTURE,
         )));
@@ -413,13 +419,16 @@ impl UpstreamClient {
         endpoint: &Arc<Endpoint>,
         build: impl FnOnce() -> Request<RequestBody>,
         now: Instant,
-        deadline: Instant,
+        deadlines: Deadlines,
     ) -> Result<(Response<Incoming>, Option<PooledConn>), Failure> {
-        let conn = self.checkout(endpoint, now).await?;
-        match self.attempt(endpoint, conn, build(), deadline).await? {
+        let conn = self.checkout(endpoint, now, deadlines.connect).await?;
+        match self
+            .attempt(endpoint, conn, build(), deadlines.response)
+            .await?
+        {
             Attempt::Done(resp, conn) => Ok((resp, Some(conn))),
             // A rare path, boxed to keep the common future small.
-            Attempt::Unsent(req) => Box::pin(self.resend(endpoint, req, now, deadline))
+            Attempt::Unsent(req) => Box::pin(self.resend(endpoint, req, now, deadlines))
                 .await
                 .map(|(resp, conn)| (resp, Some(conn))),
         }
@@ -431,11 +440,14 @@ impl UpstreamClient {
         endpoint: &Arc<Endpoint>,
         mut req: Request<RequestBody>,
         now: Instant,
-        deadline: Instant,
+        deadlines: Deadlines,
     ) -> Result<(Response<Incoming>, PooledConn), Failure> {
         loop {
-            let conn = self.checkout(endpoint, now).await?;
-            match self.attempt(endpoint, conn, req, deadline).await? {
+            let conn = self.checkout(endpoint, now, deadlines.connect).await?;
+            match self
+                .attempt(endpoint, conn, req, deadlines.response)
+                .await?
+            {
                 Attempt::Done(resp, conn) => return Ok((resp, conn)),
                 Attempt::Unsent(unsent) => req = unsent,
             }
@@ -575,6 +587,9 @@ pub async fn send(
     log: &mut RequestLog,
 ) -> Result<(Response<Incoming>, InFlight, Option<PooledConn>), ProxyError> {
     let mut tried: Vec<SocketAddr> = Vec::new();
+    let connect_timeout = (target.options.connect_timeout).unwrap_or(proxy.options.connect_timeout);
+    let response_timeout =
+        (target.options.response_timeout).unwrap_or(proxy.options.response_timeout);
     proxy.budget.deposit();
     loop {
         let Some(slot) = target.pool.pick(&proxy.registry, &tried) else {
@@ -605,17 +620,20 @@ pub async fn send(
         };
 
         let started = Instant::now();
-        // Capped as tokio caps a far-off deadline.
-        let deadline = started + proxy.options.response_timeout.min(FAR_FUTURE);
+        let deadlines = Deadlines {
+            connect: connect_timeout,
+            // Capped as tokio caps a far-off deadline.
+            response: started + response_timeout.min(FAR_FUTURE),
+        };
         let result = match target.protocol {
             UpstreamProtocol::Http1 => {
                 proxy
                     .client
-                    .request(endpoint, build, started, deadline)
+                    .request(endpoint, build, started, deadlines)
                     .await
             }
             // Boxed: the HTTP/1.1 path's future (every request's) stays as small.
-            UpstreamProtocol::H2c => Box::pin(proxy.client.request_h2(endpoint, build, deadline))
+            UpstreamProtocol::H2c => Box::pin(proxy.client.request_h2(endpoint, build, deadlines))
                 .await
                 .map(|resp| (resp, None)),
         };
@@ -626,11 +644,11 @@ pub async fn send(
         };
         // Never retried: the upstream may still be working on it.
         if let Failure::Timeout = failure {
-            return Err(failure.into_error(addr, proxy));
+            return Err(failure.into_error(addr, response_timeout));
         }
         if body.too_large() {
             return Err(ProxyError::BodyTooLarge {
-                limit: proxy.options.max_body_bytes,
+                limit: body.limit(),
             });
         }
         if body.client_failed() {
@@ -650,7 +668,7 @@ pub async fn send(
             proxy.registry.eject(endpoint);
         }
         let retriable = (connect || idempotent(&head.method)) && body.untouched();
-        let error = failure.into_error(addr, proxy);
+        let error = failure.into_error(addr, response_timeout);
         tried.push(addr);
         if last || !retriable || !proxy.budget.withdraw() {
             return Err(error);

@@ -3,6 +3,7 @@
 //! ([`endpoints`]), and the certificates of their `spec.tls` Secrets. [`build`] is pure
 //! over a [`Store`]; [`watch`] folds source events into the store and swaps the result
 //! in.
+pub mod annotations;
 pub mod class;
 pub mod endpoints;
 pub mod watch;
@@ -19,6 +20,7 @@ use crate::proxy::balance::{EndpointRegistry, Pool};
 use crate::proxy::upstream::UpstreamProtocol;
 use crate::routes::{HostRule, PathRule, Rank, RouteTable, RouteTableBuilder};
 use crate::tls::{CertTable, certified_key};
+use annotations::RouteOptions;
 use endpoints::{SliceIndex, ready_addresses};
 
 /// A resolved Service port: its label (`namespace/name:port`), the pool of its ready
@@ -47,8 +49,11 @@ pub struct Target {
     /// `namespace/name:port` of the Service.
     pub service: String,
     pub pool: Arc<Pool>,
-    /// What the Service port's endpoints speak (its `appProtocol`).
+    /// What the Service port's endpoints speak (its `appProtocol`, or the Ingress's
+    /// `backend-protocol`).
     pub protocol: UpstreamProtocol,
+    /// The Ingress's settings from its annotations (shared by its rules).
+    pub options: Arc<RouteOptions>,
     /// This rule's request metrics, looked up once (see [`RouteSeries`]).
     pub series: RouteSeries,
 }
@@ -118,6 +123,12 @@ pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
         let Some(spec) = &ingress.spec else {
             continue;
         };
+        let (options, bad) = annotations::parse(ingress.metadata.annotations.as_ref());
+        problems.extend(
+            bad.into_iter()
+                .map(|p| format!("Ingress {}/{}: {p}", r.namespace, r.name)),
+        );
+        let options = Arc::new(options);
         let mut target = |backend: &IngressBackend,
                           host: &HostRule,
                           path: &str,
@@ -164,7 +175,8 @@ pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
                 path: path.to_owned(),
                 service,
                 pool,
-                protocol,
+                protocol: options.protocol.unwrap_or(protocol),
+                options: Arc::clone(&options),
                 series: RouteSeries::default(),
             }))
         };

@@ -1,0 +1,347 @@
+//! Per-Ingress settings from annotations.
+//!
+//! Each setting is read under our prefix, `ingress.lb.dev/`, and under ingress-nginx's,
+//! `nginx.ingress.kubernetes.io/`, so that an Ingress written for ingress-nginx keeps
+//! its meaning when it moves to this class; when both are set, ours wins. A setting
+//! applies to every rule of its Ingress, and its `defaultBackend`.
+//!
+//! | annotation | value | effect |
+//! | --- | --- | --- |
+//! | `ssl-redirect` | bool | 308 to https for plain-HTTP requests to a host that has a certificate (default: `--redirect-https`) |
+//! | `force-ssl-redirect` | bool | the same, whether or not the host has a certificate (TLS ended before this proxy) |
+//! | `proxy-body-size` | nginx size: `512`, `8k`, `10m`, `1g`; `0` unlimited | request body limit, 413 above it (default: `--max-body-bytes`) |
+//! | `proxy-connect-timeout` | seconds, or with a unit: `500ms`, `5s`, `1m` | upstream connect timeout (default: `--connect-timeout-ms`) |
+//! | `proxy-read-timeout` | as above | time the upstream has to send a response head, then 504 (default: `--upstream-timeout-ms`) |
+//! | `allowlist-source-range` (or `whitelist-source-range`) | comma-separated CIDRs or addresses | other clients get 403 |
+//! | `backend-protocol` | `HTTP`, `AUTO_HTTP`, `GRPC`, `H2C` | HTTP/1.1, or HTTP/2 with prior knowledge (default: the Service port's `appProtocol`) |
+//! | `app-root` | a path | a request for `/` gets 302 to it |
+//!
+//! A bad value is a problem reported against its Ingress (named, with the reason). For
+//! the settings that guard access or decide what is spoken to the upstream
+//! (`allowlist-source-range`, `backend-protocol`), the Ingress's rules are then answered
+//! 503 instead of being served without them: failing closed, as ingress-nginx denies a
+//! location whose annotations did not parse. Other bad values fall back to the default.
+//! Annotations under either prefix that are not in the table are reported as ignored:
+//! in particular the snippet annotations, which in ingress-nginx run arbitrary proxy
+//! configuration and are never honoured here.
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::proxy::upstream::UpstreamProtocol;
+
+/// Our annotation prefix.
+pub const PREFIX: &str = "ingress.lb.dev/";
+/// ingress-nginx's, read for compatibility.
+pub const NGINX_PREFIX: &str = "nginx.ingress.kubernetes.io/";
+
+/// What an Ingress's annotations set; `None` leaves the proxy's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteOptions {
+    pub ssl_redirect: Option<bool>,
+    pub force_ssl_redirect: bool,
+    /// `Some(u64::MAX)` for no limit.
+    pub max_body_bytes: Option<u64>,
+    pub connect_timeout: Option<Duration>,
+    pub response_timeout: Option<Duration>,
+    /// Clients allowed (by the address [`crate::proxy::headers::client_addr`] gives).
+    pub allow_sources: Option<Vec<IpNet>>,
+    pub protocol: Option<UpstreamProtocol>,
+    pub app_root: Option<String>,
+    /// Why the rules of this Ingress are answered 503 (a setting it asks for could not
+    /// be honoured).
+    pub deny: Option<String>,
+}
+
+impl RouteOptions {
+    /// Whether `ip` may use the rules these options belong to.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 @ IpAddr::V4(_) => v4,
+        };
+        self.allow_sources
+            .as_ref()
+            .is_none_or(|nets| nets.iter().any(|n| n.contains(&ip)))
+    }
+}
+
+/// The settings read from `annotations`, and the problems found (each one sentence,
+/// without the Ingress's name, which the caller adds).
+pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, Vec<String>) {
+    let mut options = RouteOptions::default();
+    let mut problems = Vec::new();
+    let Some(annotations) = annotations else {
+        return (options, problems);
+    };
+    // Setting name -> (annotation as written, value); ours replaces ingress-nginx's.
+    let mut settings: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    for prefix in [NGINX_PREFIX, PREFIX] {
+        for (key, value) in annotations {
+            if let Some(name) = key.strip_prefix(prefix) {
+                let name = match name {
+                    "whitelist-source-range" => "allowlist-source-range",
+                    other => other,
+                };
+                settings.insert(name, (key.as_str(), value.trim()));
+            }
+        }
+    }
+    for (name, (key, value)) in settings {
+        let bad = |why: &str| format!("annotation {key}: {why}");
+        match name {
+            "ssl-redirect" => match parse_bool(value) {
+                Some(b) => options.ssl_redirect = Some(b),
+                None => problems.push(bad(&format!("{value:?} is not a boolean; ignored"))),
+            },
+            "force-ssl-redirect" => match parse_bool(value) {
+                Some(b) => options.force_ssl_redirect = b,
+                None => problems.push(bad(&format!("{value:?} is not a boolean; ignored"))),
+            },
+            "proxy-body-size" => match parse_size(value) {
+                Some(n) => options.max_body_bytes = Some(n),
+                None => problems.push(bad(&format!(
+                    "{value:?} is not a size (like 512, 8k, 10m, 1g, or 0 for no limit); ignored"
+                ))),
+            },
+            "proxy-connect-timeout" | "proxy-read-timeout" => match parse_duration(value) {
+                Some(d) if name == "proxy-connect-timeout" => options.connect_timeout = Some(d),
+                Some(d) => options.response_timeout = Some(d),
+                None => problems.push(bad(&format!(
+                    "{value:?} is not a duration (seconds, or like 500ms, 5s, 1m); ignored"
+                ))),
+            },
+            "allowlist-source-range" => match parse_ranges(value) {
+                Ok(nets) => options.allow_sources = Some(nets),
+                Err(e) => {
+                    let why = format!("{e}; its rules answer 503 until it is fixed");
+                    problems.push(bad(&why));
+                    options.deny = Some(bad(&e));
+                }
+            },
+            "backend-protocol" => match value.to_ascii_uppercase().as_str() {
+                "HTTP" | "AUTO_HTTP" => options.protocol = Some(UpstreamProtocol::Http1),
+                "GRPC" | "H2C" => options.protocol = Some(UpstreamProtocol::H2c),
+                other => {
+                    let e = format!(
+                        "{other} is not supported (HTTP, AUTO_HTTP, GRPC and H2C are; there is no TLS to upstreams)"
+                    );
+                    problems.push(bad(&format!(
+                        "{e}; its rules answer 503 until it is changed"
+                    )));
+                    options.deny = Some(bad(&e));
+                }
+            },
+            "app-root" => {
+                if value.starts_with('/') && hyper::Uri::try_from(value).is_ok() {
+                    options.app_root = Some(value.to_owned());
+                } else {
+                    problems.push(bad(&format!("{value:?} is not an absolute path; ignored")));
+                }
+            }
+            n if n.ends_with("-snippet") => problems.push(bad(
+                "snippets (raw proxy configuration) are never honoured; ignored",
+            )),
+            _ => problems.push(bad("not supported by lb-ingress; ignored")),
+        }
+    }
+    (options, problems)
+}
+
+/// Booleans as ingress-nginx reads them (Go's `strconv.ParseBool`).
+fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// nginx's size syntax: bytes, or `k`/`m`/`g` (either case) for KiB/MiB/GiB; `0` means
+/// no limit (`u64::MAX`).
+pub fn parse_size(v: &str) -> Option<u64> {
+    let (digits, shift) = match v.as_bytes().last()? {
+        b'k' | b'K' => (&v[..v.len() - 1], 10),
+        b'm' | b'M' => (&v[..v.len() - 1], 20),
+        b'g' | b'G' => (&v[..v.len() - 1], 30),
+        _ => (v, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    if n == 0 {
+        return Some(u64::MAX);
+    }
+    n.checked_mul(1 << shift)
+}
+
+/// Seconds (ingress-nginx's form), or a number with `ms`, `s` or `m`. Zero is refused
+/// (a timeout that fires at once serves nobody).
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let (digits, unit_ms) = if let Some(d) = v.strip_suffix("ms") {
+        (d, 1)
+    } else if let Some(d) = v.strip_suffix('s') {
+        (d, 1000)
+    } else if let Some(d) = v.strip_suffix('m') {
+        (d, 60_000)
+    } else {
+        (v, 1000)
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    (n > 0).then(|| Duration::from_millis(n.saturating_mul(unit_ms)))
+}
+
+/// `10.0.0.0/8, 192.168.1.7`: networks, or addresses (a /32 or /128 each).
+fn parse_ranges(v: &str) -> Result<Vec<IpNet>, String> {
+    let mut nets = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let net = item
+            .parse::<IpNet>()
+            .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| format!("{item:?} is not a CIDR or an IP address"))?;
+        nets.push(net.trunc());
+    }
+    if nets.is_empty() {
+        return Err("no range given".to_owned());
+    }
+    Ok(nets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn nginx_names_are_read_and_ours_win() {
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/proxy-body-size", "8m"),
+            ("ingress.lb.dev/proxy-body-size", "1k"),
+            ("nginx.ingress.kubernetes.io/ssl-redirect", "false"),
+            (
+                "nginx.ingress.kubernetes.io/whitelist-source-range",
+                "10.0.0.0/8, 192.168.1.7",
+            ),
+            ("nginx.ingress.kubernetes.io/backend-protocol", "grpc"),
+            ("nginx.ingress.kubernetes.io/proxy-read-timeout", "120"),
+            ("ingress.lb.dev/proxy-connect-timeout", "500ms"),
+            ("nginx.ingress.kubernetes.io/app-root", "/app"),
+            ("kubernetes.io/ingress.class", "lb"),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(o.max_body_bytes, Some(1024));
+        assert_eq!(o.ssl_redirect, Some(false));
+        assert_eq!(o.protocol, Some(UpstreamProtocol::H2c));
+        assert_eq!(o.response_timeout, Some(Duration::from_mins(2)));
+        assert_eq!(o.connect_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(o.app_root.as_deref(), Some("/app"));
+        assert!(o.allows("10.1.2.3".parse().unwrap()));
+        assert!(o.allows("192.168.1.7".parse().unwrap()));
+        assert!(o.allows("::ffff:192.168.1.7".parse().unwrap()));
+        assert!(!o.allows("192.168.1.8".parse().unwrap()));
+        assert_eq!(o.deny, None);
+    }
+
+    #[test]
+    fn no_annotations_change_nothing() {
+        let (o, problems) = parse(None);
+        assert_eq!(o, RouteOptions::default());
+        assert!(problems.is_empty());
+        assert!(o.allows("203.0.113.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn sizes_as_nginx_reads_them() {
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("8k"), Some(8 << 10));
+        assert_eq!(parse_size("10M"), Some(10 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("0"), Some(u64::MAX));
+        for bad in ["", "m", "1.5m", "-1", "10mb", "k10", "99999999999999999999"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60"), Some(Duration::from_mins(1)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_mins(2)));
+        for bad in ["", "0", "0s", "s", "1h", "1.5", "-3"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_reported_and_access_guards_fail_closed() {
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/proxy-body-size", "lots"),
+            ("nginx.ingress.kubernetes.io/ssl-redirect", "yes"),
+            (
+                "nginx.ingress.kubernetes.io/allowlist-source-range",
+                "10.0.0.0/8, 300.1.1.1",
+            ),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!(o.max_body_bytes, None);
+        assert_eq!(o.ssl_redirect, None);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("proxy-body-size") && p.contains("\"lots\""))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("ssl-redirect") && p.contains("\"yes\""))
+        );
+        let deny = o.deny.expect("a broken allowlist denies");
+        assert!(deny.contains("\"300.1.1.1\" is not a CIDR"), "{deny}");
+
+        let a = annotations(&[("nginx.ingress.kubernetes.io/backend-protocol", "HTTPS")]);
+        let (o, problems) = parse(Some(&a));
+        assert!(o.deny.unwrap().contains("HTTPS is not supported"));
+        assert!(problems[0].contains("503"), "{problems:?}");
+    }
+
+    #[test]
+    fn unknown_and_snippet_annotations_are_reported() {
+        let a = annotations(&[
+            (
+                "nginx.ingress.kubernetes.io/configuration-snippet",
+                "more_set_headers x",
+            ),
+            ("nginx.ingress.kubernetes.io/rewrite-target", "/$2"),
+            ("ingress.lb.dev/colour", "blue"),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!(o, RouteOptions::default());
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("configuration-snippet") && p.contains("never"))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("rewrite-target") && p.contains("not supported"))
+        );
+        assert!(problems.iter().any(|p| p.contains("ingress.lb.dev/colour")));
+    }
+}
