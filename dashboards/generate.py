@@ -61,7 +61,7 @@ dataplane = dashboard("lb-dataplane", "LB data plane (lb-agent)", [
         "Bps", 12, 0),
     panel(3, "Drops and rejects by reason", [
         (f"sum by (reason) (rate(lb_agent_drops_total{{{N}}}[{RI}]))", "{{reason}}")],
-        "pps", 0, 8, desc="reject_no_endpoints: a Service without endpoints answered with RST / ICMP unreachable."),
+        "pps", 0, 8, desc="reject_no_endpoints: a Service without endpoints answered with RST / ICMP unreachable. drop_no_local_endpoints: a Local traffic policy left this node no endpoint while the Service has some elsewhere (dropped, as kube-proxy does)."),
     panel(4, "Data path verdicts", [
         (f"sum by (reason) (rate(lb_agent_datapath_packets_total{{{N}}}[{RI}]))", "{{reason}}")],
         "pps", 12, 8),
@@ -121,7 +121,9 @@ ingress = dashboard("lb-ingress", "LB ingress (lb-ingress)", [
     panel(8, "TLS handshakes", [
         (f"sum by (result) (rate(lb_ingress_tls_handshakes_total[{RI}]))", "{{result}}")], "ops", 12, 24),
     panel(9, "Configuration reloads", [
-        ("sum by (result) (increase(lb_ingress_config_reloads_total[1h]))", "{{result}} (1h)")], "short", 0, 32),
+        ("sum by (result) (increase(lb_ingress_config_reloads_total[1h]))", "{{result}} (1h)"),
+        ("sum(lb_ingress_config_problems)", "problems now")], "short", 0, 32,
+        desc="A problem is an object, reference or annotation skipped; each is logged once, naming it."),
 ])
 
 for name, d in [("dataplane.json", dataplane), ("ingress.json", ingress)]:

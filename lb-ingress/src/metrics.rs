@@ -252,6 +252,8 @@ pub struct Metrics {
     pub active_connections: Family<ListenerLabel, Gauge>,
     pub tls_handshakes: Family<ResultLabel, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
+    /// Problems in the current configuration (objects, references or annotations skipped).
+    pub config_problems: Gauge,
     /// The series of requests that matched no rule (all route labels empty).
     pub unrouted: Arc<RouteSeries>,
 }
@@ -290,6 +292,7 @@ impl Metrics {
             active_connections: Family::default(),
             tls_handshakes: Family::default(),
             config_reloads: Family::default(),
+            config_problems: Gauge::default(),
             unrouted: Arc::default(),
         };
         registry.register(
@@ -331,6 +334,11 @@ impl Metrics {
             "lb_ingress_config_reloads",
             "Configurations built and swapped in; error: some objects were skipped",
             m.config_reloads.clone(),
+        );
+        registry.register(
+            "lb_ingress_config_problems",
+            "Problems in the configuration serving now (each is logged once, naming its object)",
+            m.config_problems.clone(),
         );
         registry.register_collector(Box::new(EjectedCollector(endpoints)));
         // Create the known series at zero, so dashboards see 0 rather than no data.

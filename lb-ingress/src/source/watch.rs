@@ -71,6 +71,7 @@ pub async fn run(source: Box<dyn Source>, class: String, sinks: Sinks) -> anyhow
         } else {
             "error"
         };
+        sinks.metrics.config_problems.set(problems.len() as i64);
         reported = problems;
         generation += 1;
         let routes = built.config.routes.len();
