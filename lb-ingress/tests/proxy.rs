@@ -1505,6 +1505,9 @@ async fn annotations_set_each_ingress_own_policy() {
     assert_eq!(up.hits(), hits);
     // Both are counted as problems of the configuration serving now.
     let metrics = h.metrics_addr.unwrap();
-    assert_eq!(metric(metrics, "lb_ingress_config_problems", &[]).await, Some(2));
+    assert_eq!(
+        metric(metrics, "lb_ingress_config_problems", &[]).await,
+        Some(2)
+    );
     h.shutdown().await;
 }
