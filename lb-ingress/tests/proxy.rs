@@ -1511,3 +1511,69 @@ async fn annotations_set_each_ingress_own_policy() {
     );
     h.shutdown().await;
 }
+
+/// A Service port with `appProtocol: https` is reached over TLS (certificate not
+/// verified, as ingress-nginx's default): HTTP/1.1 by ALPN; `backend-protocol: GRPCS`
+/// makes it HTTP/2 over TLS; and HTTPS to a plain-HTTP port fails as a connect failure
+/// (502), which shows that TLS is really spoken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_upstreams_by_app_protocol_and_annotation() {
+    let secure = Upstream::start_tls("secure").await;
+    let plain = Upstream::start("plain").await;
+    let m = Manifests::new();
+    let nginx = "nginx.ingress.kubernetes.io";
+    m.write(
+        "ingress.yaml",
+        &[
+            annotated("h1", "h1.example", "secure", &[]),
+            annotated(
+                "h2",
+                "h2.example",
+                "secure",
+                &[(&format!("{nginx}/backend-protocol"), "GRPCS")],
+            ),
+            annotated(
+                "wrong",
+                "wrong.example",
+                "plain",
+                &[(&format!("{nginx}/backend-protocol"), "HTTPS")],
+            ),
+        ]
+        .concat(),
+    );
+    let mut svc = "apiVersion: v1\nkind: Service\nmetadata: {name: secure, namespace: default}\nspec:\n  ports:\n  - {name: https, port: 80, targetPort: 8443, protocol: TCP, appProtocol: https}\n".to_owned();
+    svc += &slice(
+        "default",
+        "secure",
+        "secure-0",
+        "https",
+        &[secure.addr],
+        true,
+    );
+    svc += "---\n";
+    svc += &service("default", "plain", 80, "http", "80", &[&plain]);
+    m.write("svc.yaml", &svc);
+    let h = start(server_config(&m)).await;
+    let c = client();
+
+    let (status, _, body) = get(&c, h.http_addr, "h1.example", "/a?b=c").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v = seen(&body);
+    assert_eq!(v["name"], "secure");
+    assert_eq!(v["version"], "HTTP/1.1");
+    assert_eq!(v["uri"], "/a?b=c");
+    assert_eq!(v["headers"]["host"], serde_json::json!(["h1.example"]));
+
+    let (status, _, body) = get(&c, h.http_addr, "h2.example", "/g").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v = seen(&body);
+    assert_eq!(v["version"], "HTTP/2.0");
+    assert_eq!(v["uri"], "https://h2.example/g");
+
+    // Both went to the one TLS upstream, over separate pooled connections per protocol.
+    assert_eq!(secure.hits(), 2);
+    let (status, _, _) = get(&c, h.http_addr, "wrong.example", "/").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(plain.hits(), 0);
+    h.shutdown().await;
+}

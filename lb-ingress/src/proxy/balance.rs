@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::upstream::ConnPool;
+use super::upstream::{ConnPool, UpstreamProtocol};
 
 /// One upstream address (a pod IP and port).
 #[derive(Debug)]
@@ -136,7 +136,9 @@ fn less_loaded<'a>(a: &'a Arc<Endpoint>, b: &'a Arc<Endpoint>) -> &'a Arc<Endpoi
 pub struct EndpointRegistry {
     epoch: Instant,
     eject_for: Duration,
-    states: Mutex<HashMap<SocketAddr, Weak<Endpoint>>>,
+    /// By address and protocol: connections to one address in two protocols (two
+    /// Ingresses disagreeing on a port's `backend-protocol`) never share a pool.
+    states: Mutex<HashMap<(SocketAddr, UpstreamProtocol), Weak<Endpoint>>>,
 }
 
 impl EndpointRegistry {
@@ -153,10 +155,10 @@ impl EndpointRegistry {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    /// The shared state for `addr`, created on first use.
-    pub fn endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
+    /// The shared state for `addr` spoken to in `protocol`, created on first use.
+    pub fn endpoint(&self, addr: SocketAddr, protocol: UpstreamProtocol) -> Arc<Endpoint> {
         let mut states = self.states.lock().expect("endpoint registry poisoned");
-        if let Some(e) = states.get(&addr).and_then(Weak::upgrade) {
+        if let Some(e) = states.get(&(addr, protocol)).and_then(Weak::upgrade) {
             return e;
         }
         let e = Arc::new(Endpoint {
@@ -166,7 +168,7 @@ impl EndpointRegistry {
             ejected_until_ms: AtomicU64::new(0),
             conns: ConnPool::default(),
         });
-        states.insert(addr, Arc::downgrade(&e));
+        states.insert((addr, protocol), Arc::downgrade(&e));
         e
     }
 
@@ -216,7 +218,12 @@ mod tests {
     fn pool(reg: &EndpointRegistry, n: u16) -> Pool {
         Pool::new(
             (0..n)
-                .map(|i| reg.endpoint(SocketAddr::from(([127, 0, 0, 1], 1000 + i))))
+                .map(|i| {
+                    reg.endpoint(
+                        SocketAddr::from(([127, 0, 0, 1], 1000 + i)),
+                        UpstreamProtocol::Http1,
+                    )
+                })
                 .collect(),
         )
     }
@@ -238,7 +245,7 @@ mod tests {
         let reg = EndpointRegistry::new(Duration::from_secs(10));
         let p = pool(&reg, 1);
         let g = p.pick(&reg, &[]).unwrap();
-        let same = reg.endpoint(g.endpoint().addr);
+        let same = reg.endpoint(g.endpoint().addr, UpstreamProtocol::Http1);
         assert_eq!(same.in_flight(), 1);
         drop(g);
         assert_eq!(same.in_flight(), 0);

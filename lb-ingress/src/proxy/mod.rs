@@ -414,8 +414,7 @@ impl Proxy {
         let host_is_header =
             req.uri().authority().is_none() && req.headers().contains_key(header::HOST);
         let (parts, incoming) = req.into_parts();
-        let te_trailers = target_protocol == upstream::UpstreamProtocol::H2c
-            && headers::te_has_trailers(&parts.headers);
+        let te_trailers = target_protocol.http2() && headers::te_has_trailers(&parts.headers);
         let mut head = upstream::Head {
             te_trailers,
             method: parts.method,

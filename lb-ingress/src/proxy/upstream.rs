@@ -38,7 +38,11 @@ use hyper::header::HeaderMap;
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tracing::debug;
 
 use super::balance::{Endpoint, EndpointRegistry, InFlight};
@@ -70,22 +74,36 @@ type Sender = http1::SendRequest<RequestBody>;
 type H2Sender = http2::SendRequest<RequestBody>;
 
 /// The protocol spoken to a Service port's endpoints.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum UpstreamProtocol {
     #[default]
     Http1,
     /// HTTP/2 over cleartext TCP with prior knowledge.
     H2c,
+    /// HTTP/1.1 over TLS.
+    Https,
+    /// HTTP/2 over TLS (ALPN `h2`): gRPC over TLS.
+    H2Tls,
 }
 
 impl UpstreamProtocol {
     /// From a Service port's `appProtocol`: `kubernetes.io/h2c` (the standard name) or
-    /// `h2c`/`grpc` (common unprefixed ones) mean HTTP/2; anything else HTTP/1.1.
+    /// `h2c`/`grpc` (common unprefixed ones) mean HTTP/2; `https`, `kubernetes.io/wss`
+    /// and `wss` HTTP/1.1 over TLS; anything else HTTP/1.1.
     pub fn from_app_protocol(app_protocol: Option<&str>) -> UpstreamProtocol {
         match app_protocol.map(str::to_ascii_lowercase).as_deref() {
             Some("kubernetes.io/h2c" | "h2c" | "grpc") => UpstreamProtocol::H2c,
+            Some("https" | "kubernetes.io/wss" | "wss") => UpstreamProtocol::Https,
             _ => UpstreamProtocol::Http1,
         }
+    }
+
+    pub fn http2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2c | UpstreamProtocol::H2Tls)
+    }
+
+    pub fn tls(self) -> bool {
+        matches!(self, UpstreamProtocol::Https | UpstreamProtocol::H2Tls)
     }
 }
 
@@ -258,9 +276,11 @@ impl PooledConn {
     }
 }
 
-/// How long a connect may take, and when the response head is due.
+/// How a request goes to an endpoint: over TLS or not, how long a new connection may
+/// take (TCP, then the TLS handshake, each), and when the response head is due.
 #[derive(Clone, Copy, Debug)]
-struct Deadlines {
+struct Exchange {
+    tls: bool,
     connect: Duration,
     response: Instant,
 }
@@ -304,18 +324,48 @@ impl Failure {
 }
 
 /// Opens connections to endpoints and sends requests on pooled ones.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct UpstreamClient {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
+    tls_h1: TlsConnector,
+    tls_h2: TlsConnector,
     idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 pub fn client(idle_timeout: Duration) -> UpstreamClient {
     UpstreamClient {
         h1: http1::Builder::new(),
         h2: http2::Builder::new(TokioExecutor::new()),
+        tls_h1: crate::tls::upstream::connector(b"http/1.1"),
+        tls_h2: crate::tls::upstream::connector(b"h2"),
         idle_timeout,
+    }
+}
+
+/// The TLS client side of `stream` to `addr` (no SNI, certificate not verified: see
+/// [`crate::tls::upstream`]).
+async fn tls(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    stream: TcpStream,
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, Failure> {
+    let name = ServerName::IpAddress(addr.ip().into());
+    match tokio::time::timeout(timeout, connector.connect(name, stream)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(Failure::Connect(format!("TLS handshake: {e}").into())),
+        Err(_) => Err(Failure::Connect(
+            format!("TLS handshake timed out after {} ms", timeout.as_millis()).into(),
+        )),
     }
 }
 
@@ -324,11 +374,24 @@ impl UpstreamClient {
         self.idle_timeout
     }
 
-    async fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<Sender, Failure> {
-        let stream = tcp(addr, timeout).await?;
+    /// A new HTTP/1.1 connection to `addr`, driven by a task of its own.
+    async fn connect(&self, addr: SocketAddr, how: &Exchange) -> Result<Sender, Failure> {
+        let stream = tcp(addr, how.connect).await?;
+        if how.tls {
+            let stream = tls(&self.tls_h1, addr, stream, how.connect).await?;
+            self.h1_handshake(addr, stream).await
+        } else {
+            self.h1_handshake(addr, stream).await
+        }
+    }
+
+    async fn h1_handshake<T>(&self, addr: SocketAddr, io: T) -> Result<Sender, Failure>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, conn) = self
             .h1
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| Failure::Upstream(e.into()))?;
         drive(addr, conn.with_upgrades());
@@ -336,11 +399,23 @@ impl UpstreamClient {
     }
 
     /// A new HTTP/2 connection to `addr`, driven by a task of its own.
-    async fn connect_h2(&self, addr: SocketAddr, timeout: Duration) -> Result<H2Sender, Failure> {
-        let stream = tcp(addr, timeout).await?;
+    async fn connect_h2(&self, addr: SocketAddr, how: &Exchange) -> Result<H2Sender, Failure> {
+        let stream = tcp(addr, how.connect).await?;
+        if how.tls {
+            let stream = tls(&self.tls_h2, addr, stream, how.connect).await?;
+            self.h2_handshake(addr, stream).await
+        } else {
+            self.h2_handshake(addr, stream).await
+        }
+    }
+
+    async fn h2_handshake<T>(&self, addr: SocketAddr, io: T) -> Result<H2Sender, Failure>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, conn) = self
             .h2
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| Failure::Upstream(e.into()))?;
         drive(addr, conn);
@@ -354,12 +429,9 @@ impl UpstreamClient {
         &self,
         endpoint: &Endpoint,
         build: impl FnOnce() -> Request<RequestBody>,
-        deadlines: Deadlines,
+        how: Exchange,
     ) -> Result<Response<Incoming>, Failure> {
-        let Deadlines {
-            connect,
-            response: deadline,
-        } = deadlines;
+        let deadline = how.response;
         let shard = shard();
         let mut req = build();
         let mut reused = true;
@@ -368,7 +440,7 @@ impl UpstreamClient {
                 Some(tx) if reused => tx,
                 _ => {
                     reused = false;
-                    let tx = Box::pin(self.connect_h2(endpoint.addr, connect)).await?;
+                    let tx = Box::pin(self.connect_h2(endpoint.addr, &how)).await?;
                     endpoint.conns.h2_put(shard, &tx);
                     tx
                 }
@@ -394,7 +466,7 @@ impl UpstreamClient {
         &self,
         endpoint: &Endpoint,
         now: Instant,
-        connect_timeout: Duration,
+        how: &Exchange,
     ) -> Result<(Sender, Timer, bool), Failure> {
         if let Some((mut tx, timer)) = endpoint.conns.take(shard(), now, self.idle_timeout) {
             // Pooled connections are ready; this only waits if one was given back early.
@@ -404,7 +476,7 @@ impl UpstreamClient {
         }
         // A new connection (boxed: rare, and the future of every request carries this
         // one) takes its first request before the connection task has run.
-        let tx = Box::pin(self.connect(endpoint.addr, connect_timeout)).await?;
+        let tx = Box::pin(self.connect(endpoint.addr, how)).await?;
         let timer = Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
             now + FAR_FUTURE,
         )));
@@ -419,16 +491,13 @@ impl UpstreamClient {
         endpoint: &Arc<Endpoint>,
         build: impl FnOnce() -> Request<RequestBody>,
         now: Instant,
-        deadlines: Deadlines,
+        how: Exchange,
     ) -> Result<(Response<Incoming>, Option<PooledConn>), Failure> {
-        let conn = self.checkout(endpoint, now, deadlines.connect).await?;
-        match self
-            .attempt(endpoint, conn, build(), deadlines.response)
-            .await?
-        {
+        let conn = self.checkout(endpoint, now, &how).await?;
+        match self.attempt(endpoint, conn, build(), how.response).await? {
             Attempt::Done(resp, conn) => Ok((resp, Some(conn))),
             // A rare path, boxed to keep the common future small.
-            Attempt::Unsent(req) => Box::pin(self.resend(endpoint, req, now, deadlines))
+            Attempt::Unsent(req) => Box::pin(self.resend(endpoint, req, now, how))
                 .await
                 .map(|(resp, conn)| (resp, Some(conn))),
         }
@@ -440,14 +509,11 @@ impl UpstreamClient {
         endpoint: &Arc<Endpoint>,
         mut req: Request<RequestBody>,
         now: Instant,
-        deadlines: Deadlines,
+        how: Exchange,
     ) -> Result<(Response<Incoming>, PooledConn), Failure> {
         loop {
-            let conn = self.checkout(endpoint, now, deadlines.connect).await?;
-            match self
-                .attempt(endpoint, conn, req, deadlines.response)
-                .await?
-            {
+            let conn = self.checkout(endpoint, now, &how).await?;
+            match self.attempt(endpoint, conn, req, how.response).await? {
                 Attempt::Done(resp, conn) => return Ok((resp, conn)),
                 Attempt::Unsent(unsent) => req = unsent,
             }
@@ -545,14 +611,18 @@ pub struct Head {
 /// `:authority` of an absolute URI (an intermediary forwarding a request builds it from
 /// the request's authority, RFC 9113 section 8.3.1), and `TE: trailers` goes back on.
 /// Without a usable Host the URI stays relative and no `:authority` is sent.
-fn h2_request(req: &mut Request<RequestBody>, te_trailers: bool) {
+fn h2_request(req: &mut Request<RequestBody>, te_trailers: bool, tls: bool) {
     let authority = req
         .headers()
         .get(hyper::header::HOST)
         .and_then(|h| hyper::http::uri::Authority::try_from(h.as_bytes()).ok());
     if let Some(authority) = authority {
         let mut parts = hyper::http::uri::Parts::default();
-        parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        parts.scheme = Some(if tls {
+            hyper::http::uri::Scheme::HTTPS
+        } else {
+            hyper::http::uri::Scheme::HTTP
+        });
         parts.authority = Some(authority);
         parts.path_and_query = req.uri().path_and_query().cloned();
         if let Ok(uri) = Uri::from_parts(parts) {
@@ -613,29 +683,26 @@ pub async fn send(
             *req.uri_mut() = Uri::from(head.path_and_query.clone());
             *req.version_mut() = Version::HTTP_11;
             *req.headers_mut() = headers;
-            if target.protocol == UpstreamProtocol::H2c {
-                h2_request(&mut req, head.te_trailers);
+            if target.protocol.http2() {
+                h2_request(&mut req, head.te_trailers, target.protocol.tls());
             }
             req
         };
 
         let started = Instant::now();
-        let deadlines = Deadlines {
+        let how = Exchange {
+            tls: target.protocol.tls(),
             connect: connect_timeout,
             // Capped as tokio caps a far-off deadline.
             response: started + response_timeout.min(FAR_FUTURE),
         };
-        let result = match target.protocol {
-            UpstreamProtocol::Http1 => {
-                proxy
-                    .client
-                    .request(endpoint, build, started, deadlines)
-                    .await
-            }
+        let result = if target.protocol.http2() {
             // Boxed: the HTTP/1.1 path's future (every request's) stays as small.
-            UpstreamProtocol::H2c => Box::pin(proxy.client.request_h2(endpoint, build, deadlines))
+            Box::pin(proxy.client.request_h2(endpoint, build, how))
                 .await
-                .map(|resp| (resp, None)),
+                .map(|resp| (resp, None))
+        } else {
+            proxy.client.request(endpoint, build, started, how).await
         };
         log.upstream_duration = Some(started.elapsed());
         let failure = match result {
@@ -697,7 +764,11 @@ mod tests {
                 UpstreamProtocol::H2c
             );
         }
-        for h1 in [None, Some("http"), Some("kubernetes.io/ws"), Some("https")] {
+        assert_eq!(
+            UpstreamProtocol::from_app_protocol(Some("https")),
+            UpstreamProtocol::Https
+        );
+        for h1 in [None, Some("http"), Some("kubernetes.io/ws")] {
             assert_eq!(
                 UpstreamProtocol::from_app_protocol(h1),
                 UpstreamProtocol::Http1

@@ -13,12 +13,12 @@
 //! | `proxy-connect-timeout` | seconds, or with a unit: `500ms`, `5s`, `1m` | upstream connect timeout (default: `--connect-timeout-ms`) |
 //! | `proxy-read-timeout` | as above | time the upstream has to send a response head, then 504 (default: `--upstream-timeout-ms`) |
 //! | `allowlist-source-range` (or `whitelist-source-range`) | comma-separated CIDRs or addresses | other clients get 403 |
-//! | `backend-protocol` | `HTTP`, `AUTO_HTTP`, `GRPC`, `H2C` | HTTP/1.1, or HTTP/2 with prior knowledge (default: the Service port's `appProtocol`) |
+//! | `backend-protocol` | `HTTP`, `AUTO_HTTP`, `HTTPS`, `GRPC`, `GRPCS`, `H2C` | HTTP/1.1 or HTTP/2 with prior knowledge, over TLS for `HTTPS` and `GRPCS` (default: the Service port's `appProtocol`) |
 //! | `app-root` | a path | a request for `/` gets 302 to it |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
 //! the settings that guard access or decide what is spoken to the upstream
-//! (`allowlist-source-range`, `backend-protocol`), the Ingress's rules are then answered
+//! (`allowlist-source-range`, `backend-protocol`: `AJP`, `FCGI`), the Ingress's rules are then answered
 //! 503 instead of being served without them: failing closed, as ingress-nginx denies a
 //! location whose annotations did not parse. Other bad values fall back to the default.
 //! Annotations under either prefix that are not in the table are reported as ignored:
@@ -124,9 +124,11 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             "backend-protocol" => match value.to_ascii_uppercase().as_str() {
                 "HTTP" | "AUTO_HTTP" => options.protocol = Some(UpstreamProtocol::Http1),
                 "GRPC" | "H2C" => options.protocol = Some(UpstreamProtocol::H2c),
+                "HTTPS" => options.protocol = Some(UpstreamProtocol::Https),
+                "GRPCS" => options.protocol = Some(UpstreamProtocol::H2Tls),
                 other => {
                     let e = format!(
-                        "{other} is not supported (HTTP, AUTO_HTTP, GRPC and H2C are; there is no TLS to upstreams)"
+                        "{other} is not supported (HTTP, AUTO_HTTP, HTTPS, GRPC, GRPCS and H2C are)"
                     );
                     problems.push(bad(&format!(
                         "{e}; its rules answer 503 until it is changed"
@@ -313,9 +315,9 @@ mod tests {
         let deny = o.deny.expect("a broken allowlist denies");
         assert!(deny.contains("\"300.1.1.1\" is not a CIDR"), "{deny}");
 
-        let a = annotations(&[("nginx.ingress.kubernetes.io/backend-protocol", "HTTPS")]);
+        let a = annotations(&[("nginx.ingress.kubernetes.io/backend-protocol", "FCGI")]);
         let (o, problems) = parse(Some(&a));
-        assert!(o.deny.unwrap().contains("HTTPS is not supported"));
+        assert!(o.deny.unwrap().contains("FCGI is not supported"));
         assert!(problems[0].contains("503"), "{problems:?}");
     }
 

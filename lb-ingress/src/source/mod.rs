@@ -107,7 +107,9 @@ pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
         Object::EndpointSlice(s) => Some(&**s),
         _ => None,
     }));
-    let mut pools: HashMap<(String, String, String), Backend> = HashMap::new();
+    // By Service port and the protocol an Ingress may impose on it (`backend-protocol`).
+    let mut pools: HashMap<(String, String, String, Option<UpstreamProtocol>), Backend> =
+        HashMap::new();
     let mut routes = RouteTableBuilder::new();
     let mut certs = CertTable::default();
 
@@ -129,57 +131,68 @@ pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
                 .map(|p| format!("Ingress {}/{}: {p}", r.namespace, r.name)),
         );
         let options = Arc::new(options);
-        let mut target = |backend: &IngressBackend,
-                          host: &HostRule,
-                          path: &str,
-                          problems: &mut Vec<String>| {
-            let Some(svc) = &backend.service else {
-                problems.push(format!(
-                    "Ingress {}/{}: resource backends are not supported",
-                    r.namespace, r.name
-                ));
-                return None;
+        let mut target =
+            |backend: &IngressBackend, host: &HostRule, path: &str, problems: &mut Vec<String>| {
+                let Some(svc) = &backend.service else {
+                    problems.push(format!(
+                        "Ingress {}/{}: resource backends are not supported",
+                        r.namespace, r.name
+                    ));
+                    return None;
+                };
+                let port = svc.port.clone().unwrap_or_default();
+                let port_label = port
+                    .number
+                    .map(|n| n.to_string())
+                    .or(port.name.clone())
+                    .unwrap_or_default();
+                let key = (
+                    r.namespace.clone(),
+                    svc.name.clone(),
+                    port_label.clone(),
+                    options.protocol,
+                );
+                let (service, pool, protocol) = pools
+                    .entry(key)
+                    .or_insert_with(|| {
+                        let label = format!("{}/{}:{port_label}", r.namespace, svc.name);
+                        let sref =
+                            ObjectRef::new(Kind::Service, r.namespace.clone(), svc.name.clone());
+                        let (addrs, protocol) = match store.get(&sref) {
+                            Some(Object::Service(s)) => (
+                                resolve(s, &port, &slices, problems, &r),
+                                (options.protocol)
+                                    .unwrap_or_else(|| endpoints::upstream_protocol(s, &port)),
+                            ),
+                            _ => {
+                                problems.push(format!(
+                                    "Ingress {}/{}: Service {}/{} not found",
+                                    r.namespace, r.name, r.namespace, svc.name
+                                ));
+                                (Vec::new(), UpstreamProtocol::default())
+                            }
+                        };
+                        // An endpoint's pooled connections speak one protocol.
+                        let pool = Pool::new(
+                            addrs
+                                .into_iter()
+                                .map(|a| registry.endpoint(a, protocol))
+                                .collect(),
+                        );
+                        (label, Arc::new(pool), protocol)
+                    })
+                    .clone();
+                Some(Arc::new(Target {
+                    ingress: rank.ingress(),
+                    host: host.label(),
+                    path: path.to_owned(),
+                    service,
+                    pool,
+                    protocol,
+                    options: Arc::clone(&options),
+                    series: RouteSeries::default(),
+                }))
             };
-            let port = svc.port.clone().unwrap_or_default();
-            let port_label = port
-                .number
-                .map(|n| n.to_string())
-                .or(port.name.clone())
-                .unwrap_or_default();
-            let key = (r.namespace.clone(), svc.name.clone(), port_label.clone());
-            let (service, pool, protocol) = pools
-                .entry(key)
-                .or_insert_with(|| {
-                    let label = format!("{}/{}:{port_label}", r.namespace, svc.name);
-                    let sref = ObjectRef::new(Kind::Service, r.namespace.clone(), svc.name.clone());
-                    let (addrs, protocol) = match store.get(&sref) {
-                        Some(Object::Service(s)) => (
-                            resolve(s, &port, &slices, problems, &r),
-                            endpoints::upstream_protocol(s, &port),
-                        ),
-                        _ => {
-                            problems.push(format!(
-                                "Ingress {}/{}: Service {}/{} not found",
-                                r.namespace, r.name, r.namespace, svc.name
-                            ));
-                            (Vec::new(), UpstreamProtocol::default())
-                        }
-                    };
-                    let pool = Pool::new(addrs.into_iter().map(|a| registry.endpoint(a)).collect());
-                    (label, Arc::new(pool), protocol)
-                })
-                .clone();
-            Some(Arc::new(Target {
-                ingress: rank.ingress(),
-                host: host.label(),
-                path: path.to_owned(),
-                service,
-                pool,
-                protocol: options.protocol.unwrap_or(protocol),
-                options: Arc::clone(&options),
-                series: RouteSeries::default(),
-            }))
-        };
 
         if let Some(backend) = &spec.default_backend
             && let Some(t) = target(backend, &HostRule::Any, "defaultBackend", &mut problems)

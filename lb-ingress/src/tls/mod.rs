@@ -7,6 +7,7 @@
 //! so a changed Secret is served from the next handshake on, without a restart and
 //! without touching established connections.
 pub mod certs;
+pub mod upstream;
 
 use std::sync::Arc;
 
