@@ -1374,7 +1374,7 @@ async fn annotations_set_each_ingress_own_policy() {
             "tls",
             "tls.example",
             "up",
-            &[(&format!("{nginx}/backend-protocol"), "HTTPS")],
+            &[(&format!("{nginx}/backend-protocol"), "AJP")],
         ),
         annotated(
             "bad",
@@ -1383,7 +1383,24 @@ async fn annotations_set_each_ingress_own_policy() {
             &[(&format!("{nginx}/allowlist-source-range"), "10.0.0.300")],
         ),
     ];
-    m.write("ingress.yaml", &ingresses.concat());
+    // rewrite-prefix on a `/api` rule, and on the `/` of another.
+    let rewrite = annotated(
+        "rw",
+        "rw.example",
+        "up",
+        &[("ingress.lb.dev/rewrite-prefix", "/")],
+    )
+    .replace("path: /,", "path: /api/,");
+    let rewrite_root = annotated(
+        "rw-root",
+        "rw-root.example",
+        "up",
+        &[("ingress.lb.dev/rewrite-prefix", "/v1")],
+    );
+    m.write(
+        "ingress.yaml",
+        &(ingresses.concat() + &rewrite + &rewrite_root),
+    );
     m.write(
         "svc.yaml",
         &service("default", "up", 80, "http", "80", &[&up]),
@@ -1492,7 +1509,25 @@ async fn annotations_set_each_ingress_own_policy() {
         send("plain.example", "/sleep?ms=600", &[], None).await.0,
         StatusCode::OK
     );
-    // What cannot be honoured fails closed: HTTPS upstreams, a broken allowlist.
+    // rewrite-prefix: the matched prefix replaced, the query kept, the prefix named.
+    for (host, path, uri, prefix) in [
+        ("rw.example", "/api/users?x=1", "/users?x=1", Some("/api")),
+        ("rw.example", "/api", "/", Some("/api")),
+        ("rw.example", "/x/../api/a%2Fb", "/a%2Fb", Some("/api")),
+        ("rw-root.example", "/a", "/v1/a", None),
+    ] {
+        let (status, _, body) = get(&c, h.http_addr, host, path).await;
+        assert_eq!(status, StatusCode::OK, "{host}{path}");
+        let v = seen(&body);
+        assert_eq!(v["uri"], uri, "{host}{path}");
+        let want = prefix.map(|p| serde_json::json!([p]));
+        assert_eq!(
+            v["headers"].get("x-forwarded-prefix"),
+            want.as_ref(),
+            "{host}{path}"
+        );
+    }
+    // What cannot be honoured fails closed: an AJP upstream, a broken allowlist.
     let hits = up.hits();
     assert_eq!(
         send("tls.example", "/", &[], None).await.0,

@@ -404,6 +404,12 @@ impl Proxy {
             return Err(ProxyError::NoEndpoint { service });
         }
         let target_protocol = target.protocol;
+        // `rewrite-prefix`: the path the upstream gets, built from the normalized one
+        // (the one that matched the rule), and the prefix it no longer shows.
+        let rewritten = match &target.options.rewrite_prefix {
+            Some(replacement) => Some(rewrite(&path, req.uri().query(), &target, replacement)?),
+            None => None,
+        };
         // The log record holds the target; the upstream phases borrow it from there.
         log.target = Some(target);
 
@@ -415,17 +421,24 @@ impl Proxy {
             req.uri().authority().is_none() && req.headers().contains_key(header::HOST);
         let (parts, incoming) = req.into_parts();
         let te_trailers = target_protocol.http2() && headers::te_has_trailers(&parts.headers);
+        let (path_and_query, forwarded_prefix) = match rewritten {
+            Some((pq, prefix)) => (pq, prefix),
+            None => (
+                (parts.uri.path_and_query().cloned())
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+                None,
+            ),
+        };
         let mut head = upstream::Head {
             te_trailers,
             method: parts.method,
-            path_and_query: parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            path_and_query,
             headers: parts.headers,
         };
         headers::strip_hop_by_hop(&mut head.headers, upgrade);
+        if let Some(prefix) = forwarded_prefix {
+            head.headers.insert(&headers::X_FORWARDED_PREFIX, prefix);
+        }
         let peer_ip = conn.peer.ip();
         if self.options.trusted_proxies.trusts(peer_ip) {
             headers::set_forwarded(
@@ -520,6 +533,28 @@ fn local_redirect(status: StatusCode, location: &str) -> Response<()> {
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static(SERVER));
     resp
+}
+
+/// The upstream path and query for a route with `rewrite-prefix`, and the
+/// `X-Forwarded-Prefix` value (the prefix replaced; none when it was `/`).
+fn rewrite(
+    path: &str,
+    query: Option<&str>,
+    target: &crate::source::Target,
+    replacement: &str,
+) -> Result<(PathAndQuery, Option<HeaderValue>), ProxyError> {
+    let prefix = target.rule_prefix().trim_end_matches('/');
+    let mut pq = crate::routes::replace_prefix(path, prefix, replacement);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let pq = PathAndQuery::try_from(pq)
+        .map_err(|_| ProxyError::BadRequest("the rewritten path is not a valid URI path"))?;
+    let prefix = (!prefix.is_empty())
+        .then(|| HeaderValue::try_from(prefix).ok())
+        .flatten();
+    Ok((pq, prefix))
 }
 
 /// What the phases before the upstream request decided.

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 pub use host::{HostRule, request_host, wildcard_suffix};
-pub use path::{BadPath, InvalidPath, PathKind, PathRule, normalize_request_path};
+pub use path::{BadPath, InvalidPath, PathKind, PathRule, normalize_request_path, replace_prefix};
 
 /// Order of precedence between Ingress objects: smaller wins.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

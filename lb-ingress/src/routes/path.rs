@@ -205,6 +205,26 @@ fn is_normal(path: &[u8]) -> bool {
 /// separator), runs of `/` merged into one, and `.` and `..` segments resolved (RFC 3986
 /// section 5.2.4; a trailing `.` or `..` leaves a trailing slash). A path that is
 /// already normal comes back borrowed.
+/// Gateway API's `ReplacePrefixMatch`: `path` (normalized) matched the rule path
+/// `prefix`; that prefix becomes `replacement`, the rest of the path stays
+/// (`/api/users` by `/api` to `/` gives `/users`; to `/v2` gives `/v2/users`). A trailing
+/// slash on the rule is ignored, as in matching.
+pub fn replace_prefix(path: &str, prefix: &str, replacement: &str) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    // A Prefix or Exact match is element-wise: the rest is empty or starts with `/`.
+    let rest = path.strip_prefix(prefix).unwrap_or(path);
+    let mut out = String::with_capacity(replacement.len() + rest.len());
+    out.push_str(replacement);
+    if out.ends_with('/') && rest.starts_with('/') {
+        out.pop();
+    }
+    out.push_str(rest);
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
 pub fn normalize_request_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
     if is_normal(path.as_bytes()) {
         return Ok(Cow::Borrowed(path));
@@ -266,6 +286,31 @@ pub fn normalize_request_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replace_prefix_as_gateway_api_defines_it() {
+        // (rule prefix, request path, replacement, result): Gateway API's examples.
+        for (prefix, path, replacement, want) in [
+            ("/foo", "/foo/bar", "/xyz", "/xyz/bar"),
+            ("/foo", "/foo", "/xyz", "/xyz"),
+            ("/foo", "/foo/", "/xyz", "/xyz/"),
+            ("/foo/", "/foo/bar", "/xyz", "/xyz/bar"),
+            ("/foo", "/foo/bar", "/xyz/", "/xyz/bar"),
+            ("/foo", "/foo", "/xyz/", "/xyz/"),
+            ("/foo", "/foo/bar", "/", "/bar"),
+            ("/foo", "/foo", "/", "/"),
+            ("/foo", "/foo/", "/", "/"),
+            ("/", "/foo", "/v1", "/v1/foo"),
+            ("/", "/", "/v1", "/v1/"),
+            ("/a/b", "/a/b/c/d", "/x", "/x/c/d"),
+        ] {
+            assert_eq!(
+                replace_prefix(path, prefix, replacement),
+                want,
+                "{prefix} {path} {replacement}"
+            );
+        }
+    }
 
     fn prefix(p: &str) -> PathRule {
         PathRule::new(PathKind::Prefix, p).unwrap()

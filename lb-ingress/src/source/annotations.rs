@@ -15,6 +15,7 @@
 //! | `allowlist-source-range` (or `whitelist-source-range`) | comma-separated CIDRs or addresses | other clients get 403 |
 //! | `backend-protocol` | `HTTP`, `AUTO_HTTP`, `HTTPS`, `GRPC`, `GRPCS`, `H2C` | HTTP/1.1 or HTTP/2 with prior knowledge, over TLS for `HTTPS` and `GRPCS` (default: the Service port's `appProtocol`) |
 //! | `app-root` | a path | a request for `/` gets 302 to it |
+//! | `rewrite-prefix` (ours only) | a path | the matched rule path is replaced by it upstream (Gateway API's `ReplacePrefixMatch`); `X-Forwarded-Prefix` names what was replaced |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
 //! the settings that guard access or decide what is spoken to the upstream
@@ -50,6 +51,7 @@ pub struct RouteOptions {
     pub allow_sources: Option<Vec<IpNet>>,
     pub protocol: Option<UpstreamProtocol>,
     pub app_root: Option<String>,
+    pub rewrite_prefix: Option<String>,
     /// Why the rules of this Ingress are answered 503 (a setting it asks for could not
     /// be honoured).
     pub deny: Option<String>,
@@ -136,13 +138,22 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
                     options.deny = Some(bad(&e));
                 }
             },
-            "app-root" => {
-                if value.starts_with('/') && hyper::Uri::try_from(value).is_ok() {
-                    options.app_root = Some(value.to_owned());
-                } else {
-                    problems.push(bad(&format!("{value:?} is not an absolute path; ignored")));
+            "app-root" => match absolute_path(value) {
+                Some(p) => options.app_root = Some(p),
+                None => problems.push(bad(&format!("{value:?} is not an absolute path; ignored"))),
+            },
+            "rewrite-prefix" if key.starts_with(PREFIX) => match absolute_path(value) {
+                Some(p) if !p.contains('?') => options.rewrite_prefix = Some(p),
+                _ => {
+                    let e = format!("{value:?} is not an absolute path without a query");
+                    problems.push(bad(&format!("{e}; its rules answer 503 until it is fixed")));
+                    options.deny = Some(bad(&e));
                 }
-            }
+            },
+            "rewrite-target" => problems.push(bad(&format!(
+                "not supported (its regex captures change how every path of the host matches); \
+                 for a prefix rewrite use {PREFIX}rewrite-prefix; ignored"
+            ))),
             n if n.ends_with("-snippet") => problems.push(bad(
                 "snippets (raw proxy configuration) are never honoured; ignored",
             )),
@@ -150,6 +161,12 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
         }
     }
     (options, problems)
+}
+
+/// `value` if it is an absolute URI path (with an optional query).
+fn absolute_path(value: &str) -> Option<String> {
+    (value.starts_with('/') && hyper::http::uri::PathAndQuery::try_from(value).is_ok())
+        .then(|| value.to_owned())
 }
 
 /// Booleans as ingress-nginx reads them (Go's `strconv.ParseBool`).

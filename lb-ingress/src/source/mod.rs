@@ -36,6 +36,9 @@ pub const KINDS: [Kind; 5] = [
     Kind::Secret,
 ];
 
+/// The `path` of the [`Target`] of a `defaultBackend`.
+pub const DEFAULT_BACKEND: &str = "defaultBackend";
+
 /// What a matched rule leads to: labels for logs and metrics, and the pool of ready
 /// endpoints (empty: 503).
 #[derive(Debug)]
@@ -59,6 +62,15 @@ pub struct Target {
 }
 
 impl Target {
+    /// The path prefix the rule matched (`/` for the `defaultBackend`).
+    pub fn rule_prefix(&self) -> &str {
+        if self.path == DEFAULT_BACKEND {
+            "/"
+        } else {
+            &self.path
+        }
+    }
+
     pub fn labels(&self) -> RouteLabelValues<'_> {
         RouteLabelValues {
             ingress: &self.ingress,
@@ -195,7 +207,7 @@ pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
             };
 
         if let Some(backend) = &spec.default_backend
-            && let Some(t) = target(backend, &HostRule::Any, "defaultBackend", &mut problems)
+            && let Some(t) = target(backend, &HostRule::Any, DEFAULT_BACKEND, &mut problems)
         {
             routes.default_backend(&rank, t);
         }
