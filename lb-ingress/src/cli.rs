@@ -77,6 +77,9 @@ pub struct RunArgs {
     /// Upstream connect timeout, in milliseconds.
     #[arg(long, default_value_t = 3_000)]
     pub connect_timeout_ms: u64,
+    /// Close upstream connections unused this long, in milliseconds.
+    #[arg(long, default_value_t = 90_000)]
+    pub upstream_idle_timeout_ms: u64,
     /// Time an upstream has to send its response head, in milliseconds (then 504).
     #[arg(long, default_value_t = 60_000)]
     pub upstream_timeout_ms: u64,
@@ -146,6 +149,7 @@ impl RunArgs {
             header_read_timeout: Duration::from_millis(self.header_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            upstream_idle_timeout: Duration::from_millis(self.upstream_idle_timeout_ms),
             response_timeout: Duration::from_millis(self.upstream_timeout_ms),
             max_header_bytes: self.max_header_bytes,
             max_body_bytes: self.max_body_bytes,

@@ -1243,6 +1243,7 @@ async fn h2c_app_protocol_carries_grpc_with_trailers() {
     m.write("svc.yaml", &svc);
     let mut config = server_config(&m);
     config.serving_threads = 1;
+    config.options.upstream_idle_timeout = Duration::from_millis(300);
     let h = start(config).await;
 
     // An HTTP/2 client, as gRPC clients are; several calls share the upstream connection.
@@ -1282,6 +1283,13 @@ async fn h2c_app_protocol_carries_grpc_with_trailers() {
         upstream_conns.lock().unwrap().len(),
         1,
         "a new connection, shared"
+    );
+    // Unused for the upstream idle timeout, it is closed (the upstream sees it end).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let conns = std::mem::take(&mut *upstream_conns.lock().unwrap());
+    assert!(
+        conns.iter().all(tokio::task::AbortHandle::is_finished),
+        "the idle HTTP/2 connection was closed"
     );
 
     // An HTTP/1.1 client of the same route gets the body (its trailers have nowhere to go).

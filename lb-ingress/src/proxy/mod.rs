@@ -82,6 +82,9 @@ pub struct ProxyOptions {
     /// gracefully (HTTP/2 gets a GOAWAY).
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Upstream connections (HTTP/1.1 in the pool, HTTP/2 shared) unused this long are
+    /// closed.
+    pub upstream_idle_timeout: Duration,
     /// Time the upstream has to send a response head.
     pub response_timeout: Duration,
     /// Request head size limit (HTTP/1 read buffer, HTTP/2 header list): 431 above it.
@@ -109,6 +112,7 @@ impl Default for ProxyOptions {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_mins(1),
             connect_timeout: Duration::from_secs(3),
+            upstream_idle_timeout: Duration::from_secs(90),
             response_timeout: Duration::from_mins(1),
             max_header_bytes: 32 * 1024,
             max_body_bytes: 1 << 30,
@@ -264,7 +268,7 @@ impl Proxy {
             certs,
             registry,
             metrics,
-            client: upstream::client(Duration::from_secs(90)),
+            client: upstream::client(options.upstream_idle_timeout),
             budget: Arc::new(RetryBudget::new(options.retry_ratio, 10)),
             options,
         }

@@ -133,8 +133,8 @@ struct Shard(Mutex<Vec<Idle>>);
 #[derive(Default)]
 pub struct ConnPool {
     shards: [Shard; SHARDS],
-    /// HTTP/2: one shared connection per shard.
-    h2: [Mutex<Option<H2Sender>>; SHARDS],
+    /// HTTP/2: one shared connection per shard, and when a request last took it.
+    h2: [Mutex<Option<(H2Sender, Instant)>>; SHARDS],
 }
 
 impl std::fmt::Debug for ConnPool {
@@ -181,27 +181,34 @@ impl ConnPool {
     }
 
     /// Closes the connections idle for `idle_timeout` or more, and forgets closed ones.
+    /// An HTTP/2 connection no request has taken for that long is let go: streams still
+    /// open on it finish (each holds the connection), then it closes.
     pub fn prune(&self, now: Instant, idle_timeout: Duration) {
         for shard in 0..SHARDS {
             self.lock(shard).retain(|c| {
                 !c.tx.is_closed() && now.saturating_duration_since(c.since) < idle_timeout
             });
             let mut h2 = self.h2_lock(shard);
-            if h2.as_ref().is_some_and(H2Sender::is_closed) {
+            if h2.as_ref().is_some_and(|(tx, since)| {
+                tx.is_closed() || now.saturating_duration_since(*since) >= idle_timeout
+            }) {
                 *h2 = None;
             }
         }
     }
 
-    fn h2_lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Option<H2Sender>> {
+    fn h2_lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Option<(H2Sender, Instant)>> {
         self.h2[shard].lock().expect("connection pool poisoned")
     }
 
-    /// The shard's HTTP/2 connection, if it is open.
-    fn h2_take(&self, shard: usize) -> Option<H2Sender> {
+    /// The shard's HTTP/2 connection, if it is open, taken at `now`.
+    fn h2_take(&self, shard: usize, now: Instant) -> Option<H2Sender> {
         let mut slot = self.h2_lock(shard);
-        match slot.as_ref() {
-            Some(tx) if !tx.is_closed() => Some(tx.clone()),
+        match slot.as_mut() {
+            Some((tx, since)) if !tx.is_closed() => {
+                *since = now;
+                Some(tx.clone())
+            }
             Some(_) => {
                 *slot = None;
                 None
@@ -210,10 +217,10 @@ impl ConnPool {
         }
     }
 
-    fn h2_put(&self, shard: usize, tx: &H2Sender) {
+    fn h2_put(&self, shard: usize, tx: &H2Sender, now: Instant) {
         let mut slot = self.h2_lock(shard);
-        if slot.as_ref().is_none_or(H2Sender::is_closed) {
-            *slot = Some(tx.clone());
+        if slot.as_ref().is_none_or(|(tx, _)| tx.is_closed()) {
+            *slot = Some((tx.clone(), now));
         }
     }
 
@@ -429,6 +436,7 @@ impl UpstreamClient {
         &self,
         endpoint: &Endpoint,
         build: impl FnOnce() -> Request<RequestBody>,
+        now: Instant,
         how: Exchange,
     ) -> Result<Response<Incoming>, Failure> {
         let deadline = how.response;
@@ -436,12 +444,12 @@ impl UpstreamClient {
         let mut req = build();
         let mut reused = true;
         loop {
-            let mut tx = match endpoint.conns.h2_take(shard) {
+            let mut tx = match endpoint.conns.h2_take(shard, now) {
                 Some(tx) if reused => tx,
                 _ => {
                     reused = false;
                     let tx = Box::pin(self.connect_h2(endpoint.addr, &how)).await?;
-                    endpoint.conns.h2_put(shard, &tx);
+                    endpoint.conns.h2_put(shard, &tx, now);
                     tx
                 }
             };
@@ -698,7 +706,7 @@ pub async fn send(
         };
         let result = if target.protocol.http2() {
             // Boxed: the HTTP/1.1 path's future (every request's) stays as small.
-            Box::pin(proxy.client.request_h2(endpoint, build, how))
+            Box::pin(proxy.client.request_h2(endpoint, build, started, how))
                 .await
                 .map(|resp| (resp, None))
         } else {
