@@ -1620,3 +1620,90 @@ async fn tls_to_upstreams_by_app_protocol_and_annotation() {
     assert_eq!(plain.hits(), 0);
     h.shutdown().await;
 }
+
+/// `affinity: cookie` (ingress-nginx's annotation): a client keeps its endpoint while
+/// that endpoint is there; a client without the cookie, or whose endpoint has gone, is
+/// balanced and given a (new) cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_affinity_keeps_a_client_on_its_endpoint() {
+    let ups = [
+        Upstream::start("s0").await,
+        Upstream::start("s1").await,
+        Upstream::start("s2").await,
+    ];
+    let m = Manifests::new();
+    let nginx = "nginx.ingress.kubernetes.io";
+    m.write(
+        "ingress.yaml",
+        &annotated(
+            "sticky",
+            "sticky.example",
+            "s",
+            &[
+                (&format!("{nginx}/affinity"), "cookie"),
+                (&format!("{nginx}/session-cookie-name"), "route"),
+                (&format!("{nginx}/session-cookie-max-age"), "3600"),
+            ],
+        ),
+    );
+    let svc = |ups: &[&Upstream]| service("default", "s", 80, "http", "80", ups);
+    m.write("svc.yaml", &svc(&[&ups[0], &ups[1], &ups[2]]));
+    let mut h = start(server_config(&m)).await;
+    let c = client();
+    let addr = h.http_addr;
+    let call = |cookie: Option<String>| {
+        let mut b = hyper::Request::get(format!("http://{addr}/")).header("host", "sticky.example");
+        if let Some(cookie) = cookie {
+            b = b.header("cookie", format!("theme=dark; {cookie}"));
+        }
+        let req = b.body(empty()).unwrap();
+        let c = c.clone();
+        async move {
+            let resp = c.request(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let set = resp
+                .headers()
+                .get("set-cookie")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let name = seen(std::str::from_utf8(&body).unwrap())["name"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            (name, set)
+        }
+    };
+
+    // No cookie: balanced, and told where it went.
+    let (first, set) = call(None).await;
+    let set = set.expect("a cookie for a new client");
+    assert!(set.starts_with("route="), "{set}");
+    assert!(set.contains("; Path=/; HttpOnly; Max-Age=3600"), "{set}");
+    let cookie = set.split(';').next().unwrap().to_owned();
+    // With it: the same endpoint every time, and no new cookie.
+    for _ in 0..12 {
+        assert_eq!(call(Some(cookie.clone())).await, (first.clone(), None));
+    }
+    // A cookie naming no endpoint is replaced.
+    let (_, set) = call(Some("route=00000000deadbeef".to_owned())).await;
+    assert!(set.is_some_and(|s| s.starts_with("route=")));
+
+    // Its endpoint leaves the Service: the client goes elsewhere, with a new cookie.
+    let generation = h.generation();
+    let rest: Vec<&Upstream> = ups.iter().filter(|u| u.name != first).collect();
+    m.write("svc.yaml", &svc(&rest));
+    next_generation(&mut h, generation).await;
+    let (moved, set) = call(Some(cookie.clone())).await;
+    assert_ne!(moved, first);
+    let new_cookie = set
+        .expect("a new cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_cookie, cookie);
+    for _ in 0..6 {
+        assert_eq!(call(Some(new_cookie.clone())).await, (moved.clone(), None));
+    }
+    h.shutdown().await;
+}

@@ -18,6 +18,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `ip:port`, as put in the upstream request URI.
     pub authority: String,
+    /// What a session-affinity cookie names this endpoint by ([`affinity_key`]).
+    pub affinity: u64,
     in_flight: AtomicUsize,
     /// Milliseconds since the registry's epoch until which the endpoint is ejected; 0
     /// when it is not.
@@ -92,6 +94,22 @@ impl Pool {
         Some(InFlight(Arc::clone(chosen)))
     }
 
+    /// The endpoint a session-affinity cookie names (by [`affinity_key`]), if it is
+    /// still in the pool, not in `tried` and not ejected.
+    pub fn pick_sticky(
+        &self,
+        registry: &EndpointRegistry,
+        key: u64,
+        tried: &[SocketAddr],
+    ) -> Option<InFlight> {
+        let chosen = self.endpoints.iter().find(|e| e.affinity == key)?;
+        if tried.contains(&chosen.addr) || registry.is_ejected(chosen) {
+            return None;
+        }
+        chosen.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(Arc::clone(chosen)))
+    }
+
     fn choose(&self, usable: impl Fn(&Arc<Endpoint>) -> bool) -> Option<&Arc<Endpoint>> {
         match self.endpoints.as_slice() {
             [] => return None,
@@ -115,6 +133,16 @@ impl Pool {
             }
         }
     }
+}
+
+/// The name of `addr` in session-affinity cookies: FNV-1a (64 bits) of `ip:port`, the
+/// same in every replica and across restarts, and not the pod's address in clear.
+pub fn affinity_key(addr: SocketAddr) -> u64 {
+    addr.to_string()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
 }
 
 /// Two distinct indices below `len` (which is at least 2), uniformly.
@@ -164,6 +192,7 @@ impl EndpointRegistry {
         let e = Arc::new(Endpoint {
             addr,
             authority: addr.to_string(),
+            affinity: affinity_key(addr),
             in_flight: AtomicUsize::new(0),
             ejected_until_ms: AtomicU64::new(0),
             conns: ConnPool::default(),

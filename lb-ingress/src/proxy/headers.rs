@@ -145,6 +145,19 @@ pub fn client_addr(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) 
     client
 }
 
+/// The value of cookie `name` in the request's `Cookie` headers (the first one).
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then(|| v.trim_matches('"'))
+        })
+}
+
 /// Whether `X-Forwarded-Proto` says the client spoke https (the last value, the one the
 /// nearest proxy set). Believe it only from a trusted peer.
 pub fn forwarded_https(headers: &HeaderMap) -> bool {
@@ -422,5 +435,17 @@ mod tests {
             "https, http"
         )])));
         assert!(!forwarded_https(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn cookies_by_name() {
+        let h = map(&[
+            ("cookie", "a=1; route=00ff"),
+            ("cookie", "route=second; b=\"q\""),
+        ]);
+        assert_eq!(cookie(&h, "route"), Some("00ff"));
+        assert_eq!(cookie(&h, "b"), Some("q"));
+        assert_eq!(cookie(&h, "rout"), None);
+        assert_eq!(cookie(&HeaderMap::new(), "route"), None);
     }
 }

@@ -44,6 +44,7 @@ pub mod upgrade;
 pub mod upstream;
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -408,6 +409,10 @@ impl Proxy {
             return Err(ProxyError::NoEndpoint { service });
         }
         let target_protocol = target.protocol;
+        // Session affinity: the endpoint the client's cookie names, if any.
+        let sticky = (target.options.affinity.as_ref())
+            .and_then(|a| headers::cookie(req.headers(), &a.name))
+            .and_then(|v| u64::from_str_radix(v, 16).ok());
         // `rewrite-prefix`: the path the upstream gets, built from the normalized one
         // (the one that matched the rule), and the prefix it no longer shows.
         let rewritten = match &target.options.rewrite_prefix {
@@ -434,6 +439,7 @@ impl Proxy {
             ),
         };
         let mut head = upstream::Head {
+            sticky,
             te_trailers,
             method: parts.method,
             path_and_query,
@@ -489,9 +495,18 @@ impl Proxy {
         // no count of the (shared) target is touched here.
         let target = log.target.take().expect("routed before forwarding");
         let sent = upstream::send(self, &target, &mut head, &body, log).await;
+        let set_cookie = match (&sent, &target.options.affinity) {
+            (Ok((_, slot, _)), Some(affinity)) if head.sticky != Some(slot.endpoint().affinity) => {
+                affinity_cookie(affinity, slot.endpoint().affinity, &target, log.conn.tls)
+            }
+            _ => None,
+        };
         log.target = Some(target);
         let (mut resp, slot, pooled) = sent?;
         log.in_flight = Some(slot);
+        if let Some(cookie) = set_cookie {
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
 
         // 5. response_filter
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -559,6 +574,35 @@ fn rewrite(
         .then(|| HeaderValue::try_from(prefix).ok())
         .flatten();
     Ok((pq, prefix))
+}
+
+/// The `Set-Cookie` that names endpoint `key` for `affinity` (`HttpOnly`; `Secure` on a
+/// TLS connection; `Path` the rule's unless set).
+fn affinity_cookie(
+    affinity: &crate::source::annotations::CookieAffinity,
+    key: u64,
+    target: &crate::source::Target,
+    tls: bool,
+) -> Option<HeaderValue> {
+    let path = match &affinity.path {
+        Some(p) => p.as_str(),
+        None => match target.rule_prefix().trim_end_matches('/') {
+            "" => "/",
+            p => p,
+        },
+    };
+    let mut v = format!("{}={key:016x}; Path={path}; HttpOnly", affinity.name);
+    if let Some(age) = affinity.max_age {
+        let _ = write!(v, "; Max-Age={age}");
+    }
+    if let Some(same_site) = affinity.same_site {
+        v.push_str("; SameSite=");
+        v.push_str(same_site);
+    }
+    if tls {
+        v.push_str("; Secure");
+    }
+    HeaderValue::try_from(v).ok()
 }
 
 /// What the phases before the upstream request decided.

@@ -610,6 +610,9 @@ pub struct Head {
     pub method: Method,
     pub path_and_query: PathAndQuery,
     pub headers: HeaderMap,
+    /// The endpoint a session-affinity cookie asks for ([`super::balance::affinity_key`]):
+    /// tried first when it is there and healthy.
+    pub sticky: Option<u64>,
     /// The client sent `TE: trailers` (removed with the hop-by-hop headers): passed on
     /// to an HTTP/2 upstream, where it is the one TE allowed and gRPC servers need it.
     pub te_trailers: bool,
@@ -670,7 +673,10 @@ pub async fn send(
         (target.options.response_timeout).unwrap_or(proxy.options.response_timeout);
     proxy.budget.deposit();
     loop {
-        let Some(slot) = target.pool.pick(&proxy.registry, &tried) else {
+        let sticky = (head.sticky)
+            .filter(|_| tried.is_empty())
+            .and_then(|key| target.pool.pick_sticky(&proxy.registry, key, &tried));
+        let Some(slot) = sticky.or_else(|| target.pool.pick(&proxy.registry, &tried)) else {
             return Err(ProxyError::NoEndpoint {
                 service: target.service.clone(),
             });

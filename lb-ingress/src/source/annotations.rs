@@ -15,6 +15,8 @@
 //! | `allowlist-source-range` (or `whitelist-source-range`) | comma-separated CIDRs or addresses | other clients get 403 |
 //! | `backend-protocol` | `HTTP`, `AUTO_HTTP`, `HTTPS`, `GRPC`, `GRPCS`, `H2C` | HTTP/1.1 or HTTP/2 with prior knowledge, over TLS for `HTTPS` and `GRPCS` (default: the Service port's `appProtocol`) |
 //! | `app-root` | a path | a request for `/` gets 302 to it |
+//! | `affinity` | `cookie` | session affinity: a client that carries the cookie goes back to the endpoint that served it, while that endpoint is ready and not ejected; otherwise it gets a new one and a new cookie |
+//! | `session-cookie-name`, `-path`, `-max-age`, `-samesite` | cookie attributes | defaults: `INGRESSCOOKIE`, the rule's path, a session cookie, none (`HttpOnly` always; `Secure` over https) |
 //! | `rewrite-prefix` (ours only) | a path | the matched rule path is replaced by it upstream (Gateway API's `ReplacePrefixMatch`); `X-Forwarded-Prefix` names what was replaced |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
@@ -52,9 +54,32 @@ pub struct RouteOptions {
     pub protocol: Option<UpstreamProtocol>,
     pub app_root: Option<String>,
     pub rewrite_prefix: Option<String>,
+    /// `affinity: cookie`, with the cookie's attributes.
+    pub affinity: Option<CookieAffinity>,
     /// Why the rules of this Ingress are answered 503 (a setting it asks for could not
     /// be honoured).
     pub deny: Option<String>,
+}
+
+/// A session-affinity cookie's name and attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CookieAffinity {
+    pub name: String,
+    /// `None`: the path of the rule.
+    pub path: Option<String>,
+    pub max_age: Option<u64>,
+    pub same_site: Option<&'static str>,
+}
+
+impl Default for CookieAffinity {
+    fn default() -> Self {
+        CookieAffinity {
+            name: "INGRESSCOOKIE".to_owned(),
+            path: None,
+            max_age: None,
+            same_site: None,
+        }
+    }
 }
 
 impl RouteOptions {
@@ -91,6 +116,8 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             }
         }
     }
+    let mut cookie = CookieAffinity::default();
+    let mut cookie_set = Vec::new();
     for (name, (key, value)) in settings {
         let bad = |why: &str| format!("annotation {key}: {why}");
         match name {
@@ -150,6 +177,48 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
                     options.deny = Some(bad(&e));
                 }
             },
+            "affinity" => match value {
+                "cookie" => options.affinity = Some(CookieAffinity::default()),
+                other => problems.push(bad(&format!(
+                    "{other:?}: only \"cookie\" is supported; no affinity"
+                ))),
+            },
+            // Ours never moves a client whose endpoint is still there: ingress-nginx's
+            // "persistent"; "balanced" (rebalance on scale-out) is not done.
+            "affinity-mode" if matches!(value, "balanced" | "persistent") => {}
+            "session-cookie-name" => {
+                if !value.is_empty() && value.bytes().all(is_token_byte) {
+                    value.clone_into(&mut cookie.name);
+                } else {
+                    problems.push(bad(&format!("{value:?} is not a cookie name; ignored")));
+                }
+                cookie_set.push(key);
+            }
+            "session-cookie-path" => {
+                match absolute_path(value).filter(|p| !p.contains([';', '?'])) {
+                    Some(p) => cookie.path = Some(p),
+                    None => problems.push(bad(&format!("{value:?} is not a path; ignored"))),
+                }
+                cookie_set.push(key);
+            }
+            "session-cookie-max-age" => {
+                match value.parse::<u64>() {
+                    Ok(n) => cookie.max_age = Some(n),
+                    Err(_) => problems.push(bad(&format!("{value:?} is not seconds; ignored"))),
+                }
+                cookie_set.push(key);
+            }
+            "session-cookie-samesite" => {
+                match value.to_ascii_lowercase().as_str() {
+                    "strict" => cookie.same_site = Some("Strict"),
+                    "lax" => cookie.same_site = Some("Lax"),
+                    "none" => cookie.same_site = Some("None"),
+                    _ => problems.push(bad(&format!(
+                        "{value:?} is not Strict, Lax or None; ignored"
+                    ))),
+                }
+                cookie_set.push(key);
+            }
             "rewrite-target" => problems.push(bad(&format!(
                 "not supported (its regex captures change how every path of the host matches); \
                  for a prefix rewrite use {PREFIX}rewrite-prefix; ignored"
@@ -160,7 +229,20 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             _ => problems.push(bad("not supported by lb-ingress; ignored")),
         }
     }
+    match &mut options.affinity {
+        Some(affinity) => *affinity = cookie,
+        None => problems.extend(
+            cookie_set
+                .into_iter()
+                .map(|key| format!("annotation {key}: there is no affinity: cookie; ignored")),
+        ),
+    }
     (options, problems)
+}
+
+/// RFC 9110 token characters (a cookie name).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// `value` if it is an absolute URI path (with an optional query).
@@ -362,5 +444,45 @@ mod tests {
                 .any(|p| p.contains("rewrite-target") && p.contains("not supported"))
         );
         assert!(problems.iter().any(|p| p.contains("ingress.lb.dev/colour")));
+    }
+
+    #[test]
+    fn cookie_affinity_and_its_attributes() {
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/affinity", "cookie"),
+            ("nginx.ingress.kubernetes.io/affinity-mode", "persistent"),
+            ("nginx.ingress.kubernetes.io/session-cookie-name", "route"),
+            ("nginx.ingress.kubernetes.io/session-cookie-path", "/app"),
+            (
+                "nginx.ingress.kubernetes.io/session-cookie-max-age",
+                "172800",
+            ),
+            ("nginx.ingress.kubernetes.io/session-cookie-samesite", "lax"),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            o.affinity,
+            Some(CookieAffinity {
+                name: "route".into(),
+                path: Some("/app".into()),
+                max_age: Some(172_800),
+                same_site: Some("Lax"),
+            })
+        );
+        // Defaults, and attributes without affinity or with bad values are reported.
+        let a = annotations(&[("nginx.ingress.kubernetes.io/affinity", "cookie")]);
+        assert_eq!(parse(Some(&a)).0.affinity, Some(CookieAffinity::default()));
+        let a = annotations(&[("nginx.ingress.kubernetes.io/session-cookie-name", "x")]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!(o.affinity, None);
+        assert!(problems[0].contains("no affinity"), "{problems:?}");
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/affinity", "ip"),
+            ("ingress.lb.dev/session-cookie-name", "a b"),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!(o.affinity, None);
+        assert_eq!(problems.len(), 3, "{problems:?}");
     }
 }
