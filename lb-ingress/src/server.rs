@@ -142,6 +142,7 @@ impl Server {
                 config: Arc::clone(&routes),
                 certs: Arc::clone(&certs),
                 registry: Arc::clone(&registry),
+                limits: Arc::default(),
                 metrics: Arc::clone(&metrics),
                 generation: generation_tx,
             },

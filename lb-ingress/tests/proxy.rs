@@ -1707,3 +1707,79 @@ async fn cookie_affinity_keeps_a_client_on_its_endpoint() {
     }
     h.shutdown().await;
 }
+
+/// `limit-rps` (ingress-nginx's annotation): per client address, a burst of
+/// `limit-burst-multiplier` times the rate, then 429 with `Retry-After`; other clients
+/// and `limit-allowlist` ones are not held back, and a reload does not refill anyone's
+/// bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_per_client_survive_reloads() {
+    let up = Upstream::start("up").await;
+    let m = Manifests::new();
+    let nginx = "nginx.ingress.kubernetes.io";
+    let limited = annotated(
+        "limited",
+        "limited.example",
+        "up",
+        &[
+            (&format!("{nginx}/limit-rps"), "1"),
+            (&format!("{nginx}/limit-burst-multiplier"), "3"),
+            (&format!("{nginx}/limit-allowlist"), "192.0.2.9"),
+        ],
+    );
+    m.write("ingress.yaml", &limited);
+    m.write(
+        "svc.yaml",
+        &service("default", "up", 80, "http", "80", &[&up]),
+    );
+    let mut cfg = server_config(&m);
+    cfg.options.trusted_proxies =
+        lb_ingress::proxy::headers::TrustedProxies(vec!["127.0.0.1/32".parse().unwrap()]);
+    let mut h = start(cfg).await;
+    let c = client();
+    let addr = h.http_addr;
+    let call = |client: &'static str| {
+        let req = hyper::Request::get(format!("http://{addr}/"))
+            .header("host", "limited.example")
+            .header("x-forwarded-for", client)
+            .body(empty())
+            .unwrap();
+        let c = c.clone();
+        async move {
+            let resp = c.request(req).await.unwrap();
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (resp.status(), retry)
+        }
+    };
+    // A burst of 3 (1 per second, times 3), then refused.
+    for _ in 0..3 {
+        assert_eq!(call("198.51.100.1").await, (StatusCode::OK, None));
+    }
+    let hits = up.hits();
+    assert_eq!(
+        call("198.51.100.1").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some("1".to_owned()))
+    );
+    assert_eq!(up.hits(), hits, "a refused request reaches no upstream");
+    // Another client has its own bucket; an allowlisted one has none.
+    assert_eq!(call("198.51.100.2").await.0, StatusCode::OK);
+    for _ in 0..6 {
+        assert_eq!(call("192.0.2.9").await.0, StatusCode::OK);
+    }
+    // A reload (another Ingress added) keeps the limiter and its state.
+    let generation = h.generation();
+    m.write(
+        "other.yaml",
+        &annotated("other", "other.example", "up", &[]),
+    );
+    next_generation(&mut h, generation).await;
+    assert_eq!(call("198.51.100.1").await.0, StatusCode::TOO_MANY_REQUESTS);
+    // A second later there is room for one more.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(call("198.51.100.1").await.0, StatusCode::OK);
+    assert_eq!(call("198.51.100.1").await.0, StatusCode::TOO_MANY_REQUESTS);
+    h.shutdown().await;
+}

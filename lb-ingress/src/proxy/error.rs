@@ -32,6 +32,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("client {0} is not in the route's allowlist-source-range")]
     SourceNotAllowed(std::net::IpAddr),
+    #[error("over the route's rate limit (retry after {retry_after_s} s)")]
+    RateLimited { retry_after_s: u64 },
     #[error("route not served: {reason}")]
     Misconfigured { reason: String },
     #[error("no ready endpoint for {service}")]
@@ -59,6 +61,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::SourceNotAllowed(_) => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NotReady
             | ProxyError::NoEndpoint { .. }
@@ -68,12 +71,32 @@ impl ProxyError {
         }
     }
 
+    /// The body of the local response: what the client may know.
+    pub fn public_text(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad request\n",
+            ProxyError::MethodNotAllowed(_) => "method not allowed\n",
+            ProxyError::BodyTooLarge { .. } => "request body too large\n",
+            ProxyError::SourceNotAllowed(_) => "forbidden\n",
+            ProxyError::RateLimited { .. } => "too many requests\n",
+            ProxyError::NotReady => "not ready\n",
+            ProxyError::NoRoute => "no route for this host and path\n",
+            ProxyError::NoEndpoint { .. } => "no ready endpoint for this route\n",
+            ProxyError::Misconfigured { .. } => {
+                "this route cannot be served (see the ingress's log)\n"
+            }
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => "the upstream failed\n",
+            ProxyError::Timeout { .. } => "the upstream did not answer in time\n",
+        }
+    }
+
     pub fn blame(&self) -> Blame {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::BodyTooLarge { .. }
-            | ProxyError::SourceNotAllowed(_) => Blame::Client,
+            | ProxyError::SourceNotAllowed(_)
+            | ProxyError::RateLimited { .. } => Blame::Client,
             ProxyError::NotReady
             | ProxyError::NoRoute
             | ProxyError::NoEndpoint { .. }

@@ -39,6 +39,7 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod log;
+pub mod ratelimit;
 pub mod retry;
 pub mod upgrade;
 pub mod upstream;
@@ -374,12 +375,20 @@ impl Proxy {
             log.target = Some(target);
             return Err(ProxyError::Misconfigured { reason });
         }
-        if options.allow_sources.is_some() {
+        if options.allow_sources.is_some() || target.limiter.is_some() {
             let client =
                 headers::client_addr(req.headers(), conn.peer.ip(), &self.options.trusted_proxies);
             if !options.allows(client) {
                 log.target = Some(target);
                 return Err(ProxyError::SourceNotAllowed(client));
+            }
+            if let Some(limiter) = &target.limiter
+                && !options.rate_exempt(client)
+                && let Err(wait) = limiter.check(client, Instant::now())
+            {
+                log.target = Some(target);
+                let retry_after_s = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                return Err(ProxyError::RateLimited { retry_after_s });
             }
         }
         let redirect = options.force_ssl_redirect
@@ -639,7 +648,12 @@ fn respond(
             let status = e.status();
             log.status = status;
             log.error = Some(e.to_string());
-            local(status, Some(log))
+            let mut resp = local_text(status, e.public_text(), Some(log));
+            if let ProxyError::RateLimited { retry_after_s } = e {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+            }
+            resp
         }
     }
 }
@@ -748,7 +762,7 @@ fn authority<'c>(
     })
 }
 
-/// A response made here, not by an upstream.
+/// A response made here, not by an upstream, for `status`.
 pub fn local(status: StatusCode, log: Option<Box<RequestLog>>) -> Response<ResponseBody> {
     let text = match status {
         StatusCode::NOT_FOUND => "no route for this host and path\n",
@@ -759,6 +773,16 @@ pub fn local(status: StatusCode, log: Option<Box<RequestLog>>) -> Response<Respo
         StatusCode::METHOD_NOT_ALLOWED => "method not allowed\n",
         _ => "bad request\n",
     };
+    local_text(status, text, log)
+}
+
+/// A response made here with body `text` (which says nothing of upstream addresses or
+/// configuration: those go to the access log).
+fn local_text(
+    status: StatusCode,
+    text: &'static str,
+    log: Option<Box<RequestLog>>,
+) -> Response<ResponseBody> {
     let http1 = log.as_ref().is_none_or(|l| l.version < Version::HTTP_2);
     let mut resp = Response::new(ResponseBody::local(text, log));
     *resp.status_mut() = status;

@@ -17,6 +17,8 @@
 //! | `app-root` | a path | a request for `/` gets 302 to it |
 //! | `affinity` | `cookie` | session affinity: a client that carries the cookie goes back to the endpoint that served it, while that endpoint is ready and not ejected; otherwise it gets a new one and a new cookie |
 //! | `session-cookie-name`, `-path`, `-max-age`, `-samesite` | cookie attributes | defaults: `INGRESSCOOKIE`, the rule's path, a session cookie, none (`HttpOnly` always; `Secure` over https) |
+//! | `limit-rps`, `limit-rpm` | requests per second / minute | per client address; a burst of `limit-burst-multiplier` (5) times that; 429 with `Retry-After` above it |
+//! | `limit-allowlist` (or `limit-whitelist`) | CIDRs or addresses | clients not rate limited |
 //! | `rewrite-prefix` (ours only) | a path | the matched rule path is replaced by it upstream (Gateway API's `ReplacePrefixMatch`); `X-Forwarded-Prefix` names what was replaced |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
@@ -33,6 +35,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::proxy::ratelimit::Rate;
 use crate::proxy::upstream::UpstreamProtocol;
 
 /// Our annotation prefix.
@@ -54,6 +57,10 @@ pub struct RouteOptions {
     pub protocol: Option<UpstreamProtocol>,
     pub app_root: Option<String>,
     pub rewrite_prefix: Option<String>,
+    /// Per-client request rate (`limit-rps`, `limit-rpm`, `limit-burst-multiplier`).
+    pub rate: Option<Rate>,
+    /// Clients the rate limit does not apply to.
+    pub limit_exempt: Vec<IpNet>,
     /// `affinity: cookie`, with the cookie's attributes.
     pub affinity: Option<CookieAffinity>,
     /// Why the rules of this Ingress are answered 503 (a setting it asks for could not
@@ -85,13 +92,24 @@ impl Default for CookieAffinity {
 impl RouteOptions {
     /// Whether `ip` may use the rules these options belong to.
     pub fn allows(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 @ IpAddr::V4(_) => v4,
-        };
+        let ip = canonical(ip);
         self.allow_sources
             .as_ref()
             .is_none_or(|nets| nets.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// Whether `ip` is exempt from the rate limit (`limit-allowlist`).
+    pub fn rate_exempt(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.limit_exempt.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 @ IpAddr::V4(_) => v4,
     }
 }
 
@@ -110,6 +128,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             if let Some(name) = key.strip_prefix(prefix) {
                 let name = match name {
                     "whitelist-source-range" => "allowlist-source-range",
+                    "limit-whitelist" => "limit-allowlist",
                     other => other,
                 };
                 settings.insert(name, (key.as_str(), value.trim()));
@@ -117,6 +136,9 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
         }
     }
     let mut cookie = CookieAffinity::default();
+    // (requests, per), and the burst multiplier.
+    let mut limit: Option<(u32, Duration)> = None;
+    let mut multiplier = 5;
     let mut cookie_set = Vec::new();
     for (name, (key, value)) in settings {
         let bad = |why: &str| format!("annotation {key}: {why}");
@@ -219,6 +241,31 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
                 }
                 cookie_set.push(key);
             }
+            "limit-rps" | "limit-rpm" => match value.parse::<u32>() {
+                // Per second wins over per minute, as in ingress-nginx.
+                Ok(n) if n > 0 && (name == "limit-rps" || limit.is_none()) => {
+                    let per = if name == "limit-rps" {
+                        Duration::from_secs(1)
+                    } else {
+                        Duration::from_mins(1)
+                    };
+                    limit = Some((n, per));
+                }
+                Ok(n) if n > 0 => {}
+                _ => problems.push(bad(&format!(
+                    "{value:?} is not a positive whole number; no rate limit"
+                ))),
+            },
+            "limit-burst-multiplier" => match value.parse::<u32>() {
+                Ok(n) if n > 0 => multiplier = n,
+                _ => problems.push(bad(&format!(
+                    "{value:?} is not a positive whole number; ignored"
+                ))),
+            },
+            "limit-allowlist" => match parse_ranges(value) {
+                Ok(nets) => options.limit_exempt = nets,
+                Err(e) => problems.push(bad(&format!("{e}; ignored"))),
+            },
             "rewrite-target" => problems.push(bad(&format!(
                 "not supported (its regex captures change how every path of the host matches); \
                  for a prefix rewrite use {PREFIX}rewrite-prefix; ignored"
@@ -229,6 +276,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             _ => problems.push(bad("not supported by lb-ingress; ignored")),
         }
     }
+    options.rate = limit.map(|(n, per)| Rate::per(n, per, multiplier));
     match &mut options.affinity {
         Some(affinity) => *affinity = cookie,
         None => problems.extend(
@@ -484,5 +532,29 @@ mod tests {
         let (o, problems) = parse(Some(&a));
         assert_eq!(o.affinity, None);
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn rate_limits_per_second_win_over_per_minute() {
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/limit-rpm", "600"),
+            ("nginx.ingress.kubernetes.io/limit-rps", "20"),
+            ("nginx.ingress.kubernetes.io/limit-whitelist", "10.0.0.0/8"),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(o.rate, Some(Rate::per(20, Duration::from_secs(1), 5)));
+        assert_eq!(o.rate.unwrap().burst, 100);
+        assert!(o.rate_exempt("::ffff:10.1.1.1".parse().unwrap()));
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/limit-rpm", "60"),
+            ("nginx.ingress.kubernetes.io/limit-burst-multiplier", "1"),
+        ]);
+        let rate = parse(Some(&a)).0.rate.unwrap();
+        assert_eq!((rate.interval, rate.burst), (Duration::from_secs(1), 60));
+        let a = annotations(&[("nginx.ingress.kubernetes.io/limit-rps", "0")]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!(o.rate, None);
+        assert_eq!(problems.len(), 1);
     }
 }

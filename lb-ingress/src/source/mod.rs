@@ -17,6 +17,7 @@ use lb_k8s::{Kind, Object, ObjectRef, Store};
 
 use crate::metrics::{RouteLabelValues, RouteSeries};
 use crate::proxy::balance::{EndpointRegistry, Pool};
+use crate::proxy::ratelimit::{LimitRegistry, RateLimiter};
 use crate::proxy::upstream::UpstreamProtocol;
 use crate::routes::{HostRule, PathRule, Rank, RouteTable, RouteTableBuilder};
 use crate::tls::{CertTable, certified_key};
@@ -57,6 +58,9 @@ pub struct Target {
     pub protocol: UpstreamProtocol,
     /// The Ingress's settings from its annotations (shared by its rules).
     pub options: Arc<RouteOptions>,
+    /// The Ingress's rate limiter (`limit-rps`), shared by its rules and kept across
+    /// swaps.
+    pub limiter: Option<Arc<RateLimiter>>,
     /// This rule's request metrics, looked up once (see [`RouteSeries`]).
     pub series: RouteSeries,
 }
@@ -108,7 +112,12 @@ fn rank(ingress: &Ingress, r: &ObjectRef) -> Rank {
 
 /// Builds the configuration for `class` from everything in `store`. Endpoint state is
 /// taken from `registry`, so that it survives the swap.
-pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
+pub fn build(
+    store: &Store,
+    class: &str,
+    registry: &EndpointRegistry,
+    limits: &LimitRegistry,
+) -> Built {
     let mut problems = Vec::new();
     let classes = store.of_kind(Kind::IngressClass).filter_map(|o| match o {
         Object::IngressClass(c) => Some(&**c),
@@ -142,6 +151,9 @@ pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
             bad.into_iter()
                 .map(|p| format!("Ingress {}/{}: {p}", r.namespace, r.name)),
         );
+        let limiter = options
+            .rate
+            .map(|rate| limits.limiter(&rank.ingress(), rate));
         let options = Arc::new(options);
         let mut target =
             |backend: &IngressBackend, host: &HostRule, path: &str, problems: &mut Vec<String>| {
@@ -202,6 +214,7 @@ pub fn build(store: &Store, class: &str, registry: &EndpointRegistry) -> Built {
                     pool,
                     protocol,
                     options: Arc::clone(&options),
+                    limiter: limiter.clone(),
                     series: RouteSeries::default(),
                 }))
             };

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::{Config, KINDS, build};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::proxy::balance::EndpointRegistry;
+use crate::proxy::ratelimit::LimitRegistry;
 use crate::tls::CertResolver;
 
 /// What the loop writes to.
@@ -26,6 +27,8 @@ pub struct Sinks {
     pub config: Arc<ArcSwap<Config>>,
     pub certs: Arc<CertResolver>,
     pub registry: Arc<EndpointRegistry>,
+    /// Rate limiters, kept across swaps like endpoint state.
+    pub limits: Arc<LimitRegistry>,
     pub metrics: Arc<Metrics>,
     /// The generation now serving (0: not synced yet).
     pub generation: watch::Sender<u64>,
@@ -60,7 +63,7 @@ pub async fn run(source: Box<dyn Source>, class: String, sinks: Sinks) -> anyhow
         if !store.is_synced(&KINDS) {
             continue;
         }
-        let built = build(&store, &class, &sinks.registry);
+        let built = build(&store, &class, &sinks.registry, &sinks.limits);
         let mut problems: BTreeSet<String> = built.problems.into_iter().collect();
         problems.extend(errors.iter().map(ToString::to_string));
         for p in problems.difference(&reported) {
@@ -83,6 +86,7 @@ pub async fn run(source: Box<dyn Source>, class: String, sinks: Sinks) -> anyhow
             generation,
         }));
         sinks.registry.prune();
+        sinks.limits.prune();
         sinks
             .metrics
             .config_reloads
