@@ -1783,3 +1783,118 @@ async fn rate_limits_per_client_survive_reloads() {
     assert_eq!(call("198.51.100.1").await.0, StatusCode::TOO_MANY_REQUESTS);
     h.shutdown().await;
 }
+
+/// `enable-cors` (ingress-nginx's annotations): a preflight is answered 204 here with
+/// the allowed methods and headers; an actual request from an allowed origin gets the
+/// origin back (and `Vary: Origin`), one from another origin gets no CORS headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_and_response_headers() {
+    let up = Upstream::start("up").await;
+    let m = Manifests::new();
+    let nginx = "nginx.ingress.kubernetes.io";
+    m.write(
+        "ingress.yaml",
+        &[
+            annotated(
+                "cors",
+                "api.example",
+                "up",
+                &[
+                    (&format!("{nginx}/enable-cors"), "true"),
+                    (
+                        &format!("{nginx}/cors-allow-origin"),
+                        "https://app.example, https://*.tools.example",
+                    ),
+                    (&format!("{nginx}/cors-expose-headers"), "X-Upstream"),
+                    (&format!("{nginx}/cors-max-age"), "600"),
+                ],
+            ),
+            annotated(
+                "any",
+                "any.example",
+                "up",
+                &[(&format!("{nginx}/enable-cors"), "true")],
+            ),
+        ]
+        .concat(),
+    );
+    m.write(
+        "svc.yaml",
+        &service("default", "up", 80, "http", "80", &[&up]),
+    );
+    let h = start(server_config(&m)).await;
+    let c = client();
+    let addr = h.http_addr;
+    let call =
+        |method: &'static str, host: &'static str, headers: Vec<(&'static str, &'static str)>| {
+            let mut b = hyper::Request::builder()
+                .method(method)
+                .uri(format!("http://{addr}/x"))
+                .header("host", host);
+            for (k, v) in headers {
+                b = b.header(k, v);
+            }
+            let req = b.body(empty()).unwrap();
+            let c = c.clone();
+            async move {
+                let resp = c.request(req).await.unwrap();
+                let status = resp.status();
+                let headers = resp.headers().clone();
+                let _ = resp.into_body().collect().await;
+                (status, headers)
+            }
+        };
+    let hits = up.hits();
+    let (status, headers) = call(
+        "OPTIONS",
+        "api.example",
+        vec![
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "PUT"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+    assert_eq!(
+        headers["access-control-allow-methods"],
+        "GET, PUT, POST, DELETE, PATCH, OPTIONS"
+    );
+    assert!(headers.contains_key("access-control-allow-headers"));
+    assert_eq!(headers["access-control-max-age"], "600");
+    assert_eq!(up.hits(), hits, "a preflight is answered here");
+
+    // Actual requests: allowed origins (one by wildcard) are echoed, others get nothing.
+    for origin in ["https://app.example", "https://a.b.tools.example"] {
+        let (status, headers) = call("GET", "api.example", vec![("origin", origin)]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["access-control-allow-origin"], origin);
+        assert_eq!(headers["access-control-expose-headers"], "X-Upstream");
+        assert_eq!(headers["vary"], "Origin");
+        assert!(!headers.contains_key("access-control-allow-methods"));
+    }
+    for origin in [
+        "https://evil.example",
+        "https://tools.example",
+        "http://app.example",
+    ] {
+        let (status, headers) = call("GET", "api.example", vec![("origin", origin)]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            !headers.contains_key("access-control-allow-origin"),
+            "{origin}"
+        );
+    }
+    // Any origin: `*`, and a plain OPTIONS (no preflight) goes to the upstream.
+    let (_, headers) = call("GET", "any.example", vec![("origin", "https://x.example")]).await;
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    let hits = up.hits();
+    let (status, _) = call("OPTIONS", "any.example", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(up.hits(), hits + 1);
+    h.shutdown().await;
+}

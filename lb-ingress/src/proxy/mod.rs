@@ -398,6 +398,32 @@ impl Proxy {
             log.target = Some(target);
             return Ok(Step::Local(self.redirect(host, &req)));
         }
+        // CORS: a preflight is answered here; other requests get the headers on the way
+        // back.
+        let cors = options.cors.as_ref().map(|cors| {
+            let origin = req
+                .headers()
+                .get(header::ORIGIN)
+                .and_then(|v| v.to_str().ok());
+            let preflight = req.method() == Method::OPTIONS
+                && req
+                    .headers()
+                    .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+            (cors_headers(cors, origin, preflight), preflight)
+        });
+        let cors = match cors {
+            Some((headers, true)) => {
+                let mut resp = Response::new(());
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                *resp.headers_mut() = headers;
+                resp.headers_mut()
+                    .insert(header::SERVER, HeaderValue::from_static(SERVER));
+                log.target = Some(target);
+                return Ok(Step::Local(resp));
+            }
+            Some((headers, false)) => Some(headers),
+            None => None,
+        };
         if let Some(root) = &options.app_root
             && req.uri().path() == "/"
         {
@@ -485,6 +511,7 @@ impl Proxy {
             body: RequestBody::new(incoming, limit),
             client_upgrade,
             upgrade,
+            cors,
         }))
     }
 
@@ -499,6 +526,7 @@ impl Proxy {
             body,
             client_upgrade,
             upgrade,
+            cors,
         } = outgoing;
         // Taken from the log record for the exchange and put back whatever its outcome:
         // no count of the (shared) target is touched here.
@@ -527,6 +555,16 @@ impl Proxy {
         // From an HTTP/2 upstream: written to an HTTP/1 client as HTTP/1.1.
         parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers, switching && upgrade);
+        if let Some(cors) = cors {
+            for (name, value) in cors {
+                let name = name.expect("one value per name");
+                if name == header::VARY {
+                    parts.headers.append(name, value);
+                } else {
+                    parts.headers.insert(name, value);
+                }
+            }
+        }
         parts
             .headers
             .insert(header::SERVER, HeaderValue::from_static(SERVER));
@@ -585,6 +623,44 @@ fn rewrite(
     Ok((pq, prefix))
 }
 
+/// The CORS response headers for a request from `origin` (a preflight's, or an actual
+/// request's). None of them when the origin is not allowed: the browser then refuses.
+fn cors_headers(
+    cors: &crate::source::annotations::Cors,
+    origin: Option<&str>,
+    preflight: bool,
+) -> hyper::HeaderMap {
+    let mut h = hyper::HeaderMap::new();
+    let Some(allow) = cors.allow_origin(origin) else {
+        return h;
+    };
+    let value = |s: &str| HeaderValue::try_from(s).expect("checked when read");
+    if let Ok(v) = HeaderValue::try_from(allow) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    if allow != "*" {
+        // The answer depends on the request's Origin: caches must know.
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    if cors.credentials {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    if preflight {
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, value(&cors.methods));
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, value(&cors.headers));
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from(cors.max_age),
+        );
+    } else if let Some(expose) = &cors.expose {
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, value(expose));
+    }
+    h
+}
+
 /// The `Set-Cookie` that names endpoint `key` for `affinity` (`HttpOnly`; `Secure` on a
 /// TLS connection; `Path` the rule's unless set).
 fn affinity_cookie(
@@ -627,6 +703,8 @@ struct Outgoing {
     body: RequestBody,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     upgrade: bool,
+    /// CORS headers to set on the response (`enable-cors`).
+    cors: Option<hyper::HeaderMap>,
 }
 
 /// The response to the client, with the request's log record.

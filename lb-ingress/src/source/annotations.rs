@@ -19,6 +19,8 @@
 //! | `session-cookie-name`, `-path`, `-max-age`, `-samesite` | cookie attributes | defaults: `INGRESSCOOKIE`, the rule's path, a session cookie, none (`HttpOnly` always; `Secure` over https) |
 //! | `limit-rps`, `limit-rpm` | requests per second / minute | per client address; a burst of `limit-burst-multiplier` (5) times that; 429 with `Retry-After` above it |
 //! | `limit-allowlist` (or `limit-whitelist`) | CIDRs or addresses | clients not rate limited |
+//! | `enable-cors` | bool | CORS: preflights answered 204 here, the `Access-Control-Allow-*` headers set on responses |
+//! | `cors-allow-origin`, `-methods`, `-headers`, `-expose-headers`, `-credentials`, `-max-age` | as in ingress-nginx | the CORS answer (defaults: ingress-nginx's) |
 //! | `rewrite-prefix` (ours only) | a path | the matched rule path is replaced by it upstream (Gateway API's `ReplacePrefixMatch`); `X-Forwarded-Prefix` names what was replaced |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
@@ -61,11 +63,71 @@ pub struct RouteOptions {
     pub rate: Option<Rate>,
     /// Clients the rate limit does not apply to.
     pub limit_exempt: Vec<IpNet>,
+    /// `enable-cors`, with its settings.
+    pub cors: Option<Cors>,
     /// `affinity: cookie`, with the cookie's attributes.
     pub affinity: Option<CookieAffinity>,
     /// Why the rules of this Ingress are answered 503 (a setting it asks for could not
     /// be honoured).
     pub deny: Option<String>,
+}
+
+/// CORS settings (ingress-nginx's annotations and defaults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cors {
+    /// Allowed origins; empty means any (`*`). `https://*.example.com` covers one or
+    /// more labels in place of the `*`.
+    pub origins: Vec<String>,
+    pub methods: String,
+    pub headers: String,
+    pub expose: Option<String>,
+    pub credentials: bool,
+    pub max_age: u64,
+}
+
+impl Default for Cors {
+    fn default() -> Self {
+        Cors {
+            origins: Vec::new(),
+            methods: "GET, PUT, POST, DELETE, PATCH, OPTIONS".to_owned(),
+            headers: "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,Authorization".to_owned(),
+            expose: None,
+            credentials: true,
+            max_age: 1_728_000,
+        }
+    }
+}
+
+impl Cors {
+    /// The `Access-Control-Allow-Origin` for a request from `origin`: `*` when any origin
+    /// is allowed, the origin itself when it is in the list, else none (no CORS headers).
+    pub fn allow_origin<'a>(&self, origin: Option<&'a str>) -> Option<&'a str> {
+        if self.origins.is_empty() {
+            return Some("*");
+        }
+        let origin = origin?;
+        self.origins
+            .iter()
+            .any(|allowed| origin_matches(allowed, origin))
+            .then_some(origin)
+    }
+}
+
+/// `https://*.example.com` matches `https://a.example.com` and `https://a.b.example.com`;
+/// anything else matches itself only (case-insensitively: scheme and host are).
+fn origin_matches(allowed: &str, origin: &str) -> bool {
+    match allowed.split_once("*.") {
+        Some((scheme, suffix)) => {
+            origin
+                .get(..scheme.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+                && origin.len() > scheme.len() + suffix.len() + 1
+                && origin[scheme.len()..]
+                    .to_ascii_lowercase()
+                    .ends_with(&format!(".{}", suffix.to_ascii_lowercase()))
+        }
+        None => allowed.eq_ignore_ascii_case(origin),
+    }
 }
 
 /// A session-affinity cookie's name and attributes.
@@ -136,6 +198,9 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
         }
     }
     let mut cookie = CookieAffinity::default();
+    let mut cors = Cors::default();
+    let mut cors_set = Vec::new();
+    let mut cors_enabled = false;
     // (requests, per), and the burst multiplier.
     let mut limit: Option<(u32, Duration)> = None;
     let mut multiplier = 5;
@@ -266,6 +331,54 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
                 Ok(nets) => options.limit_exempt = nets,
                 Err(e) => problems.push(bad(&format!("{e}; ignored"))),
             },
+            "enable-cors" => match parse_bool(value) {
+                Some(b) => cors_enabled = b,
+                None => problems.push(bad(&format!("{value:?} is not a boolean; ignored"))),
+            },
+            "cors-allow-origin" => {
+                let origins: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if origins.iter().any(|o| o == "*") {
+                    cors.origins.clear();
+                } else if origins.iter().all(|o| o.contains("://")) && !origins.is_empty() {
+                    cors.origins = origins;
+                } else {
+                    problems.push(bad(&format!(
+                        "{value:?} is not * or a list of origins (scheme://host[:port]); any origin allowed"
+                    )));
+                }
+                cors_set.push(key);
+            }
+            "cors-allow-methods" | "cors-allow-headers" | "cors-expose-headers" => {
+                if hyper::header::HeaderValue::from_str(value).is_ok() && !value.is_empty() {
+                    match name {
+                        "cors-allow-methods" => value.clone_into(&mut cors.methods),
+                        "cors-allow-headers" => value.clone_into(&mut cors.headers),
+                        _ => cors.expose = Some(value.to_owned()),
+                    }
+                } else {
+                    problems.push(bad(&format!("{value:?} is not a header value; ignored")));
+                }
+                cors_set.push(key);
+            }
+            "cors-allow-credentials" => {
+                match parse_bool(value) {
+                    Some(b) => cors.credentials = b,
+                    None => problems.push(bad(&format!("{value:?} is not a boolean; ignored"))),
+                }
+                cors_set.push(key);
+            }
+            "cors-max-age" => {
+                match value.parse::<u64>() {
+                    Ok(n) => cors.max_age = n,
+                    Err(_) => problems.push(bad(&format!("{value:?} is not seconds; ignored"))),
+                }
+                cors_set.push(key);
+            }
             "rewrite-target" => problems.push(bad(&format!(
                 "not supported (its regex captures change how every path of the host matches); \
                  for a prefix rewrite use {PREFIX}rewrite-prefix; ignored"
@@ -275,6 +388,15 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             )),
             _ => problems.push(bad("not supported by lb-ingress; ignored")),
         }
+    }
+    if cors_enabled {
+        options.cors = Some(cors);
+    } else {
+        problems.extend(
+            cors_set
+                .into_iter()
+                .map(|key| format!("annotation {key}: enable-cors is not \"true\"; ignored")),
+        );
     }
     options.rate = limit.map(|(n, per)| Rate::per(n, per, multiplier));
     match &mut options.affinity {
@@ -556,5 +678,42 @@ mod tests {
         let (o, problems) = parse(Some(&a));
         assert_eq!(o.rate, None);
         assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn cors_origins() {
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/enable-cors", "true"),
+            (
+                "nginx.ingress.kubernetes.io/cors-allow-origin",
+                "https://a.example, https://*.b.example:8443",
+            ),
+            (
+                "nginx.ingress.kubernetes.io/cors-allow-credentials",
+                "false",
+            ),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert!(problems.is_empty(), "{problems:?}");
+        let cors = o.cors.unwrap();
+        assert!(!cors.credentials);
+        assert_eq!(
+            cors.allow_origin(Some("https://A.example")),
+            Some("https://A.example")
+        );
+        assert_eq!(
+            cors.allow_origin(Some("https://x.b.example:8443")),
+            Some("https://x.b.example:8443")
+        );
+        assert_eq!(cors.allow_origin(Some("https://b.example:8443")), None);
+        assert_eq!(cors.allow_origin(Some("https://x.b.example")), None);
+        assert_eq!(cors.allow_origin(Some("http://a.example")), None);
+        assert_eq!(cors.allow_origin(None), None);
+        assert_eq!(Cors::default().allow_origin(None), Some("*"));
+        // Settings without enable-cors are reported.
+        let a = annotations(&[("nginx.ingress.kubernetes.io/cors-max-age", "5")]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!(o.cors, None);
+        assert!(problems[0].contains("enable-cors"), "{problems:?}");
     }
 }
