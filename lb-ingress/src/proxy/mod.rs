@@ -19,16 +19,19 @@
 //!    the whole request, so a reload never changes a request midway. Then the route's
 //!    own settings (its Ingress's annotations, [`crate::source::annotations`]): 503 for
 //!    a rule whose settings could not be honoured, 403 for a client outside its
-//!    `allowlist-source-range`, 308 to https (`ssl-redirect`, `--redirect-https`, for
-//!    hosts that have a certificate; `force-ssl-redirect` for any), 302 to its
-//!    `app-root` for `/`, 413 for a declared body over its limit.
+//!    `allowlist-source-range`, 429 over its `limit-rps` ([`ratelimit`]), 308 to https
+//!    (`ssl-redirect`, `--redirect-https`, for hosts that have a certificate;
+//!    `force-ssl-redirect` for any), 204 for a CORS preflight, 302 to its `app-root` for
+//!    `/`, 413 for a declared body over its limit. The endpoint a session-affinity
+//!    cookie names is noted for phase 3, `rewrite-prefix` applied in phase 4.
 //! 3. **upstream_peer** ([`balance`]): power of two choices over outstanding requests
 //!    among the ready, non-ejected endpoints, or 503.
 //! 4. **upstream_request_filter** ([`headers`]): hop-by-hop headers removed, forwarding
 //!    headers set; method, path, query and Host unchanged. Sent over a pooled connection
 //!    ([`upstream`]); connect failure ejects the endpoint and may be retried elsewhere;
 //!    no response head within the upstream timeout: 504; other failures: 502.
-//! 5. **response_filter**: hop-by-hop headers removed, `Server` set; a 101 to an Upgrade
+//! 5. **response_filter**: hop-by-hop headers removed, `Server` set, CORS headers and a
+//!    new affinity cookie added when the route asks for them; a 101 to an Upgrade
 //!    request hands both connections to a tunnel ([`upgrade`]).
 //! 6. **body**: streamed both ways ([`body`]), never buffered whole; the request body limit
 //!    is enforced as it streams.
