@@ -15,7 +15,7 @@
 //!    repeated or invalid Host (400), a non-origin path (400), a declared body over the
 //!    limit (413).
 //! 2. **route**: the configuration is loaded once ([`Proxy::config`], an `ArcSwap`) and
-//!    the [`Target`] that host and path pick (or 404) is kept, with its endpoints, for
+//!    the [`Target`](crate::source::Target) that host and path pick (or 404) is kept, with its endpoints, for
 //!    the whole request, so a reload never changes a request midway. Then the route's
 //!    own settings (its Ingress's annotations, [`crate::source::annotations`]): 503 for
 //!    a rule whose settings could not be honoured, 403 for a client outside its
