@@ -1898,3 +1898,126 @@ async fn cors_preflights_and_response_headers() {
     assert_eq!(up.hits(), hits + 1);
     h.shutdown().await;
 }
+
+/// ingress-nginx's canaries: an Ingress with `canary: "true"` takes some requests of the
+/// main Ingress's rule with the same host and path: by header (`always`/`never`, or a
+/// given value), then by cookie, then by weight. A canary without a main rule serves
+/// nothing (reported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_ingresses_take_requests_by_header_cookie_and_weight() {
+    let (main, canary) = (
+        Upstream::start("main").await,
+        Upstream::start("canary").await,
+    );
+    let m = Manifests::new();
+    let nginx = "nginx.ingress.kubernetes.io";
+    let with_path = |y: String, path: &str| y.replace("path: /,", &format!("path: {path},"));
+    m.write(
+        "ingress.yaml",
+        &[
+            annotated("main", "c.example", "main", &[]),
+            annotated(
+                "main-canary",
+                "c.example",
+                "canary",
+                &[
+                    (&format!("{nginx}/canary"), "true"),
+                    (&format!("{nginx}/canary-by-header"), "X-Canary"),
+                    (&format!("{nginx}/canary-by-cookie"), "canary"),
+                    (&format!("{nginx}/canary-weight"), "30"),
+                ],
+            ),
+            with_path(annotated("v-main", "c.example", "main", &[]), "/v"),
+            with_path(
+                annotated(
+                    "v-canary",
+                    "c.example",
+                    "canary",
+                    &[
+                        (&format!("{nginx}/canary"), "true"),
+                        (&format!("{nginx}/canary-by-header"), "X-Version"),
+                        (&format!("{nginx}/canary-by-header-value"), "v2"),
+                    ],
+                ),
+                "/v",
+            ),
+            annotated(
+                "orphan",
+                "orphan.example",
+                "canary",
+                &[(&format!("{nginx}/canary"), "true")],
+            ),
+        ]
+        .concat(),
+    );
+    m.write(
+        "svc.yaml",
+        &[
+            service("default", "main", 80, "http", "80", &[&main]),
+            service("default", "canary", 80, "http", "80", &[&canary]),
+        ]
+        .join("---\n"),
+    );
+    let h = start(server_config(&m)).await;
+    let c = client();
+    let addr = h.http_addr;
+    let call = |path: &'static str, headers: Vec<(&'static str, &'static str)>| {
+        let mut b = hyper::Request::get(format!("http://{addr}{path}")).header("host", "c.example");
+        for (k, v) in headers {
+            b = b.header(k, v);
+        }
+        let req = b.body(empty()).unwrap();
+        let c = c.clone();
+        async move {
+            let resp = c.request(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            seen(std::str::from_utf8(&body).unwrap())["name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    for (headers, want) in [
+        (vec![("x-canary", "always")], "canary"),
+        (
+            vec![("x-canary", "never"), ("cookie", "canary=always")],
+            "main",
+        ),
+        (vec![("cookie", "a=b; canary=always")], "canary"),
+        (
+            vec![("x-canary", "maybe"), ("cookie", "canary=never")],
+            "main",
+        ),
+    ] {
+        for _ in 0..5 {
+            assert_eq!(call("/", headers.clone()).await, want, "{headers:?}");
+        }
+    }
+    // By weight: about 30 in 100.
+    let mut to_canary = 0;
+    for _ in 0..400 {
+        if call("/", vec![]).await == "canary" {
+            to_canary += 1;
+        }
+    }
+    assert!(
+        (80..=160).contains(&to_canary),
+        "{to_canary} of 400 to the canary"
+    );
+    // By header value: only that value; no weight, so nothing else.
+    assert_eq!(call("/v", vec![("x-version", "v2")]).await, "canary");
+    for v in ["always", "v1"] {
+        assert_eq!(call("/v", vec![("x-version", v)]).await, "main");
+    }
+    assert_eq!(call("/v", vec![]).await, "main");
+    // A canary of nothing is no route of its own.
+    let (status, _, _) = get(&c, addr, "orphan.example", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let metrics = h.metrics_addr.unwrap();
+    assert_eq!(
+        metric(metrics, "lb_ingress_config_problems", &[]).await,
+        Some(1)
+    );
+    h.shutdown().await;
+}

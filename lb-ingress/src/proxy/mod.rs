@@ -370,6 +370,11 @@ impl Proxy {
             return Err(ProxyError::NoRoute);
         };
         drop(config);
+        // A canary takes some of the rule's requests: its backend, the rule's settings.
+        let target = match &target.canary {
+            Some(c) if c.policy.selects(req.headers()) => Arc::clone(&c.target),
+            _ => target,
+        };
 
         // The route's own settings (its Ingress's annotations).
         let options = &target.options;

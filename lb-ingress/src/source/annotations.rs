@@ -21,6 +21,8 @@
 //! | `limit-allowlist` (or `limit-whitelist`) | CIDRs or addresses | clients not rate limited |
 //! | `enable-cors` | bool | CORS: preflights answered 204 here, the `Access-Control-Allow-*` headers set on responses |
 //! | `cors-allow-origin`, `-methods`, `-headers`, `-expose-headers`, `-credentials`, `-max-age` | as in ingress-nginx | the CORS answer (defaults: ingress-nginx's) |
+//! | `canary` | bool | this Ingress's rules are the canaries of a main Ingress's rules with the same host and path, not routes of their own |
+//! | `canary-by-header`, `-by-header-value`, `-by-cookie`, `-weight`, `-weight-total` | as in ingress-nginx | which requests go to the canary: header, then cookie, then weight |
 //! | `rewrite-prefix` (ours only) | a path | the matched rule path is replaced by it upstream (Gateway API's `ReplacePrefixMatch`); `X-Forwarded-Prefix` names what was replaced |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
@@ -63,6 +65,9 @@ pub struct RouteOptions {
     pub rate: Option<Rate>,
     /// Clients the rate limit does not apply to.
     pub limit_exempt: Vec<IpNet>,
+    /// `canary: "true"`: when requests go to this Ingress's backends instead of the main
+    /// Ingress's.
+    pub canary: Option<CanaryPolicy>,
     /// `enable-cors`, with its settings.
     pub cors: Option<Cors>,
     /// `affinity: cookie`, with the cookie's attributes.
@@ -70,6 +75,53 @@ pub struct RouteOptions {
     /// Why the rules of this Ingress are answered 503 (a setting it asks for could not
     /// be honoured).
     pub deny: Option<String>,
+}
+
+/// Which requests a canary takes, in ingress-nginx's order: the header (`always`,
+/// `never`, or the configured value), then the cookie (`always`, `never`), then the
+/// weight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CanaryPolicy {
+    pub header: Option<hyper::header::HeaderName>,
+    pub header_value: Option<String>,
+    pub cookie: Option<String>,
+    pub weight: u32,
+    pub weight_total: u32,
+}
+
+impl Default for CanaryPolicy {
+    fn default() -> Self {
+        CanaryPolicy {
+            header: None,
+            header_value: None,
+            cookie: None,
+            weight: 0,
+            weight_total: 100,
+        }
+    }
+}
+
+impl CanaryPolicy {
+    /// Whether a request with `headers` goes to the canary.
+    pub fn selects(&self, headers: &hyper::HeaderMap) -> bool {
+        if let Some(v) = self.header.as_ref().and_then(|h| headers.get(h)) {
+            // With a value set, only that value counts; other values fall through.
+            match &self.header_value {
+                Some(want) if v.as_bytes() == want.as_bytes() => return true,
+                None if v == "always" => return true,
+                None if v == "never" => return false,
+                _ => {}
+            }
+        }
+        if let Some(name) = &self.cookie {
+            match crate::proxy::headers::cookie(headers, name) {
+                Some("always") => return true,
+                Some("never") => return false,
+                _ => {}
+            }
+        }
+        self.weight > 0 && fastrand::u32(..self.weight_total) < self.weight
+    }
 }
 
 /// CORS settings (ingress-nginx's annotations and defaults).
@@ -199,6 +251,9 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     }
     let mut cookie = CookieAffinity::default();
     let mut cors = Cors::default();
+    let mut canary = CanaryPolicy::default();
+    let mut canary_set = Vec::new();
+    let mut canary_enabled = false;
     let mut cors_set = Vec::new();
     let mut cors_enabled = false;
     // (requests, per), and the burst multiplier.
@@ -331,6 +386,39 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
                 Ok(nets) => options.limit_exempt = nets,
                 Err(e) => problems.push(bad(&format!("{e}; ignored"))),
             },
+            "canary" => match parse_bool(value) {
+                Some(b) => canary_enabled = b,
+                None => problems.push(bad(&format!("{value:?} is not a boolean; ignored"))),
+            },
+            "canary-by-header" => {
+                match hyper::header::HeaderName::from_bytes(value.as_bytes()) {
+                    Ok(h) => canary.header = Some(h),
+                    Err(_) => {
+                        problems.push(bad(&format!("{value:?} is not a header name; ignored")));
+                    }
+                }
+                canary_set.push(key);
+            }
+            "canary-by-header-value" => {
+                canary.header_value = Some(value.to_owned());
+                canary_set.push(key);
+            }
+            "canary-by-cookie" => {
+                if !value.is_empty() && value.bytes().all(is_token_byte) {
+                    canary.cookie = Some(value.to_owned());
+                } else {
+                    problems.push(bad(&format!("{value:?} is not a cookie name; ignored")));
+                }
+                canary_set.push(key);
+            }
+            "canary-weight" | "canary-weight-total" => {
+                match value.parse::<u32>() {
+                    Ok(n) if name == "canary-weight" => canary.weight = n,
+                    Ok(n) if n > 0 => canary.weight_total = n,
+                    _ => problems.push(bad(&format!("{value:?} is not a whole number; ignored"))),
+                }
+                canary_set.push(key);
+            }
             "enable-cors" => match parse_bool(value) {
                 Some(b) => cors_enabled = b,
                 None => problems.push(bad(&format!("{value:?} is not a boolean; ignored"))),
@@ -388,6 +476,16 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             )),
             _ => problems.push(bad("not supported by lb-ingress; ignored")),
         }
+    }
+    if canary_enabled {
+        canary.weight = canary.weight.min(canary.weight_total);
+        options.canary = Some(canary);
+    } else {
+        problems.extend(
+            canary_set
+                .into_iter()
+                .map(|key| format!("annotation {key}: canary is not \"true\"; ignored")),
+        );
     }
     if cors_enabled {
         options.cors = Some(cors);
@@ -715,5 +813,41 @@ mod tests {
         let (o, problems) = parse(Some(&a));
         assert_eq!(o.cors, None);
         assert!(problems[0].contains("enable-cors"), "{problems:?}");
+    }
+
+    #[test]
+    fn canary_policy() {
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/canary", "true"),
+            ("nginx.ingress.kubernetes.io/canary-weight", "150"),
+            ("nginx.ingress.kubernetes.io/canary-weight-total", "1000"),
+            ("nginx.ingress.kubernetes.io/canary-by-header", "X-Canary"),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert!(problems.is_empty(), "{problems:?}");
+        let p = o.canary.unwrap();
+        assert_eq!((p.weight, p.weight_total), (150, 1000));
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = hyper::HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, hyper::header::HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert!(p.selects(&headers(&[("x-canary", "always")])));
+        assert!(!p.selects(&headers(&[("x-canary", "never")])));
+        // Weight 100 of 100 always, 0 never.
+        let all = CanaryPolicy {
+            weight: 100,
+            ..CanaryPolicy::default()
+        };
+        assert!((0..50).all(|_| all.selects(&hyper::HeaderMap::new())));
+        let none = CanaryPolicy::default();
+        assert!((0..50).all(|_| !none.selects(&hyper::HeaderMap::new())));
+        // Canary settings without canary: "true" are reported.
+        let a = annotations(&[("nginx.ingress.kubernetes.io/canary-weight", "5")]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!(o.canary, None);
+        assert!(problems[0].contains("canary is not"), "{problems:?}");
     }
 }

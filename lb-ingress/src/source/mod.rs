@@ -21,7 +21,7 @@ use crate::proxy::ratelimit::{LimitRegistry, RateLimiter};
 use crate::proxy::upstream::UpstreamProtocol;
 use crate::routes::{HostRule, PathRule, Rank, RouteTable, RouteTableBuilder};
 use crate::tls::{CertTable, certified_key};
-use annotations::RouteOptions;
+use annotations::{CanaryPolicy, RouteOptions};
 use endpoints::{SliceIndex, ready_addresses};
 
 /// A resolved Service port: its label (`namespace/name:port`), the pool of its ready
@@ -36,6 +36,15 @@ pub const KINDS: [Kind; 5] = [
     Kind::EndpointSlice,
     Kind::Secret,
 ];
+
+/// The canary of a rule: a second backend some requests go to (ingress-nginx's
+/// `canary` annotations).
+#[derive(Debug)]
+pub struct Canary {
+    pub policy: Arc<CanaryPolicy>,
+    /// The rule with the canary's backend (labelled with the canary Ingress and Service).
+    pub target: Arc<Target>,
+}
 
 /// The `path` of the [`Target`] of a `defaultBackend`.
 pub const DEFAULT_BACKEND: &str = "defaultBackend";
@@ -61,6 +70,8 @@ pub struct Target {
     /// The Ingress's rate limiter (`limit-rps`), shared by its rules and kept across
     /// swaps.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// A canary Ingress's backend for this rule, and when it takes a request.
+    pub canary: Option<Canary>,
     /// This rule's request metrics, looked up once (see [`RouteSeries`]).
     pub series: RouteSeries,
 }
@@ -110,6 +121,106 @@ fn rank(ingress: &Ingress, r: &ObjectRef) -> Rank {
     }
 }
 
+/// Resolves Ingress backends to Service ports and their endpoint pools, once per Service
+/// port and protocol.
+struct Backends<'a> {
+    store: &'a Store,
+    slices: SliceIndex<'a>,
+    registry: &'a EndpointRegistry,
+    /// By Service port and the protocol an Ingress may impose on it (`backend-protocol`).
+    pools: HashMap<(String, String, String, Option<UpstreamProtocol>), Backend>,
+}
+
+impl Backends<'_> {
+    /// The Service port `backend` (of Ingress `r`) names, with its ready endpoints; None
+    /// for a resource backend (reported).
+    fn resolve(
+        &mut self,
+        r: &ObjectRef,
+        backend: &IngressBackend,
+        protocol: Option<UpstreamProtocol>,
+        problems: &mut Vec<String>,
+    ) -> Option<Backend> {
+        let Some(svc) = &backend.service else {
+            problems.push(format!(
+                "Ingress {}/{}: resource backends are not supported",
+                r.namespace, r.name
+            ));
+            return None;
+        };
+        let port = svc.port.clone().unwrap_or_default();
+        let port_label = port
+            .number
+            .map(|n| n.to_string())
+            .or(port.name.clone())
+            .unwrap_or_default();
+        let key = (
+            r.namespace.clone(),
+            svc.name.clone(),
+            port_label.clone(),
+            protocol,
+        );
+        let (store, slices, registry) = (self.store, &self.slices, self.registry);
+        let backend = self.pools.entry(key).or_insert_with(|| {
+            let label = format!("{}/{}:{port_label}", r.namespace, svc.name);
+            let sref = ObjectRef::new(Kind::Service, r.namespace.clone(), svc.name.clone());
+            let (addrs, protocol) = match store.get(&sref) {
+                Some(Object::Service(s)) => (
+                    resolve(s, &port, slices, problems, r),
+                    protocol.unwrap_or_else(|| endpoints::upstream_protocol(s, &port)),
+                ),
+                _ => {
+                    problems.push(format!(
+                        "Ingress {}/{}: Service {}/{} not found",
+                        r.namespace, r.name, r.namespace, svc.name
+                    ));
+                    (Vec::new(), UpstreamProtocol::default())
+                }
+            };
+            // An endpoint's pooled connections speak one protocol.
+            let pool = Pool::new(
+                addrs
+                    .into_iter()
+                    .map(|a| registry.endpoint(a, protocol))
+                    .collect(),
+            );
+            (label, Arc::new(pool), protocol)
+        });
+        Some(backend.clone())
+    }
+}
+
+/// The rules of an Ingress, in order: the `defaultBackend` (host any, path
+/// [`DEFAULT_BACKEND`]), then each valid path of each rule. Invalid paths are reported.
+fn rules<'i>(
+    spec: &'i k8s_openapi::api::networking::v1::IngressSpec,
+    r: &ObjectRef,
+    problems: &mut Vec<String>,
+) -> Vec<(HostRule, Option<PathRule>, &'i IngressBackend)> {
+    let mut out = Vec::new();
+    if let Some(backend) = &spec.default_backend {
+        out.push((HostRule::Any, None, backend));
+    }
+    for rule in spec.rules.iter().flatten() {
+        let host = HostRule::parse(rule.host.as_deref());
+        for p in rule.http.iter().flat_map(|h| &h.paths) {
+            match PathRule::from_spec(&p.path_type, p.path.as_deref().unwrap_or("/")) {
+                Ok(path) => out.push((host.clone(), Some(path), &p.backend)),
+                Err(e) => problems.push(format!("Ingress {}/{}: {e}", r.namespace, r.name)),
+            }
+        }
+    }
+    out
+}
+
+/// A canary Ingress's rule, waiting for the main rule of the same host and path.
+struct CanaryRule {
+    rank: Rank,
+    policy: Arc<CanaryPolicy>,
+    backend: Backend,
+    used: bool,
+}
+
 /// Builds the configuration for `class` from everything in `store`. Endpoint state is
 /// taken from `registry`, so that it survives the swap.
 pub fn build(
@@ -124,16 +235,21 @@ pub fn build(
         _ => None,
     });
     let default = class::class_is_default(classes, class);
-    let slices = SliceIndex::new(store.of_kind(Kind::EndpointSlice).filter_map(|o| match o {
-        Object::EndpointSlice(s) => Some(&**s),
-        _ => None,
-    }));
-    // By Service port and the protocol an Ingress may impose on it (`backend-protocol`).
-    let mut pools: HashMap<(String, String, String, Option<UpstreamProtocol>), Backend> =
-        HashMap::new();
+    let mut backends = Backends {
+        store,
+        slices: SliceIndex::new(store.of_kind(Kind::EndpointSlice).filter_map(|o| match o {
+            Object::EndpointSlice(s) => Some(&**s),
+            _ => None,
+        })),
+        registry,
+        pools: HashMap::new(),
+    };
     let mut routes = RouteTableBuilder::new();
     let mut certs = CertTable::default();
 
+    // Ours, with their settings; canary Ingresses are set apart by the rule they follow.
+    let mut ingresses = Vec::new();
+    let mut canaries: HashMap<(HostRule, Option<PathRule>), CanaryRule> = HashMap::new();
     for object in store.of_kind(Kind::Ingress) {
         let Object::Ingress(ingress) = object else {
             continue;
@@ -151,93 +267,82 @@ pub fn build(
             bad.into_iter()
                 .map(|p| format!("Ingress {}/{}: {p}", r.namespace, r.name)),
         );
+        let Some(policy) = options.canary.clone() else {
+            ingresses.push((r, rank, spec, options));
+            continue;
+        };
+        let policy = Arc::new(policy);
+        for (host, path, backend) in rules(spec, &r, &mut problems) {
+            let Some(backend) = backends.resolve(&r, backend, options.protocol, &mut problems)
+            else {
+                continue;
+            };
+            let canary = CanaryRule {
+                rank: rank.clone(),
+                policy: Arc::clone(&policy),
+                backend,
+                used: false,
+            };
+            let rule = rule_label(&host, path.as_ref());
+            match canaries.entry((host, path)) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(canary);
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let (winner, loser) = if canary.rank < o.get().rank {
+                        let loser = o.get().rank.ingress();
+                        o.insert(canary);
+                        (o.get().rank.ingress(), loser)
+                    } else {
+                        (o.get().rank.ingress(), canary.rank.ingress())
+                    };
+                    problems.push(format!(
+                        "Ingress {loser}: canary of rule {rule} is also defined by the older Ingress {winner}, which wins"
+                    ));
+                }
+            }
+        }
+    }
+
+    for (r, rank, spec, options) in ingresses {
         let limiter = options
             .rate
             .map(|rate| limits.limiter(&rank.ingress(), rate));
         let options = Arc::new(options);
-        let mut target =
-            |backend: &IngressBackend, host: &HostRule, path: &str, problems: &mut Vec<String>| {
-                let Some(svc) = &backend.service else {
-                    problems.push(format!(
-                        "Ingress {}/{}: resource backends are not supported",
-                        r.namespace, r.name
-                    ));
-                    return None;
-                };
-                let port = svc.port.clone().unwrap_or_default();
-                let port_label = port
-                    .number
-                    .map(|n| n.to_string())
-                    .or(port.name.clone())
-                    .unwrap_or_default();
-                let key = (
-                    r.namespace.clone(),
-                    svc.name.clone(),
-                    port_label.clone(),
-                    options.protocol,
-                );
-                let (service, pool, protocol) = pools
-                    .entry(key)
-                    .or_insert_with(|| {
-                        let label = format!("{}/{}:{port_label}", r.namespace, svc.name);
-                        let sref =
-                            ObjectRef::new(Kind::Service, r.namespace.clone(), svc.name.clone());
-                        let (addrs, protocol) = match store.get(&sref) {
-                            Some(Object::Service(s)) => (
-                                resolve(s, &port, &slices, problems, &r),
-                                (options.protocol)
-                                    .unwrap_or_else(|| endpoints::upstream_protocol(s, &port)),
-                            ),
-                            _ => {
-                                problems.push(format!(
-                                    "Ingress {}/{}: Service {}/{} not found",
-                                    r.namespace, r.name, r.namespace, svc.name
-                                ));
-                                (Vec::new(), UpstreamProtocol::default())
-                            }
-                        };
-                        // An endpoint's pooled connections speak one protocol.
-                        let pool = Pool::new(
-                            addrs
-                                .into_iter()
-                                .map(|a| registry.endpoint(a, protocol))
-                                .collect(),
-                        );
-                        (label, Arc::new(pool), protocol)
-                    })
-                    .clone();
-                Some(Arc::new(Target {
-                    ingress: rank.ingress(),
-                    host: host.label(),
-                    path: path.to_owned(),
-                    service,
-                    pool,
-                    protocol,
-                    options: Arc::clone(&options),
-                    limiter: limiter.clone(),
-                    series: RouteSeries::default(),
-                }))
+        for (host, path, backend) in rules(spec, &r, &mut problems) {
+            let Some((service, pool, protocol)) =
+                backends.resolve(&r, backend, options.protocol, &mut problems)
+            else {
+                continue;
             };
-
-        if let Some(backend) = &spec.default_backend
-            && let Some(t) = target(backend, &HostRule::Any, DEFAULT_BACKEND, &mut problems)
-        {
-            routes.default_backend(&rank, t);
-        }
-        for rule in spec.rules.iter().flatten() {
-            let host = HostRule::parse(rule.host.as_deref());
-            for p in rule.http.iter().flat_map(|h| &h.paths) {
-                let path = match PathRule::from_spec(&p.path_type, p.path.as_deref().unwrap_or("/"))
-                {
-                    Ok(path) => path,
-                    Err(e) => {
-                        problems.push(format!("Ingress {}/{}: {e}", r.namespace, r.name));
-                        continue;
-                    }
-                };
-                if let Some(t) = target(&p.backend, &host, path.as_str(), &mut problems) {
-                    routes.add(&rank, host.clone(), path, t);
-                }
+            let path_label = path.as_ref().map_or(DEFAULT_BACKEND, PathRule::as_str);
+            let make = |ingress: String, (service, pool, protocol): Backend| Target {
+                ingress,
+                host: host.label(),
+                path: path_label.to_owned(),
+                service,
+                pool,
+                protocol,
+                options: Arc::clone(&options),
+                limiter: limiter.clone(),
+                canary: None,
+                series: RouteSeries::default(),
+            };
+            let mut target = make(rank.ingress(), (service, pool, protocol));
+            if let Some(c) = canaries.get_mut(&(host.clone(), path.clone())) {
+                c.used = true;
+                // The canary's backend under the main rule's settings (as ingress-nginx:
+                // a canary Ingress's other annotations are not applied).
+                let canary = make(c.rank.ingress(), c.backend.clone());
+                target.canary = Some(Canary {
+                    policy: Arc::clone(&c.policy),
+                    target: Arc::new(canary),
+                });
+            }
+            let target = Arc::new(target);
+            match path {
+                None => routes.default_backend(&rank, target),
+                Some(path) => routes.add(&rank, host, path, target),
             }
         }
         for tls in spec.tls.iter().flatten() {
@@ -266,6 +371,15 @@ pub fn build(
             }
         }
     }
+    for ((host, path), c) in &canaries {
+        if !c.used {
+            problems.push(format!(
+                "Ingress {}: canary rule {} follows no rule of a main Ingress; ignored",
+                c.rank.ingress(),
+                rule_label(host, path.as_ref())
+            ));
+        }
+    }
     let (routes, conflicts) = routes.build();
     for c in conflicts {
         problems.push(format!(
@@ -280,6 +394,14 @@ pub fn build(
         },
         certs,
         problems,
+    }
+}
+
+/// `host path` of a rule, or `defaultBackend`, for messages.
+fn rule_label(host: &HostRule, path: Option<&PathRule>) -> String {
+    match path {
+        None => DEFAULT_BACKEND.to_owned(),
+        Some(p) => format!("{}{}", host.label(), p.as_str()),
     }
 }
 
