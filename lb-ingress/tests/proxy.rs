@@ -2021,3 +2021,200 @@ async fn canary_ingresses_take_requests_by_header_cookie_and_weight() {
     );
     h.shutdown().await;
 }
+
+/// An auth service for `auth-url`: 2xx with `X-Auth-Request-User` for `Bearer good`,
+/// 403 for `Bearer banned`, 500 for `Bearer boom`, else 401. It records the
+/// `X-Original-URL` and `X-Original-Method` it was sent.
+async fn auth_service() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = std::sync::Arc::clone(&log);
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let h = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .map_or(String::new(), |v| v.to_str().unwrap().to_owned())
+                    };
+                    log.lock().unwrap().push(format!(
+                        "{} {} {} {}",
+                        req.method(),
+                        h("x-original-method"),
+                        h("x-original-url"),
+                        h("content-length")
+                    ));
+                    let (status, user) = match h("authorization").as_str() {
+                        "Bearer good" => (200, Some("alice")),
+                        "Bearer banned" => (403, None),
+                        "Bearer boom" => (500, None),
+                        _ => (401, None),
+                    };
+                    let mut resp = hyper::Response::builder().status(status);
+                    if let Some(u) = user {
+                        resp = resp
+                            .header("x-auth-request-user", u)
+                            .header("x-other", "no");
+                    }
+                    if status == 401 {
+                        resp = resp.header("www-authenticate", "Bearer realm=\"test\"");
+                    }
+                    let resp = resp
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    (addr, seen)
+}
+
+/// `auth-url` (ingress-nginx's external auth, as used with oauth2-proxy): the request
+/// head goes to the auth service first; 2xx lets it through with the named auth
+/// response headers, 401 comes back (or redirects to `auth-signin` with `rd=`), 403
+/// comes back, anything else is a 500, and an auth URL that cannot be used fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_auth_guards_the_upstream() {
+    let up = Upstream::start("up").await;
+    let (auth, seen_by_auth) = auth_service().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let m = Manifests::new();
+    let nginx = "nginx.ingress.kubernetes.io";
+    let auth_url = format!("http://{auth}/check?host=$host");
+    m.write(
+        "ingress.yaml",
+        &[
+            annotated(
+                "a",
+                "a.example",
+                "up",
+                &[
+                    (&format!("{nginx}/auth-url"), &auth_url),
+                    (
+                        &format!("{nginx}/auth-response-headers"),
+                        "X-Auth-Request-User",
+                    ),
+                ],
+            ),
+            annotated(
+                "b",
+                "b.example",
+                "up",
+                &[
+                    (&format!("{nginx}/auth-url"), &auth_url),
+                    (
+                        &format!("{nginx}/auth-signin"),
+                        "https://login.example/start",
+                    ),
+                ],
+            ),
+            annotated(
+                "down",
+                "down.example",
+                "up",
+                &[(
+                    &format!("{nginx}/auth-url"),
+                    &format!("http://{closed}/check"),
+                )],
+            ),
+            annotated(
+                "tls",
+                "tls.example",
+                "up",
+                &[(&format!("{nginx}/auth-url"), "https://auth.example/check")],
+            ),
+        ]
+        .concat(),
+    );
+    m.write(
+        "svc.yaml",
+        &service("default", "up", 80, "http", "80", &[&up]),
+    );
+    let h = start(server_config(&m)).await;
+    let c = client();
+    let addr = h.http_addr;
+    let call = |host: &'static str, token: Option<&'static str>| {
+        let mut b = hyper::Request::post(format!("http://{addr}/p?q=1")).header("host", host);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let req = b
+            .body(
+                http_body_util::Full::new(bytes::Bytes::from_static(b"payload"))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .unwrap();
+        let c = c.clone();
+        async move {
+            let resp = c.request(req).await.unwrap();
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, headers, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+
+    let (status, _, body) = call("a.example", Some("good")).await;
+    assert_eq!(status, StatusCode::OK);
+    let v = seen(&body);
+    assert_eq!(
+        v["headers"]["x-auth-request-user"],
+        serde_json::json!(["alice"])
+    );
+    assert!(
+        v["headers"].get("x-other").is_none(),
+        "only the named headers"
+    );
+    assert_eq!(
+        seen_by_auth.lock().unwrap().last().unwrap(),
+        "GET POST http://a.example/p?q=1 ",
+        "the head only, as a GET, with the original method and URL"
+    );
+    let hits = up.hits();
+    let (status, headers, _) = call("a.example", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"test\"");
+    assert_eq!(
+        call("a.example", Some("banned")).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call("a.example", Some("boom")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(up.hits(), hits, "no refused request reaches the upstream");
+
+    let (status, headers, _) = call("b.example", None).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(
+        headers["location"],
+        "https://login.example/start?rd=http%3A//b.example/p%3Fq%3D1"
+    );
+    assert_eq!(call("b.example", Some("good")).await.0, StatusCode::OK);
+
+    assert_eq!(
+        call("down.example", Some("good")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        call("tls.example", Some("good")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(up.hits(), hits + 1);
+    h.shutdown().await;
+}

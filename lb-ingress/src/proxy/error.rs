@@ -34,6 +34,8 @@ pub enum ProxyError {
     SourceNotAllowed(std::net::IpAddr),
     #[error("over the route's rate limit (retry after {retry_after_s} s)")]
     RateLimited { retry_after_s: u64 },
+    #[error("external authentication failed: {reason}")]
+    Auth { reason: String },
     #[error("route not served: {reason}")]
     Misconfigured { reason: String },
     #[error("no ready endpoint for {service}")]
@@ -68,6 +70,7 @@ impl ProxyError {
             | ProxyError::Misconfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Auth { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -87,6 +90,7 @@ impl ProxyError {
             }
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => "the upstream failed\n",
             ProxyError::Timeout { .. } => "the upstream did not answer in time\n",
+            ProxyError::Auth { .. } => "the authentication service failed\n",
         }
     }
 
@@ -103,7 +107,8 @@ impl ProxyError {
             | ProxyError::Misconfigured { .. } => Blame::Config,
             ProxyError::Connect { .. }
             | ProxyError::Timeout { .. }
-            | ProxyError::Upstream { .. } => Blame::Upstream,
+            | ProxyError::Upstream { .. }
+            | ProxyError::Auth { .. } => Blame::Upstream,
         }
     }
 }

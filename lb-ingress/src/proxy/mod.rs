@@ -37,6 +37,7 @@
 //!    is enforced as it streams.
 //! 7. **logging** ([`log`]): when the response body ends, one access-log line and the
 //!    request metrics.
+pub mod auth;
 pub mod balance;
 pub mod body;
 pub mod error;
@@ -256,6 +257,8 @@ pub struct Proxy {
     pub registry: Arc<EndpointRegistry>,
     pub metrics: Arc<Metrics>,
     pub client: upstream::UpstreamClient,
+    /// For `auth-url` requests.
+    pub auth_client: auth::AuthClient,
     pub budget: Arc<RetryBudget>,
     pub options: ProxyOptions,
 }
@@ -274,6 +277,7 @@ impl Proxy {
             registry,
             metrics,
             client: upstream::client(options.upstream_idle_timeout),
+            auth_client: auth::client(),
             budget: Arc::new(RetryBudget::new(options.retry_ratio, 10)),
             options,
         }
@@ -291,6 +295,7 @@ impl Proxy {
             registry: Arc::clone(&self.registry),
             metrics: Arc::clone(&self.metrics),
             client: self.client.clone(),
+            auth_client: self.auth_client.clone(),
             budget: Arc::clone(&self.budget),
             options: self.options.clone(),
         }
@@ -429,9 +434,23 @@ impl Proxy {
                 log.target = Some(target);
                 return Ok(Step::Local(resp));
             }
-            Some((headers, false)) => Some(headers),
+            Some((headers, false)) => Some(Box::new(headers)),
             None => None,
         };
+        // External auth happens in the upstream phase (it is a request of its own); what
+        // it needs of the client's request is taken now.
+        let auth = options.auth.as_ref().map(|_| {
+            Box::new(auth::Original {
+                scheme: if https { "https" } else { "http" },
+                host: authority.text.to_string(),
+                request_uri: req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", PathAndQuery::as_str)
+                    .to_owned(),
+                method: req.method().clone(),
+            })
+        });
         if let Some(root) = &options.app_root
             && req.uri().path() == "/"
         {
@@ -520,6 +539,7 @@ impl Proxy {
             client_upgrade,
             upgrade,
             cors,
+            auth,
         }))
     }
 
@@ -535,7 +555,26 @@ impl Proxy {
             client_upgrade,
             upgrade,
             cors,
+            auth,
         } = outgoing;
+        if let Some(original) = auth {
+            let target = Arc::clone(log.target.as_ref().expect("routed before forwarding"));
+            let config = target
+                .options
+                .auth
+                .as_ref()
+                .expect("auth set for this route");
+            let timeout =
+                (target.options.response_timeout).unwrap_or(self.options.response_timeout);
+            match auth::check(&self.auth_client, config, &original, &head.headers, timeout).await? {
+                auth::Verdict::Allow(headers) => {
+                    for (name, value) in headers {
+                        head.headers.insert(name, value);
+                    }
+                }
+                auth::Verdict::Deny(resp) => return Ok(Forwarded::Local(resp)),
+            }
+        }
         // Taken from the log record for the exchange and put back whatever its outcome:
         // no count of the (shared) target is touched here.
         let target = log.target.take().expect("routed before forwarding");
@@ -564,7 +603,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers, switching && upgrade);
         if let Some(cors) = cors {
-            for (name, value) in cors {
+            for (name, value) in *cors {
                 let name = name.expect("one value per name");
                 if name == header::VARY {
                     parts.headers.append(name, value);
@@ -711,8 +750,11 @@ struct Outgoing {
     body: RequestBody,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     upgrade: bool,
-    /// CORS headers to set on the response (`enable-cors`).
-    cors: Option<hyper::HeaderMap>,
+    /// CORS headers to set on the response (`enable-cors`; boxed, as this struct waits in
+    /// every request's future).
+    cors: Option<Box<hyper::HeaderMap>>,
+    /// The client's request as the `auth-url` check needs it.
+    auth: Option<Box<auth::Original>>,
 }
 
 /// The response to the client, with the request's log record.

@@ -23,6 +23,7 @@
 //! | `cors-allow-origin`, `-methods`, `-headers`, `-expose-headers`, `-credentials`, `-max-age` | as in ingress-nginx | the CORS answer (defaults: ingress-nginx's) |
 //! | `canary` | bool | this Ingress's rules are the canaries of a main Ingress's rules with the same host and path, not routes of their own |
 //! | `canary-by-header`, `-by-header-value`, `-by-cookie`, `-weight`, `-weight-total` | as in ingress-nginx | which requests go to the canary: header, then cookie, then weight |
+//! | `auth-url` (`http://` only), `auth-method`, `auth-signin`, `auth-response-headers` | as in ingress-nginx | external authentication before the upstream ([`crate::proxy::auth`]) |
 //! | `rewrite-prefix` (ours only) | a path | the matched rule path is replaced by it upstream (Gateway API's `ReplacePrefixMatch`); `X-Forwarded-Prefix` names what was replaced |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
@@ -39,6 +40,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::proxy::auth::{ExternalAuth, valid_template};
 use crate::proxy::ratelimit::Rate;
 use crate::proxy::upstream::UpstreamProtocol;
 
@@ -68,6 +70,8 @@ pub struct RouteOptions {
     /// `canary: "true"`: when requests go to this Ingress's backends instead of the main
     /// Ingress's.
     pub canary: Option<CanaryPolicy>,
+    /// `auth-url` and its companions.
+    pub auth: Option<ExternalAuth>,
     /// `enable-cors`, with its settings.
     pub cors: Option<Cors>,
     /// `affinity: cookie`, with the cookie's attributes.
@@ -251,6 +255,11 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     }
     let mut cookie = CookieAffinity::default();
     let mut cors = Cors::default();
+    let mut auth_url = None;
+    let mut auth_method = hyper::Method::GET;
+    let mut auth_signin = None;
+    let mut auth_headers = Vec::new();
+    let mut auth_set = Vec::new();
     let mut canary = CanaryPolicy::default();
     let mut canary_set = Vec::new();
     let mut canary_enabled = false;
@@ -419,6 +428,44 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
                 }
                 canary_set.push(key);
             }
+            "auth-url" => {
+                if valid_template(value) {
+                    auth_url = Some(value.to_owned());
+                } else {
+                    let e = format!(
+                        "{value:?} is not an http:// URL (https auth services are not supported)"
+                    );
+                    problems.push(bad(&format!("{e}; its rules answer 503 until it is fixed")));
+                    options.deny = Some(bad(&e));
+                }
+            }
+            "auth-method" => {
+                match hyper::Method::from_bytes(value.as_bytes()) {
+                    Ok(m) => auth_method = m,
+                    Err(_) => problems.push(bad(&format!("{value:?} is not a method; ignored"))),
+                }
+                auth_set.push(key);
+            }
+            "auth-signin" => {
+                let sample = value.replace('$', "");
+                if sample.parse::<hyper::Uri>().is_ok() {
+                    auth_signin = Some(value.to_owned());
+                } else {
+                    problems.push(bad(&format!("{value:?} is not a URL; ignored")));
+                }
+                auth_set.push(key);
+            }
+            "auth-response-headers" => {
+                for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    match hyper::header::HeaderName::from_bytes(name.as_bytes()) {
+                        Ok(h) => auth_headers.push(h),
+                        Err(_) => {
+                            problems.push(bad(&format!("{name:?} is not a header name; ignored")));
+                        }
+                    }
+                }
+                auth_set.push(key);
+            }
             "enable-cors" => match parse_bool(value) {
                 Some(b) => cors_enabled = b,
                 None => problems.push(bad(&format!("{value:?} is not a boolean; ignored"))),
@@ -476,6 +523,21 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             )),
             _ => problems.push(bad("not supported by lb-ingress; ignored")),
         }
+    }
+    match auth_url {
+        Some(url) => {
+            options.auth = Some(ExternalAuth {
+                url,
+                method: auth_method,
+                signin: auth_signin,
+                response_headers: auth_headers,
+            });
+        }
+        None => problems.extend(
+            auth_set
+                .into_iter()
+                .map(|key| format!("annotation {key}: there is no auth-url; ignored")),
+        ),
     }
     if canary_enabled {
         canary.weight = canary.weight.min(canary.weight_total);
