@@ -27,10 +27,11 @@
 //! | `rewrite-prefix` (ours only) | a path | the matched rule path is replaced by it upstream (Gateway API's `ReplacePrefixMatch`); `X-Forwarded-Prefix` names what was replaced |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
-//! the settings that guard access or decide what is spoken to the upstream
-//! (`allowlist-source-range`, `backend-protocol`: `AJP`, `FCGI`), the Ingress's rules are then answered
-//! 503 instead of being served without them: failing closed, as ingress-nginx denies a
-//! location whose annotations did not parse. Other bad values fall back to the default.
+//! the settings that guard access or decide what reaches the upstream
+//! (`allowlist-source-range`, `auth-url`, `backend-protocol`, `rewrite-prefix`), the
+//! Ingress's rules are then answered 503 instead of being served without them: failing
+//! closed, as ingress-nginx denies a location whose annotations did not parse. Other bad
+//! values fall back to the default.
 //! Annotations under either prefix that are not in the table are reported as ignored:
 //! in particular the snippet annotations, which in ingress-nginx run arbitrary proxy
 //! configuration and are never honoured here.
@@ -231,343 +232,389 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The settings read from `annotations`, and the problems found (each one sentence,
-/// without the Ingress's name, which the caller adds).
-pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, Vec<String>) {
-    let mut options = RouteOptions::default();
-    let mut problems = Vec::new();
-    let Some(annotations) = annotations else {
-        return (options, problems);
-    };
-    // Setting name -> (annotation as written, value); ours replaces ingress-nginx's.
-    let mut settings: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
-    for prefix in [NGINX_PREFIX, PREFIX] {
-        for (key, value) in annotations {
-            if let Some(name) = key.strip_prefix(prefix) {
+/// What a refused value means for its setting, in problem messages.
+const IGNORED: &str = "ignored";
+/// Settings read under our prefix only.
+const OURS_ONLY: [&str; 1] = ["rewrite-prefix"];
+
+/// The annotations under either prefix by setting name, with the annotation as written
+/// and its value (ours replace ingress-nginx's), and the problems found. Each parser
+/// takes its settings out; what is left at the end is reported as ignored.
+struct Settings<'a> {
+    by_name: BTreeMap<&'a str, (&'a str, &'a str)>,
+    problems: Vec<String>,
+}
+
+impl<'a> Settings<'a> {
+    fn new(annotations: &'a BTreeMap<String, String>) -> Self {
+        let mut by_name = BTreeMap::new();
+        let mut problems = Vec::new();
+        for prefix in [NGINX_PREFIX, PREFIX] {
+            for (key, value) in annotations {
+                let Some(name) = key.strip_prefix(prefix) else {
+                    continue;
+                };
                 let name = match name {
                     "whitelist-source-range" => "allowlist-source-range",
                     "limit-whitelist" => "limit-allowlist",
                     other => other,
                 };
-                settings.insert(name, (key.as_str(), value.trim()));
+                if prefix == NGINX_PREFIX && OURS_ONLY.contains(&name) {
+                    problems.push(format!(
+                        "annotation {key}: ingress-nginx has no such annotation (ours is {PREFIX}{name}); ignored"
+                    ));
+                    continue;
+                }
+                by_name.insert(name, (key.as_str(), value.trim()));
+            }
+        }
+        Settings { by_name, problems }
+    }
+
+    /// Takes setting `name` and parses its value; a value `parse` refuses (saying why)
+    /// is reported with `consequence` and gives None.
+    fn get<T>(
+        &mut self,
+        name: &str,
+        consequence: &str,
+        parse: impl FnOnce(&'a str) -> Result<T, String>,
+    ) -> Option<T> {
+        let (key, value) = self.by_name.remove(name)?;
+        parse(value)
+            .map_err(|why| {
+                self.problems
+                    .push(format!("annotation {key}: {why}; {consequence}"));
+            })
+            .ok()
+    }
+
+    /// [`Settings::get`] for a setting that guards the rules: a refused value sets
+    /// `deny`, so that they answer 503 rather than being served without it.
+    fn guard<T>(
+        &mut self,
+        name: &str,
+        deny: &mut Option<String>,
+        parse: impl FnOnce(&'a str) -> Result<T, String>,
+    ) -> Option<T> {
+        let (key, value) = self.by_name.remove(name)?;
+        parse(value)
+            .map_err(|why| {
+                self.problems.push(format!(
+                    "annotation {key}: {why}; its rules answer 503 until it is fixed"
+                ));
+                *deny = Some(format!("annotation {key}: {why}"));
+            })
+            .ok()
+    }
+
+    /// Takes and reports settings `names`, which mean nothing without the setting that
+    /// `missing` says is not there.
+    fn drop_companions(&mut self, names: &[&str], missing: &str) {
+        for name in names {
+            if let Some((key, _)) = self.by_name.remove(*name) {
+                self.problems
+                    .push(format!("annotation {key}: {missing}; ignored"));
             }
         }
     }
-    let mut cookie = CookieAffinity::default();
-    let mut cors = Cors::default();
-    let mut auth_url = None;
-    let mut auth_method = hyper::Method::GET;
-    let mut auth_signin = None;
-    let mut auth_headers = Vec::new();
-    let mut auth_set = Vec::new();
-    let mut canary = CanaryPolicy::default();
-    let mut canary_set = Vec::new();
-    let mut canary_enabled = false;
-    let mut cors_set = Vec::new();
-    let mut cors_enabled = false;
-    // (requests, per), and the burst multiplier.
-    let mut limit: Option<(u32, Duration)> = None;
-    let mut multiplier = 5;
-    let mut cookie_set = Vec::new();
-    for (name, (key, value)) in settings {
-        let bad = |why: &str| format!("annotation {key}: {why}");
-        match name {
-            "ssl-redirect" => match parse_bool(value) {
-                Some(b) => options.ssl_redirect = Some(b),
-                None => problems.push(bad(&format!("{value:?} is not a boolean; ignored"))),
-            },
-            "force-ssl-redirect" => match parse_bool(value) {
-                Some(b) => options.force_ssl_redirect = b,
-                None => problems.push(bad(&format!("{value:?} is not a boolean; ignored"))),
-            },
-            "proxy-body-size" => match parse_size(value) {
-                Some(n) => options.max_body_bytes = Some(n),
-                None => problems.push(bad(&format!(
-                    "{value:?} is not a size (like 512, 8k, 10m, 1g, or 0 for no limit); ignored"
-                ))),
-            },
-            "proxy-connect-timeout" | "proxy-read-timeout" => match parse_duration(value) {
-                Some(d) if name == "proxy-connect-timeout" => options.connect_timeout = Some(d),
-                Some(d) => options.response_timeout = Some(d),
-                None => problems.push(bad(&format!(
-                    "{value:?} is not a duration (seconds, or like 500ms, 5s, 1m); ignored"
-                ))),
-            },
-            "allowlist-source-range" => match parse_ranges(value) {
-                Ok(nets) => options.allow_sources = Some(nets),
-                Err(e) => {
-                    let why = format!("{e}; its rules answer 503 until it is fixed");
-                    problems.push(bad(&why));
-                    options.deny = Some(bad(&e));
+
+    /// The problems, with every setting no parser took reported as ignored.
+    fn finish(self) -> Vec<String> {
+        let mut problems = self.problems;
+        for (name, (key, _)) in self.by_name {
+            let why = match name {
+                "rewrite-target" => format!(
+                    "not supported (its regex captures change how every path of the host matches); \
+                     for a prefix rewrite use {PREFIX}rewrite-prefix"
+                ),
+                n if n.ends_with("-snippet") => {
+                    "snippets (raw proxy configuration) are never honoured".to_owned()
                 }
-            },
-            "backend-protocol" => match value.to_ascii_uppercase().as_str() {
-                "HTTP" | "AUTO_HTTP" => options.protocol = Some(UpstreamProtocol::Http1),
-                "GRPC" | "H2C" => options.protocol = Some(UpstreamProtocol::H2c),
-                "HTTPS" => options.protocol = Some(UpstreamProtocol::Https),
-                "GRPCS" => options.protocol = Some(UpstreamProtocol::H2Tls),
-                other => {
-                    let e = format!(
-                        "{other} is not supported (HTTP, AUTO_HTTP, HTTPS, GRPC, GRPCS and H2C are)"
-                    );
-                    problems.push(bad(&format!(
-                        "{e}; its rules answer 503 until it is changed"
-                    )));
-                    options.deny = Some(bad(&e));
-                }
-            },
-            "app-root" => match absolute_path(value) {
-                Some(p) => options.app_root = Some(p),
-                None => problems.push(bad(&format!("{value:?} is not an absolute path; ignored"))),
-            },
-            "rewrite-prefix" if key.starts_with(PREFIX) => match absolute_path(value) {
-                Some(p) if !p.contains('?') => options.rewrite_prefix = Some(p),
-                _ => {
-                    let e = format!("{value:?} is not an absolute path without a query");
-                    problems.push(bad(&format!("{e}; its rules answer 503 until it is fixed")));
-                    options.deny = Some(bad(&e));
-                }
-            },
-            "affinity" => match value {
-                "cookie" => options.affinity = Some(CookieAffinity::default()),
-                other => problems.push(bad(&format!(
-                    "{other:?}: only \"cookie\" is supported; no affinity"
-                ))),
-            },
-            // Ours never moves a client whose endpoint is still there: ingress-nginx's
-            // "persistent"; "balanced" (rebalance on scale-out) is not done.
-            "affinity-mode" if matches!(value, "balanced" | "persistent") => {}
-            "session-cookie-name" => {
-                if !value.is_empty() && value.bytes().all(is_token_byte) {
-                    value.clone_into(&mut cookie.name);
-                } else {
-                    problems.push(bad(&format!("{value:?} is not a cookie name; ignored")));
-                }
-                cookie_set.push(key);
-            }
-            "session-cookie-path" => {
-                match absolute_path(value).filter(|p| !p.contains([';', '?'])) {
-                    Some(p) => cookie.path = Some(p),
-                    None => problems.push(bad(&format!("{value:?} is not a path; ignored"))),
-                }
-                cookie_set.push(key);
-            }
-            "session-cookie-max-age" => {
-                match value.parse::<u64>() {
-                    Ok(n) => cookie.max_age = Some(n),
-                    Err(_) => problems.push(bad(&format!("{value:?} is not seconds; ignored"))),
-                }
-                cookie_set.push(key);
-            }
-            "session-cookie-samesite" => {
-                match value.to_ascii_lowercase().as_str() {
-                    "strict" => cookie.same_site = Some("Strict"),
-                    "lax" => cookie.same_site = Some("Lax"),
-                    "none" => cookie.same_site = Some("None"),
-                    _ => problems.push(bad(&format!(
-                        "{value:?} is not Strict, Lax or None; ignored"
-                    ))),
-                }
-                cookie_set.push(key);
-            }
-            "limit-rps" | "limit-rpm" => match value.parse::<u32>() {
-                // Per second wins over per minute, as in ingress-nginx.
-                Ok(n) if n > 0 && (name == "limit-rps" || limit.is_none()) => {
-                    let per = if name == "limit-rps" {
-                        Duration::from_secs(1)
-                    } else {
-                        Duration::from_mins(1)
-                    };
-                    limit = Some((n, per));
-                }
-                Ok(n) if n > 0 => {}
-                _ => problems.push(bad(&format!(
-                    "{value:?} is not a positive whole number; no rate limit"
-                ))),
-            },
-            "limit-burst-multiplier" => match value.parse::<u32>() {
-                Ok(n) if n > 0 => multiplier = n,
-                _ => problems.push(bad(&format!(
-                    "{value:?} is not a positive whole number; ignored"
-                ))),
-            },
-            "limit-allowlist" => match parse_ranges(value) {
-                Ok(nets) => options.limit_exempt = nets,
-                Err(e) => problems.push(bad(&format!("{e}; ignored"))),
-            },
-            "canary" => match parse_bool(value) {
-                Some(b) => canary_enabled = b,
-                None => problems.push(bad(&format!("{value:?} is not a boolean; ignored"))),
-            },
-            "canary-by-header" => {
-                match hyper::header::HeaderName::from_bytes(value.as_bytes()) {
-                    Ok(h) => canary.header = Some(h),
-                    Err(_) => {
-                        problems.push(bad(&format!("{value:?} is not a header name; ignored")));
-                    }
-                }
-                canary_set.push(key);
-            }
-            "canary-by-header-value" => {
-                canary.header_value = Some(value.to_owned());
-                canary_set.push(key);
-            }
-            "canary-by-cookie" => {
-                if !value.is_empty() && value.bytes().all(is_token_byte) {
-                    canary.cookie = Some(value.to_owned());
-                } else {
-                    problems.push(bad(&format!("{value:?} is not a cookie name; ignored")));
-                }
-                canary_set.push(key);
-            }
-            "canary-weight" | "canary-weight-total" => {
-                match value.parse::<u32>() {
-                    Ok(n) if name == "canary-weight" => canary.weight = n,
-                    Ok(n) if n > 0 => canary.weight_total = n,
-                    _ => problems.push(bad(&format!("{value:?} is not a whole number; ignored"))),
-                }
-                canary_set.push(key);
-            }
-            "auth-url" => {
-                if valid_template(value) {
-                    auth_url = Some(value.to_owned());
-                } else {
-                    let e = format!(
-                        "{value:?} is not an http:// URL (https auth services are not supported)"
-                    );
-                    problems.push(bad(&format!("{e}; its rules answer 503 until it is fixed")));
-                    options.deny = Some(bad(&e));
-                }
-            }
-            "auth-method" => {
-                match hyper::Method::from_bytes(value.as_bytes()) {
-                    Ok(m) => auth_method = m,
-                    Err(_) => problems.push(bad(&format!("{value:?} is not a method; ignored"))),
-                }
-                auth_set.push(key);
-            }
-            "auth-signin" => {
-                let sample = value.replace('$', "");
-                if sample.parse::<hyper::Uri>().is_ok() {
-                    auth_signin = Some(value.to_owned());
-                } else {
-                    problems.push(bad(&format!("{value:?} is not a URL; ignored")));
-                }
-                auth_set.push(key);
-            }
-            "auth-response-headers" => {
-                for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                    match hyper::header::HeaderName::from_bytes(name.as_bytes()) {
-                        Ok(h) => auth_headers.push(h),
-                        Err(_) => {
-                            problems.push(bad(&format!("{name:?} is not a header name; ignored")));
-                        }
-                    }
-                }
-                auth_set.push(key);
-            }
-            "enable-cors" => match parse_bool(value) {
-                Some(b) => cors_enabled = b,
-                None => problems.push(bad(&format!("{value:?} is not a boolean; ignored"))),
-            },
-            "cors-allow-origin" => {
-                let origins: Vec<String> = value
-                    .split(',')
+                _ => "not supported by lb-ingress".to_owned(),
+            };
+            problems.push(format!("annotation {key}: {why}; {IGNORED}"));
+        }
+        problems
+    }
+}
+
+/// The settings read from `annotations`, and the problems found (each one sentence,
+/// naming the annotation, without the Ingress's name, which the caller adds).
+pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, Vec<String>) {
+    let Some(annotations) = annotations else {
+        return (RouteOptions::default(), Vec::new());
+    };
+    let mut s = Settings::new(annotations);
+    let mut deny = None;
+    let mut o = RouteOptions {
+        ssl_redirect: s.get("ssl-redirect", IGNORED, boolean),
+        force_ssl_redirect: s
+            .get("force-ssl-redirect", IGNORED, boolean)
+            .unwrap_or(false),
+        max_body_bytes: s.get("proxy-body-size", IGNORED, |v| {
+            parse_size(v).ok_or_else(|| {
+                format!("{v:?} is not a size (like 512, 8k, 10m, 1g, or 0 for no limit)")
+            })
+        }),
+        connect_timeout: s.get("proxy-connect-timeout", IGNORED, duration),
+        response_timeout: s.get("proxy-read-timeout", IGNORED, duration),
+        app_root: s.get("app-root", IGNORED, |v| {
+            absolute_path(v).ok_or_else(|| format!("{v:?} is not an absolute path"))
+        }),
+        allow_sources: s.guard("allowlist-source-range", &mut deny, parse_ranges),
+        protocol: s.guard("backend-protocol", &mut deny, backend_protocol),
+        rewrite_prefix: s.guard("rewrite-prefix", &mut deny, |v| {
+            absolute_path(v)
+                .filter(|p| !p.contains('?'))
+                .ok_or_else(|| format!("{v:?} is not an absolute path without a query"))
+        }),
+        ..RouteOptions::default()
+    };
+    o.auth = external_auth(&mut s, &mut deny);
+    o.deny = deny;
+    o.affinity = affinity(&mut s);
+    (o.rate, o.limit_exempt) = rate_limit(&mut s);
+    o.cors = cors(&mut s);
+    o.canary = canary(&mut s);
+    (o, s.finish())
+}
+
+/// `auth-url` and its companions.
+fn external_auth(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<ExternalAuth> {
+    let Some(url) = s.guard("auth-url", deny, |v| {
+        valid_template(v).then(|| v.to_owned()).ok_or_else(|| {
+            format!("{v:?} is not an http:// URL (https auth services are not supported)")
+        })
+    }) else {
+        s.drop_companions(
+            &["auth-method", "auth-signin", "auth-response-headers"],
+            "there is no usable auth-url",
+        );
+        return None;
+    };
+    Some(ExternalAuth {
+        url,
+        method: s
+            .get("auth-method", IGNORED, |v| {
+                hyper::Method::from_bytes(v.as_bytes())
+                    .map_err(|_| format!("{v:?} is not a method"))
+            })
+            .unwrap_or(hyper::Method::GET),
+        signin: s.get("auth-signin", IGNORED, |v| {
+            // Checked with the variables' `$` taken out.
+            (v.replace('$', "").parse::<hyper::Uri>().is_ok())
+                .then(|| v.to_owned())
+                .ok_or_else(|| format!("{v:?} is not a URL"))
+        }),
+        response_headers: s
+            .get("auth-response-headers", IGNORED, |v| {
+                v.split(',')
                     .map(str::trim)
-                    .filter(|o| !o.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                if origins.iter().any(|o| o == "*") {
-                    cors.origins.clear();
-                } else if origins.iter().all(|o| o.contains("://")) && !origins.is_empty() {
-                    cors.origins = origins;
-                } else {
-                    problems.push(bad(&format!(
-                        "{value:?} is not * or a list of origins (scheme://host[:port]); any origin allowed"
-                    )));
-                }
-                cors_set.push(key);
-            }
-            "cors-allow-methods" | "cors-allow-headers" | "cors-expose-headers" => {
-                if hyper::header::HeaderValue::from_str(value).is_ok() && !value.is_empty() {
-                    match name {
-                        "cors-allow-methods" => value.clone_into(&mut cors.methods),
-                        "cors-allow-headers" => value.clone_into(&mut cors.headers),
-                        _ => cors.expose = Some(value.to_owned()),
-                    }
-                } else {
-                    problems.push(bad(&format!("{value:?} is not a header value; ignored")));
-                }
-                cors_set.push(key);
-            }
-            "cors-allow-credentials" => {
-                match parse_bool(value) {
-                    Some(b) => cors.credentials = b,
-                    None => problems.push(bad(&format!("{value:?} is not a boolean; ignored"))),
-                }
-                cors_set.push(key);
-            }
-            "cors-max-age" => {
-                match value.parse::<u64>() {
-                    Ok(n) => cors.max_age = n,
-                    Err(_) => problems.push(bad(&format!("{value:?} is not seconds; ignored"))),
-                }
-                cors_set.push(key);
-            }
-            "rewrite-target" => problems.push(bad(&format!(
-                "not supported (its regex captures change how every path of the host matches); \
-                 for a prefix rewrite use {PREFIX}rewrite-prefix; ignored"
-            ))),
-            n if n.ends_with("-snippet") => problems.push(bad(
-                "snippets (raw proxy configuration) are never honoured; ignored",
-            )),
-            _ => problems.push(bad("not supported by lb-ingress; ignored")),
-        }
+                    .filter(|n| !n.is_empty())
+                    .map(header_name)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+/// `affinity: cookie` and the cookie's attributes.
+fn affinity(s: &mut Settings<'_>) -> Option<CookieAffinity> {
+    const ATTRIBUTES: [&str; 4] = [
+        "session-cookie-name",
+        "session-cookie-path",
+        "session-cookie-max-age",
+        "session-cookie-samesite",
+    ];
+    // Ours never moves a client whose endpoint is still there (ingress-nginx's
+    // "persistent"); "balanced" (rebalancing on scale-out) is taken to mean the same.
+    s.get("affinity-mode", IGNORED, |v| {
+        matches!(v, "balanced" | "persistent")
+            .then_some(())
+            .ok_or_else(|| format!("{v:?} is not balanced or persistent"))
+    });
+    let cookie = s.get("affinity", "no affinity", |v| {
+        (v == "cookie")
+            .then_some(())
+            .ok_or_else(|| format!("{v:?}: only \"cookie\" is supported"))
+    });
+    if cookie.is_none() {
+        s.drop_companions(&ATTRIBUTES, "there is no affinity: cookie");
+        return None;
     }
-    match auth_url {
-        Some(url) => {
-            options.auth = Some(ExternalAuth {
-                url,
-                method: auth_method,
-                signin: auth_signin,
-                response_headers: auth_headers,
-            });
-        }
-        None => problems.extend(
-            auth_set
-                .into_iter()
-                .map(|key| format!("annotation {key}: there is no auth-url; ignored")),
-        ),
+    let default = CookieAffinity::default();
+    Some(CookieAffinity {
+        name: s
+            .get("session-cookie-name", IGNORED, cookie_name)
+            .unwrap_or(default.name),
+        path: s.get("session-cookie-path", IGNORED, |v| {
+            absolute_path(v)
+                .filter(|p| !p.contains([';', '?']))
+                .ok_or_else(|| format!("{v:?} is not a path"))
+        }),
+        max_age: s.get("session-cookie-max-age", IGNORED, |v| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{v:?} is not seconds"))
+        }),
+        same_site: s.get("session-cookie-samesite", IGNORED, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "strict" => Ok("Strict"),
+                "lax" => Ok("Lax"),
+                "none" => Ok("None"),
+                _ => Err(format!("{v:?} is not Strict, Lax or None")),
+            }
+        }),
+    })
+}
+
+/// `limit-rps` / `limit-rpm` (per second wins, as in ingress-nginx) with the burst
+/// multiplier, and the clients exempt from it.
+fn rate_limit(s: &mut Settings<'_>) -> (Option<Rate>, Vec<IpNet>) {
+    let rps = s.get("limit-rps", "no rate limit", positive);
+    let rpm = s.get("limit-rpm", "no rate limit", positive);
+    let multiplier = s
+        .get("limit-burst-multiplier", IGNORED, positive)
+        .unwrap_or(5);
+    let exempt = s
+        .get("limit-allowlist", IGNORED, parse_ranges)
+        .unwrap_or_default();
+    let rate = (rps.map(|n| (n, Duration::from_secs(1))))
+        .or(rpm.map(|n| (n, Duration::from_mins(1))))
+        .map(|(n, per)| Rate::per(n, per, multiplier));
+    (rate, exempt)
+}
+
+/// `enable-cors` and its settings.
+fn cors(s: &mut Settings<'_>) -> Option<Cors> {
+    const SETTINGS: [&str; 6] = [
+        "cors-allow-origin",
+        "cors-allow-methods",
+        "cors-allow-headers",
+        "cors-expose-headers",
+        "cors-allow-credentials",
+        "cors-max-age",
+    ];
+    if !s.get("enable-cors", IGNORED, boolean).unwrap_or(false) {
+        s.drop_companions(&SETTINGS, "enable-cors is not \"true\"");
+        return None;
     }
-    if canary_enabled {
-        canary.weight = canary.weight.min(canary.weight_total);
-        options.canary = Some(canary);
+    let default = Cors::default();
+    Some(Cors {
+        origins: s
+            .get("cors-allow-origin", "any origin allowed", origins)
+            .unwrap_or_default(),
+        methods: s
+            .get("cors-allow-methods", IGNORED, header_value)
+            .unwrap_or(default.methods),
+        headers: s
+            .get("cors-allow-headers", IGNORED, header_value)
+            .unwrap_or(default.headers),
+        expose: s.get("cors-expose-headers", IGNORED, header_value),
+        credentials: s
+            .get("cors-allow-credentials", IGNORED, boolean)
+            .unwrap_or(default.credentials),
+        max_age: s
+            .get("cors-max-age", IGNORED, |v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{v:?} is not seconds"))
+            })
+            .unwrap_or(default.max_age),
+    })
+}
+
+/// `canary` and the rules that pick its requests.
+fn canary(s: &mut Settings<'_>) -> Option<CanaryPolicy> {
+    const SETTINGS: [&str; 5] = [
+        "canary-by-header",
+        "canary-by-header-value",
+        "canary-by-cookie",
+        "canary-weight",
+        "canary-weight-total",
+    ];
+    if !s.get("canary", IGNORED, boolean).unwrap_or(false) {
+        s.drop_companions(&SETTINGS, "canary is not \"true\"");
+        return None;
+    }
+    let weight_total = s
+        .get("canary-weight-total", IGNORED, positive)
+        .unwrap_or(100);
+    Some(CanaryPolicy {
+        header: s.get("canary-by-header", IGNORED, header_name),
+        header_value: s.get("canary-by-header-value", IGNORED, |v| Ok(v.to_owned())),
+        cookie: s.get("canary-by-cookie", IGNORED, cookie_name),
+        weight: s
+            .get("canary-weight", IGNORED, |v| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("{v:?} is not a whole number"))
+            })
+            .unwrap_or(0)
+            .min(weight_total),
+        weight_total,
+    })
+}
+
+fn boolean(v: &str) -> Result<bool, String> {
+    parse_bool(v).ok_or_else(|| format!("{v:?} is not a boolean"))
+}
+
+fn duration(v: &str) -> Result<Duration, String> {
+    parse_duration(v)
+        .ok_or_else(|| format!("{v:?} is not a duration (seconds, or like 500ms, 5s, 1m)"))
+}
+
+fn positive(v: &str) -> Result<u32, String> {
+    (v.parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{v:?} is not a positive whole number"))
+}
+
+fn cookie_name(v: &str) -> Result<String, String> {
+    (!v.is_empty() && v.bytes().all(is_token_byte))
+        .then(|| v.to_owned())
+        .ok_or_else(|| format!("{v:?} is not a cookie name"))
+}
+
+fn header_name(v: &str) -> Result<hyper::header::HeaderName, String> {
+    hyper::header::HeaderName::from_bytes(v.as_bytes())
+        .map_err(|_| format!("{v:?} is not a header name"))
+}
+
+fn header_value(v: &str) -> Result<String, String> {
+    (!v.is_empty() && hyper::header::HeaderValue::from_str(v).is_ok())
+        .then(|| v.to_owned())
+        .ok_or_else(|| format!("{v:?} is not a header value"))
+}
+
+/// `*`, or a list of origins (`scheme://host[:port]`, `https://*.example.com`); empty
+/// for any.
+fn origins(v: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if list.iter().any(|o| o == "*") {
+        Ok(Vec::new())
+    } else if !list.is_empty() && list.iter().all(|o| o.contains("://")) {
+        Ok(list)
     } else {
-        problems.extend(
-            canary_set
-                .into_iter()
-                .map(|key| format!("annotation {key}: canary is not \"true\"; ignored")),
-        );
+        Err(format!(
+            "{v:?} is not * or a list of origins (scheme://host[:port])"
+        ))
     }
-    if cors_enabled {
-        options.cors = Some(cors);
-    } else {
-        problems.extend(
-            cors_set
-                .into_iter()
-                .map(|key| format!("annotation {key}: enable-cors is not \"true\"; ignored")),
-        );
+}
+
+fn backend_protocol(v: &str) -> Result<UpstreamProtocol, String> {
+    match v.to_ascii_uppercase().as_str() {
+        "HTTP" | "AUTO_HTTP" => Ok(UpstreamProtocol::Http1),
+        "GRPC" | "H2C" => Ok(UpstreamProtocol::H2c),
+        "HTTPS" => Ok(UpstreamProtocol::Https),
+        "GRPCS" => Ok(UpstreamProtocol::H2Tls),
+        other => Err(format!(
+            "{other} is not supported (HTTP, AUTO_HTTP, HTTPS, GRPC, GRPCS and H2C are)"
+        )),
     }
-    options.rate = limit.map(|(n, per)| Rate::per(n, per, multiplier));
-    match &mut options.affinity {
-        Some(affinity) => *affinity = cookie,
-        None => problems.extend(
-            cookie_set
-                .into_iter()
-                .map(|key| format!("annotation {key}: there is no affinity: cookie; ignored")),
-        ),
-    }
-    (options, problems)
 }
 
 /// RFC 9110 token characters (a cookie name).
@@ -807,13 +854,29 @@ mod tests {
         let (o, problems) = parse(Some(&a));
         assert_eq!(o.affinity, None);
         assert!(problems[0].contains("no affinity"), "{problems:?}");
+        // One problem per annotation: the refused mode, and the attribute it orphans.
         let a = annotations(&[
             ("nginx.ingress.kubernetes.io/affinity", "ip"),
             ("ingress.lb.dev/session-cookie-name", "a b"),
         ]);
         let (o, problems) = parse(Some(&a));
         assert_eq!(o.affinity, None);
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("only \"cookie\""), "{problems:?}");
+        assert!(problems[1].contains("session-cookie-name: there is no affinity"));
+        // A bad attribute of a working affinity is reported and left at its default.
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/affinity", "cookie"),
+            ("nginx.ingress.kubernetes.io/session-cookie-name", "a b"),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!(o.affinity, Some(CookieAffinity::default()));
+        assert!(problems[0].contains("is not a cookie name"), "{problems:?}");
+        // Ours only: rewrite-prefix under ingress-nginx's prefix is not read.
+        let a = annotations(&[("nginx.ingress.kubernetes.io/rewrite-prefix", "/")]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!(o.rewrite_prefix, None);
+        assert!(problems[0].contains("ours is ingress.lb.dev/rewrite-prefix"));
     }
 
     #[test]
