@@ -43,34 +43,7 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start(name: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicU64::new(0));
-        let (n, h) = (name.to_owned(), Arc::clone(&hits));
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (n, h) = (n.clone(), Arc::clone(&h));
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        h.fetch_add(1, Ordering::Relaxed);
-                        answer(n.clone(), req)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
-                });
-            }
-        });
-        Upstream {
-            name: name.into(),
-            addr,
-            hits,
-            task,
-        }
+        Upstream::serve(name, None).await
     }
 
     /// The same upstream behind TLS, with a self-signed certificate no one can verify
@@ -87,7 +60,14 @@ impl Upstream {
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Upstream::serve(
+            name,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn serve(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
@@ -97,15 +77,22 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (n, h, acceptor) = (n.clone(), Arc::clone(&h), acceptor.clone());
+                let (n, h, tls) = (n.clone(), Arc::clone(&h), tls.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
                     let svc = hyper::service::service_fn(move |req| {
                         h.fetch_add(1, Ordering::Relaxed);
                         answer(n.clone(), req)
                     });
+                    let Some(acceptor) = tls else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .with_upgrades()
+                            .await;
+                        return;
+                    };
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                         .await;
