@@ -1405,9 +1405,30 @@ async fn annotations_set_each_ingress_own_policy() {
         "up",
         &[("ingress.lb.dev/rewrite-prefix", "/v1")],
     );
+    let moved = annotated(
+        "moved",
+        "moved.example",
+        "up",
+        &[
+            (
+                "nginx.ingress.kubernetes.io/permanent-redirect",
+                "https://new.example/home",
+            ),
+            ("nginx.ingress.kubernetes.io/permanent-redirect-code", "308"),
+        ],
+    );
+    let vhost = annotated(
+        "vhost",
+        "vhost.example",
+        "up",
+        &[(
+            "nginx.ingress.kubernetes.io/upstream-vhost",
+            "internal.svc:8080",
+        )],
+    );
     m.write(
         "ingress.yaml",
-        &(ingresses.concat() + &rewrite + &rewrite_root),
+        &(ingresses.concat() + &rewrite + &rewrite_root + &moved + &vhost),
     );
     m.write(
         "svc.yaml",
@@ -1535,6 +1556,21 @@ async fn annotations_set_each_ingress_own_policy() {
             "{host}{path}"
         );
     }
+    // permanent-redirect: every request, to the URL as given, with the code asked for.
+    let (status, location) = send("moved.example", "/any/path?q", &[], None).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(location.as_deref(), Some("https://new.example/home"));
+    // upstream-vhost: the upstream's Host; X-Forwarded-Host keeps the client's.
+    let (_, _, body) = get(&c, h.http_addr, "vhost.example", "/").await;
+    let v = seen(&body);
+    assert_eq!(
+        v["headers"]["host"],
+        serde_json::json!(["internal.svc:8080"])
+    );
+    assert_eq!(
+        v["headers"]["x-forwarded-host"],
+        serde_json::json!(["vhost.example"])
+    );
     // What cannot be honoured fails closed: an AJP upstream, a broken allowlist.
     let hits = up.hits();
     assert_eq!(

@@ -383,6 +383,9 @@ impl Proxy {
 
         // The route's own settings (its Ingress's annotations).
         let options = &target.options;
+        if let Some(on) = options.access_log {
+            log.access_log &= on;
+        }
         if let Some(reason) = &options.deny {
             let reason = reason.clone();
             log.target = Some(target);
@@ -451,6 +454,11 @@ impl Proxy {
                 method: req.method().clone(),
             })
         });
+        if let Some((status, to)) = &options.redirect {
+            let resp = local_redirect(*status, to);
+            log.target = Some(target);
+            return Ok(Step::Local(resp));
+        }
         if let Some(root) = &options.app_root
             && req.uri().path() == "/"
         {
@@ -471,6 +479,7 @@ impl Proxy {
             return Err(ProxyError::NoEndpoint { service });
         }
         let target_protocol = target.protocol;
+        let upstream_host = target.options.upstream_host.clone();
         // Session affinity: the endpoint the client's cookie names, if any.
         let sticky = (target.options.affinity.as_ref())
             .and_then(|a| headers::cookie(req.headers(), &a.name))
@@ -530,7 +539,9 @@ impl Proxy {
             );
         }
         // HTTP/2 carries the host in :authority; the HTTP/1.1 upstream needs it as Host.
-        if !host_is_header && let Some(v) = &authority.value {
+        if let Some(v) = upstream_host {
+            head.headers.insert(header::HOST, v);
+        } else if !host_is_header && let Some(v) = &authority.value {
             head.headers.insert(header::HOST, v.clone());
         }
         Ok(Step::Upstream(Outgoing {

@@ -685,7 +685,8 @@ pub async fn send(
         let addr = endpoint.addr;
         log.upstream = Some(addr);
         // The headers are moved into the request when no other attempt can follow.
-        let last = log.retries >= proxy.options.max_retries || tried.len() + 1 >= target.pool.len();
+        let max_retries = (target.options.max_retries).unwrap_or(proxy.options.max_retries);
+        let last = log.retries >= max_retries || tried.len() + 1 >= target.pool.len();
         let build = || {
             let headers = if last {
                 std::mem::take(&mut head.headers)

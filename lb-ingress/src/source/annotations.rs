@@ -24,6 +24,10 @@
 //! | `canary` | bool | this Ingress's rules are the canaries of a main Ingress's rules with the same host and path, not routes of their own |
 //! | `canary-by-header`, `-by-header-value`, `-by-cookie`, `-weight`, `-weight-total` | as in ingress-nginx | which requests go to the canary: header, then cookie, then weight |
 //! | `auth-url` (`http://` only), `auth-method`, `auth-signin`, `auth-response-headers` | as in ingress-nginx | external authentication before the upstream ([`crate::proxy::auth`]) |
+//! | `permanent-redirect` (`-code`, 301), `temporal-redirect` (302) | absolute URL | every request of the rules answered with that redirect; temporal wins |
+//! | `upstream-vhost` | a host | the `Host` sent upstream (`X-Forwarded-Host` keeps the client's) |
+//! | `proxy-next-upstream-tries` | number; `0` no limit | attempts per request, at most (default: `--max-retries` + 1) |
+//! | `enable-access-log` | bool | `false`: no access-log lines for these rules |
 //! | `rewrite-prefix` (ours only) | a path | the matched rule path is replaced by it upstream (Gateway API's `ReplacePrefixMatch`); `X-Forwarded-Prefix` names what was replaced |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
@@ -64,6 +68,14 @@ pub struct RouteOptions {
     pub protocol: Option<UpstreamProtocol>,
     pub app_root: Option<String>,
     pub rewrite_prefix: Option<String>,
+    /// `permanent-redirect` / `temporal-redirect`: every request answered so.
+    pub redirect: Option<(hyper::StatusCode, String)>,
+    /// `upstream-vhost`: the `Host` sent upstream.
+    pub upstream_host: Option<hyper::header::HeaderValue>,
+    /// Retries per request at most (`proxy-next-upstream-tries` less one).
+    pub max_retries: Option<u32>,
+    /// `enable-access-log: "false"`.
+    pub access_log: Option<bool>,
     /// Per-client request rate (`limit-rps`, `limit-rpm`, `limit-burst-multiplier`).
     pub rate: Option<Rate>,
     /// Clients the rate limit does not apply to.
@@ -368,8 +380,22 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
                 .filter(|p| !p.contains('?'))
                 .ok_or_else(|| format!("{v:?} is not an absolute path without a query"))
         }),
+        upstream_host: s.get("upstream-vhost", IGNORED, |v| {
+            (hyper::http::uri::Authority::try_from(v).is_ok())
+                .then(|| hyper::header::HeaderValue::try_from(v).ok())
+                .flatten()
+                .ok_or_else(|| format!("{v:?} is not a host"))
+        }),
+        max_retries: s.get("proxy-next-upstream-tries", IGNORED, |v| {
+            let tries = v
+                .parse::<u32>()
+                .map_err(|_| format!("{v:?} is not a whole number"))?;
+            Ok(tries.checked_sub(1).unwrap_or(u32::MAX))
+        }),
+        access_log: s.get("enable-access-log", IGNORED, boolean),
         ..RouteOptions::default()
     };
+    o.redirect = redirect(&mut s);
     o.auth = external_auth(&mut s, &mut deny);
     o.deny = deny;
     o.affinity = affinity(&mut s);
@@ -377,6 +403,35 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     o.cors = cors(&mut s);
     o.canary = canary(&mut s);
     (o, s.finish())
+}
+
+/// `temporal-redirect` (302, or `temporal-redirect-code`), else `permanent-redirect`
+/// (301, or `permanent-redirect-code`), as ingress-nginx picks them.
+fn redirect(s: &mut Settings<'_>) -> Option<(hyper::StatusCode, String)> {
+    let url = |v: &str| {
+        (v.parse::<hyper::Uri>().ok())
+            .filter(|u| u.scheme().is_some() && u.host().is_some())
+            .map(|_| v.to_owned())
+            .ok_or_else(|| format!("{v:?} is not an absolute URL"))
+    };
+    let code = |v: &str| {
+        (v.parse::<u16>().ok())
+            .and_then(|c| hyper::StatusCode::from_u16(c).ok())
+            .filter(hyper::StatusCode::is_redirection)
+            .ok_or_else(|| format!("{v:?} is not a redirect status (300-308)"))
+    };
+    let temporal = s.get("temporal-redirect", IGNORED, url);
+    let temporal_code = s.get("temporal-redirect-code", IGNORED, code);
+    let permanent = s.get("permanent-redirect", IGNORED, url);
+    let permanent_code = s.get("permanent-redirect-code", IGNORED, code);
+    match (temporal, permanent) {
+        (Some(to), _) => Some((temporal_code.unwrap_or(hyper::StatusCode::FOUND), to)),
+        (None, Some(to)) => Some((
+            permanent_code.unwrap_or(hyper::StatusCode::MOVED_PERMANENTLY),
+            to,
+        )),
+        (None, None) => None,
+    }
 }
 
 /// `auth-url` and its companions.
@@ -974,5 +1029,62 @@ mod tests {
         let (o, problems) = parse(Some(&a));
         assert_eq!(o.canary, None);
         assert!(problems[0].contains("canary is not"), "{problems:?}");
+    }
+
+    #[test]
+    fn redirects_upstream_host_tries_and_access_log() {
+        let a = annotations(&[
+            (
+                "nginx.ingress.kubernetes.io/permanent-redirect",
+                "https://a.example/x",
+            ),
+            (
+                "nginx.ingress.kubernetes.io/temporal-redirect",
+                "https://b.example/",
+            ),
+            ("nginx.ingress.kubernetes.io/temporal-redirect-code", "307"),
+            ("nginx.ingress.kubernetes.io/upstream-vhost", "api.internal"),
+            ("nginx.ingress.kubernetes.io/proxy-next-upstream-tries", "1"),
+            ("nginx.ingress.kubernetes.io/enable-access-log", "false"),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            o.redirect,
+            Some((
+                hyper::StatusCode::TEMPORARY_REDIRECT,
+                "https://b.example/".into()
+            ))
+        );
+        assert_eq!(o.upstream_host.unwrap(), "api.internal");
+        assert_eq!(o.max_retries, Some(0));
+        assert_eq!(o.access_log, Some(false));
+        let a = annotations(&[
+            (
+                "nginx.ingress.kubernetes.io/permanent-redirect",
+                "https://a.example/x",
+            ),
+            ("nginx.ingress.kubernetes.io/proxy-next-upstream-tries", "0"),
+        ]);
+        let o = parse(Some(&a)).0;
+        assert_eq!(
+            o.redirect,
+            Some((
+                hyper::StatusCode::MOVED_PERMANENTLY,
+                "https://a.example/x".into()
+            ))
+        );
+        assert_eq!(o.max_retries, Some(u32::MAX));
+        for (k, v) in [
+            ("permanent-redirect", "/relative"),
+            ("permanent-redirect-code", "200"),
+            ("upstream-vhost", "a b"),
+        ] {
+            let key = format!("nginx.ingress.kubernetes.io/{k}");
+            let a = annotations(&[(key.as_str(), v)]);
+            let (o, problems) = parse(Some(&a));
+            assert_eq!(o.redirect, None);
+            assert_eq!(problems.len(), 1, "{k}: {problems:?}");
+        }
     }
 }
