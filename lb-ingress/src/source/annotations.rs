@@ -1087,4 +1087,24 @@ mod tests {
             assert_eq!(problems.len(), 1, "{k}: {problems:?}");
         }
     }
+
+    /// The migration example parses without a single problem (it says so).
+    #[test]
+    fn the_migration_example_is_all_supported() {
+        let text = include_str!("../../../examples/ingress-nginx-migration/ingress.yaml");
+        let mut ingresses = 0;
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            let ingress: k8s_openapi::api::networking::v1::Ingress =
+                serde::Deserialize::deserialize(doc).unwrap();
+            let (options, problems) = parse(ingress.metadata.annotations.as_ref());
+            assert!(
+                problems.is_empty(),
+                "{:?}: {problems:?}",
+                ingress.metadata.name
+            );
+            assert_eq!(options.deny, None);
+            ingresses += 1;
+        }
+        assert_eq!(ingresses, 4);
+    }
 }
