@@ -248,6 +248,20 @@ fn canonical(ip: IpAddr) -> IpAddr {
 const IGNORED: &str = "ignored";
 /// Settings read under our prefix only.
 const OURS_ONLY: [&str; 1] = ["rewrite-prefix"];
+/// ingress-nginx settings for nginx's own buffering and protocol handling, which this
+/// proxy has no counterpart of and needs none: it streams bodies both ways without
+/// buffering them, speaks HTTP/1.1 to upstreams with keep-alive, and has no temp files.
+/// Accepted silently, so that Ingresses carrying them do not show as having problems.
+const NOT_APPLICABLE: [&str; 8] = [
+    "proxy-buffering",
+    "proxy-buffer-size",
+    "proxy-buffers-number",
+    "proxy-request-buffering",
+    "proxy-max-temp-file-size",
+    "client-body-buffer-size",
+    "proxy-http-version",
+    "connection-proxy-header",
+];
 
 /// The annotations under either prefix by setting name, with the annotation as written
 /// and its value (ours replace ingress-nginx's), and the problems found. Each parser
@@ -334,6 +348,9 @@ impl<'a> Settings<'a> {
     fn finish(self) -> Vec<String> {
         let mut problems = self.problems;
         for (name, (key, _)) in self.by_name {
+            if NOT_APPLICABLE.contains(&name) {
+                continue;
+            }
             let why = match name {
                 "rewrite-target" => format!(
                     "not supported (its regex captures change how every path of the host matches); \
@@ -876,6 +893,12 @@ mod tests {
                 .any(|p| p.contains("rewrite-target") && p.contains("not supported"))
         );
         assert!(problems.iter().any(|p| p.contains("ingress.lb.dev/colour")));
+        // nginx's buffering knobs have nothing to configure here: not problems.
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/proxy-buffering", "off"),
+            ("nginx.ingress.kubernetes.io/proxy-request-buffering", "off"),
+        ]);
+        assert_eq!(parse(Some(&a)), (RouteOptions::default(), Vec::new()));
     }
 
     #[test]
