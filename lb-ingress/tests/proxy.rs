@@ -2089,6 +2089,7 @@ async fn auth_service() -> (
                     ));
                     let (status, user) = match h("authorization").as_str() {
                         "Bearer good" => (200, Some("alice")),
+                        "Bearer anonymous" => (200, None),
                         "Bearer banned" => (403, None),
                         "Bearer boom" => (500, None),
                         _ => (401, None),
@@ -2221,6 +2222,26 @@ async fn external_auth_guards_the_upstream() {
         "GET POST http://a.example/p?q=1 ",
         "the head only, as a GET, with the original method and URL"
     );
+    // A client cannot name itself: its own X-Auth-Request-User is dropped, whether the
+    // auth answer sets one or not.
+    for (token, want) in [("good", Some("alice")), ("anonymous", None)] {
+        let req = hyper::Request::get(format!("http://{addr}/p"))
+            .header("host", "a.example")
+            .header("authorization", format!("Bearer {token}"))
+            .header("x-auth-request-user", "mallory")
+            .body(empty())
+            .unwrap();
+        let resp = c.request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v = seen(std::str::from_utf8(&body).unwrap());
+        let want = want.map(|u| serde_json::json!([u]));
+        assert_eq!(
+            v["headers"].get("x-auth-request-user"),
+            want.as_ref(),
+            "{token}"
+        );
+    }
     let hits = up.hits();
     let (status, headers, _) = call("a.example", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

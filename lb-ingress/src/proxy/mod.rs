@@ -579,8 +579,14 @@ impl Proxy {
                 (target.options.response_timeout).unwrap_or(self.options.response_timeout);
             match auth::check(&self.auth_client, config, &original, &head.headers, timeout).await? {
                 auth::Verdict::Allow(headers) => {
+                    // Only the auth service speaks for these names: a client's own
+                    // `X-Auth-Request-User` never reaches the upstream (nginx's
+                    // `proxy_set_header` from `auth_request_set` does the same).
+                    for name in &config.response_headers {
+                        head.headers.remove(name);
+                    }
                     for (name, value) in headers {
-                        head.headers.insert(name, value);
+                        head.headers.append(name, value);
                     }
                 }
                 auth::Verdict::Deny(resp) => return Ok(Forwarded::Local(resp)),
