@@ -551,6 +551,7 @@ impl Proxy {
             upgrade,
             cors,
             auth,
+            https,
         }))
     }
 
@@ -567,6 +568,7 @@ impl Proxy {
             upgrade,
             cors,
             auth,
+            https,
         } = outgoing;
         if let Some(original) = auth {
             let target = Arc::clone(log.target.as_ref().expect("routed before forwarding"));
@@ -598,7 +600,7 @@ impl Proxy {
         let sent = upstream::send(self, &target, &mut head, &body, log).await;
         let set_cookie = match (&sent, &target.options.affinity) {
             (Ok((_, slot, _)), Some(affinity)) if head.sticky != Some(slot.endpoint().affinity) => {
-                affinity_cookie(affinity, slot.endpoint().affinity, &target, log.conn.tls)
+                affinity_cookie(affinity, slot.endpoint().affinity, &target, https)
             }
             _ => None,
         };
@@ -725,8 +727,8 @@ fn cors_headers(
     h
 }
 
-/// The `Set-Cookie` that names endpoint `key` for `affinity` (`HttpOnly`; `Secure` on a
-/// TLS connection; `Path` the rule's unless set).
+/// The `Set-Cookie` that names endpoint `key` for `affinity` (`HttpOnly`; `Secure` when
+/// the client spoke https; `Path` the rule's unless set).
 fn affinity_cookie(
     affinity: &crate::source::annotations::CookieAffinity,
     key: u64,
@@ -772,6 +774,8 @@ struct Outgoing {
     cors: Option<Box<hyper::HeaderMap>>,
     /// The client's request as the `auth-url` check needs it.
     auth: Option<Box<auth::Original>>,
+    /// The client spoke https (to us, or to a trusted proxy before us).
+    https: bool,
 }
 
 /// The response to the client, with the request's log record.
