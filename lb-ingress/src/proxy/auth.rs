@@ -118,8 +118,9 @@ pub async fn check(
     *req.method_mut() = auth.method.clone();
     *req.headers_mut() = headers.clone();
     let h = req.headers_mut();
+    // The head only: no body, and no Upgrade of a WebSocket request being checked.
+    super::headers::strip_hop_by_hop(h, false);
     h.remove(header::CONTENT_LENGTH);
-    h.remove(header::TRANSFER_ENCODING);
     h.remove(header::HOST);
     let value = |s: &str| HeaderValue::try_from(s).map_err(|e| failed(e.to_string()));
     h.insert("x-original-url", value(&original.url())?);
