@@ -72,6 +72,7 @@ impl RateLimiter {
     /// Counts a request from `client` at `now`: `Err(wait)` when it is over the rate
     /// (`wait`: until one more would be allowed).
     pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+        let client = bucket_of(client);
         let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         let interval = self.rate.interval.as_nanos() as u64;
         // A full bucket: `burst` requests may arrive at once.
@@ -119,6 +120,19 @@ impl RateLimiter {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The bucket a client address counts in: an IPv4 address (also as IPv4-mapped IPv6)
+/// by itself, an IPv6 address by its /64, which is what one subscriber gets: otherwise
+/// one host could take a fresh bucket per address.
+fn bucket_of(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
     }
 }
 
@@ -177,6 +191,20 @@ mod tests {
             assert!(l.check(ip, t2).is_ok());
         }
         assert!(l.check(ip, t2).is_err());
+    }
+
+    #[test]
+    fn an_ipv6_subscriber_is_one_client() {
+        let l = RateLimiter::new(Rate::per(1, Duration::from_secs(1), 2));
+        let t0 = l.epoch;
+        assert!(l.check("2001:db8:1:2::1".parse().unwrap(), t0).is_ok());
+        assert!(l.check("2001:db8:1:2:ffff::9".parse().unwrap(), t0).is_ok());
+        assert!(l.check("2001:db8:1:2::77".parse().unwrap(), t0).is_err());
+        assert!(l.check("2001:db8:1:3::1".parse().unwrap(), t0).is_ok());
+        // An IPv4-mapped address is its IPv4 address.
+        assert!(l.check("192.0.2.1".parse().unwrap(), t0).is_ok());
+        assert!(l.check("::ffff:192.0.2.1".parse().unwrap(), t0).is_ok());
+        assert!(l.check("192.0.2.1".parse().unwrap(), t0).is_err());
     }
 
     #[test]
