@@ -2275,3 +2275,69 @@ async fn external_auth_guards_the_upstream() {
     assert_eq!(up.hits(), hits + 1);
     h.shutdown().await;
 }
+
+/// `proxy-ssl-verify: on` with `proxy-ssl-secret`: a TLS upstream must show a
+/// certificate for the Service's name (or `proxy-ssl-name`) signed by the Secret's
+/// `ca.crt`; otherwise the connection fails (502), and a missing CA fails closed (503).
+/// Without it, TLS upstreams stay unverified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_tls_upstreams() {
+    let pki = Pki::new();
+    let (crt, key, _) = pki.leaf("secure.default.svc");
+    let up = Upstream::start_tls_pem("secure", &crt, &key).await;
+    let other = Pki::new();
+    let ca_secret = |name: &str, ca: &str| {
+        let indented = ca.lines().fold(String::new(), |mut out, l| {
+            let _ = writeln!(out, "    {l}");
+            out
+        });
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\nstringData:\n  ca.crt: |\n{indented}"
+        )
+    };
+    let m = Manifests::new();
+    let nginx = "nginx.ingress.kubernetes.io";
+    let verify = |secret: &'static str| {
+        vec![
+            (format!("{nginx}/proxy-ssl-verify"), "on"),
+            (format!("{nginx}/proxy-ssl-secret"), secret),
+        ]
+    };
+    let ing = |name: &str, extra: Vec<(String, &str)>| {
+        let pairs: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        annotated(name, &format!("{name}.example"), "secure", &pairs)
+    };
+    let mut wrong_name = verify("default/upstream-ca");
+    wrong_name.push((format!("{nginx}/proxy-ssl-name"), "other.default.svc"));
+    m.write(
+        "ingress.yaml",
+        &[
+            ing("good", verify("default/upstream-ca")),
+            ing("named", wrong_name),
+            ing("strange", verify("default/other-ca")),
+            ing("missing", verify("default/nope")),
+            ing("unverified", vec![]),
+        ]
+        .concat(),
+    );
+    let mut svc = "apiVersion: v1\nkind: Service\nmetadata: {name: secure, namespace: default}\nspec:\n  ports:\n  - {name: https, port: 80, targetPort: 8443, protocol: TCP, appProtocol: https}\n".to_owned();
+    svc += &slice("default", "secure", "secure-0", "https", &[up.addr], true);
+    svc += &ca_secret("upstream-ca", &pki.ca.pem());
+    svc += &ca_secret("other-ca", &other.ca.pem());
+    m.write("svc.yaml", &svc);
+    let h = start(server_config(&m)).await;
+    let c = client();
+    for (host, want) in [
+        ("good.example", StatusCode::OK),
+        ("named.example", StatusCode::BAD_GATEWAY),
+        ("strange.example", StatusCode::BAD_GATEWAY),
+        ("missing.example", StatusCode::SERVICE_UNAVAILABLE),
+        ("unverified.example", StatusCode::OK),
+        ("good.example", StatusCode::OK),
+    ] {
+        let (status, _, body) = get(&c, h.http_addr, host, "/").await;
+        assert_eq!(status, want, "{host}: {body}");
+    }
+    assert_eq!(up.hits(), 3);
+    h.shutdown().await;
+}

@@ -156,6 +156,10 @@ fn less_loaded<'a>(a: &'a Arc<Endpoint>, b: &'a Arc<Endpoint>) -> &'a Arc<Endpoi
     if b.in_flight() < a.in_flight() { b } else { a }
 }
 
+/// An endpoint's address, the protocol it is spoken to in, and the TLS verification
+/// (`proxy-ssl-verify`, by its id) its connections were made under.
+type EndpointKey = (SocketAddr, UpstreamProtocol, Option<u64>);
+
 /// Shared endpoint state, and passive health: an endpoint that fails to connect is
 /// ejected for `eject_for` (outlier detection on connect failures, as Envoy's
 /// `consecutive_local_origin_failure` with a threshold of one: a refused or timed-out
@@ -166,7 +170,7 @@ pub struct EndpointRegistry {
     eject_for: Duration,
     /// By address and protocol: connections to one address in two protocols (two
     /// Ingresses disagreeing on a port's `backend-protocol`) never share a pool.
-    states: Mutex<HashMap<(SocketAddr, UpstreamProtocol), Weak<Endpoint>>>,
+    states: Mutex<HashMap<EndpointKey, Weak<Endpoint>>>,
 }
 
 impl EndpointRegistry {
@@ -183,10 +187,17 @@ impl EndpointRegistry {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    /// The shared state for `addr` spoken to in `protocol`, created on first use.
-    pub fn endpoint(&self, addr: SocketAddr, protocol: UpstreamProtocol) -> Arc<Endpoint> {
+    /// The shared state for `addr` spoken to in `protocol` (TLS verified as `verified`
+    /// identifies, if at all), created on first use.
+    pub fn endpoint(
+        &self,
+        addr: SocketAddr,
+        protocol: UpstreamProtocol,
+        verified: Option<u64>,
+    ) -> Arc<Endpoint> {
         let mut states = self.states.lock().expect("endpoint registry poisoned");
-        if let Some(e) = states.get(&(addr, protocol)).and_then(Weak::upgrade) {
+        let key = (addr, protocol, verified);
+        if let Some(e) = states.get(&key).and_then(Weak::upgrade) {
             return e;
         }
         let e = Arc::new(Endpoint {
@@ -197,7 +208,7 @@ impl EndpointRegistry {
             ejected_until_ms: AtomicU64::new(0),
             conns: ConnPool::default(),
         });
-        states.insert((addr, protocol), Arc::downgrade(&e));
+        states.insert(key, Arc::downgrade(&e));
         e
     }
 
@@ -251,6 +262,7 @@ mod tests {
                     reg.endpoint(
                         SocketAddr::from(([127, 0, 0, 1], 1000 + i)),
                         UpstreamProtocol::Http1,
+                        None,
                     )
                 })
                 .collect(),
@@ -274,7 +286,7 @@ mod tests {
         let reg = EndpointRegistry::new(Duration::from_secs(10));
         let p = pool(&reg, 1);
         let g = p.pick(&reg, &[]).unwrap();
-        let same = reg.endpoint(g.endpoint().addr, UpstreamProtocol::Http1);
+        let same = reg.endpoint(g.endpoint().addr, UpstreamProtocol::Http1, None);
         assert_eq!(same.in_flight(), 1);
         drop(g);
         assert_eq!(same.in_flight(), 0);

@@ -52,6 +52,7 @@ use super::log::RequestLog;
 use super::{FAR_FUTURE, Proxy};
 use crate::metrics::ServiceLabel;
 use crate::source::Target;
+use crate::tls::upstream::VerifiedUpstream;
 
 /// Idle connections kept per endpoint and thread, at most; more are closed once done.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -286,8 +287,11 @@ impl PooledConn {
 /// How a request goes to an endpoint: over TLS or not, how long a new connection may
 /// take (TCP, then the TLS handshake, each), and when the response head is due.
 #[derive(Clone, Copy, Debug)]
-struct Exchange {
+struct Exchange<'a> {
     tls: bool,
+    /// `proxy-ssl-verify`: the connectors and name to verify against (else the
+    /// unverified ones, for the endpoint's address).
+    verified: Option<&'a VerifiedUpstream>,
     connect: Duration,
     response: Instant,
 }
@@ -362,11 +366,10 @@ pub fn client(idle_timeout: Duration) -> UpstreamClient {
 /// [`crate::tls::upstream`]).
 async fn tls(
     connector: &TlsConnector,
-    addr: SocketAddr,
+    name: ServerName<'static>,
     stream: TcpStream,
     timeout: Duration,
 ) -> Result<TlsStream<TcpStream>, Failure> {
-    let name = ServerName::IpAddress(addr.ip().into());
     match tokio::time::timeout(timeout, connector.connect(name, stream)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(Failure::Connect(format!("TLS handshake: {e}").into())),
@@ -382,10 +385,14 @@ impl UpstreamClient {
     }
 
     /// A new HTTP/1.1 connection to `addr`, driven by a task of its own.
-    async fn connect(&self, addr: SocketAddr, how: &Exchange) -> Result<Sender, Failure> {
+    async fn connect(&self, addr: SocketAddr, how: &Exchange<'_>) -> Result<Sender, Failure> {
         let stream = tcp(addr, how.connect).await?;
         if how.tls {
-            let stream = tls(&self.tls_h1, addr, stream, how.connect).await?;
+            let (connector, name) = match how.verified {
+                Some(v) => (&v.h1, v.name.clone()),
+                None => (&self.tls_h1, ServerName::IpAddress(addr.ip().into())),
+            };
+            let stream = tls(connector, name, stream, how.connect).await?;
             self.h1_handshake(addr, stream).await
         } else {
             self.h1_handshake(addr, stream).await
@@ -406,10 +413,14 @@ impl UpstreamClient {
     }
 
     /// A new HTTP/2 connection to `addr`, driven by a task of its own.
-    async fn connect_h2(&self, addr: SocketAddr, how: &Exchange) -> Result<H2Sender, Failure> {
+    async fn connect_h2(&self, addr: SocketAddr, how: &Exchange<'_>) -> Result<H2Sender, Failure> {
         let stream = tcp(addr, how.connect).await?;
         if how.tls {
-            let stream = tls(&self.tls_h2, addr, stream, how.connect).await?;
+            let (connector, name) = match how.verified {
+                Some(v) => (&v.h2, v.name.clone()),
+                None => (&self.tls_h2, ServerName::IpAddress(addr.ip().into())),
+            };
+            let stream = tls(connector, name, stream, how.connect).await?;
             self.h2_handshake(addr, stream).await
         } else {
             self.h2_handshake(addr, stream).await
@@ -437,7 +448,7 @@ impl UpstreamClient {
         endpoint: &Endpoint,
         build: impl FnOnce() -> Request<RequestBody>,
         now: Instant,
-        how: Exchange,
+        how: Exchange<'_>,
     ) -> Result<Response<Incoming>, Failure> {
         let deadline = how.response;
         let shard = shard();
@@ -474,7 +485,7 @@ impl UpstreamClient {
         &self,
         endpoint: &Endpoint,
         now: Instant,
-        how: &Exchange,
+        how: &Exchange<'_>,
     ) -> Result<(Sender, Timer, bool), Failure> {
         if let Some((mut tx, timer)) = endpoint.conns.take(shard(), now, self.idle_timeout) {
             // Pooled connections are ready; this only waits if one was given back early.
@@ -499,7 +510,7 @@ impl UpstreamClient {
         endpoint: &Arc<Endpoint>,
         build: impl FnOnce() -> Request<RequestBody>,
         now: Instant,
-        how: Exchange,
+        how: Exchange<'_>,
     ) -> Result<(Response<Incoming>, Option<PooledConn>), Failure> {
         let conn = self.checkout(endpoint, now, &how).await?;
         match self.attempt(endpoint, conn, build(), how.response).await? {
@@ -517,7 +528,7 @@ impl UpstreamClient {
         endpoint: &Arc<Endpoint>,
         mut req: Request<RequestBody>,
         now: Instant,
-        how: Exchange,
+        how: Exchange<'_>,
     ) -> Result<(Response<Incoming>, PooledConn), Failure> {
         loop {
             let conn = self.checkout(endpoint, now, &how).await?;
@@ -707,6 +718,7 @@ pub async fn send(
         let started = Instant::now();
         let how = Exchange {
             tls: target.protocol.tls(),
+            verified: target.verified.as_deref(),
             connect: connect_timeout,
             // Capped as tokio caps a far-off deadline.
             response: started + response_timeout.min(FAR_FUTURE),

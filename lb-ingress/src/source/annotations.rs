@@ -28,6 +28,7 @@
 //! | `upstream-vhost` | a host | the `Host` sent upstream (`X-Forwarded-Host` keeps the client's) |
 //! | `proxy-next-upstream-tries` | number; `0` no limit | attempts per request, at most (default: `--max-retries` + 1) |
 //! | `enable-access-log` | bool | `false`: no access-log lines for these rules |
+//! | `proxy-ssl-verify: on` with `proxy-ssl-secret` (`namespace/name`, its `ca.crt`), `proxy-ssl-name`, `proxy-ssl-server-name` | | TLS upstreams verified against that CA for that name (default: `service.namespace.svc`), sent as SNI when `on` |
 //! | `rewrite-prefix` (ours only) | a path | the matched rule path is replaced by it upstream (Gateway API's `ReplacePrefixMatch`); `X-Forwarded-Prefix` names what was replaced |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
@@ -85,6 +86,8 @@ pub struct RouteOptions {
     pub canary: Option<CanaryPolicy>,
     /// `auth-url` and its companions.
     pub auth: Option<ExternalAuth>,
+    /// `proxy-ssl-verify: on`: verify TLS upstreams against a CA.
+    pub verify_upstream: Option<VerifyUpstream>,
     /// `enable-cors`, with its settings.
     pub cors: Option<Cors>,
     /// `affinity: cookie`, with the cookie's attributes.
@@ -197,6 +200,17 @@ fn origin_matches(allowed: &str, origin: &str) -> bool {
         }
         None => allowed.eq_ignore_ascii_case(origin),
     }
+}
+
+/// `proxy-ssl-verify: on` and its companions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyUpstream {
+    /// The Secret (`namespace`, `name`) whose `ca.crt` signs the upstreams' certificates.
+    pub secret: (String, String),
+    /// `proxy-ssl-name`; None: the Service's name, `service.namespace.svc`.
+    pub name: Option<String>,
+    /// `proxy-ssl-server-name: on`: send the name as SNI.
+    pub sni: bool,
 }
 
 /// A session-affinity cookie's name and attributes.
@@ -414,6 +428,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     };
     o.redirect = redirect(&mut s);
     o.auth = external_auth(&mut s, &mut deny);
+    o.verify_upstream = verify_upstream(&mut s, &mut deny);
     o.deny = deny;
     o.affinity = affinity(&mut s);
     (o.rate, o.limit_exempt) = rate_limit(&mut s);
@@ -449,6 +464,55 @@ fn redirect(s: &mut Settings<'_>) -> Option<(hyper::StatusCode, String)> {
         )),
         (None, None) => None,
     }
+}
+
+/// `proxy-ssl-verify: on` with `proxy-ssl-secret`, `proxy-ssl-name`,
+/// `proxy-ssl-server-name`. Verification asked for without a Secret fails closed.
+fn verify_upstream(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<VerifyUpstream> {
+    let on_off = |v: &str| match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => boolean(other),
+    };
+    let verify_key = s.by_name.get("proxy-ssl-verify").map(|(key, _)| *key);
+    let verify = s.get("proxy-ssl-verify", IGNORED, on_off).unwrap_or(false);
+    if !verify {
+        s.drop_companions(
+            &[
+                "proxy-ssl-secret",
+                "proxy-ssl-name",
+                "proxy-ssl-server-name",
+            ],
+            "proxy-ssl-verify is not \"on\" (client certificates to upstreams are not supported)",
+        );
+        return None;
+    }
+    let secret_given = s.by_name.contains_key("proxy-ssl-secret");
+    let secret = s.guard("proxy-ssl-secret", deny, |v| {
+        v.split_once('/')
+            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+            .map(|(ns, name)| (ns.to_owned(), name.to_owned()))
+            .ok_or_else(|| format!("{v:?} is not namespace/name"))
+    });
+    let name = s.get("proxy-ssl-name", IGNORED, |v| {
+        rustls::pki_types::ServerName::try_from(v)
+            .map(|_| v.to_owned())
+            .map_err(|_| format!("{v:?} is not a server name"))
+    });
+    let sni = s
+        .get("proxy-ssl-server-name", IGNORED, on_off)
+        .unwrap_or(false);
+    let Some(secret) = secret else {
+        if !secret_given {
+            let key = verify_key.unwrap_or("proxy-ssl-verify");
+            let why = format!("annotation {key}: on, but there is no proxy-ssl-secret");
+            s.problems
+                .push(format!("{why}; its rules answer 503 until it is fixed"));
+            *deny = Some(why);
+        }
+        return None;
+    };
+    Some(VerifyUpstream { secret, name, sni })
 }
 
 /// `auth-url` and its companions.
@@ -1129,5 +1193,47 @@ mod tests {
             ingresses += 1;
         }
         assert_eq!(ingresses, 4);
+    }
+
+    #[test]
+    fn upstream_verification_needs_a_secret() {
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/proxy-ssl-verify", "on"),
+            (
+                "nginx.ingress.kubernetes.io/proxy-ssl-secret",
+                "certs/upstream-ca",
+            ),
+            ("nginx.ingress.kubernetes.io/proxy-ssl-name", "api.internal"),
+            ("nginx.ingress.kubernetes.io/proxy-ssl-server-name", "on"),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            o.verify_upstream,
+            Some(VerifyUpstream {
+                secret: ("certs".into(), "upstream-ca".into()),
+                name: Some("api.internal".into()),
+                sni: true,
+            })
+        );
+        // Verification without a CA to verify against fails closed.
+        for secret in [None, Some("no-namespace")] {
+            let mut pairs = vec![("nginx.ingress.kubernetes.io/proxy-ssl-verify", "on")];
+            if let Some(s) = secret {
+                pairs.push(("nginx.ingress.kubernetes.io/proxy-ssl-secret", s));
+            }
+            let (o, problems) = parse(Some(&annotations(&pairs)));
+            assert_eq!(o.verify_upstream, None);
+            assert!(o.deny.is_some(), "{secret:?}");
+            assert_eq!(problems.len(), 1, "{problems:?}");
+        }
+        // Off: nothing to verify, the companions are named as ignored.
+        let a = annotations(&[("nginx.ingress.kubernetes.io/proxy-ssl-secret", "a/b")]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!((o.verify_upstream, o.deny), (None, None));
+        assert!(
+            problems[0].contains("proxy-ssl-verify is not"),
+            "{problems:?}"
+        );
     }
 }

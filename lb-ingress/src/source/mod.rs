@@ -20,6 +20,7 @@ use crate::proxy::balance::{EndpointRegistry, Pool};
 use crate::proxy::ratelimit::{LimitRegistry, RateLimiter};
 use crate::proxy::upstream::UpstreamProtocol;
 use crate::routes::{HostRule, PathRule, Rank, RouteTable, RouteTableBuilder};
+use crate::tls::upstream::{UpstreamCa, VerifiedUpstream};
 use crate::tls::{CertTable, certified_key};
 use annotations::{CanaryPolicy, RouteOptions};
 use endpoints::{SliceIndex, ready_addresses};
@@ -72,6 +73,8 @@ pub struct Target {
     pub limiter: Option<Arc<RateLimiter>>,
     /// A canary Ingress's backend for this rule, and when it takes a request.
     pub canary: Option<Canary>,
+    /// `proxy-ssl-verify`: how a TLS upstream's certificate is checked (None: it is not).
+    pub verified: Option<Arc<VerifiedUpstream>>,
     /// This rule's request metrics, looked up once (see [`RouteSeries`]).
     pub series: RouteSeries,
 }
@@ -127,9 +130,20 @@ struct Backends<'a> {
     store: &'a Store,
     slices: SliceIndex<'a>,
     registry: &'a EndpointRegistry,
-    /// By Service port and the protocol an Ingress may impose on it (`backend-protocol`).
-    pools: HashMap<(String, String, String, Option<UpstreamProtocol>), Backend>,
+    /// By Service port, the protocol an Ingress may impose on it (`backend-protocol`) and
+    /// the TLS verification it asks for (`proxy-ssl-verify`, by its id).
+    pools: HashMap<PoolKey, Backend>,
 }
+
+/// A Service port (namespace, name, port), the protocol imposed on it, and the TLS
+/// verification asked for (by [`VerifiedUpstream::id`]).
+type PoolKey = (
+    String,
+    String,
+    String,
+    Option<UpstreamProtocol>,
+    Option<u64>,
+);
 
 impl Backends<'_> {
     /// The Service port `backend` (of Ingress `r`) names, with its ready endpoints; None
@@ -139,6 +153,7 @@ impl Backends<'_> {
         r: &ObjectRef,
         backend: &IngressBackend,
         protocol: Option<UpstreamProtocol>,
+        verified: Option<u64>,
         problems: &mut Vec<String>,
     ) -> Option<Backend> {
         let Some(svc) = &backend.service else {
@@ -159,6 +174,7 @@ impl Backends<'_> {
             svc.name.clone(),
             port_label.clone(),
             protocol,
+            verified,
         );
         let (store, slices, registry) = (self.store, &self.slices, self.registry);
         let backend = self.pools.entry(key).or_insert_with(|| {
@@ -181,7 +197,7 @@ impl Backends<'_> {
             let pool = Pool::new(
                 addrs
                     .into_iter()
-                    .map(|a| registry.endpoint(a, protocol))
+                    .map(|a| registry.endpoint(a, protocol, verified))
                     .collect(),
             );
             (label, Arc::new(pool), protocol)
@@ -273,7 +289,8 @@ pub fn build(
         };
         let policy = Arc::new(policy);
         for (host, path, backend) in rules(spec, &r, &mut problems) {
-            let Some(backend) = backends.resolve(&r, backend, options.protocol, &mut problems)
+            let Some(backend) =
+                backends.resolve(&r, backend, options.protocol, None, &mut problems)
             else {
                 continue;
             };
@@ -304,15 +321,55 @@ pub fn build(
         }
     }
 
-    for (r, rank, spec, options) in ingresses {
+    for (r, rank, spec, mut options) in ingresses {
         let limiter = options
             .rate
             .map(|rate| limits.limiter(&rank.ingress(), rate));
+        // proxy-ssl-verify: the CA, once per Ingress; without it the rules fail closed.
+        let ca = options.verify_upstream.as_ref().and_then(|v| {
+            let (ns, name) = &v.secret;
+            let sref = ObjectRef::new(Kind::Secret, ns.clone(), name.clone());
+            let ca = match store.get(&sref) {
+                Some(Object::Secret(s)) => crate::tls::certs::secret_field(s, "ca.crt")
+                    .ok_or_else(|| "has no ca.crt".to_owned())
+                    .and_then(|pem| UpstreamCa::from_pem(&pem)),
+                _ => Err("not found".to_owned()),
+            };
+            ca.map_err(|e| {
+                let why = format!("proxy-ssl-secret {ns}/{name}: {e}");
+                problems.push(format!(
+                    "Ingress {}/{}: {why}; its rules answer 503 until it is fixed",
+                    r.namespace, r.name
+                ));
+                options.deny.get_or_insert(why);
+            })
+            .ok()
+        });
         let options = Arc::new(options);
+        let mut verified_by_name: HashMap<String, Option<Arc<VerifiedUpstream>>> = HashMap::new();
         for (host, path, backend) in rules(spec, &r, &mut problems) {
-            let Some((service, pool, protocol)) =
-                backends.resolve(&r, backend, options.protocol, &mut problems)
-            else {
+            // The name a verified endpoint's certificate must carry: proxy-ssl-name, else
+            // the Service's in-cluster name.
+            let verified = match (&options.verify_upstream, &ca, &backend.service) {
+                (Some(v), Some(ca), Some(svc)) => {
+                    let name = (v.name.clone())
+                        .unwrap_or_else(|| format!("{}.{}.svc", svc.name, r.namespace));
+                    verified_by_name
+                        .entry(name)
+                        .or_insert_with_key(|name| {
+                            VerifiedUpstream::new(ca, name, v.sni).ok().map(Arc::new)
+                        })
+                        .clone()
+                }
+                _ => None,
+            };
+            let Some((service, pool, protocol)) = backends.resolve(
+                &r,
+                backend,
+                options.protocol,
+                verified.as_ref().map(|v| v.id),
+                &mut problems,
+            ) else {
                 continue;
             };
             let path_label = path.as_ref().map_or(DEFAULT_BACKEND, PathRule::as_str);
@@ -325,10 +382,12 @@ pub fn build(
                 protocol,
                 options: Arc::clone(&options),
                 limiter: limiter.clone(),
+                verified: None,
                 canary: None,
                 series: RouteSeries::default(),
             };
             let mut target = make(rank.ingress(), (service, pool, protocol));
+            target.verified = verified;
             if let Some(c) = canaries.get_mut(&(host.clone(), path.clone())) {
                 c.used = true;
                 // The canary's backend under the main rule's settings (as ingress-nginx:

@@ -13,20 +13,7 @@ use crate::routes::{HostRule, Rank, wildcard_suffix};
 /// read too, as a manifests directory may carry it (the API server would have merged
 /// it into `data`).
 pub fn certified_key(secret: &Secret) -> Result<Arc<CertifiedKey>, String> {
-    let field = |key: &str| -> Option<Vec<u8>> {
-        secret
-            .string_data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|s| s.as_bytes().to_vec())
-            .or_else(|| {
-                secret
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(key))
-                    .map(|b| b.0.clone())
-            })
-    };
+    let field = |key: &str| secret_field(secret, key);
     if let Some(t) = secret.type_.as_deref()
         && t != "kubernetes.io/tls"
     {
@@ -48,6 +35,22 @@ pub fn certified_key(secret: &Secret) -> Result<Arc<CertifiedKey>, String> {
         .keys_match()
         .map_err(|e| format!("tls.key does not belong to tls.crt: {e}"))?;
     Ok(Arc::new(certified))
+}
+
+/// The bytes of `key` in a Secret (`stringData` as manifests carry it, else `data`).
+pub fn secret_field(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+    secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|s| s.as_bytes().to_vec())
+        .or_else(|| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|b| b.0.clone())
+        })
 }
 
 /// Certificates by SNI name: exact names, then one-label wildcards, then a default (an

@@ -62,6 +62,81 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
+/// TLS to one Service's endpoints verified against a CA (`proxy-ssl-verify: on` with
+/// `proxy-ssl-secret`): the endpoint must show a certificate for `name` signed by it.
+#[derive(Clone)]
+pub struct VerifiedUpstream {
+    pub h1: TlsConnector,
+    pub h2: TlsConnector,
+    /// The name the certificate must carry (sent as SNI when asked).
+    pub name: ServerName<'static>,
+    /// Identifies the CA, name and SNI choice, so that connections made under other
+    /// settings are never pooled with these.
+    pub id: u64,
+}
+
+impl std::fmt::Debug for VerifiedUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedUpstream")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The CA certificates of a Secret's `ca.crt`.
+#[derive(Clone, Debug)]
+pub struct UpstreamCa {
+    roots: Arc<rustls::RootCertStore>,
+    pem: Arc<[u8]>,
+}
+
+impl UpstreamCa {
+    pub fn from_pem(ca: &[u8]) -> Result<UpstreamCa, String> {
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca) {
+            let cert = cert.map_err(|e| format!("ca.crt: {e}"))?;
+            roots.add(cert).map_err(|e| format!("ca.crt: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err("ca.crt holds no certificate".into());
+        }
+        Ok(UpstreamCa {
+            roots: Arc::new(roots),
+            pem: ca.into(),
+        })
+    }
+}
+
+impl VerifiedUpstream {
+    /// Verified against `ca` for `name`, sent as SNI when `sni`.
+    pub fn new(ca: &UpstreamCa, name: &str, sni: bool) -> Result<VerifiedUpstream, String> {
+        use std::hash::{Hash as _, Hasher as _};
+        let server_name = ServerName::try_from(name.to_owned())
+            .map_err(|_| format!("{name:?} is not a server name"))?;
+        let roots = &ca.roots;
+        let make = |alpn: &[u8]| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .expect("ring supports TLS 1.2 and 1.3")
+                .with_root_certificates(Arc::clone(roots))
+                .with_no_client_auth();
+            config.alpn_protocols = vec![alpn.to_vec()];
+            config.enable_sni = sni;
+            TlsConnector::from(Arc::new(config))
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&*ca.pem, name, sni).hash(&mut h);
+        Ok(VerifiedUpstream {
+            h1: make(b"http/1.1"),
+            h2: make(b"h2"),
+            name: server_name,
+            id: h.finish(),
+        })
+    }
+}
+
 /// A connector offering `alpn` (`http/1.1` or `h2`), TLS 1.2 and 1.3.
 pub fn connector(alpn: &[u8]) -> TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -51,13 +51,31 @@ impl Upstream {
     pub async fn start_tls(name: &str) -> Upstream {
         let cert = rcgen::generate_simple_self_signed(vec!["pod.invalid".to_owned()]).unwrap();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        Upstream::start_tls_with(name, vec![cert.cert.der().clone()], key).await
+    }
+
+    /// Behind TLS with the given certificate chain and key (PEM).
+    pub async fn start_tls_pem(name: &str, cert_pem: &str, key_pem: &str) -> Upstream {
+        use rustls::pki_types::pem::PemObject as _;
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        Upstream::start_tls_with(name, chain, key).await
+    }
+
+    async fn start_tls_with(
+        name: &str,
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Upstream {
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .with_single_cert(chain, key)
         .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Upstream::serve(
