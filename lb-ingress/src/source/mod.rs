@@ -333,7 +333,11 @@ pub fn build(
                 Some(Object::Secret(s)) => crate::tls::certs::secret_field(s, "ca.crt")
                     .ok_or_else(|| "has no ca.crt".to_owned())
                     .and_then(|pem| UpstreamCa::from_pem(&pem)),
-                _ => Err("not found".to_owned()),
+                _ => Err(
+                    "not found (from the API server only Secrets of type kubernetes.io/tls are \
+                     read, as cert-manager makes them, with ca.crt beside tls.crt)"
+                        .to_owned(),
+                ),
             };
             ca.map_err(|e| {
                 let why = format!("proxy-ssl-secret {ns}/{name}: {e}");
