@@ -1336,75 +1336,30 @@ fn annotated(name: &str, host: &str, svc: &str, annotations: &[(&str, &str)]) ->
 async fn annotations_set_each_ingress_own_policy() {
     let up = Upstream::start("up").await;
     let m = Manifests::new();
-    let nginx = "nginx.ingress.kubernetes.io";
+    // One Ingress per setting: `name` serves host `name.example`.
+    let one = |name: &str, key: &str, value: &str| {
+        annotated(name, &format!("{name}.example"), "up", &[(key, value)])
+    };
+    let nginx = |key: &str| format!("nginx.ingress.kubernetes.io/{key}");
     let ingresses = [
         annotated("plain", "plain.example", "up", &[]),
-        annotated(
-            "deny",
-            "deny.example",
-            "up",
-            &[(&format!("{nginx}/whitelist-source-range"), "192.0.2.0/24")],
-        ),
-        annotated(
+        one("deny", &nginx("whitelist-source-range"), "192.0.2.0/24"),
+        one(
             "allow",
-            "allow.example",
-            "up",
-            &[(
-                "ingress.lb.dev/allowlist-source-range",
-                "10.0.0.0/8, 127.0.0.1",
-            )],
+            "ingress.lb.dev/allowlist-source-range",
+            "10.0.0.0/8, 127.0.0.1",
         ),
-        annotated(
-            "small",
-            "small.example",
-            "up",
-            &[(&format!("{nginx}/proxy-body-size"), "1k")],
-        ),
-        annotated(
-            "force",
-            "force.example",
-            "up",
-            &[(&format!("{nginx}/force-ssl-redirect"), "true")],
-        ),
-        annotated(
-            "root",
-            "root.example",
-            "up",
-            &[(&format!("{nginx}/app-root"), "/app/")],
-        ),
-        annotated(
-            "fast",
-            "fast.example",
-            "up",
-            &[(&format!("{nginx}/proxy-read-timeout"), "300ms")],
-        ),
-        annotated(
-            "tls",
-            "tls.example",
-            "up",
-            &[(&format!("{nginx}/backend-protocol"), "AJP")],
-        ),
-        annotated(
-            "bad",
-            "bad.example",
-            "up",
-            &[(&format!("{nginx}/allowlist-source-range"), "10.0.0.300")],
-        ),
+        one("small", &nginx("proxy-body-size"), "1k"),
+        one("force", &nginx("force-ssl-redirect"), "true"),
+        one("root", &nginx("app-root"), "/app/"),
+        one("fast", &nginx("proxy-read-timeout"), "300ms"),
+        one("tls", &nginx("backend-protocol"), "AJP"),
+        one("bad", &nginx("allowlist-source-range"), "10.0.0.300"),
     ];
     // rewrite-prefix on a `/api` rule, and on the `/` of another.
-    let rewrite = annotated(
-        "rw",
-        "rw.example",
-        "up",
-        &[("ingress.lb.dev/rewrite-prefix", "/")],
-    )
-    .replace("path: /,", "path: /api/,");
-    let rewrite_root = annotated(
-        "rw-root",
-        "rw-root.example",
-        "up",
-        &[("ingress.lb.dev/rewrite-prefix", "/v1")],
-    );
+    let rewrite =
+        one("rw", "ingress.lb.dev/rewrite-prefix", "/").replace("path: /,", "path: /api/,");
+    let rewrite_root = one("rw-root", "ingress.lb.dev/rewrite-prefix", "/v1");
     let moved = annotated(
         "moved",
         "moved.example",
@@ -1441,31 +1396,18 @@ async fn annotations_set_each_ingress_own_policy() {
         lb_ingress::proxy::headers::TrustedProxies(vec!["127.0.0.1/32".parse().unwrap()]);
     let h = start(cfg).await;
     let c = client();
-    let send = |host: &str, path: &str, extra: &[(&str, &str)], body: Option<usize>| {
-        let mut builder = hyper::Request::builder()
-            .method(if body.is_some() { "POST" } else { "GET" })
-            .uri(format!("http://{}{path}", h.http_addr))
-            .header("host", host);
-        for (k, v) in extra {
-            builder = builder.header(*k, *v);
-        }
-        let body = match body {
-            Some(n) => http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; n]))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-            None => empty(),
-        };
-        let req = builder.body(body).unwrap();
-        let c = c.clone();
+    // (status, Location) of a GET, or of a POST of `body` bytes.
+    let addr = h.http_addr;
+    let send = |host: &'static str,
+                path: &'static str,
+                extra: &[(&'static str, &'static str)],
+                body: Option<usize>| {
+        let (c, extra) = (c.clone(), extra.to_vec());
         async move {
-            let resp = c.request(req).await.unwrap();
-            let status = resp.status();
-            let location = resp
-                .headers()
-                .get("location")
-                .map(|v| v.to_str().unwrap().to_owned());
-            let _ = resp.into_body().collect().await;
-            (status, location)
+            let method = if body.is_some() { "POST" } else { "GET" };
+            let body = body.map(|n| bytes::Bytes::from(vec![b'x'; n]));
+            let r = request(&c, addr, method, host, path, &extra, body).await;
+            (r.status, r.header("location"))
         }
     };
 
@@ -1687,26 +1629,16 @@ async fn cookie_affinity_keeps_a_client_on_its_endpoint() {
     let mut h = start(server_config(&m)).await;
     let c = client();
     let addr = h.http_addr;
+    // (upstream, Set-Cookie) of a GET with `cookie` among others.
     let call = |cookie: Option<String>| {
-        let mut b = hyper::Request::get(format!("http://{addr}/")).header("host", "sticky.example");
-        if let Some(cookie) = cookie {
-            b = b.header("cookie", format!("theme=dark; {cookie}"));
-        }
-        let req = b.body(empty()).unwrap();
         let c = c.clone();
         async move {
-            let resp = c.request(req).await.unwrap();
-            assert_eq!(resp.status(), StatusCode::OK);
-            let set = resp
-                .headers()
-                .get("set-cookie")
-                .map(|v| v.to_str().unwrap().to_owned());
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            let name = seen(std::str::from_utf8(&body).unwrap())["name"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            (name, set)
+            let cookie = cookie.map(|k| format!("theme=dark; {k}"));
+            let headers: Vec<(&str, &str)> =
+                cookie.iter().map(|k| ("cookie", k.as_str())).collect();
+            let r = request(&c, addr, "GET", "sticky.example", "/", &headers, None).await;
+            assert_eq!(r.status, StatusCode::OK);
+            (r.upstream(), r.header("set-cookie"))
         }
     };
 
@@ -1774,20 +1706,13 @@ async fn rate_limits_per_client_survive_reloads() {
     let mut h = start(cfg).await;
     let c = client();
     let addr = h.http_addr;
+    // (status, Retry-After) of a GET from `client` (by a trusted X-Forwarded-For).
     let call = |client: &'static str| {
-        let req = hyper::Request::get(format!("http://{addr}/"))
-            .header("host", "limited.example")
-            .header("x-forwarded-for", client)
-            .body(empty())
-            .unwrap();
         let c = c.clone();
         async move {
-            let resp = c.request(req).await.unwrap();
-            let retry = resp
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_owned());
-            (resp.status(), retry)
+            let xff = [("x-forwarded-for", client)];
+            let r = request(&c, addr, "GET", "limited.example", "/", &xff, None).await;
+            (r.status, r.header("retry-after"))
         }
     };
     // A burst of 3 (1 per second, times 3), then refused.
@@ -1863,21 +1788,10 @@ async fn cors_preflights_and_response_headers() {
     let addr = h.http_addr;
     let call =
         |method: &'static str, host: &'static str, headers: Vec<(&'static str, &'static str)>| {
-            let mut b = hyper::Request::builder()
-                .method(method)
-                .uri(format!("http://{addr}/x"))
-                .header("host", host);
-            for (k, v) in headers {
-                b = b.header(k, v);
-            }
-            let req = b.body(empty()).unwrap();
             let c = c.clone();
             async move {
-                let resp = c.request(req).await.unwrap();
-                let status = resp.status();
-                let headers = resp.headers().clone();
-                let _ = resp.into_body().collect().await;
-                (status, headers)
+                let r = request(&c, addr, method, host, "/x", &headers, None).await;
+                (r.status, r.headers)
             }
         };
     let hits = up.hits();
@@ -1997,21 +1911,13 @@ async fn canary_ingresses_take_requests_by_header_cookie_and_weight() {
     let h = start(server_config(&m)).await;
     let c = client();
     let addr = h.http_addr;
+    // The upstream that answers a GET of `path` with these headers.
     let call = |path: &'static str, headers: Vec<(&'static str, &'static str)>| {
-        let mut b = hyper::Request::get(format!("http://{addr}{path}")).header("host", "c.example");
-        for (k, v) in headers {
-            b = b.header(k, v);
-        }
-        let req = b.body(empty()).unwrap();
         let c = c.clone();
         async move {
-            let resp = c.request(req).await.unwrap();
-            assert_eq!(resp.status(), StatusCode::OK);
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            seen(std::str::from_utf8(&body).unwrap())["name"]
-                .as_str()
-                .unwrap()
-                .to_owned()
+            let r = request(&c, addr, "GET", "c.example", path, &headers, None).await;
+            assert_eq!(r.status, StatusCode::OK);
+            r.upstream()
         }
     };
     for (headers, want) in [
@@ -2184,25 +2090,16 @@ async fn external_auth_guards_the_upstream() {
     let h = start(server_config(&m)).await;
     let c = client();
     let addr = h.http_addr;
+    // A POST with a body and, maybe, a bearer token: (status, headers, body).
     let call = |host: &'static str, token: Option<&'static str>| {
-        let mut b = hyper::Request::post(format!("http://{addr}/p?q=1")).header("host", host);
-        if let Some(t) = token {
-            b = b.header("authorization", format!("Bearer {t}"));
-        }
-        let req = b
-            .body(
-                http_body_util::Full::new(bytes::Bytes::from_static(b"payload"))
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            )
-            .unwrap();
         let c = c.clone();
         async move {
-            let resp = c.request(req).await.unwrap();
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            (status, headers, String::from_utf8_lossy(&body).into_owned())
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            let payload = Some(bytes::Bytes::from_static(b"payload"));
+            let r = request(&c, addr, "POST", host, "/p?q=1", &headers, payload).await;
+            (r.status, r.headers, r.body)
         }
     };
 

@@ -395,18 +395,62 @@ pub async fn get(
     host: &str,
     path: &str,
 ) -> (StatusCode, hyper::HeaderMap, String) {
-    let req = Request::get(format!("http://{addr}{path}"))
-        .header("host", host)
-        .body(empty())
-        .unwrap();
-    let resp = c.request(req).await.unwrap();
+    let r = request(c, addr, "GET", host, path, &[], None).await;
+    (r.status, r.headers, r.body)
+}
+
+/// A response, read whole.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    /// The name of the test upstream that answered.
+    pub fn upstream(&self) -> String {
+        seen(&self.body)["name"].as_str().unwrap().to_owned()
+    }
+}
+
+/// `method path` with `Host: host`, the `headers` and a `body` through the proxy at
+/// `addr`, the response read whole.
+pub async fn request(
+    c: &HttpClient,
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Bytes>,
+) -> Reply {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let body = match body {
+        Some(bytes) => Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+        None => empty(),
+    };
+    let resp = c.request(b.body(body).unwrap()).await.unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
 }
 
 /// The upstream's report of what it saw.
