@@ -2238,3 +2238,72 @@ async fn verified_tls_upstreams() {
     assert_eq!(up.hits(), 3);
     h.shutdown().await;
 }
+
+/// `server-alias` (more hosts for an Ingress's rules), `service-upstream` (the ClusterIP
+/// instead of the endpoints) and `x-forwarded-prefix`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_alias_service_upstream_and_forwarded_prefix() {
+    let up = Upstream::start("up").await;
+    let m = Manifests::new();
+    let nginx = |key: &str| format!("nginx.ingress.kubernetes.io/{key}");
+    // A Service whose "ClusterIP" is loopback at the upstream's port, and whose only
+    // endpoint is an address nothing listens on: only service-upstream reaches `up`.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let port = up.addr.port();
+    let mut svc = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: vip, namespace: default}}\nspec:\n  clusterIP: 127.0.0.1\n  ports:\n  - {{name: http, port: {port}, protocol: TCP}}\n"
+    );
+    svc += &slice("default", "vip", "vip-0", "http", &[dead], true);
+    svc += "---\n";
+    svc += &service("default", "up", 80, "http", "80", &[&up]);
+    m.write("svc.yaml", &svc);
+    let via_vip = |name: &str, annotations: &[(&str, &str)]| {
+        annotated(name, &format!("{name}.example"), "vip", annotations)
+            .replace("port: {number: 80}", &format!("port: {{number: {port}}}"))
+    };
+    m.write(
+        "ingress.yaml",
+        &[
+            annotated(
+                "alias",
+                "alias.example",
+                "up",
+                &[(
+                    &nginx("server-alias"),
+                    "www.alias.example, *.alias2.example",
+                )],
+            ),
+            via_vip("vip", &[(&nginx("service-upstream"), "true")]),
+            via_vip("endpoints", &[]),
+            annotated(
+                "prefix",
+                "prefix.example",
+                "up",
+                &[(&nginx("x-forwarded-prefix"), "/shop")],
+            ),
+        ]
+        .concat(),
+    );
+    let h = start(server_config(&m)).await;
+    let c = client();
+    for (host, want) in [
+        ("alias.example", StatusCode::OK),
+        ("www.alias.example", StatusCode::OK),
+        ("x.alias2.example", StatusCode::OK),
+        ("other.example", StatusCode::NOT_FOUND),
+        ("vip.example", StatusCode::OK),
+        ("endpoints.example", StatusCode::BAD_GATEWAY),
+    ] {
+        let (status, _, body) = get(&c, h.http_addr, host, "/").await;
+        assert_eq!(status, want, "{host}: {body}");
+    }
+    let (_, _, body) = get(&c, h.http_addr, "prefix.example", "/").await;
+    assert_eq!(
+        seen(&body)["headers"]["x-forwarded-prefix"],
+        serde_json::json!(["/shop"])
+    );
+    h.shutdown().await;
+}

@@ -480,6 +480,7 @@ impl Proxy {
         }
         let target_protocol = target.protocol;
         let upstream_host = target.options.upstream_host.clone();
+        let set_prefix = target.options.forwarded_prefix.clone();
         // Session affinity: the endpoint the client's cookie names, if any.
         let sticky = (target.options.affinity.as_ref())
             .and_then(|a| headers::cookie(req.headers(), &a.name))
@@ -517,7 +518,8 @@ impl Proxy {
             headers: parts.headers,
         };
         headers::strip_hop_by_hop(&mut head.headers, upgrade);
-        if let Some(prefix) = forwarded_prefix {
+        // `x-forwarded-prefix` as set, else what `rewrite-prefix` took away.
+        if let Some(prefix) = set_prefix.or(forwarded_prefix) {
             head.headers.insert(&headers::X_FORWARDED_PREFIX, prefix);
         }
         let peer_ip = conn.peer.ip();

@@ -29,6 +29,9 @@
 //! | `proxy-next-upstream-tries` | number; `0` no limit | attempts per request, at most (default: `--max-retries` + 1) |
 //! | `enable-access-log` | bool | `false`: no access-log lines for these rules |
 //! | `proxy-ssl-verify: on` with `proxy-ssl-secret` (`namespace/name`, its `ca.crt`), `proxy-ssl-name`, `proxy-ssl-server-name` | | TLS upstreams verified against that CA for that name (default: `service.namespace.svc`), sent as SNI when `on` |
+//! | `server-alias` | host names, comma-separated | the Ingress's rules for its named hosts serve these hosts too |
+//! | `service-upstream` | bool | proxy to the Service's ClusterIP (the kernel balances) instead of its endpoints |
+//! | `x-forwarded-prefix` | a path | sent upstream as `X-Forwarded-Prefix` |
 //! | `rewrite-prefix` (ours only) | a path | the matched rule path is replaced by it upstream (Gateway API's `ReplacePrefixMatch`); `X-Forwarded-Prefix` names what was replaced |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
@@ -77,6 +80,12 @@ pub struct RouteOptions {
     pub max_retries: Option<u32>,
     /// `enable-access-log: "false"`.
     pub access_log: Option<bool>,
+    /// `server-alias`: more hosts for the Ingress's named hosts' rules.
+    pub server_alias: Vec<String>,
+    /// `service-upstream`: the ClusterIP instead of the endpoints.
+    pub service_upstream: bool,
+    /// `x-forwarded-prefix`.
+    pub forwarded_prefix: Option<hyper::header::HeaderValue>,
     /// Per-client request rate (`limit-rps`, `limit-rpm`, `limit-burst-multiplier`).
     pub rate: Option<Rate>,
     /// Clients the rate limit does not apply to.
@@ -424,6 +433,27 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             Ok(tries.checked_sub(1).unwrap_or(u32::MAX))
         }),
         access_log: s.get("enable-access-log", IGNORED, boolean),
+        server_alias: s
+            .get("server-alias", IGNORED, |v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(|h| {
+                        let name = h.strip_prefix("*.").unwrap_or(h);
+                        rustls::pki_types::DnsName::try_from(name)
+                            .map(|_| h.to_ascii_lowercase())
+                            .map_err(|_| format!("{h:?} is not a host name"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        service_upstream: s.get("service-upstream", IGNORED, boolean).unwrap_or(false),
+        forwarded_prefix: s.get("x-forwarded-prefix", IGNORED, |v| {
+            (v.starts_with('/'))
+                .then(|| hyper::header::HeaderValue::try_from(v).ok())
+                .flatten()
+                .ok_or_else(|| format!("{v:?} is not a path"))
+        }),
         ..RouteOptions::default()
     };
     o.redirect = redirect(&mut s);

@@ -62,6 +62,23 @@ pub fn upstream_protocol(service: &Service, port: &ServiceBackendPort) -> Upstre
     })
 }
 
+/// The Service port's ClusterIP address (`service-upstream`): the kernel data plane
+/// balances behind it.
+pub fn cluster_address(service: &Service, port: &ServiceBackendPort) -> Result<SocketAddr, String> {
+    let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
+    let name = service.metadata.name.as_deref().unwrap_or_default();
+    let sp = service_port(service, port)
+        .ok_or_else(|| format!("Service {namespace}/{name} has no such port"))?;
+    let ip = (service.spec.as_ref())
+        .and_then(|s| s.cluster_ip.as_deref())
+        .filter(|ip| *ip != "None")
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .ok_or_else(|| format!("Service {namespace}/{name} has no ClusterIP (service-upstream)"))?;
+    let port =
+        u16::try_from(sp.port).map_err(|_| format!("Service {namespace}/{name}: bad port"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
 /// The Service port an Ingress backend names, by number or by name.
 fn service_port<'a>(
     service: &'a Service,

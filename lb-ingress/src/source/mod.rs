@@ -130,20 +130,20 @@ struct Backends<'a> {
     store: &'a Store,
     slices: SliceIndex<'a>,
     registry: &'a EndpointRegistry,
-    /// By Service port, the protocol an Ingress may impose on it (`backend-protocol`) and
-    /// the TLS verification it asks for (`proxy-ssl-verify`, by its id).
-    pools: HashMap<PoolKey, Backend>,
+    /// By Service port (namespace, name, port) and how an Ingress asks to reach it.
+    pools: HashMap<(String, String, String, Via), Backend>,
 }
 
-/// A Service port (namespace, name, port), the protocol imposed on it, and the TLS
-/// verification asked for (by [`VerifiedUpstream::id`]).
-type PoolKey = (
-    String,
-    String,
-    String,
-    Option<UpstreamProtocol>,
-    Option<u64>,
-);
+/// How an Ingress asks to reach a Service port, beyond naming it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct Via {
+    /// `backend-protocol`, over the port's `appProtocol`.
+    protocol: Option<UpstreamProtocol>,
+    /// `proxy-ssl-verify`, by [`VerifiedUpstream::id`].
+    verified: Option<u64>,
+    /// `service-upstream`: the ClusterIP instead of the endpoints.
+    cluster_ip: bool,
+}
 
 impl Backends<'_> {
     /// The Service port `backend` (of Ingress `r`) names, with its ready endpoints; None
@@ -152,8 +152,7 @@ impl Backends<'_> {
         &mut self,
         r: &ObjectRef,
         backend: &IngressBackend,
-        protocol: Option<UpstreamProtocol>,
-        verified: Option<u64>,
+        via: Via,
         problems: &mut Vec<String>,
     ) -> Option<Backend> {
         let Some(svc) = &backend.service else {
@@ -173,8 +172,7 @@ impl Backends<'_> {
             r.namespace.clone(),
             svc.name.clone(),
             port_label.clone(),
-            protocol,
-            verified,
+            via,
         );
         let (store, slices, registry) = (self.store, &self.slices, self.registry);
         let backend = self.pools.entry(key).or_insert_with(|| {
@@ -182,8 +180,18 @@ impl Backends<'_> {
             let sref = ObjectRef::new(Kind::Service, r.namespace.clone(), svc.name.clone());
             let (addrs, protocol) = match store.get(&sref) {
                 Some(Object::Service(s)) => (
-                    resolve(s, &port, slices, problems, r),
-                    protocol.unwrap_or_else(|| endpoints::upstream_protocol(s, &port)),
+                    if via.cluster_ip {
+                        match endpoints::cluster_address(s, &port) {
+                            Ok(a) => vec![a],
+                            Err(e) => {
+                                problems.push(format!("Ingress {}/{}: {e}", r.namespace, r.name));
+                                Vec::new()
+                            }
+                        }
+                    } else {
+                        resolve(s, &port, slices, problems, r)
+                    },
+                    (via.protocol).unwrap_or_else(|| endpoints::upstream_protocol(s, &port)),
                 ),
                 _ => {
                     problems.push(format!(
@@ -197,7 +205,7 @@ impl Backends<'_> {
             let pool = Pool::new(
                 addrs
                     .into_iter()
-                    .map(|a| registry.endpoint(a, protocol, verified))
+                    .map(|a| registry.endpoint(a, protocol, via.verified))
                     .collect(),
             );
             (label, Arc::new(pool), protocol)
@@ -210,6 +218,7 @@ impl Backends<'_> {
 /// [`DEFAULT_BACKEND`]), then each valid path of each rule. Invalid paths are reported.
 fn rules<'i>(
     spec: &'i k8s_openapi::api::networking::v1::IngressSpec,
+    aliases: &[String],
     r: &ObjectRef,
     problems: &mut Vec<String>,
 ) -> Vec<(HostRule, Option<PathRule>, &'i IngressBackend)> {
@@ -219,9 +228,22 @@ fn rules<'i>(
     }
     for rule in spec.rules.iter().flatten() {
         let host = HostRule::parse(rule.host.as_deref());
+        // `server-alias`: the rules of a named host serve the aliases too.
+        let hosts: Vec<HostRule> = std::iter::once(host.clone())
+            .chain(
+                aliases
+                    .iter()
+                    .filter(|_| host != HostRule::Any)
+                    .map(|a| HostRule::parse(Some(a))),
+            )
+            .collect();
         for p in rule.http.iter().flat_map(|h| &h.paths) {
             match PathRule::from_spec(&p.path_type, p.path.as_deref().unwrap_or("/")) {
-                Ok(path) => out.push((host.clone(), Some(path), &p.backend)),
+                Ok(path) => {
+                    for host in &hosts {
+                        out.push((host.clone(), Some(path.clone()), &p.backend));
+                    }
+                }
                 Err(e) => problems.push(format!("Ingress {}/{}: {e}", r.namespace, r.name)),
             }
         }
@@ -288,10 +310,13 @@ pub fn build(
             continue;
         };
         let policy = Arc::new(policy);
-        for (host, path, backend) in rules(spec, &r, &mut problems) {
-            let Some(backend) =
-                backends.resolve(&r, backend, options.protocol, None, &mut problems)
-            else {
+        for (host, path, backend) in rules(spec, &options.server_alias, &r, &mut problems) {
+            let via = Via {
+                protocol: options.protocol,
+                cluster_ip: options.service_upstream,
+                ..Via::default()
+            };
+            let Some(backend) = backends.resolve(&r, backend, via, &mut problems) else {
                 continue;
             };
             let canary = CanaryRule {
@@ -351,7 +376,7 @@ pub fn build(
         });
         let options = Arc::new(options);
         let mut verified_by_name: HashMap<String, Option<Arc<VerifiedUpstream>>> = HashMap::new();
-        for (host, path, backend) in rules(spec, &r, &mut problems) {
+        for (host, path, backend) in rules(spec, &options.server_alias, &r, &mut problems) {
             // The name a verified endpoint's certificate must carry: proxy-ssl-name, else
             // the Service's in-cluster name.
             let verified = match (&options.verify_upstream, &ca, &backend.service) {
@@ -367,13 +392,13 @@ pub fn build(
                 }
                 _ => None,
             };
-            let Some((service, pool, protocol)) = backends.resolve(
-                &r,
-                backend,
-                options.protocol,
-                verified.as_ref().map(|v| v.id),
-                &mut problems,
-            ) else {
+            let via = Via {
+                protocol: options.protocol,
+                verified: verified.as_ref().map(|v| v.id),
+                cluster_ip: options.service_upstream,
+            };
+            let Some((service, pool, protocol)) = backends.resolve(&r, backend, via, &mut problems)
+            else {
                 continue;
             };
             let path_label = path.as_ref().map_or(DEFAULT_BACKEND, PathRule::as_str);
