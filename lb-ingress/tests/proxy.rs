@@ -2307,3 +2307,57 @@ async fn server_alias_service_upstream_and_forwarded_prefix() {
     );
     h.shutdown().await;
 }
+
+/// `limit-connections`: at most that many requests of one client in flight on the
+/// route; another waits for none of them, it is refused (429), and the places come back
+/// when the responses end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_per_client_are_limited() {
+    let up = Upstream::start("up").await;
+    let m = Manifests::new();
+    m.write(
+        "ingress.yaml",
+        &annotated(
+            "busy",
+            "busy.example",
+            "up",
+            &[("nginx.ingress.kubernetes.io/limit-connections", "2")],
+        ),
+    );
+    m.write(
+        "svc.yaml",
+        &service("default", "up", 80, "http", "80", &[&up]),
+    );
+    let h = start(server_config(&m)).await;
+    let addr = h.http_addr;
+    let slow = || {
+        let c = client();
+        tokio::spawn(async move {
+            request(&c, addr, "GET", "busy.example", "/sleep?ms=1000", &[], None)
+                .await
+                .status
+        })
+    };
+    let (first, second) = (slow(), slow());
+    // Both are at the upstream (so both hold their place) before the third is sent.
+    let t0 = std::time::Instant::now();
+    while up.hits() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the slow requests never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let other = client();
+    let third = request(&other, addr, "GET", "busy.example", "/", &[], None).await;
+    assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        (first.await.unwrap(), second.await.unwrap()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    for _ in 0..3 {
+        let again = request(&other, addr, "GET", "busy.example", "/", &[], None).await;
+        assert_eq!(again.status, StatusCode::OK);
+    }
+    h.shutdown().await;
+}

@@ -36,6 +36,8 @@ pub enum ProxyError {
     RateLimited { retry_after_s: u64 },
     #[error("external authentication failed: {reason}")]
     Auth { reason: String },
+    #[error("the client has {max} requests in flight on this route already")]
+    TooManyInFlight { max: u32 },
     #[error("route not served: {reason}")]
     Misconfigured { reason: String },
     #[error("no ready endpoint for {service}")]
@@ -63,7 +65,9 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::SourceNotAllowed(_) => StatusCode::FORBIDDEN,
-            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RateLimited { .. } | ProxyError::TooManyInFlight { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NotReady
             | ProxyError::NoEndpoint { .. }
@@ -81,7 +85,9 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => "method not allowed\n",
             ProxyError::BodyTooLarge { .. } => "request body too large\n",
             ProxyError::SourceNotAllowed(_) => "forbidden\n",
-            ProxyError::RateLimited { .. } => "too many requests\n",
+            ProxyError::RateLimited { .. } | ProxyError::TooManyInFlight { .. } => {
+                "too many requests\n"
+            }
             ProxyError::NotReady => "not ready\n",
             ProxyError::NoRoute => "no route for this host and path\n",
             ProxyError::NoEndpoint { .. } => "no ready endpoint for this route\n",
@@ -100,7 +106,8 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::SourceNotAllowed(_)
-            | ProxyError::RateLimited { .. } => Blame::Client,
+            | ProxyError::RateLimited { .. }
+            | ProxyError::TooManyInFlight { .. } => Blame::Client,
             ProxyError::NotReady
             | ProxyError::NoRoute
             | ProxyError::NoEndpoint { .. }

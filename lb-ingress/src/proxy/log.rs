@@ -37,6 +37,8 @@ pub struct RequestLog {
     pub bytes_sent: u64,
     /// The endpoint's outstanding-request slot, released with this record.
     pub in_flight: Option<InFlight>,
+    /// The client's place under the route's `limit-connections`, released with it too.
+    pub concurrency: Option<crate::proxy::ratelimit::ConcurrencySlot>,
     /// When the response ended, if known (else when this record is dropped).
     pub finished: Option<Instant>,
 }
@@ -74,6 +76,7 @@ impl RequestLog {
             body_error: None,
             bytes_sent: 0,
             in_flight: None,
+            concurrency: None,
             finished: None,
         }
     }

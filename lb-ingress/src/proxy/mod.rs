@@ -391,7 +391,10 @@ impl Proxy {
             log.target = Some(target);
             return Err(ProxyError::Misconfigured { reason });
         }
-        if options.allow_sources.is_some() || target.limiter.is_some() {
+        if options.allow_sources.is_some()
+            || target.limiter.is_some()
+            || target.concurrency.is_some()
+        {
             let client =
                 headers::client_addr(req.headers(), conn.peer.ip(), &self.options.trusted_proxies);
             if !options.allows(client) {
@@ -405,6 +408,16 @@ impl Proxy {
                 log.target = Some(target);
                 let retry_after_s = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 return Err(ProxyError::RateLimited { retry_after_s });
+            }
+            if let Some(limiter) = &target.concurrency {
+                match limiter.acquire(client) {
+                    Some(slot) => log.concurrency = Some(slot),
+                    None => {
+                        let max = limiter.max();
+                        log.target = Some(target);
+                        return Err(ProxyError::TooManyInFlight { max });
+                    }
+                }
             }
         }
         let redirect = options.force_ssl_redirect

@@ -141,6 +141,7 @@ fn bucket_of(client: IpAddr) -> IpAddr {
 #[derive(Debug, Default)]
 pub struct LimitRegistry {
     limiters: Mutex<HashMap<(String, Rate), Weak<RateLimiter>>>,
+    concurrency: Mutex<HashMap<(String, u32), Weak<ConcurrencyLimiter>>>,
 }
 
 impl LimitRegistry {
@@ -156,12 +157,90 @@ impl LimitRegistry {
         l
     }
 
+    /// The concurrency limiter of `ingress` at `max` requests per client, created on
+    /// first use (kept across swaps, so that requests in flight still count).
+    pub fn concurrency(&self, ingress: &str, max: u32) -> Arc<ConcurrencyLimiter> {
+        let mut limiters = self.concurrency.lock().expect("limit registry poisoned");
+        let key = (ingress.to_owned(), max);
+        if let Some(l) = limiters.get(&key).and_then(Weak::upgrade) {
+            return l;
+        }
+        let l = Arc::new(ConcurrencyLimiter {
+            max,
+            hasher: std::collections::hash_map::RandomState::new(),
+            shards: Default::default(),
+        });
+        limiters.insert(key, Arc::downgrade(&l));
+        l
+    }
+
     /// Forgets limiters no configuration uses any more.
     pub fn prune(&self) {
         self.limiters
             .lock()
             .expect("limit registry poisoned")
             .retain(|_, w| w.strong_count() > 0);
+        self.concurrency
+            .lock()
+            .expect("limit registry poisoned")
+            .retain(|_, w| w.strong_count() > 0);
+    }
+}
+
+/// Requests in flight per client (`limit-connections`): at most `max` at once. Only
+/// clients with requests in flight are remembered, so memory follows the load.
+#[derive(Debug)]
+pub struct ConcurrencyLimiter {
+    max: u32,
+    hasher: std::collections::hash_map::RandomState,
+    shards: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
+}
+
+impl ConcurrencyLimiter {
+    /// A place for one more request of `client`, held until the slot is dropped; None
+    /// when it has `max` in flight already.
+    pub fn acquire(self: &Arc<Self>, client: IpAddr) -> Option<ConcurrencySlot> {
+        let client = bucket_of(client);
+        let mut shard = self.shard(client);
+        let n = shard.entry(client).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ConcurrencySlot {
+            limiter: Arc::clone(self),
+            client,
+        })
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    fn shard(&self, client: IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+        let index = (self.hasher.hash_one(client) as usize) % SHARDS;
+        self.shards[index]
+            .lock()
+            .expect("concurrency limiter poisoned")
+    }
+}
+
+/// One request's place in a [`ConcurrencyLimiter`].
+#[derive(Debug)]
+pub struct ConcurrencySlot {
+    limiter: Arc<ConcurrencyLimiter>,
+    client: IpAddr,
+}
+
+impl Drop for ConcurrencySlot {
+    fn drop(&mut self) {
+        let mut shard = self.limiter.shard(self.client);
+        if let Some(n) = shard.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                shard.remove(&self.client);
+            }
+        }
     }
 }
 
@@ -191,6 +270,24 @@ mod tests {
             assert!(l.check(ip, t2).is_ok());
         }
         assert!(l.check(ip, t2).is_err());
+    }
+
+    #[test]
+    fn concurrency_slots_are_given_back() {
+        let registry = LimitRegistry::default();
+        let l = registry.concurrency("default/a", 2);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let (first, second) = (l.acquire(ip).unwrap(), l.acquire(ip).unwrap());
+        assert!(l.acquire(ip).is_none());
+        assert!(l.acquire("192.0.2.2".parse().unwrap()).is_some());
+        drop(first);
+        let third = l.acquire(ip).unwrap();
+        drop((second, third));
+        assert!(
+            l.shards.iter().all(|s| s.lock().unwrap().is_empty()),
+            "nothing kept"
+        );
+        assert!(Arc::ptr_eq(&l, &registry.concurrency("default/a", 2)));
     }
 
     #[test]

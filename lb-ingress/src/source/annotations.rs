@@ -19,6 +19,7 @@
 //! | `session-cookie-name`, `-path`, `-max-age`, `-samesite` | cookie attributes | defaults: `INGRESSCOOKIE`, the rule's path, a session cookie, none (`HttpOnly` always; `Secure` over https) |
 //! | `limit-rps`, `limit-rpm` | requests per second / minute | per client address; a burst of `limit-burst-multiplier` (5) times that; 429 with `Retry-After` above it |
 //! | `limit-allowlist` (or `limit-whitelist`) | CIDRs or addresses | clients not rate limited |
+//! | `limit-connections` | number | requests in flight per client, at most; 429 above it |
 //! | `enable-cors` | bool | CORS: preflights answered 204 here, the `Access-Control-Allow-*` headers set on responses |
 //! | `cors-allow-origin`, `-methods`, `-headers`, `-expose-headers`, `-credentials`, `-max-age` | as in ingress-nginx | the CORS answer (defaults: ingress-nginx's) |
 //! | `canary` | bool | this Ingress's rules are the canaries of a main Ingress's rules with the same host and path, not routes of their own |
@@ -90,6 +91,8 @@ pub struct RouteOptions {
     pub rate: Option<Rate>,
     /// Clients the rate limit does not apply to.
     pub limit_exempt: Vec<IpNet>,
+    /// `limit-connections`: requests in flight per client.
+    pub max_in_flight: Option<u32>,
     /// `canary: "true"`: when requests go to this Ingress's backends instead of the main
     /// Ingress's.
     pub canary: Option<CanaryPolicy>,
@@ -462,6 +465,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     o.deny = deny;
     o.affinity = affinity(&mut s);
     (o.rate, o.limit_exempt) = rate_limit(&mut s);
+    o.max_in_flight = s.get("limit-connections", "no limit", positive);
     o.cors = cors(&mut s);
     o.canary = canary(&mut s);
     (o, s.finish())

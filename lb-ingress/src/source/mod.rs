@@ -17,7 +17,7 @@ use lb_k8s::{Kind, Object, ObjectRef, Store};
 
 use crate::metrics::{RouteLabelValues, RouteSeries};
 use crate::proxy::balance::{EndpointRegistry, Pool};
-use crate::proxy::ratelimit::{LimitRegistry, RateLimiter};
+use crate::proxy::ratelimit::{ConcurrencyLimiter, LimitRegistry, RateLimiter};
 use crate::proxy::upstream::UpstreamProtocol;
 use crate::routes::{HostRule, PathRule, Rank, RouteTable, RouteTableBuilder};
 use crate::tls::upstream::{UpstreamCa, VerifiedUpstream};
@@ -71,6 +71,8 @@ pub struct Target {
     /// The Ingress's rate limiter (`limit-rps`), shared by its rules and kept across
     /// swaps.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// The Ingress's limit on requests in flight per client (`limit-connections`).
+    pub concurrency: Option<Arc<ConcurrencyLimiter>>,
     /// A canary Ingress's backend for this rule, and when it takes a request.
     pub canary: Option<Canary>,
     /// `proxy-ssl-verify`: how a TLS upstream's certificate is checked (None: it is not).
@@ -350,6 +352,9 @@ pub fn build(
         let limiter = options
             .rate
             .map(|rate| limits.limiter(&rank.ingress(), rate));
+        let concurrency = options
+            .max_in_flight
+            .map(|max| limits.concurrency(&rank.ingress(), max));
         // proxy-ssl-verify: the CA, once per Ingress; without it the rules fail closed.
         let ca = options.verify_upstream.as_ref().and_then(|v| {
             let (ns, name) = &v.secret;
@@ -411,6 +416,7 @@ pub fn build(
                 protocol,
                 options: Arc::clone(&options),
                 limiter: limiter.clone(),
+                concurrency: concurrency.clone(),
                 verified: None,
                 canary: None,
                 series: RouteSeries::default(),
