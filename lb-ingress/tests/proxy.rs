@@ -2240,7 +2240,7 @@ async fn verified_tls_upstreams() {
 }
 
 /// `server-alias` (more hosts for an Ingress's rules), `service-upstream` (the ClusterIP
-/// instead of the endpoints) and `x-forwarded-prefix`.
+/// instead of the endpoints), `x-forwarded-prefix` and `from-to-www-redirect`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_alias_service_upstream_and_forwarded_prefix() {
     let up = Upstream::start("up").await;
@@ -2284,6 +2284,20 @@ async fn server_alias_service_upstream_and_forwarded_prefix() {
                 "up",
                 &[(&nginx("x-forwarded-prefix"), "/shop")],
             ),
+            annotated(
+                "www",
+                "www.site.example",
+                "up",
+                &[(&nginx("from-to-www-redirect"), "true")],
+            ),
+            // Both names served: no redirect between them.
+            annotated(
+                "both",
+                "both.example",
+                "up",
+                &[(&nginx("from-to-www-redirect"), "true")],
+            ),
+            annotated("www-both", "www.both.example", "up", &[]),
         ]
         .concat(),
     );
@@ -2299,6 +2313,21 @@ async fn server_alias_service_upstream_and_forwarded_prefix() {
     ] {
         let (status, _, body) = get(&c, h.http_addr, host, "/").await;
         assert_eq!(status, want, "{host}: {body}");
+    }
+    // from-to-www-redirect: the other name of a served host, to it.
+    let (status, headers, _) = get(&c, h.http_addr, "site.example", "/a?b=1").await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(headers["location"], "http://www.site.example/a?b=1");
+    assert_eq!(
+        get(&c, h.http_addr, "www.site.example", "/").await.0,
+        StatusCode::OK
+    );
+    for host in ["both.example", "www.both.example"] {
+        assert_eq!(
+            get(&c, h.http_addr, host, "/").await.0,
+            StatusCode::OK,
+            "{host}"
+        );
     }
     let (_, _, body) = get(&c, h.http_addr, "prefix.example", "/").await;
     assert_eq!(

@@ -381,6 +381,14 @@ impl Proxy {
             _ => target,
         };
 
+        if let Some(to) = &target.www_redirect {
+            let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+            let scheme = if https { "https" } else { "http" };
+            let location = format!("{scheme}://{to}{pq}");
+            let resp = local_redirect(StatusCode::PERMANENT_REDIRECT, &location);
+            log.target = Some(target);
+            return Ok(Step::Local(resp));
+        }
         // The route's own settings (its Ingress's annotations).
         let options = &target.options;
         if let Some(on) = options.access_log {

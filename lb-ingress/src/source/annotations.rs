@@ -33,6 +33,7 @@
 //! | `server-alias` | host names, comma-separated | the Ingress's rules for its named hosts serve these hosts too |
 //! | `service-upstream` | bool | proxy to the Service's ClusterIP (the kernel balances) instead of its endpoints |
 //! | `x-forwarded-prefix` | a path | sent upstream as `X-Forwarded-Prefix` |
+//! | `from-to-www-redirect` | bool | a request for `www.` + a host of the Ingress (or that host without `www.`) gets 308 to it, unless some Ingress has rules for that name |
 //! | `rewrite-prefix` (ours only) | a path | the matched rule path is replaced by it upstream (Gateway API's `ReplacePrefixMatch`); `X-Forwarded-Prefix` names what was replaced |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
@@ -87,6 +88,8 @@ pub struct RouteOptions {
     pub service_upstream: bool,
     /// `x-forwarded-prefix`.
     pub forwarded_prefix: Option<hyper::header::HeaderValue>,
+    /// `from-to-www-redirect`.
+    pub www_redirect: bool,
     /// Per-client request rate (`limit-rps`, `limit-rpm`, `limit-burst-multiplier`).
     pub rate: Option<Rate>,
     /// Clients the rate limit does not apply to.
@@ -451,6 +454,9 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             })
             .unwrap_or_default(),
         service_upstream: s.get("service-upstream", IGNORED, boolean).unwrap_or(false),
+        www_redirect: s
+            .get("from-to-www-redirect", IGNORED, boolean)
+            .unwrap_or(false),
         forwarded_prefix: s.get("x-forwarded-prefix", IGNORED, |v| {
             (v.starts_with('/'))
                 .then(|| hyper::header::HeaderValue::try_from(v).ok())

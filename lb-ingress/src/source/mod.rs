@@ -77,6 +77,8 @@ pub struct Target {
     pub canary: Option<Canary>,
     /// `proxy-ssl-verify`: how a TLS upstream's certificate is checked (None: it is not).
     pub verified: Option<Arc<VerifiedUpstream>>,
+    /// `from-to-www-redirect`: this rule only redirects, to this host.
+    pub www_redirect: Option<String>,
     /// This rule's request metrics, looked up once (see [`RouteSeries`]).
     pub series: RouteSeries,
 }
@@ -348,6 +350,21 @@ pub fn build(
         }
     }
 
+    // Every exact host some served Ingress has rules for (`from-to-www-redirect` never
+    // shadows one).
+    let named_hosts: std::collections::HashSet<String> = ingresses
+        .iter()
+        .flat_map(|(r, _, spec, o)| {
+            let mut none = Vec::new();
+            rules(spec, &o.server_alias, r, &mut none)
+                .into_iter()
+                .filter_map(|(host, _, _)| match host {
+                    HostRule::Exact(h) => Some(h),
+                    _ => None,
+                })
+        })
+        .collect();
+    let mut www_done = std::collections::HashSet::new();
     for (r, rank, spec, mut options) in ingresses {
         let limiter = options
             .rate
@@ -418,6 +435,7 @@ pub fn build(
                 limiter: limiter.clone(),
                 concurrency: concurrency.clone(),
                 verified: None,
+                www_redirect: None,
                 canary: None,
                 series: RouteSeries::default(),
             };
@@ -432,6 +450,26 @@ pub fn build(
                     policy: Arc::clone(&c.policy),
                     target: Arc::new(canary),
                 });
+            }
+            // `from-to-www-redirect`: the other name of a host, when nobody serves it.
+            if options.www_redirect
+                && let HostRule::Exact(h) = &host
+            {
+                let other = match h.strip_prefix("www.") {
+                    Some(bare) => bare.to_owned(),
+                    None => format!("www.{h}"),
+                };
+                if !named_hosts.contains(&other) && www_done.insert(other.clone()) {
+                    let backend = (
+                        target.service.clone(),
+                        Arc::clone(&target.pool),
+                        target.protocol,
+                    );
+                    let mut redirect = make(rank.ingress(), backend);
+                    redirect.www_redirect = Some(h.clone());
+                    let prefix = PathRule::from_spec("Prefix", "/").expect("/ is a valid path");
+                    routes.add(&rank, HostRule::Exact(other), prefix, Arc::new(redirect));
+                }
             }
             let target = Arc::new(target);
             match path {
