@@ -2183,6 +2183,10 @@ async fn verified_tls_upstreams() {
     let (crt, key, _) = pki.leaf("secure.default.svc");
     let up = Upstream::start_tls_pem("secure", &crt, &key).await;
     let other = Pki::new();
+    // A canary's pod with a certificate from another CA: the main rule's verification
+    // must refuse it too.
+    let (rogue_crt, rogue_key, _) = other.leaf("rogue.default.svc");
+    let rogue = Upstream::start_tls_pem("rogue", &rogue_crt, &rogue_key).await;
     let ca_secret = |name: &str, ca: &str| {
         let indented = ca.lines().fold(String::new(), |mut out, l| {
             let _ = writeln!(out, "    {l}");
@@ -2214,11 +2218,27 @@ async fn verified_tls_upstreams() {
             ing("strange", verify("default/other-ca")),
             ing("missing", verify("default/nope")),
             ing("unverified", vec![]),
+            annotated(
+                "good-canary",
+                "good.example",
+                "rogue",
+                &[
+                    (&format!("{nginx}/canary"), "true"),
+                    (&format!("{nginx}/canary-by-header"), "x-canary"),
+                ],
+            ),
         ]
         .concat(),
     );
-    let mut svc = "apiVersion: v1\nkind: Service\nmetadata: {name: secure, namespace: default}\nspec:\n  ports:\n  - {name: https, port: 80, targetPort: 8443, protocol: TCP, appProtocol: https}\n".to_owned();
+    let tls_service = |name: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  ports:\n  - {{name: https, port: 80, targetPort: 8443, protocol: TCP, appProtocol: https}}\n"
+        )
+    };
+    let mut svc = tls_service("secure");
     svc += &slice("default", "secure", "secure-0", "https", &[up.addr], true);
+    svc += &tls_service("rogue");
+    svc += &slice("default", "rogue", "rogue-0", "https", &[rogue.addr], true);
     svc += &ca_secret("upstream-ca", &pki.ca.pem());
     svc += &ca_secret("other-ca", &other.ca.pem());
     m.write("svc.yaml", &svc);
@@ -2236,6 +2256,11 @@ async fn verified_tls_upstreams() {
         assert_eq!(status, want, "{host}: {body}");
     }
     assert_eq!(up.hits(), 3);
+    // The canary goes to the rogue pod under the main rule's verification: refused.
+    let canary = [("x-canary", "always")];
+    let r = request(&c, h.http_addr, "GET", "good.example", "/", &canary, None).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+    assert_eq!(rogue.hits(), 0);
     h.shutdown().await;
 }
 

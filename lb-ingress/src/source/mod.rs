@@ -256,10 +256,12 @@ fn rules<'i>(
 }
 
 /// A canary Ingress's rule, waiting for the main rule of the same host and path.
-struct CanaryRule {
+struct CanaryRule<'s> {
+    r: ObjectRef,
     rank: Rank,
     policy: Arc<CanaryPolicy>,
-    backend: Backend,
+    /// Resolved when a main rule takes it, under that rule's settings.
+    backend: &'s IngressBackend,
     used: bool,
 }
 
@@ -315,15 +317,8 @@ pub fn build(
         };
         let policy = Arc::new(policy);
         for (host, path, backend) in rules(spec, &options.server_alias, &r, &mut problems) {
-            let via = Via {
-                protocol: options.protocol,
-                cluster_ip: options.service_upstream,
-                ..Via::default()
-            };
-            let Some(backend) = backends.resolve(&r, backend, via, &mut problems) else {
-                continue;
-            };
             let canary = CanaryRule {
+                r: r.clone(),
                 rank: rank.clone(),
                 policy: Arc::clone(&policy),
                 backend,
@@ -398,13 +393,14 @@ pub fn build(
         });
         let options = Arc::new(options);
         let mut verified_by_name: HashMap<String, Option<Arc<VerifiedUpstream>>> = HashMap::new();
-        for (host, path, backend) in rules(spec, &options.server_alias, &r, &mut problems) {
-            // The name a verified endpoint's certificate must carry: proxy-ssl-name, else
-            // the Service's in-cluster name.
+        // How this Ingress reaches a backend (of Ingress `owner`): its protocol, ClusterIP
+        // choice and verification, the name a verified endpoint's certificate must carry
+        // being proxy-ssl-name, else the Service's in-cluster name.
+        let mut via_for = |owner: &ObjectRef, backend: &IngressBackend| {
             let verified = match (&options.verify_upstream, &ca, &backend.service) {
                 (Some(v), Some(ca), Some(svc)) => {
                     let name = (v.name.clone())
-                        .unwrap_or_else(|| format!("{}.{}.svc", svc.name, r.namespace));
+                        .unwrap_or_else(|| format!("{}.{}.svc", svc.name, owner.namespace));
                     verified_by_name
                         .entry(name)
                         .or_insert_with_key(|name| {
@@ -419,6 +415,10 @@ pub fn build(
                 verified: verified.as_ref().map(|v| v.id),
                 cluster_ip: options.service_upstream,
             };
+            (via, verified)
+        };
+        for (host, path, backend) in rules(spec, &options.server_alias, &r, &mut problems) {
+            let (via, verified) = via_for(&r, backend);
             let Some((service, pool, protocol)) = backends.resolve(&r, backend, via, &mut problems)
             else {
                 continue;
@@ -444,12 +444,17 @@ pub fn build(
             if let Some(c) = canaries.get_mut(&(host.clone(), path.clone())) {
                 c.used = true;
                 // The canary's backend under the main rule's settings (as ingress-nginx:
-                // a canary Ingress's other annotations are not applied).
-                let canary = make(c.rank.ingress(), c.backend.clone());
-                target.canary = Some(Canary {
-                    policy: Arc::clone(&c.policy),
-                    target: Arc::new(canary),
-                });
+                // a canary Ingress's other annotations are not applied): its protocol,
+                // ClusterIP choice and upstream verification too.
+                let (via, verified) = via_for(&c.r, c.backend);
+                if let Some(backend) = backends.resolve(&c.r, c.backend, via, &mut problems) {
+                    let mut canary = make(c.rank.ingress(), backend);
+                    canary.verified = verified;
+                    target.canary = Some(Canary {
+                        policy: Arc::clone(&c.policy),
+                        target: Arc::new(canary),
+                    });
+                }
             }
             // `from-to-www-redirect`: the other name of a host, when nobody serves it.
             if options.www_redirect
