@@ -312,7 +312,8 @@ pub fn build(
                 .map(|p| format!("Ingress {}/{}: {p}", r.namespace, r.name)),
         );
         let Some(policy) = options.canary.clone() else {
-            ingresses.push((r, rank, spec, options));
+            let rules = rules(spec, &options.server_alias, &r, &mut problems);
+            ingresses.push((r, rank, spec, options, rules));
             continue;
         };
         let policy = Arc::new(policy);
@@ -349,18 +350,14 @@ pub fn build(
     // shadows one).
     let named_hosts: std::collections::HashSet<String> = ingresses
         .iter()
-        .flat_map(|(r, _, spec, o)| {
-            let mut none = Vec::new();
-            rules(spec, &o.server_alias, r, &mut none)
-                .into_iter()
-                .filter_map(|(host, _, _)| match host {
-                    HostRule::Exact(h) => Some(h),
-                    _ => None,
-                })
+        .flat_map(|(.., rules)| rules)
+        .filter_map(|(host, _, _)| match host {
+            HostRule::Exact(h) => Some(h.clone()),
+            _ => None,
         })
         .collect();
     let mut www_done = std::collections::HashSet::new();
-    for (r, rank, spec, mut options) in ingresses {
+    for (r, rank, spec, mut options, rules) in ingresses {
         let limiter = options
             .rate
             .map(|rate| limits.limiter(&rank.ingress(), rate));
@@ -417,7 +414,7 @@ pub fn build(
             };
             (via, verified)
         };
-        for (host, path, backend) in rules(spec, &options.server_alias, &r, &mut problems) {
+        for (host, path, backend) in rules {
             let (via, verified) = via_for(&r, backend);
             let Some((service, pool, protocol)) = backends.resolve(&r, backend, via, &mut problems)
             else {
