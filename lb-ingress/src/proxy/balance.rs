@@ -4,12 +4,12 @@
 //! Endpoint state (requests in flight, ejection) lives in an [`EndpointRegistry`] keyed
 //! by address and outlives configuration swaps: a reload that keeps an endpoint keeps
 //! its counters, so balancing and passive health are not reset by unrelated changes.
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use super::shared::SharedMap;
 use super::upstream::{ConnPool, UpstreamProtocol};
 
 /// One upstream address (a pod IP and port).
@@ -170,7 +170,7 @@ pub struct EndpointRegistry {
     eject_for: Duration,
     /// By address and protocol: connections to one address in two protocols (two
     /// Ingresses disagreeing on a port's `backend-protocol`) never share a pool.
-    states: Mutex<HashMap<EndpointKey, Weak<Endpoint>>>,
+    states: SharedMap<EndpointKey, Endpoint>,
 }
 
 impl EndpointRegistry {
@@ -178,7 +178,7 @@ impl EndpointRegistry {
         EndpointRegistry {
             epoch: Instant::now(),
             eject_for,
-            states: Mutex::new(HashMap::new()),
+            states: SharedMap::default(),
         }
     }
 
@@ -195,38 +195,25 @@ impl EndpointRegistry {
         protocol: UpstreamProtocol,
         verified: Option<u64>,
     ) -> Arc<Endpoint> {
-        let mut states = self.states.lock().expect("endpoint registry poisoned");
-        let key = (addr, protocol, verified);
-        if let Some(e) = states.get(&key).and_then(Weak::upgrade) {
-            return e;
-        }
-        let e = Arc::new(Endpoint {
-            addr,
-            authority: addr.to_string(),
-            affinity: affinity_key(addr),
-            in_flight: AtomicUsize::new(0),
-            ejected_until_ms: AtomicU64::new(0),
-            conns: ConnPool::default(),
-        });
-        states.insert(key, Arc::downgrade(&e));
-        e
+        self.states
+            .get_or_insert_with((addr, protocol, verified), || Endpoint {
+                addr,
+                authority: addr.to_string(),
+                affinity: affinity_key(addr),
+                in_flight: AtomicUsize::new(0),
+                ejected_until_ms: AtomicU64::new(0),
+                conns: ConnPool::default(),
+            })
     }
 
     /// Forgets endpoints that no configuration refers to any more.
     pub fn prune(&self) {
-        self.states
-            .lock()
-            .expect("endpoint registry poisoned")
-            .retain(|_, w| w.strong_count() > 0);
+        self.states.prune();
     }
 
     /// Calls `f` on every endpoint some configuration still refers to.
     pub fn for_each(&self, mut f: impl FnMut(&Endpoint)) {
-        let live: Vec<Arc<Endpoint>> = {
-            let states = self.states.lock().expect("endpoint registry poisoned");
-            states.values().filter_map(Weak::upgrade).collect()
-        };
-        for e in &live {
+        for e in &self.states.live() {
             f(e);
         }
     }
@@ -242,10 +229,9 @@ impl EndpointRegistry {
 
     /// Endpoints currently ejected (for the `ejected_endpoints` gauge).
     pub fn ejected(&self) -> usize {
-        let states = self.states.lock().expect("endpoint registry poisoned");
-        states
-            .values()
-            .filter_map(Weak::upgrade)
+        self.states
+            .live()
+            .iter()
             .filter(|e| self.is_ejected(e))
             .count()
     }

@@ -45,6 +45,7 @@ pub mod headers;
 pub mod log;
 pub mod ratelimit;
 pub mod retry;
+pub mod shared;
 pub mod upgrade;
 pub mod upstream;
 

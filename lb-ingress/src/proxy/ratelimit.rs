@@ -12,8 +12,10 @@ use std::collections::HashMap;
 use std::hash::BuildHasher as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::shared::SharedMap;
 
 /// Addresses one limiter remembers, at most (about 40 bytes each).
 pub const MAX_CLIENTS: usize = 1 << 16;
@@ -140,50 +142,32 @@ fn bucket_of(client: IpAddr) -> IpAddr {
 /// configuration uses them.
 #[derive(Debug, Default)]
 pub struct LimitRegistry {
-    limiters: Mutex<HashMap<(String, Rate), Weak<RateLimiter>>>,
-    concurrency: Mutex<HashMap<(String, u32), Weak<ConcurrencyLimiter>>>,
+    limiters: SharedMap<(String, Rate), RateLimiter>,
+    concurrency: SharedMap<(String, u32), ConcurrencyLimiter>,
 }
 
 impl LimitRegistry {
     /// The limiter of `ingress` (`namespace/name`) at `rate`, created on first use.
     pub fn limiter(&self, ingress: &str, rate: Rate) -> Arc<RateLimiter> {
-        let mut limiters = self.limiters.lock().expect("limit registry poisoned");
-        let key = (ingress.to_owned(), rate);
-        if let Some(l) = limiters.get(&key).and_then(Weak::upgrade) {
-            return l;
-        }
-        let l = Arc::new(RateLimiter::new(rate));
-        limiters.insert(key, Arc::downgrade(&l));
-        l
+        self.limiters
+            .get_or_insert_with((ingress.to_owned(), rate), || RateLimiter::new(rate))
     }
 
     /// The concurrency limiter of `ingress` at `max` requests per client, created on
     /// first use (kept across swaps, so that requests in flight still count).
     pub fn concurrency(&self, ingress: &str, max: u32) -> Arc<ConcurrencyLimiter> {
-        let mut limiters = self.concurrency.lock().expect("limit registry poisoned");
-        let key = (ingress.to_owned(), max);
-        if let Some(l) = limiters.get(&key).and_then(Weak::upgrade) {
-            return l;
-        }
-        let l = Arc::new(ConcurrencyLimiter {
-            max,
-            hasher: std::collections::hash_map::RandomState::new(),
-            shards: Default::default(),
-        });
-        limiters.insert(key, Arc::downgrade(&l));
-        l
+        self.concurrency
+            .get_or_insert_with((ingress.to_owned(), max), || ConcurrencyLimiter {
+                max,
+                hasher: std::collections::hash_map::RandomState::new(),
+                shards: Default::default(),
+            })
     }
 
     /// Forgets limiters no configuration uses any more.
     pub fn prune(&self) {
-        self.limiters
-            .lock()
-            .expect("limit registry poisoned")
-            .retain(|_, w| w.strong_count() > 0);
-        self.concurrency
-            .lock()
-            .expect("limit registry poisoned")
-            .retain(|_, w| w.strong_count() > 0);
+        self.limiters.prune();
+        self.concurrency.prune();
     }
 }
 
@@ -333,6 +317,6 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &r.limiter("default/a", faster)));
         drop(a);
         r.prune();
-        assert_eq!(r.limiters.lock().unwrap().len(), 0);
+        assert_eq!(r.limiters.len(), 0);
     }
 }
