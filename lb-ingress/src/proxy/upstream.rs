@@ -384,14 +384,27 @@ impl UpstreamClient {
         self.idle_timeout
     }
 
+    /// The connector (ALPN `h2` or `http/1.1`) and server name for TLS to `addr`: the
+    /// route's verified ones, or the unverified ones with the pod's address (no SNI).
+    fn tls_for<'a>(
+        &'a self,
+        addr: SocketAddr,
+        how: &Exchange<'a>,
+        h2: bool,
+    ) -> (&'a TlsConnector, ServerName<'static>) {
+        match (how.verified, h2) {
+            (Some(v), true) => (&v.h2, v.name.clone()),
+            (Some(v), false) => (&v.h1, v.name.clone()),
+            (None, true) => (&self.tls_h2, ServerName::IpAddress(addr.ip().into())),
+            (None, false) => (&self.tls_h1, ServerName::IpAddress(addr.ip().into())),
+        }
+    }
+
     /// A new HTTP/1.1 connection to `addr`, driven by a task of its own.
     async fn connect(&self, addr: SocketAddr, how: &Exchange<'_>) -> Result<Sender, Failure> {
         let stream = tcp(addr, how.connect).await?;
         if how.tls {
-            let (connector, name) = match how.verified {
-                Some(v) => (&v.h1, v.name.clone()),
-                None => (&self.tls_h1, ServerName::IpAddress(addr.ip().into())),
-            };
+            let (connector, name) = self.tls_for(addr, how, false);
             let stream = tls(connector, name, stream, how.connect).await?;
             self.h1_handshake(addr, stream).await
         } else {
@@ -416,10 +429,7 @@ impl UpstreamClient {
     async fn connect_h2(&self, addr: SocketAddr, how: &Exchange<'_>) -> Result<H2Sender, Failure> {
         let stream = tcp(addr, how.connect).await?;
         if how.tls {
-            let (connector, name) = match how.verified {
-                Some(v) => (&v.h2, v.name.clone()),
-                None => (&self.tls_h2, ServerName::IpAddress(addr.ip().into())),
-            };
+            let (connector, name) = self.tls_for(addr, how, true);
             let stream = tls(connector, name, stream, how.connect).await?;
             self.h2_handshake(addr, stream).await
         } else {
