@@ -643,20 +643,6 @@ impl Pki {
     }
 }
 
-fn tls_secret(name: &str, crt: &str, key: &str) -> String {
-    let indent = |s: &str| {
-        s.lines().fold(String::new(), |mut out, l| {
-            let _ = writeln!(out, "    {l}");
-            out
-        })
-    };
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
-        indent(crt),
-        indent(key)
-    )
-}
-
 const TLS_INGRESS: &str = r"
 apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -699,8 +685,8 @@ async fn tls_certificates_by_sni_h2_by_alpn_and_hot_swapped() {
         "secrets.yaml",
         &format!(
             "{}---\n{}",
-            tls_secret("a-tls", &a_crt, &a_key),
-            tls_secret("b-tls", &b_crt, &b_key)
+            lb_tests::manifests::tls_secret_yaml("a-tls", &a_crt, &a_key),
+            lb_tests::manifests::tls_secret_yaml("b-tls", &b_crt, &b_key)
         ),
     );
     m.write(
@@ -807,8 +793,8 @@ async fn tls_certificates_by_sni_h2_by_alpn_and_hot_swapped() {
         "secrets.yaml",
         &format!(
             "{}---\n{}",
-            tls_secret("a-tls", &a2_crt, &a2_key),
-            tls_secret("b-tls", &b_crt, &b_key)
+            lb_tests::manifests::tls_secret_yaml("a-tls", &a2_crt, &a2_key),
+            lb_tests::manifests::tls_secret_yaml("b-tls", &b_crt, &b_key)
         ),
     );
     next_generation(&mut h, generation).await;
@@ -2187,14 +2173,13 @@ async fn verified_tls_upstreams() {
     // must refuse it too.
     let (rogue_crt, rogue_key, _) = other.leaf("rogue.default.svc");
     let rogue = Upstream::start_tls_pem("rogue", &rogue_crt, &rogue_key).await;
+    // As cert-manager issues them: a kubernetes.io/tls Secret with ca.crt beside the pair.
     let ca_secret = |name: &str, ca: &str| {
-        let indented = ca.lines().fold(String::new(), |mut out, l| {
-            let _ = writeln!(out, "    {l}");
-            out
-        });
-        format!(
-            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\nstringData:\n  ca.crt: |\n{indented}"
-        )
+        let secret = lb_tests::manifests::pem_secret_yaml(
+            name,
+            &[("ca.crt", ca), ("tls.crt", &crt), ("tls.key", &key)],
+        );
+        format!("---\n{secret}")
     };
     let m = Manifests::new();
     let nginx = "nginx.ingress.kubernetes.io";

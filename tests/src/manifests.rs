@@ -87,17 +87,22 @@ impl SliceEndpoint {
 /// A `kubernetes.io/tls` Secret in namespace `default` holding a PEM certificate chain
 /// and key (as `stringData`, which the manifests source reads as the API server would).
 pub fn tls_secret_yaml(name: &str, crt_pem: &str, key_pem: &str) -> String {
-    let indent = |pem: &str| {
-        pem.lines().fold(String::new(), |mut out, l| {
-            let _ = writeln!(out, "    {l}");
-            out
-        })
-    };
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
-        indent(crt_pem),
-        indent(key_pem),
-    )
+    pem_secret_yaml(name, &[("tls.crt", crt_pem), ("tls.key", key_pem)])
+}
+
+/// A `kubernetes.io/tls` Secret in namespace `default` with these PEM entries (`tls.crt`,
+/// `tls.key`, `ca.crt`, ...) as `stringData`.
+pub fn pem_secret_yaml(name: &str, entries: &[(&str, &str)]) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n"
+    );
+    for (key, pem) in entries {
+        let _ = writeln!(y, "  {key}: |");
+        for line in pem.lines() {
+            let _ = writeln!(y, "    {line}");
+        }
+    }
+    y
 }
 
 pub fn endpoint_slice_yaml(
