@@ -1519,6 +1519,113 @@ async fn annotations_set_each_ingress_own_policy() {
     h.shutdown().await;
 }
 
+/// ingress-nginx's `use-regex` and `rewrite-target`: on a host where some Ingress asks
+/// for them, every path (of every Ingress of that host) is a case-insensitive regular
+/// expression matched at the start of the path; the rewrite's captures make the upstream
+/// path. Other hosts keep the API's matching; an expression or a rewrite that cannot be
+/// honoured is reported (and the rewrite's rule fails closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regex_paths_and_rewrite_targets_as_ingress_nginx() {
+    let up_a = Upstream::start("a").await;
+    let up_b = Upstream::start("b").await;
+    let m = Manifests::new();
+    let nginx = |key: &str| format!("nginx.ingress.kubernetes.io/{key}");
+    let with_path = |yaml: String, path: &str, path_type: &str| {
+        yaml.replace(
+            "path: /, pathType: Prefix",
+            &format!("path: {path:?}, pathType: {path_type}"),
+        )
+    };
+    let ingresses = [
+        with_path(
+            annotated(
+                "rw",
+                "rw.example",
+                "a",
+                &[
+                    (&nginx("use-regex"), "true"),
+                    (&nginx("rewrite-target"), "/$2"),
+                ],
+            ),
+            "/something(/|$)(.*)",
+            "ImplementationSpecific",
+        ),
+        // No annotation of its own; on rw.example its Exact path is an expression too.
+        with_path(
+            annotated("exact", "rw.example", "b", &[]),
+            "/exact",
+            "Exact",
+        ),
+        with_path(
+            annotated("plain", "plain.example", "b", &[]),
+            "/exact",
+            "Exact",
+        ),
+        // Look-ahead is not RE2: reported, the path skipped.
+        with_path(
+            annotated(
+                "lookahead",
+                "bad.example",
+                "a",
+                &[(&nginx("use-regex"), "true")],
+            ),
+            "/(?=x)",
+            "ImplementationSpecific",
+        ),
+        // A capture the path does not have: the rule answers 503.
+        with_path(
+            annotated(
+                "nogroup",
+                "nogroup.example",
+                "a",
+                &[(&nginx("rewrite-target"), "/$3")],
+            ),
+            "/a(.*)",
+            "ImplementationSpecific",
+        ),
+    ];
+    m.write("ingress.yaml", &ingresses.concat());
+    m.write(
+        "svc.yaml",
+        &(service("default", "a", 80, "http", "80", &[&up_a])
+            + "---\n"
+            + &service("default", "b", 80, "http", "80", &[&up_b])),
+    );
+    let h = start(server_config(&m)).await;
+    let cl = client();
+    for (host, path, upstream, uri) in [
+        ("rw.example", "/something", "a", "/"),
+        ("rw.example", "/something/", "a", "/"),
+        ("rw.example", "/something/new?x=1", "a", "/new?x=1"),
+        ("rw.example", "/SOMETHING/Deep/Path", "a", "/Deep/Path"),
+        // The regex location is anchored at the start only, and case-insensitive.
+        ("rw.example", "/EXACTLY?q", "b", "/EXACTLY?q"),
+        ("plain.example", "/exact", "b", "/exact"),
+    ] {
+        let r = request(&cl, h.http_addr, "GET", host, path, &[], None).await;
+        assert_eq!(r.status, StatusCode::OK, "{host}{path}");
+        assert_eq!(r.upstream(), upstream, "{host}{path}");
+        assert_eq!(seen(&r.body)["uri"], uri, "{host}{path}");
+    }
+    for (host, path, status) in [
+        // `(/|$)` wants a slash or the end after /something.
+        ("rw.example", "/somethingelse", StatusCode::NOT_FOUND),
+        // Exact stays exact where no Ingress asks for expressions.
+        ("plain.example", "/exactly", StatusCode::NOT_FOUND),
+        ("plain.example", "/EXACT", StatusCode::NOT_FOUND),
+        ("bad.example", "/x", StatusCode::NOT_FOUND),
+        ("nogroup.example", "/a1", StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let (got, _, _) = get(&cl, h.http_addr, host, path).await;
+        assert_eq!(got, status, "{host}{path}");
+    }
+    assert_eq!(
+        metric(h.metrics_addr.unwrap(), "lb_ingress_config_problems", &[]).await,
+        Some(2)
+    );
+    h.shutdown().await;
+}
+
 /// A Service port with `appProtocol: https` is reached over TLS (certificate not
 /// verified, as ingress-nginx's default): HTTP/1.1 by ALPN; `backend-protocol: GRPCS`
 /// makes it HTTP/2 over TLS; and HTTPS to a plain-HTTP port fails as a connect failure

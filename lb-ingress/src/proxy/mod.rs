@@ -23,7 +23,7 @@
 //!    (`ssl-redirect`, `--redirect-https`, for hosts that have a certificate;
 //!    `force-ssl-redirect` for any), 204 for a CORS preflight, 302 to its `app-root` for
 //!    `/`, 413 for a declared body over its limit. The endpoint a session-affinity
-//!    cookie names is noted for phase 3, `rewrite-prefix` applied in phase 4.
+//!    cookie names is noted for phase 3, `rewrite-prefix` or `rewrite-target` applied in phase 4.
 //! 3. **upstream_peer** ([`balance`]): power of two choices over outstanding requests
 //!    among the ready, non-ejected endpoints, or 503.
 //! 4. **upstream_request_filter** ([`headers`]): hop-by-hop headers removed, forwarding
@@ -508,10 +508,22 @@ impl Proxy {
             .and_then(|a| headers::cookie(req.headers(), &a.name))
             .and_then(|v| u64::from_str_radix(v, 16).ok());
         // `rewrite-prefix`: the path the upstream gets, built from the normalized one
-        // (the one that matched the rule), and the prefix it no longer shows.
-        let rewritten = match &target.options.rewrite_prefix {
-            Some(replacement) => Some(rewrite(&path, req.uri().query(), &target, replacement)?),
-            None => None,
+        // (the one that matched the rule), and the prefix it no longer shows;
+        // `rewrite-target`: the path its captures make.
+        let rewritten = match (&target.options.rewrite_prefix, &target.rewrite) {
+            (Some(replacement), _) => {
+                Some(rewrite(&path, req.uri().query(), &target, replacement)?)
+            }
+            (None, Some(rw)) => match rw.apply(&path, req.uri().query()) {
+                Some(pq) => Some((
+                    PathAndQuery::try_from(pq).map_err(|_| {
+                        ProxyError::BadRequest("the rewritten path is not a valid URI path")
+                    })?,
+                    None,
+                )),
+                None => None,
+            },
+            (None, None) => None,
         };
         // The log record holds the target; the upstream phases borrow it from there.
         log.target = Some(target);

@@ -17,6 +17,7 @@
 //! ingress-nginx's rule; the loser is reported as a [`Conflict`].
 pub mod host;
 pub mod path;
+pub mod rewrite;
 
 use std::collections::HashMap;
 
@@ -24,6 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 pub use host::{HostRule, request_host, wildcard_suffix};
 pub use path::{BadPath, InvalidPath, PathKind, PathRule, normalize_request_path, replace_prefix};
+pub use rewrite::{PathRewrite, RewriteTarget};
 
 /// Order of precedence between Ingress objects: smaller wins.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -325,6 +327,31 @@ mod tests {
         ]);
         assert_eq!(t.lookup("foo.com", "/a"), Some(&"exact"));
         assert_eq!(t.lookup("foo.com", "/a/b"), Some(&"prefix"));
+    }
+
+    /// A host under `use-regex`: expressions anchored at the start only, case-insensitive,
+    /// the longest expression tried first, the first match serving.
+    #[test]
+    fn regex_paths_longest_expression_first() {
+        let mut b = RouteTableBuilder::new();
+        let r = rank("ing", None);
+        let host = || HostRule::parse(Some("foo.com"));
+        for (path, target) in [
+            ("/", "root"),
+            ("/api", "api"),
+            ("/api/v[0-9]+/", "versioned"),
+            ("/api/v1/admin", "admin"),
+        ] {
+            b.add(&r, host(), PathRule::regex(path).unwrap(), target);
+        }
+        let (t, _) = b.build();
+        assert_eq!(t.lookup("foo.com", "/API/V2/users"), Some(&"versioned"));
+        assert_eq!(t.lookup("foo.com", "/api/v1/admin/x"), Some(&"admin"));
+        assert_eq!(t.lookup("foo.com", "/apix"), Some(&"api"));
+        assert_eq!(t.lookup("foo.com", "/other"), Some(&"root"));
+        assert!(PathRule::regex("/(?=x)").is_err());
+        // The expression is kept as written: not normalized, its trailing slash kept.
+        assert_eq!(PathRule::regex("/a//b/").unwrap().as_str(), "/a//b/");
     }
 
     #[test]

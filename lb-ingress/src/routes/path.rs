@@ -20,11 +20,15 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
-/// `spec.rules[].http.paths[].pathType`, after ImplementationSpecific became Prefix.
+/// `spec.rules[].http.paths[].pathType`, after ImplementationSpecific became Prefix; or,
+/// on a host where some Ingress asks for regular expressions, any path ([`PathRule::regex`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PathKind {
     Exact,
     Prefix,
+    /// A case-insensitive regular expression anchored at the start of the path only
+    /// (ingress-nginx's `use-regex`: `location ~* "^path"`).
+    Regex,
 }
 
 impl PathKind {
@@ -39,12 +43,34 @@ impl PathKind {
 }
 
 /// One path rule. For Prefix, `path` is stored without its trailing slashes, so `/` is
-/// stored as the empty string and matches every path.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// stored as the empty string and matches every path. For Regex, `path` is the
+/// expression as written and `regex` its compiled form.
+#[derive(Clone, Debug)]
 pub struct PathRule {
     kind: PathKind,
     path: String,
+    regex: Option<regex::Regex>,
 }
+
+/// A rule is its kind and path (the compiled expression follows from the path).
+impl PartialEq for PathRule {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.path == other.path
+    }
+}
+
+impl Eq for PathRule {}
+
+impl std::hash::Hash for PathRule {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.kind.hash(state);
+        self.path.hash(state);
+    }
+}
+
+/// Compiled size a path's regular expression may take (`regex`'s default is 10 MiB):
+/// the expressions come from Ingress objects, one per path.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// Why a path from an Ingress cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -101,10 +127,36 @@ impl PathRule {
             });
         }
         let path = match kind {
-            PathKind::Exact => path.to_owned(),
+            PathKind::Exact | PathKind::Regex => path.to_owned(),
             PathKind::Prefix => path.trim_end_matches('/').to_owned(),
         };
-        Ok(PathRule { kind, path })
+        let regex = match kind {
+            PathKind::Regex => Some(
+                regex::RegexBuilder::new(&format!("^{path}"))
+                    .case_insensitive(true)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| InvalidPath {
+                        path: path.clone(),
+                        reason: format!(
+                            "is not a regular expression lb-ingress can match (RE2 syntax: no \
+                             look-around, no back-references): {}",
+                            one_line(&e.to_string())
+                        ),
+                    })?,
+            ),
+            PathKind::Exact | PathKind::Prefix => None,
+        };
+        Ok(PathRule { kind, path, regex })
+    }
+
+    /// A path of an Ingress on a host where regular expressions are in force
+    /// (ingress-nginx's `use-regex` or `rewrite-target` on some Ingress of the host):
+    /// whatever its `pathType`, a case-insensitive regular expression that must match at
+    /// the start of the request path, and may match only part of it (`location ~*
+    /// "^path"`). The path is taken as written: neither normalized nor trimmed.
+    pub fn regex(path: &str) -> Result<PathRule, InvalidPath> {
+        PathRule::new(PathKind::Regex, path)
     }
 
     pub fn kind(&self) -> PathKind {
@@ -124,6 +176,10 @@ impl PathRule {
     pub fn matches(&self, request_path: &str) -> bool {
         match self.kind {
             PathKind::Exact => request_path == self.path,
+            PathKind::Regex => self
+                .regex
+                .as_ref()
+                .is_some_and(|r| r.is_match(request_path)),
             PathKind::Prefix => {
                 // Element-wise: the rule's segments are a prefix of the request's, i.e.
                 // the request path equals the rule or continues it with a '/'.
@@ -136,18 +192,26 @@ impl PathRule {
 
     /// Precedence among rules that match the same request: the longest path wins, and
     /// Exact beats Prefix when the lengths tie. `Ordering::Less` means "self first".
+    /// Regular expressions are tried in the same order, longest expression first (as
+    /// ingress-nginx orders its regex locations), the first that matches serving.
     pub fn precedence(&self, other: &PathRule) -> Ordering {
+        let rank = |k: PathKind| match k {
+            PathKind::Exact => 0,
+            PathKind::Prefix => 1,
+            PathKind::Regex => 2,
+        };
         other
             .path
             .len()
             .cmp(&self.path.len())
-            .then_with(|| match (self.kind, other.kind) {
-                (PathKind::Exact, PathKind::Prefix) => Ordering::Less,
-                (PathKind::Prefix, PathKind::Exact) => Ordering::Greater,
-                _ => Ordering::Equal,
-            })
+            .then_with(|| rank(self.kind).cmp(&rank(other.kind)))
             .then_with(|| self.path.cmp(&other.path))
     }
+}
+
+/// A `regex` error message on one line (its messages draw a caret under the pattern).
+pub(crate) fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Why a request path cannot be matched (answered 400).

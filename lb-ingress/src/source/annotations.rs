@@ -34,11 +34,14 @@
 //! | `service-upstream` | bool | proxy to the Service's ClusterIP (the kernel balances) instead of its endpoints |
 //! | `x-forwarded-prefix` | a path | sent upstream as `X-Forwarded-Prefix` |
 //! | `from-to-www-redirect` | bool | a request for `www.` + a host of the Ingress (or that host without `www.`) gets 308 to it, unless some Ingress has rules for that name |
+//! | `use-regex` | bool | the paths of every Ingress on this Ingress's hosts are case-insensitive regular expressions (RE2 syntax) matched at the start of the path, longest expression first ([`crate::routes::PathRule::regex`]) |
+//! | `rewrite-target` | a path with captures: `/$2` | the upstream path becomes it, `$1`.. replaced by the rule path's groups ([`crate::routes::rewrite`]); implies `use-regex` for the host |
 //! | `rewrite-prefix` (ours only) | a path | the matched rule path is replaced by it upstream (Gateway API's `ReplacePrefixMatch`); `X-Forwarded-Prefix` names what was replaced |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
 //! the settings that guard access or decide what reaches the upstream
-//! (`allowlist-source-range`, `auth-url`, `backend-protocol`, `rewrite-prefix`), the
+//! (`allowlist-source-range`, `auth-url`, `backend-protocol`, `rewrite-prefix`,
+//! `rewrite-target`), the
 //! Ingress's rules are then answered 503 instead of being served without them: failing
 //! closed, as ingress-nginx denies a location whose annotations did not parse. Other bad
 //! values fall back to the default.
@@ -54,6 +57,7 @@ use ipnet::IpNet;
 use crate::proxy::auth::{ExternalAuth, valid_template};
 use crate::proxy::ratelimit::Rate;
 use crate::proxy::upstream::UpstreamProtocol;
+use crate::routes::RewriteTarget;
 
 /// Our annotation prefix.
 pub const PREFIX: &str = "ingress.lb.dev/";
@@ -61,6 +65,8 @@ pub const PREFIX: &str = "ingress.lb.dev/";
 pub const NGINX_PREFIX: &str = "nginx.ingress.kubernetes.io/";
 
 /// What an Ingress's annotations set; `None` leaves the proxy's default.
+// One field per annotation: the switches are independent settings, not a state.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteOptions {
     pub ssl_redirect: Option<bool>,
@@ -74,6 +80,10 @@ pub struct RouteOptions {
     pub protocol: Option<UpstreamProtocol>,
     pub app_root: Option<String>,
     pub rewrite_prefix: Option<String>,
+    /// `use-regex`.
+    pub use_regex: bool,
+    /// `rewrite-target`.
+    pub rewrite_target: Option<RewriteTarget>,
     /// `permanent-redirect` / `temporal-redirect`: every request answered so.
     pub redirect: Option<(hyper::StatusCode, String)>,
     /// `upstream-vhost`: the `Host` sent upstream.
@@ -250,6 +260,17 @@ impl Default for CookieAffinity {
 }
 
 impl RouteOptions {
+    /// Does the rule with `path` (as written) put its host under regular expressions?
+    /// (`use-regex`, or a `rewrite-target` that changes the path: ingress-nginx's
+    /// `enforceRegexModifier`.)
+    pub fn wants_regex(&self, path: &str) -> bool {
+        self.use_regex
+            || self
+                .rewrite_target
+                .as_ref()
+                .is_some_and(|t| t.rewrites(path))
+    }
+
     /// Whether `ip` may use the rules these options belong to.
     pub fn allows(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
@@ -381,10 +402,6 @@ impl<'a> Settings<'a> {
                 continue;
             }
             let why = match name {
-                "rewrite-target" => format!(
-                    "not supported (its regex captures change how every path of the host matches); \
-                     for a prefix rewrite use {PREFIX}rewrite-prefix"
-                ),
                 n if n.ends_with("-snippet") => {
                     "snippets (raw proxy configuration) are never honoured".to_owned()
                 }
@@ -426,6 +443,8 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
                 .filter(|p| !p.contains('?'))
                 .ok_or_else(|| format!("{v:?} is not an absolute path without a query"))
         }),
+        use_regex: s.get("use-regex", IGNORED, boolean).unwrap_or(false),
+        rewrite_target: s.guard("rewrite-target", &mut deny, RewriteTarget::parse),
         upstream_host: s.get("upstream-vhost", IGNORED, |v| {
             (hyper::http::uri::Authority::try_from(v).is_ok())
                 .then(|| hyper::header::HeaderValue::try_from(v).ok())
@@ -465,6 +484,14 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
         }),
         ..RouteOptions::default()
     };
+    if o.rewrite_prefix.is_some()
+        && let Some(t) = o.rewrite_target.take()
+    {
+        s.problems.push(format!(
+            "annotation rewrite-target {:?}: rewrite-prefix is set too and applies; ignored",
+            t.as_str()
+        ));
+    }
     o.redirect = redirect(&mut s);
     o.auth = external_auth(&mut s, &mut deny);
     o.verify_upstream = verify_upstream(&mut s, &mut deny);
@@ -980,7 +1007,7 @@ mod tests {
                 "nginx.ingress.kubernetes.io/configuration-snippet",
                 "more_set_headers x",
             ),
-            ("nginx.ingress.kubernetes.io/rewrite-target", "/$2"),
+            ("nginx.ingress.kubernetes.io/mirror-target", "http://x/"),
             ("ingress.lb.dev/colour", "blue"),
         ]);
         let (o, problems) = parse(Some(&a));
@@ -994,7 +1021,7 @@ mod tests {
         assert!(
             problems
                 .iter()
-                .any(|p| p.contains("rewrite-target") && p.contains("not supported"))
+                .any(|p| p.contains("mirror-target") && p.contains("not supported"))
         );
         assert!(problems.iter().any(|p| p.contains("ingress.lb.dev/colour")));
         // nginx's buffering knobs have nothing to configure here: not problems.
@@ -1059,6 +1086,46 @@ mod tests {
         let (o, problems) = parse(Some(&a));
         assert_eq!(o.rewrite_prefix, None);
         assert!(problems[0].contains("ours is ingress.lb.dev/rewrite-prefix"));
+    }
+
+    #[test]
+    fn regex_paths_and_rewrite_targets() {
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/use-regex", "true"),
+            ("nginx.ingress.kubernetes.io/rewrite-target", "/$2"),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(o.use_regex);
+        assert_eq!(
+            o.rewrite_target.as_ref().map(RewriteTarget::as_str),
+            Some("/$2")
+        );
+        // A rewrite-target alone puts the host under regexes, unless it is the path.
+        let a = annotations(&[("nginx.ingress.kubernetes.io/rewrite-target", "/")]);
+        let (o, _) = parse(Some(&a));
+        assert!(o.wants_regex("/app"));
+        assert!(!o.wants_regex("/"));
+        assert!(!RouteOptions::default().wants_regex("/app"));
+        // It decides what reaches the upstream: a bad one fails closed.
+        let a = annotations(&[("nginx.ingress.kubernetes.io/rewrite-target", "http://x/$1")]);
+        let (o, problems) = parse(Some(&a));
+        assert!(o.deny.is_some());
+        assert!(problems[0].contains("503"), "{problems:?}");
+        // Ours, rewrite-prefix, wins over it.
+        let a = annotations(&[
+            ("ingress.lb.dev/rewrite-prefix", "/"),
+            ("nginx.ingress.kubernetes.io/rewrite-target", "/$1"),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!(
+            (o.rewrite_prefix.as_deref(), o.rewrite_target),
+            (Some("/"), None)
+        );
+        assert!(
+            problems[0].contains("rewrite-prefix is set too"),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -1232,7 +1299,7 @@ mod tests {
             assert_eq!(options.deny, None);
             ingresses += 1;
         }
-        assert_eq!(ingresses, 4);
+        assert_eq!(ingresses, 5);
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod class;
 pub mod endpoints;
 pub mod watch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -19,7 +19,9 @@ use crate::metrics::{RouteLabelValues, RouteSeries};
 use crate::proxy::balance::{EndpointRegistry, Pool};
 use crate::proxy::ratelimit::{ConcurrencyLimiter, LimitRegistry, RateLimiter};
 use crate::proxy::upstream::UpstreamProtocol;
-use crate::routes::{HostRule, PathRule, Rank, RouteTable, RouteTableBuilder};
+use crate::routes::{
+    HostRule, PathKind, PathRewrite, PathRule, Rank, RouteTable, RouteTableBuilder,
+};
 use crate::tls::upstream::{UpstreamCa, VerifiedUpstream};
 use crate::tls::{CertTable, certified_key};
 use annotations::{CanaryPolicy, RouteOptions};
@@ -79,6 +81,8 @@ pub struct Target {
     pub verified: Option<Arc<VerifiedUpstream>>,
     /// `from-to-www-redirect`: this rule only redirects, to this host.
     pub www_redirect: Option<String>,
+    /// `rewrite-target`: the upstream path, from the rule path's captures.
+    pub rewrite: Option<Arc<PathRewrite>>,
     /// This rule's request metrics, looked up once (see [`RouteSeries`]).
     pub series: RouteSeries,
 }
@@ -220,9 +224,12 @@ impl Backends<'_> {
 
 /// The rules of an Ingress, in order: the `defaultBackend` (host any, path
 /// [`DEFAULT_BACKEND`]), then each valid path of each rule. Invalid paths are reported.
+/// On the hosts in `regex_hosts` every path is a regular expression
+/// ([`PathRule::regex`]).
 fn rules<'i>(
     spec: &'i k8s_openapi::api::networking::v1::IngressSpec,
     aliases: &[String],
+    regex_hosts: &HashSet<HostRule>,
     r: &ObjectRef,
     problems: &mut Vec<String>,
 ) -> Vec<(HostRule, Option<PathRule>, &'i IngressBackend)> {
@@ -231,28 +238,69 @@ fn rules<'i>(
         out.push((HostRule::Any, None, backend));
     }
     for rule in spec.rules.iter().flatten() {
-        let host = HostRule::parse(rule.host.as_deref());
-        // `server-alias`: the rules of a named host serve the aliases too.
-        let hosts: Vec<HostRule> = std::iter::once(host.clone())
-            .chain(
-                aliases
-                    .iter()
-                    .filter(|_| host != HostRule::Any)
-                    .map(|a| HostRule::parse(Some(a))),
-            )
-            .collect();
+        let hosts = rule_hosts(rule.host.as_deref(), aliases);
         for p in rule.http.iter().flat_map(|h| &h.paths) {
-            match PathRule::from_spec(&p.path_type, p.path.as_deref().unwrap_or("/")) {
-                Ok(path) => {
-                    for host in &hosts {
-                        out.push((host.clone(), Some(path.clone()), &p.backend));
-                    }
+            let raw = p.path.as_deref().unwrap_or("/");
+            // Each form once, whatever the number of hosts.
+            let mut plain = None;
+            let mut regex = None;
+            for host in &hosts {
+                let path = if regex_hosts.contains(host) {
+                    regex.get_or_insert_with(|| PathRule::regex(raw))
+                } else {
+                    plain.get_or_insert_with(|| PathRule::from_spec(&p.path_type, raw))
+                };
+                if let Ok(path) = path {
+                    out.push((host.clone(), Some(path.clone()), &p.backend));
                 }
-                Err(e) => problems.push(format!("Ingress {}/{}: {e}", r.namespace, r.name)),
+            }
+            for e in [plain, regex].into_iter().flatten().filter_map(Result::err) {
+                problems.push(format!("Ingress {}/{}: {e}", r.namespace, r.name));
             }
         }
     }
     out
+}
+
+/// The hosts a rule serves: its own, and for a named host the `server-alias`es too.
+fn rule_hosts(host: Option<&str>, aliases: &[String]) -> Vec<HostRule> {
+    let host = HostRule::parse(host);
+    let named = host != HostRule::Any;
+    std::iter::once(host)
+        .chain(
+            aliases
+                .iter()
+                .filter(|_| named)
+                .map(|a| HostRule::parse(Some(a))),
+        )
+        .collect()
+}
+
+/// The hosts where paths are regular expressions: those with a rule of a main Ingress
+/// that asks for them ([`RouteOptions::wants_regex`]). As in ingress-nginx, this holds
+/// for every path of the host, whichever Ingress defines it.
+fn regex_hosts<'a>(
+    ingresses: impl Iterator<
+        Item = (
+            &'a k8s_openapi::api::networking::v1::IngressSpec,
+            &'a RouteOptions,
+        ),
+    >,
+) -> HashSet<HostRule> {
+    let mut hosts = HashSet::new();
+    for (spec, options) in ingresses {
+        if options.canary.is_some() {
+            continue;
+        }
+        for rule in spec.rules.iter().flatten() {
+            let wants = (rule.http.iter().flat_map(|h| &h.paths))
+                .any(|p| options.wants_regex(p.path.as_deref().unwrap_or("/")));
+            if wants {
+                hosts.extend(rule_hosts(rule.host.as_deref(), &options.server_alias));
+            }
+        }
+    }
+    hosts
 }
 
 /// A canary Ingress's rule, waiting for the main rule of the same host and path.
@@ -291,9 +339,8 @@ pub fn build(
     let mut routes = RouteTableBuilder::new();
     let mut certs = CertTable::default();
 
-    // Ours, with their settings; canary Ingresses are set apart by the rule they follow.
-    let mut ingresses = Vec::new();
-    let mut canaries: HashMap<(HostRule, Option<PathRule>), CanaryRule> = HashMap::new();
+    // Ours, with their settings.
+    let mut ours = Vec::new();
     for object in store.of_kind(Kind::Ingress) {
         let Object::Ingress(ingress) = object else {
             continue;
@@ -311,13 +358,23 @@ pub fn build(
             bad.into_iter()
                 .map(|p| format!("Ingress {}/{}: {p}", r.namespace, r.name)),
         );
+        ours.push((r, rank, spec, options));
+    }
+    let regex_hosts = regex_hosts(ours.iter().map(|(_, _, spec, options)| (*spec, options)));
+
+    // Canary Ingresses are set apart by the rule they follow.
+    let mut ingresses = Vec::new();
+    let mut canaries: HashMap<(HostRule, Option<PathRule>), CanaryRule> = HashMap::new();
+    for (r, rank, spec, options) in ours {
         let Some(policy) = options.canary.clone() else {
-            let rules = rules(spec, &options.server_alias, &r, &mut problems);
+            let rules = rules(spec, &options.server_alias, &regex_hosts, &r, &mut problems);
             ingresses.push((r, rank, spec, options, rules));
             continue;
         };
         let policy = Arc::new(policy);
-        for (host, path, backend) in rules(spec, &options.server_alias, &r, &mut problems) {
+        for (host, path, backend) in
+            rules(spec, &options.server_alias, &regex_hosts, &r, &mut problems)
+        {
             let canary = CanaryRule {
                 r: r.clone(),
                 rank: rank.clone(),
@@ -421,6 +478,26 @@ pub fn build(
                 continue;
             };
             let path_label = path.as_ref().map_or(DEFAULT_BACKEND, PathRule::as_str);
+            // `rewrite-target`, bound to this rule's expression; one it cannot be bound to
+            // (a group the path lacks) makes the rule answer 503.
+            let mut rule_options = Arc::clone(&options);
+            let rewrite = match (&options.rewrite_target, &path) {
+                (Some(t), Some(p)) if p.kind() == PathKind::Regex && t.rewrites(p.as_str()) => {
+                    PathRewrite::new(p.as_str(), t)
+                        .map_err(|e| {
+                            problems.push(format!(
+                                "Ingress {}/{}: {e}; the rule answers 503 until it is fixed",
+                                r.namespace, r.name
+                            ));
+                            let mut denied = (*options).clone();
+                            denied.deny.get_or_insert(e);
+                            rule_options = Arc::new(denied);
+                        })
+                        .ok()
+                        .map(Arc::new)
+                }
+                _ => None,
+            };
             let make = |ingress: String, (service, pool, protocol): Backend| Target {
                 ingress,
                 host: host.label(),
@@ -428,11 +505,12 @@ pub fn build(
                 service,
                 pool,
                 protocol,
-                options: Arc::clone(&options),
+                options: Arc::clone(&rule_options),
                 limiter: limiter.clone(),
                 concurrency: concurrency.clone(),
                 verified: None,
                 www_redirect: None,
+                rewrite: rewrite.clone(),
                 canary: None,
                 series: RouteSeries::default(),
             };
