@@ -1335,6 +1335,7 @@ async fn annotations_set_each_ingress_own_policy() {
             "ingress.lb.dev/allowlist-source-range",
             "10.0.0.0/8, 127.0.0.1",
         ),
+        one("block", &nginx("denylist-source-range"), "192.0.2.0/28"),
         one("small", &nginx("proxy-body-size"), "1k"),
         one("force", &nginx("force-ssl-redirect"), "true"),
         one("root", &nginx("app-root"), "/app/"),
@@ -1420,6 +1421,15 @@ async fn annotations_set_each_ingress_own_policy() {
     assert_eq!(
         send("allow.example", "/", &xff, None).await.0,
         StatusCode::FORBIDDEN
+    );
+    // Denylist: the client a trusted proxy names is refused, the peer itself is not.
+    assert_eq!(
+        send("block.example", "/", &xff, None).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send("block.example", "/", &[], None).await.0,
+        StatusCode::OK
     );
     // Body size: this Ingress's limit, not the others'.
     assert_eq!(

@@ -400,10 +400,7 @@ impl Proxy {
             log.target = Some(target);
             return Err(ProxyError::Misconfigured { reason });
         }
-        if options.allow_sources.is_some()
-            || target.limiter.is_some()
-            || target.concurrency.is_some()
-        {
+        if options.filters_sources() || target.limiter.is_some() || target.concurrency.is_some() {
             let client =
                 headers::client_addr(req.headers(), conn.peer.ip(), &self.options.trusted_proxies);
             if !options.allows(client) {

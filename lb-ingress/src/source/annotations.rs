@@ -13,6 +13,7 @@
 //! | `proxy-connect-timeout` | seconds, or with a unit: `500ms`, `5s`, `1m` | upstream connect timeout (default: `--connect-timeout-ms`) |
 //! | `proxy-read-timeout` | as above | time the upstream has to send a response head, then 504 (default: `--upstream-timeout-ms`) |
 //! | `allowlist-source-range` (or `whitelist-source-range`) | comma-separated CIDRs or addresses | other clients get 403 |
+//! | `denylist-source-range` | comma-separated CIDRs or addresses | these clients get 403 (even when the allowlist has them) |
 //! | `backend-protocol` | `HTTP`, `AUTO_HTTP`, `HTTPS`, `GRPC`, `GRPCS`, `H2C` | HTTP/1.1 or HTTP/2 with prior knowledge, over TLS for `HTTPS` and `GRPCS` (default: the Service port's `appProtocol`) |
 //! | `app-root` | a path | a request for `/` gets 302 to it |
 //! | `affinity` | `cookie` | session affinity: a client that carries the cookie goes back to the endpoint that served it, while that endpoint is ready and not ejected; otherwise it gets a new one and a new cookie |
@@ -23,7 +24,7 @@
 //! | `enable-cors` | bool | CORS: preflights answered 204 here, the `Access-Control-Allow-*` headers set on responses |
 //! | `cors-allow-origin`, `-methods`, `-headers`, `-expose-headers`, `-credentials`, `-max-age` | as in ingress-nginx | the CORS answer (defaults: ingress-nginx's) |
 //! | `canary` | bool | this Ingress's rules are the canaries of a main Ingress's rules with the same host and path, not routes of their own |
-//! | `canary-by-header`, `-by-header-value`, `-by-cookie`, `-weight`, `-weight-total` | as in ingress-nginx | which requests go to the canary: header, then cookie, then weight |
+//! | `canary-by-header`, `-by-header-value`, `-by-header-pattern`, `-by-cookie`, `-weight`, `-weight-total` | as in ingress-nginx | which requests go to the canary: header, then cookie, then weight |
 //! | `auth-url` (`http://` only), `auth-method`, `auth-signin`, `auth-response-headers` | as in ingress-nginx | external authentication before the upstream ([`crate::proxy::auth`]) |
 //! | `permanent-redirect` (`-code`, 301), `temporal-redirect` (302) | absolute URL | every request of the rules answered with that redirect; temporal wins |
 //! | `upstream-vhost` | a host | the `Host` sent upstream (`X-Forwarded-Host` keeps the client's) |
@@ -40,7 +41,8 @@
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
 //! the settings that guard access or decide what reaches the upstream
-//! (`allowlist-source-range`, `auth-url`, `backend-protocol`, `rewrite-prefix`,
+//! (`allowlist-source-range`, `denylist-source-range`, `auth-url`, `backend-protocol`,
+//! `rewrite-prefix`,
 //! `rewrite-target`), the
 //! Ingress's rules are then answered 503 instead of being served without them: failing
 //! closed, as ingress-nginx denies a location whose annotations did not parse. Other bad
@@ -77,6 +79,8 @@ pub struct RouteOptions {
     pub response_timeout: Option<Duration>,
     /// Clients allowed (by the address [`crate::proxy::headers::client_addr`] gives).
     pub allow_sources: Option<Vec<IpNet>>,
+    /// Clients refused (`denylist-source-range`), before the allowlist is asked.
+    pub deny_sources: Option<Vec<IpNet>>,
     pub protocol: Option<UpstreamProtocol>,
     pub app_root: Option<String>,
     pub rewrite_prefix: Option<String>,
@@ -123,22 +127,38 @@ pub struct RouteOptions {
 }
 
 /// Which requests a canary takes, in ingress-nginx's order: the header (`always`,
-/// `never`, or the configured value), then the cookie (`always`, `never`), then the
-/// weight.
+/// `never`, the configured value, or a value the configured pattern finds a match in),
+/// then the cookie (`always`, `never`), then the weight.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CanaryPolicy {
     pub header: Option<hyper::header::HeaderName>,
     pub header_value: Option<String>,
+    /// `canary-by-header-pattern` (ignored when a value is set).
+    pub header_pattern: Option<HeaderPattern>,
     pub cookie: Option<String>,
     pub weight: u32,
     pub weight_total: u32,
 }
+
+/// A regular expression a header value is searched with (unanchored, case-sensitive, as
+/// `ngx.re.match`); equal when written the same.
+#[derive(Clone, Debug)]
+pub struct HeaderPattern(pub regex::Regex);
+
+impl PartialEq for HeaderPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for HeaderPattern {}
 
 impl Default for CanaryPolicy {
     fn default() -> Self {
         CanaryPolicy {
             header: None,
             header_value: None,
+            header_pattern: None,
             cookie: None,
             weight: 0,
             weight_total: 100,
@@ -151,10 +171,11 @@ impl CanaryPolicy {
     pub fn selects(&self, headers: &hyper::HeaderMap) -> bool {
         if let Some(v) = self.header.as_ref().and_then(|h| headers.get(h)) {
             // With a value set, only that value counts; other values fall through.
-            match &self.header_value {
-                Some(want) if v.as_bytes() == want.as_bytes() => return true,
-                None if v == "always" => return true,
-                None if v == "never" => return false,
+            match (&self.header_value, &self.header_pattern) {
+                (Some(want), _) if v.as_bytes() == want.as_bytes() => return true,
+                (None, Some(p)) if v.to_str().is_ok_and(|v| p.0.is_match(v)) => return true,
+                (None, None) if v == "always" => return true,
+                (None, None) if v == "never" => return false,
                 _ => {}
             }
         }
@@ -274,9 +295,14 @@ impl RouteOptions {
     /// Whether `ip` may use the rules these options belong to.
     pub fn allows(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.allow_sources
-            .as_ref()
-            .is_none_or(|nets| nets.iter().any(|n| n.contains(&ip)))
+        let listed =
+            |nets: &Option<Vec<IpNet>>| nets.as_ref().map(|n| n.iter().any(|n| n.contains(&ip)));
+        listed(&self.deny_sources) != Some(true) && listed(&self.allow_sources) != Some(false)
+    }
+
+    /// Do the rules check the client's address (allowlist or denylist)?
+    pub fn filters_sources(&self) -> bool {
+        self.allow_sources.is_some() || self.deny_sources.is_some()
     }
 
     /// Whether `ip` is exempt from the rate limit (`limit-allowlist`).
@@ -437,6 +463,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             absolute_path(v).ok_or_else(|| format!("{v:?} is not an absolute path"))
         }),
         allow_sources: s.guard("allowlist-source-range", &mut deny, parse_ranges),
+        deny_sources: s.guard("denylist-source-range", &mut deny, parse_ranges),
         protocol: s.guard("backend-protocol", &mut deny, backend_protocol),
         rewrite_prefix: s.guard("rewrite-prefix", &mut deny, |v| {
             absolute_path(v)
@@ -727,9 +754,10 @@ fn cors(s: &mut Settings<'_>) -> Option<Cors> {
 
 /// `canary` and the rules that pick its requests.
 fn canary(s: &mut Settings<'_>) -> Option<CanaryPolicy> {
-    const SETTINGS: [&str; 5] = [
+    const SETTINGS: [&str; 6] = [
         "canary-by-header",
         "canary-by-header-value",
+        "canary-by-header-pattern",
         "canary-by-cookie",
         "canary-weight",
         "canary-weight-total",
@@ -741,9 +769,28 @@ fn canary(s: &mut Settings<'_>) -> Option<CanaryPolicy> {
     let weight_total = s
         .get("canary-weight-total", IGNORED, positive)
         .unwrap_or(100);
+    let header_value = s.get("canary-by-header-value", IGNORED, |v| Ok(v.to_owned()));
+    if header_value.is_some() {
+        s.drop_companions(
+            &["canary-by-header-pattern"],
+            "canary-by-header-value is set and wins",
+        );
+    }
     Some(CanaryPolicy {
         header: s.get("canary-by-header", IGNORED, header_name),
-        header_value: s.get("canary-by-header-value", IGNORED, |v| Ok(v.to_owned())),
+        header_value,
+        header_pattern: s.get("canary-by-header-pattern", IGNORED, |v| {
+            regex::RegexBuilder::new(v)
+                .size_limit(1 << 20)
+                .build()
+                .map(HeaderPattern)
+                .map_err(|e| {
+                    format!(
+                        "{v:?} is not a regular expression (RE2 syntax): {}",
+                        crate::routes::path::one_line(&e.to_string())
+                    )
+                })
+        }),
         cookie: s.get("canary-by-cookie", IGNORED, cookie_name),
         weight: s
             .get("canary-weight", IGNORED, |v| {
@@ -936,6 +983,38 @@ mod tests {
         assert_eq!(o.deny, None);
     }
 
+    /// ingress-nginx writes the denylist's `deny` lines before the allowlist's `allow`:
+    /// a client on both is refused.
+    #[test]
+    fn the_denylist_is_asked_before_the_allowlist() {
+        let a = annotations(&[
+            (
+                "nginx.ingress.kubernetes.io/denylist-source-range",
+                "10.0.9.0/24, 2001:db8::1",
+            ),
+            (
+                "nginx.ingress.kubernetes.io/allowlist-source-range",
+                "10.0.0.0/8",
+            ),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(o.filters_sources());
+        assert!(o.allows("10.0.8.1".parse().unwrap()));
+        assert!(!o.allows("10.0.9.1".parse().unwrap()));
+        assert!(!o.allows("::ffff:10.0.9.1".parse().unwrap()));
+        assert!(!o.allows("192.0.2.1".parse().unwrap()));
+        // A denylist alone lets everyone else in.
+        let a = annotations(&[(
+            "nginx.ingress.kubernetes.io/denylist-source-range",
+            "2001:db8::1",
+        )]);
+        let (o, _) = parse(Some(&a));
+        assert!(!o.allows("2001:db8::1".parse().unwrap()));
+        assert!(o.allows("2001:db8::2".parse().unwrap()));
+        assert!(o.allows("192.0.2.1".parse().unwrap()));
+    }
+
     #[test]
     fn no_annotations_change_nothing() {
         let (o, problems) = parse(None);
@@ -993,6 +1072,14 @@ mod tests {
         );
         let deny = o.deny.expect("a broken allowlist denies");
         assert!(deny.contains("\"300.1.1.1\" is not a CIDR"), "{deny}");
+        let a = annotations(&[(
+            "nginx.ingress.kubernetes.io/denylist-source-range",
+            "10.0.0.0/33",
+        )]);
+        assert!(
+            parse(Some(&a)).0.deny.is_some(),
+            "a broken denylist denies too"
+        );
 
         let a = annotations(&[("nginx.ingress.kubernetes.io/backend-protocol", "FCGI")]);
         let (o, problems) = parse(Some(&a));
@@ -1223,6 +1310,53 @@ mod tests {
         let (o, problems) = parse(Some(&a));
         assert_eq!(o.canary, None);
         assert!(problems[0].contains("canary is not"), "{problems:?}");
+    }
+
+    #[test]
+    fn canary_by_header_pattern() {
+        let nginx = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
+        let policy = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![
+                (nginx("canary"), "true".to_owned()),
+                (nginx("canary-by-header"), "X-User".to_owned()),
+            ];
+            pairs.extend(extra.iter().map(|(k, v)| (nginx(k), (*v).to_owned())));
+            let a: BTreeMap<String, String> = pairs.into_iter().collect();
+            parse(Some(&a))
+        };
+        let user = |v: &'static str| {
+            let mut h = hyper::HeaderMap::new();
+            h.insert("x-user", hyper::header::HeaderValue::from_static(v));
+            h
+        };
+        let (o, problems) = policy(&[("canary-by-header-pattern", "^(alice|bob)@corp")]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let p = o.canary.unwrap();
+        assert!(p.selects(&user("alice@corp.example")));
+        assert!(!p.selects(&user("carol@corp.example")));
+        // With a pattern, "always" is just a value that does not match.
+        assert!(!p.selects(&user("always")));
+        // Unanchored, case-sensitive: as ngx.re.match without options.
+        let (o, _) = policy(&[("canary-by-header-pattern", "beta")]);
+        let p = o.canary.unwrap();
+        assert!(p.selects(&user("x-beta-1")));
+        assert!(!p.selects(&user("BETA")));
+        // A value wins over a pattern (reported); a bad pattern is reported.
+        let (o, problems) = policy(&[
+            ("canary-by-header-value", "yes"),
+            ("canary-by-header-pattern", ".*"),
+        ]);
+        assert!(o.canary.unwrap().header_pattern.is_none());
+        assert!(
+            problems[0].contains("canary-by-header-value is set"),
+            "{problems:?}"
+        );
+        let (o, problems) = policy(&[("canary-by-header-pattern", "a(?=b)")]);
+        assert!(o.canary.unwrap().header_pattern.is_none());
+        assert!(
+            problems[0].contains("not a regular expression"),
+            "{problems:?}"
+        );
     }
 
     #[test]
