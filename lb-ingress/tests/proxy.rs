@@ -1636,6 +1636,102 @@ async fn regex_paths_and_rewrite_targets_as_ingress_nginx() {
     h.shutdown().await;
 }
 
+/// `auth-type: basic` with ingress-nginx's htpasswd Secret (an Opaque Secret, key
+/// `auth`): 401 with the realm's challenge until a user of the file signs in with the
+/// right password (Apache MD5 and bcrypt lines here), the upstream never asked before;
+/// no Secret, or digest auth, fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_from_an_htpasswd_secret() {
+    let up = Upstream::start("up").await;
+    let m = Manifests::new();
+    let nginx = |key: &str| format!("nginx.ingress.kubernetes.io/{key}");
+    let (auth_type, auth_secret) = (nginx("auth-type"), nginx("auth-secret"));
+    m.write(
+        "ingress.yaml",
+        &[
+            annotated(
+                "staff",
+                "staff.example",
+                "up",
+                &[
+                    (&auth_type, "basic"),
+                    (&auth_secret, "basic-auth"),
+                    (&nginx("auth-realm"), "Staff only"),
+                ],
+            ),
+            annotated(
+                "missing",
+                "missing.example",
+                "up",
+                &[(&auth_type, "basic"), (&auth_secret, "no-such-secret")],
+            ),
+            annotated(
+                "digest",
+                "digest.example",
+                "up",
+                &[(&auth_type, "digest"), (&auth_secret, "basic-auth")],
+            ),
+            annotated("open", "open.example", "up", &[]),
+        ]
+        .concat(),
+    );
+    m.write(
+        "secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: basic-auth, namespace: default}\ntype: Opaque\nstringData:\n  auth: |\n    apr:$apr1$Zx8PqL2a$76aYfI91l4FjYZ.6m3AFl0\n    bcrypt:$2y$05$1OySy3v3hiUUxumhXe/bA.Hxp0C4GQGIsOP.AH0r.JkdsrxEpbjjK\n",
+    );
+    m.write(
+        "svc.yaml",
+        &service("default", "up", 80, "http", "80", &[&up]),
+    );
+    let h = start(server_config(&m)).await;
+    let cl = client();
+    let send = |host: &'static str, authorization: Option<&'static str>| {
+        let cl = cl.clone();
+        let extra: Vec<(&'static str, &'static str)> = authorization
+            .map(|v| ("authorization", v))
+            .into_iter()
+            .collect();
+        async move { request(&cl, h.http_addr, "GET", host, "/", &extra, None).await }
+    };
+    for authorization in [None, Some("Basic YXByOndyb25n"), Some("Bearer abc")] {
+        let r = send("staff.example", authorization).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{authorization:?}");
+        assert_eq!(
+            r.header("www-authenticate").as_deref(),
+            Some("Basic realm=\"Staff only\""),
+        );
+    }
+    assert_eq!(up.hits(), 0, "nobody reached the upstream unauthenticated");
+    for authorization in [
+        "Basic YXByOmFwci1zZWNyZXQ=",
+        "Basic YmNyeXB0OmJjcnlwdC1zZWNyZXQ=",
+        // Remembered once verified.
+        "Basic YmNyeXB0OmJjcnlwdC1zZWNyZXQ=",
+    ] {
+        let r = send("staff.example", Some(authorization)).await;
+        assert_eq!(r.status, StatusCode::OK, "{authorization}");
+        // As nginx, the header goes on to the upstream.
+        assert_eq!(
+            seen(&r.body)["headers"]["authorization"],
+            serde_json::json!([authorization])
+        );
+    }
+    assert_eq!(up.hits(), 3);
+    for (host, status) in [
+        ("missing.example", StatusCode::SERVICE_UNAVAILABLE),
+        ("digest.example", StatusCode::SERVICE_UNAVAILABLE),
+        ("open.example", StatusCode::OK),
+    ] {
+        assert_eq!(send(host, None).await.status, status, "{host}");
+    }
+    // The missing Secret; digest, and its auth-secret that nothing uses.
+    assert_eq!(
+        metric(h.metrics_addr.unwrap(), "lb_ingress_config_problems", &[]).await,
+        Some(3)
+    );
+    h.shutdown().await;
+}
+
 /// A Service port with `appProtocol: https` is reached over TLS (certificate not
 /// verified, as ingress-nginx's default): HTTP/1.1 by ALPN; `backend-protocol: GRPCS`
 /// makes it HTTP/2 over TLS; and HTTPS to a plain-HTTP port fails as a connect failure

@@ -113,7 +113,7 @@ impl Source for KubeSource {
                         }))
                     }
                     Kind::Secret => tasks.spawn(watch::<Secret>(c, kind, config, tx, |o| {
-                        Object::Secret(Box::new(o))
+                        Object::Secret(Box::new(slim_secret(o)))
                     })),
                 };
             }
@@ -138,13 +138,31 @@ fn slim<K: Resource>(mut o: K) -> K {
     o
 }
 
+/// The Secrets watched: all but these types.
+pub const SECRET_FIELD_SELECTOR: &str =
+    "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token";
+
+/// The only keys of a Secret's `data` any consumer reads (a TLS certificate and key, a
+/// CA bundle, an htpasswd file): the rest, such as an application's passwords in an
+/// Opaque Secret, is dropped as it arrives and never held.
+pub const SECRET_KEYS: [&str; 4] = ["tls.crt", "tls.key", "ca.crt", "auth"];
+
+fn slim_secret(mut s: Secret) -> Secret {
+    if let Some(data) = s.data.as_mut() {
+        data.retain(|k, _| SECRET_KEYS.contains(&k.as_str()));
+    }
+    s.string_data = None;
+    s
+}
+
 /// The server-side selectors of one kind's watch.
 fn watch_config(kind: Kind, node: Option<&str>) -> watcher::Config {
     let config = watcher::Config::default();
     match (kind, node) {
-        // Secrets: only TLS ones are ever needed; the field selector keeps others out of
-        // memory.
-        (Kind::Secret, _) => config.fields("type=kubernetes.io/tls"),
+        // Secrets: never Helm's release records or legacy service-account tokens (the
+        // bulk of a cluster's Secrets, and of no use here); what is kept of the others is
+        // cut to [`SECRET_KEYS`] by `slim_secret`.
+        (Kind::Secret, _) => config.fields(SECRET_FIELD_SELECTOR),
         (Kind::Node, Some(node)) => config.fields(&format!("metadata.name={node}")),
         (Kind::EndpointSlice, Some(_)) => config.labels("!service.kubernetes.io/headless"),
         _ => config,

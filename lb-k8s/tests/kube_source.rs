@@ -243,7 +243,7 @@ async fn a_node_agent_watches_its_own_node_and_no_headless_slices() {
 }
 
 #[tokio::test]
-async fn paginated_listing_is_complete_and_secrets_are_only_tls() {
+async fn paginated_listing_is_complete_and_secrets_are_slimmed() {
     let config = Config {
         max_page_size: Some(2),
         ..Config::default()
@@ -252,12 +252,28 @@ async fn paginated_listing_is_complete_and_secrets_are_only_tls() {
         for i in 0..7 {
             api.apply(svc(&format!("svc-{i}"), 80)).unwrap();
         }
-        let secret = |name: &str, ty: &str| {
+        let secret = |name: &str, ty: &str, data: Value| {
             json!({"apiVersion": "v1", "kind": "Secret", "type": ty,
-                   "metadata": {"name": name, "namespace": "default"}, "data": {}})
+                   "metadata": {"name": name, "namespace": "default"}, "data": data})
         };
-        api.apply(secret("cert", "kubernetes.io/tls")).unwrap();
-        api.apply(secret("password", "Opaque")).unwrap();
+        api.apply(secret(
+            "cert",
+            "kubernetes.io/tls",
+            json!({"tls.crt": "Y3J0", "tls.key": "a2V5"}),
+        ))
+        .unwrap();
+        api.apply(secret(
+            "basic-auth",
+            "Opaque",
+            json!({"auth": "dTpw", "db-password": "aHVudGVyMg=="}),
+        ))
+        .unwrap();
+        api.apply(secret(
+            "release",
+            "helm.sh/release.v1",
+            json!({"release": "eA=="}),
+        ))
+        .unwrap();
     })
     .await;
     h.until("services and secrets listed", |s| {
@@ -272,19 +288,36 @@ async fn paginated_listing_is_complete_and_secrets_are_only_tls() {
             .any(|r| r.kind == Some("Service") && r.param("continue").is_some()),
         "the listing took several pages"
     );
-    let secrets: Vec<String> = h
+    let mut secrets: Vec<(String, Vec<String>)> = h
         .store
         .of_kind(Kind::Secret)
-        .map(|o| o.object_ref().name)
+        .map(|o| match o {
+            Object::Secret(s) => (
+                o.object_ref().name,
+                s.data.iter().flatten().map(|(k, _)| k.clone()).collect(),
+            ),
+            _ => unreachable!(),
+        })
         .collect();
-    assert_eq!(secrets, ["cert"]);
+    secrets.sort();
+    // Helm's release is never listed; the Opaque Secret keeps only its htpasswd file.
+    assert_eq!(
+        secrets,
+        [
+            ("basic-auth".to_owned(), vec!["auth".to_owned()]),
+            (
+                "cert".to_owned(),
+                vec!["tls.crt".to_owned(), "tls.key".to_owned()]
+            ),
+        ]
+    );
     assert!(
         h.api
             .requests()
             .iter()
             .filter(|r| r.kind == Some("Secret"))
-            .all(|r| r.param("fieldSelector") == Some("type=kubernetes.io/tls")),
-        "every secret request carries the TLS field selector"
+            .all(|r| r.param("fieldSelector") == Some(lb_k8s::kube_source::SECRET_FIELD_SELECTOR)),
+        "every secret request carries the field selector"
     );
 }
 

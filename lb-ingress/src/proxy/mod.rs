@@ -39,6 +39,7 @@
 //!    request metrics.
 pub mod auth;
 pub mod balance;
+pub mod basic;
 pub mod body;
 pub mod error;
 pub mod headers;
@@ -603,6 +604,21 @@ impl Proxy {
             auth,
             https,
         } = outgoing;
+        // auth-type: basic, then auth-url: both must let the request through (nginx's
+        // `satisfy all`).
+        let basic = (log.target.as_ref())
+            .and_then(|t| t.basic_auth.as_ref())
+            .map(Arc::clone);
+        if let Some(basic) = basic
+            && !basic.check(head.headers.get(header::AUTHORIZATION)).await
+        {
+            let mut resp = Response::new(());
+            *resp.status_mut() = StatusCode::UNAUTHORIZED;
+            let h = resp.headers_mut();
+            h.insert(header::WWW_AUTHENTICATE, basic.challenge());
+            h.insert(header::SERVER, HeaderValue::from_static(SERVER));
+            return Ok(Forwarded::Local(resp));
+        }
         if let Some(original) = auth {
             let target = Arc::clone(log.target.as_ref().expect("routed before forwarding"));
             let config = target

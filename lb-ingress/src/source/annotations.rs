@@ -26,6 +26,7 @@
 //! | `canary` | bool | this Ingress's rules are the canaries of a main Ingress's rules with the same host and path, not routes of their own |
 //! | `canary-by-header`, `-by-header-value`, `-by-header-pattern`, `-by-cookie`, `-weight`, `-weight-total` | as in ingress-nginx | which requests go to the canary: header, then cookie, then weight |
 //! | `auth-url` (`http://` only), `auth-method`, `auth-signin`, `auth-response-headers` | as in ingress-nginx | external authentication before the upstream ([`crate::proxy::auth`]) |
+//! | `auth-type: basic`, `auth-secret` (`name` or `namespace/name`), `auth-realm`, `auth-secret-type: auth-file` | | HTTP basic authentication against the htpasswd file under the Secret's `auth` key ([`crate::proxy::basic`]); 401 with `WWW-Authenticate` otherwise |
 //! | `permanent-redirect` (`-code`, 301), `temporal-redirect` (302) | absolute URL | every request of the rules answered with that redirect; temporal wins |
 //! | `upstream-vhost` | a host | the `Host` sent upstream (`X-Forwarded-Host` keeps the client's) |
 //! | `proxy-next-upstream-tries` | number; `0` no limit | attempts per request, at most (default: `--max-retries` + 1) |
@@ -41,8 +42,8 @@
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
 //! the settings that guard access or decide what reaches the upstream
-//! (`allowlist-source-range`, `denylist-source-range`, `auth-url`, `backend-protocol`,
-//! `rewrite-prefix`,
+//! (`allowlist-source-range`, `denylist-source-range`, `auth-url`, `auth-type`,
+//! `auth-secret`, `auth-tls-secret`, `backend-protocol`, `rewrite-prefix`,
 //! `rewrite-target`), the
 //! Ingress's rules are then answered 503 instead of being served without them: failing
 //! closed, as ingress-nginx denies a location whose annotations did not parse. Other bad
@@ -115,6 +116,8 @@ pub struct RouteOptions {
     pub canary: Option<CanaryPolicy>,
     /// `auth-url` and its companions.
     pub auth: Option<ExternalAuth>,
+    /// `auth-type: basic` and its companions.
+    pub basic_auth: Option<BasicAuthSpec>,
     /// `proxy-ssl-verify: on`: verify TLS upstreams against a CA.
     pub verify_upstream: Option<VerifyUpstream>,
     /// `enable-cors`, with its settings.
@@ -124,6 +127,15 @@ pub struct RouteOptions {
     /// Why the rules of this Ingress are answered 503 (a setting it asks for could not
     /// be honoured).
     pub deny: Option<String>,
+}
+
+/// `auth-type: basic`: where the htpasswd file is, and the realm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BasicAuthSpec {
+    /// The Secret's namespace when `auth-secret` names one; else the Ingress's.
+    pub namespace: Option<String>,
+    pub name: String,
+    pub realm: String,
 }
 
 /// Which requests a canary takes, in ingress-nginx's order: the header (`always`,
@@ -521,6 +533,8 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     }
     o.redirect = redirect(&mut s);
     o.auth = external_auth(&mut s, &mut deny);
+    o.basic_auth = basic_auth(&mut s, &mut deny);
+    client_certificates(&mut s, &mut deny);
     o.verify_upstream = verify_upstream(&mut s, &mut deny);
     o.deny = deny;
     o.affinity = affinity(&mut s);
@@ -646,6 +660,76 @@ fn external_auth(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<Exte
             })
             .unwrap_or_default(),
     })
+}
+
+/// `auth-type: basic` with `auth-secret`, `auth-realm`, `auth-secret-type`. Any other
+/// type, or no Secret, fails closed.
+fn basic_auth(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<BasicAuthSpec> {
+    const COMPANIONS: [&str; 3] = ["auth-secret", "auth-secret-type", "auth-realm"];
+    let basic = s.guard("auth-type", deny, |v| match v {
+        "basic" => Ok(()),
+        "digest" => Err("digest authentication is not supported (basic is)".to_owned()),
+        other => Err(format!("{other:?} is not basic")),
+    });
+    if basic.is_none() {
+        s.drop_companions(&COMPANIONS, "there is no usable auth-type");
+        return None;
+    }
+    s.guard("auth-secret-type", deny, |v| match v {
+        "auth-file" => Ok(()),
+        other => Err(format!(
+            "{other:?} is not supported (auth-file is: an htpasswd file under the key auth)"
+        )),
+    });
+    let realm = s
+        .get("auth-realm", IGNORED, |v| Ok(v.to_owned()))
+        .unwrap_or_default();
+    let secret = s.guard("auth-secret", deny, |v| {
+        let (namespace, name) = match v.split_once('/') {
+            Some((ns, name)) => (Some(ns.to_owned()), name),
+            None => (None, v),
+        };
+        (!name.is_empty() && !name.contains('/'))
+            .then(|| (namespace, name.to_owned()))
+            .ok_or_else(|| format!("{v:?} is not a Secret name (name or namespace/name)"))
+    });
+    let Some((namespace, name)) = secret else {
+        if deny.is_none() {
+            let why = "auth-type: basic needs auth-secret (a Secret with an htpasswd file)";
+            s.problems
+                .push(format!("{why}; its rules answer 503 until it is fixed"));
+            *deny = Some(why.to_owned());
+        }
+        return None;
+    };
+    Some(BasicAuthSpec {
+        namespace,
+        name,
+        realm,
+    })
+}
+
+/// `auth-tls-*` (client certificates): not supported; asked for (a Secret, verification
+/// not off), the rules fail closed rather than serve everyone.
+fn client_certificates(s: &mut Settings<'_>, deny: &mut Option<String>) {
+    const COMPANIONS: [&str; 5] = [
+        "auth-tls-verify-client",
+        "auth-tls-verify-depth",
+        "auth-tls-error-page",
+        "auth-tls-pass-certificate-to-upstream",
+        "auth-tls-match-cn",
+    ];
+    let off = s
+        .by_name
+        .get("auth-tls-verify-client")
+        .is_some_and(|(_, v)| *v == "off");
+    if off || !s.by_name.contains_key("auth-tls-secret") {
+        return;
+    }
+    s.guard("auth-tls-secret", deny, |_| {
+        Err::<(), _>("client certificate authentication (auth-tls-*) is not supported".to_owned())
+    });
+    s.drop_companions(&COMPANIONS, "client certificates are not checked");
 }
 
 /// `affinity: cookie` and the cookie's attributes.
@@ -1310,6 +1394,67 @@ mod tests {
         let (o, problems) = parse(Some(&a));
         assert_eq!(o.canary, None);
         assert!(problems[0].contains("canary is not"), "{problems:?}");
+    }
+
+    #[test]
+    fn basic_auth_and_client_certificates() {
+        let nginx = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
+        let parse_pairs = |pairs: &[(&str, &str)]| {
+            let a: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (nginx(k), (*v).to_owned()))
+                .collect();
+            parse(Some(&a))
+        };
+        let (o, problems) = parse_pairs(&[
+            ("auth-type", "basic"),
+            ("auth-secret", "auth/staff"),
+            ("auth-realm", "Staff"),
+            ("auth-secret-type", "auth-file"),
+        ]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            o.basic_auth,
+            Some(BasicAuthSpec {
+                namespace: Some("auth".into()),
+                name: "staff".into(),
+                realm: "Staff".into(),
+            })
+        );
+        assert_eq!(o.deny, None);
+        // The Ingress's own namespace by default; the realm empty, as ingress-nginx's.
+        let (o, _) = parse_pairs(&[("auth-type", "basic"), ("auth-secret", "staff")]);
+        let spec = o.basic_auth.unwrap();
+        assert_eq!((spec.namespace, spec.realm.as_str()), (None, ""));
+        // What cannot be honoured fails closed: no Secret, digest, auth-map, a client
+        // certificate check.
+        for pairs in [
+            &[("auth-type", "basic")][..],
+            &[("auth-type", "digest"), ("auth-secret", "s")],
+            &[
+                ("auth-type", "basic"),
+                ("auth-secret", "s"),
+                ("auth-secret-type", "auth-map"),
+            ],
+            &[
+                ("auth-tls-secret", "default/ca"),
+                ("auth-tls-verify-client", "on"),
+            ],
+        ] {
+            let (o, problems) = parse_pairs(pairs);
+            assert!(o.deny.is_some(), "{pairs:?}");
+            assert!(problems[0].contains("503"), "{pairs:?}: {problems:?}");
+        }
+        // Companions without auth-type are reported, and deny nothing.
+        let (o, problems) = parse_pairs(&[("auth-secret", "s")]);
+        assert_eq!((o.basic_auth, o.deny), (None, None));
+        assert!(problems[0].contains("no usable auth-type"), "{problems:?}");
+        // Client certificates explicitly off: nothing to enforce.
+        let (o, _) = parse_pairs(&[
+            ("auth-tls-secret", "default/ca"),
+            ("auth-tls-verify-client", "off"),
+        ]);
+        assert_eq!(o.deny, None);
     }
 
     #[test]

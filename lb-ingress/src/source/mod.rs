@@ -17,6 +17,7 @@ use lb_k8s::{Kind, Object, ObjectRef, Store};
 
 use crate::metrics::{RouteLabelValues, RouteSeries};
 use crate::proxy::balance::{EndpointRegistry, Pool};
+use crate::proxy::basic::BasicAuth;
 use crate::proxy::ratelimit::{ConcurrencyLimiter, LimitRegistry, RateLimiter};
 use crate::proxy::upstream::UpstreamProtocol;
 use crate::routes::{
@@ -83,6 +84,8 @@ pub struct Target {
     pub www_redirect: Option<String>,
     /// `rewrite-target`: the upstream path, from the rule path's captures.
     pub rewrite: Option<Arc<PathRewrite>>,
+    /// `auth-type: basic`: the users of the Ingress's htpasswd Secret.
+    pub basic_auth: Option<Arc<BasicAuth>>,
     /// This rule's request metrics, looked up once (see [`RouteSeries`]).
     pub series: RouteSeries,
 }
@@ -429,11 +432,7 @@ pub fn build(
                 Some(Object::Secret(s)) => crate::tls::certs::secret_field(s, "ca.crt")
                     .ok_or_else(|| "has no ca.crt".to_owned())
                     .and_then(|pem| UpstreamCa::from_pem(&pem)),
-                _ => Err(
-                    "not found (from the API server only Secrets of type kubernetes.io/tls are \
-                     read, as cert-manager makes them, with ca.crt beside tls.crt)"
-                        .to_owned(),
-                ),
+                _ => Err("not found".to_owned()),
             };
             ca.map_err(|e| {
                 let why = format!("proxy-ssl-secret {ns}/{name}: {e}");
@@ -444,6 +443,40 @@ pub fn build(
                 options.deny.get_or_insert(why);
             })
             .ok()
+        });
+        // auth-type: basic: the htpasswd file, once per Ingress; without one the rules
+        // fail closed.
+        let basic_auth = options.basic_auth.as_ref().and_then(|spec| {
+            let ns = spec.namespace.as_deref().unwrap_or(&r.namespace);
+            let sref = ObjectRef::new(Kind::Secret, ns, spec.name.clone());
+            let file = match store.get(&sref) {
+                Some(Object::Secret(s)) => crate::tls::certs::secret_field(s, "auth")
+                    .ok_or_else(|| "has no key auth (an htpasswd file)".to_owned())
+                    .and_then(|f| String::from_utf8(f).map_err(|_| "auth is not text".to_owned())),
+                _ => Err("not found".to_owned()),
+            };
+            let auth = file.and_then(|text| {
+                let (auth, bad) = BasicAuth::from_htpasswd(&text, &spec.realm);
+                for b in bad {
+                    problems.push(format!(
+                        "Ingress {}/{}: auth-secret {ns}/{}: {b}; that user cannot sign in",
+                        r.namespace, r.name, spec.name
+                    ));
+                }
+                (auth.users() > 0)
+                    .then_some(auth)
+                    .ok_or_else(|| "has no usable user".to_owned())
+            });
+            auth.map_err(|e| {
+                let why = format!("auth-secret {ns}/{}: {e}", spec.name);
+                problems.push(format!(
+                    "Ingress {}/{}: {why}; its rules answer 503 until it is fixed",
+                    r.namespace, r.name
+                ));
+                options.deny.get_or_insert(why);
+            })
+            .ok()
+            .map(Arc::new)
         });
         let options = Arc::new(options);
         let mut verified_by_name: HashMap<String, Option<Arc<VerifiedUpstream>>> = HashMap::new();
@@ -511,6 +544,7 @@ pub fn build(
                 verified: None,
                 www_redirect: None,
                 rewrite: rewrite.clone(),
+                basic_auth: basic_auth.clone(),
                 canary: None,
                 series: RouteSeries::default(),
             };
