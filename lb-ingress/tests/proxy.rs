@@ -1732,6 +1732,64 @@ async fn basic_auth_from_an_htpasswd_secret() {
     h.shutdown().await;
 }
 
+/// ExternalName Services as Ingress backends: one naming a Service of another namespace
+/// (`name.namespace.svc.cluster.local`, the usual way across namespaces) reaches that
+/// Service's endpoints, by number or by the ExternalName's port name; one naming an IP
+/// address reaches it; one naming a host outside the cluster is reported (503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_name_services_in_the_cluster_and_by_address() {
+    let other = Upstream::start("other-ns").await;
+    let direct = Upstream::start("direct").await;
+    let m = Manifests::new();
+    let with_port = |yaml: String, port: &str| yaml.replace("port: {number: 80}", port);
+    m.write(
+        "ingress.yaml",
+        &[
+            annotated("alias", "alias.example", "alias", &[]),
+            with_port(
+                annotated("named", "named.example", "alias", &[]),
+                "port: {name: web}",
+            ),
+            with_port(
+                annotated("ip", "ip.example", "by-ip", &[]),
+                &format!("port: {{number: {}}}", direct.addr.port()),
+            ),
+            annotated("outside", "outside.example", "outside", &[]),
+        ]
+        .concat(),
+    );
+    let external = |name: &str, to: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: ExternalName\n  externalName: {to}\n  ports:\n  - {{name: web, port: 80}}\n"
+        )
+    };
+    m.write(
+        "svc.yaml",
+        &(service("other", "up", 80, "http", "80", &[&other])
+            + &external("alias", "up.other.svc.cluster.local")
+            + &external("by-ip", "127.0.0.1")
+            + &external("outside", "api.example.com")),
+    );
+    let h = start(server_config(&m)).await;
+    let cl = client();
+    for (host, upstream) in [
+        ("alias.example", "other-ns"),
+        ("named.example", "other-ns"),
+        ("ip.example", "direct"),
+    ] {
+        let r = request(&cl, h.http_addr, "GET", host, "/", &[], None).await;
+        assert_eq!(r.status, StatusCode::OK, "{host}");
+        assert_eq!(r.upstream(), upstream, "{host}");
+    }
+    let (status, _, _) = get(&cl, h.http_addr, "outside.example", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        metric(h.metrics_addr.unwrap(), "lb_ingress_config_problems", &[]).await,
+        Some(1)
+    );
+    h.shutdown().await;
+}
+
 /// A Service port with `appProtocol: https` is reached over TLS (certificate not
 /// verified, as ingress-nginx's default): HTTP/1.1 by ALPN; `backend-protocol: GRPCS`
 /// makes it HTTP/2 over TLS; and HTTPS to a plain-HTTP port fails as a connect failure

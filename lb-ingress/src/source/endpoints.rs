@@ -79,6 +79,60 @@ pub fn cluster_address(service: &Service, port: &ServiceBackendPort) -> Result<S
     Ok(SocketAddr::new(ip, port))
 }
 
+/// Where an ExternalName Service points, when the proxy can reach it without DNS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExternalTarget {
+    /// `name.namespace.svc` (with or without the cluster domain): that Service, the
+    /// usual way to route an Ingress to a Service of another namespace.
+    Service { namespace: String, name: String },
+    /// An IP address.
+    Ip(IpAddr),
+}
+
+/// For an ExternalName Service: what it points at (or why it cannot be reached), and
+/// the port number the backend's port means there (ingress-nginx: the backend's number,
+/// or the number of the ExternalName Service's port of that name). None for any other
+/// Service.
+pub fn external_target(
+    service: &Service,
+    port: &ServiceBackendPort,
+) -> Option<Result<(ExternalTarget, i32), String>> {
+    let spec = service.spec.as_ref()?;
+    if spec.type_.as_deref() != Some("ExternalName") {
+        return None;
+    }
+    let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
+    let name = service.metadata.name.as_deref().unwrap_or_default();
+    let external = spec.external_name.as_deref().unwrap_or_default();
+    let external = external.trim_end_matches('.').to_ascii_lowercase();
+    let number = match (port.number, &port.name) {
+        (Some(n), _) => Ok(n),
+        (None, Some(_)) => service_port(service, port)
+            .map(|sp| sp.port)
+            .ok_or_else(|| format!("ExternalName Service {namespace}/{name} has no such port")),
+        (None, None) => Err(format!(
+            "ExternalName Service {namespace}/{name}: no port given"
+        )),
+    };
+    let target = if let Ok(ip) = external.parse::<IpAddr>() {
+        Ok(ExternalTarget::Ip(ip))
+    } else {
+        match external.split('.').collect::<Vec<_>>().as_slice() {
+            [svc, ns, "svc", ..] if !svc.is_empty() && !ns.is_empty() => {
+                Ok(ExternalTarget::Service {
+                    namespace: (*ns).to_owned(),
+                    name: (*svc).to_owned(),
+                })
+            }
+            _ => Err(format!(
+                "ExternalName Service {namespace}/{name} names {external:?}, outside the cluster: \
+                 only in-cluster names (service.namespace.svc) and IP addresses are supported"
+            )),
+        }
+    };
+    Some(target.and_then(|t| number.map(|n| (t, n))))
+}
+
 /// The Service port an Ingress backend names, by number or by name.
 fn service_port<'a>(
     service: &'a Service,

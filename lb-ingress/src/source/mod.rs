@@ -190,6 +190,19 @@ impl Backends<'_> {
             let label = format!("{}/{}:{port_label}", r.namespace, svc.name);
             let sref = ObjectRef::new(Kind::Service, r.namespace.clone(), svc.name.clone());
             let (addrs, protocol) = match store.get(&sref) {
+                Some(Object::Service(s))
+                    if let Some(external) = endpoints::external_target(s, &port) =>
+                {
+                    let (addrs, protocol) = external
+                        .and_then(|(target, number)| {
+                            external_addresses(store, slices, s, target, number, via, problems, r)
+                        })
+                        .unwrap_or_else(|e| {
+                            problems.push(format!("Ingress {}/{}: {e}", r.namespace, r.name));
+                            (Vec::new(), UpstreamProtocol::default())
+                        });
+                    (addrs, via.protocol.unwrap_or(protocol))
+                }
                 Some(Object::Service(s)) => (
                     if via.cluster_ip {
                         match endpoints::cluster_address(s, &port) {
@@ -640,6 +653,52 @@ pub fn build(
         },
         certs,
         problems,
+    }
+}
+
+/// The addresses behind an ExternalName Service `external` that points at `target`, on
+/// port `number` there, and their protocol (from the port's `appProtocol`).
+#[allow(clippy::too_many_arguments)]
+fn external_addresses(
+    store: &Store,
+    slices: &SliceIndex<'_>,
+    external: &Service,
+    target: endpoints::ExternalTarget,
+    number: i32,
+    via: Via,
+    problems: &mut Vec<String>,
+    r: &ObjectRef,
+) -> Result<(Vec<std::net::SocketAddr>, UpstreamProtocol), String> {
+    let port = k8s_openapi::api::networking::v1::ServiceBackendPort {
+        number: Some(number),
+        name: None,
+    };
+    match target {
+        endpoints::ExternalTarget::Ip(ip) => {
+            let p = u16::try_from(number).map_err(|_| format!("port {number} is not a port"))?;
+            let protocol = endpoints::upstream_protocol(external, &port);
+            Ok((vec![std::net::SocketAddr::new(ip, p)], protocol))
+        }
+        endpoints::ExternalTarget::Service { namespace, name } => {
+            let sref = ObjectRef::new(Kind::Service, namespace.clone(), name.clone());
+            let Some(Object::Service(s)) = store.get(&sref) else {
+                return Err(format!(
+                    "ExternalName Service points at Service {namespace}/{name}, which is not found"
+                ));
+            };
+            if endpoints::external_target(s, &port).is_some() {
+                return Err(format!(
+                    "ExternalName Service points at {namespace}/{name}, another ExternalName \
+                     Service (chains are not followed)"
+                ));
+            }
+            let addrs = if via.cluster_ip {
+                vec![endpoints::cluster_address(s, &port)?]
+            } else {
+                resolve(s, &port, slices, problems, r)
+            };
+            Ok((addrs, endpoints::upstream_protocol(s, &port)))
+        }
     }
 }
 
