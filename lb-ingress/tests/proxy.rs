@@ -1790,6 +1790,84 @@ async fn external_name_services_in_the_cluster_and_by_address() {
     h.shutdown().await;
 }
 
+/// `upstream-hash-by`: requests with the same key (a header, a query parameter) go to
+/// the same endpoint; different keys spread over the endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_hash_by_keeps_a_key_on_one_endpoint() {
+    // 24 keys on 3 endpoints all on one: a chance of 3 in 3^24.
+    const USERS: usize = 24;
+    let ups = [
+        Upstream::start("u0").await,
+        Upstream::start("u1").await,
+        Upstream::start("u2").await,
+    ];
+    let m = Manifests::new();
+    let hash_by = "nginx.ingress.kubernetes.io/upstream-hash-by";
+    m.write(
+        "ingress.yaml",
+        &[
+            annotated(
+                "by-user",
+                "user.example",
+                "up",
+                &[(hash_by, "$http_x_user")],
+            ),
+            annotated(
+                "by-arg",
+                "arg.example",
+                "up",
+                &[(hash_by, "cart-${arg_id}")],
+            ),
+        ]
+        .concat(),
+    );
+    m.write(
+        "svc.yaml",
+        &service(
+            "default",
+            "up",
+            80,
+            "http",
+            "80",
+            &[&ups[0], &ups[1], &ups[2]],
+        ),
+    );
+    let h = start(server_config(&m)).await;
+    let cl = client();
+    let mut by_user = std::collections::HashMap::new();
+    for user in 0..USERS {
+        let name = format!("user-{user}");
+        for _ in 0..4 {
+            let r = request(
+                &cl,
+                h.http_addr,
+                "GET",
+                "user.example",
+                "/",
+                &[("x-user", &name)],
+                None,
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK);
+            let first = by_user.entry(user).or_insert_with(|| r.upstream());
+            assert_eq!(*first, r.upstream(), "user {user} moved");
+        }
+    }
+    let used: std::collections::HashSet<_> = by_user.values().collect();
+    assert!(used.len() >= 2, "{USERS} keys all on {used:?}");
+    for id in 0..8 {
+        let path = format!("/cart?x=1&id={id}");
+        let first = request(&cl, h.http_addr, "GET", "arg.example", &path, &[], None)
+            .await
+            .upstream();
+        for _ in 0..3 {
+            let again = request(&cl, h.http_addr, "GET", "arg.example", &path, &[], None).await;
+            assert_eq!(again.upstream(), first, "{path}");
+        }
+    }
+    h.shutdown().await;
+}
+
 /// A Service port with `appProtocol: https` is reached over TLS (certificate not
 /// verified, as ingress-nginx's default): HTTP/1.1 by ALPN; `backend-protocol: GRPCS`
 /// makes it HTTP/2 over TLS; and HTTPS to a plain-HTTP port fails as a connect failure

@@ -110,6 +110,29 @@ impl Pool {
         Some(InFlight(Arc::clone(chosen)))
     }
 
+    /// The endpoint a request key (`upstream-hash-by`) maps to: rendezvous hashing, the
+    /// endpoint with the highest `mix(key, endpoint)` among those not in `tried` and not
+    /// ejected (all of them when every one is ejected). The same key goes to the same
+    /// endpoint in every replica; when an endpoint leaves, only its keys move, each to
+    /// its next choice, which is also where a retry goes.
+    pub fn pick_hashed(
+        &self,
+        registry: &EndpointRegistry,
+        key: u64,
+        tried: &[SocketAddr],
+    ) -> Option<InFlight> {
+        let best = |allow_ejected: bool| {
+            self.endpoints
+                .iter()
+                .filter(|e| !tried.contains(&e.addr))
+                .filter(|e| allow_ejected || !registry.is_ejected(e))
+                .max_by_key(|e| (mix(key ^ e.affinity), e.addr))
+        };
+        let chosen = best(false).or_else(|| best(true))?;
+        chosen.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(Arc::clone(chosen)))
+    }
+
     fn choose(&self, usable: impl Fn(&Arc<Endpoint>) -> bool) -> Option<&Arc<Endpoint>> {
         match self.endpoints.as_slice() {
             [] => return None,
@@ -143,6 +166,13 @@ pub fn affinity_key(addr: SocketAddr) -> u64 {
         .fold(0xcbf2_9ce4_8422_2325, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         })
+}
+
+/// SplitMix64's finalizer: every input bit moves every output bit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Two distinct indices below `len` (which is at least 2), uniformly.
@@ -293,6 +323,46 @@ mod tests {
         assert_eq!(g.endpoint().addr, p.endpoints()[0].addr);
         let all: Vec<_> = p.endpoints().iter().map(|e| e.addr).collect();
         assert!(p.pick(&reg, &all).is_none());
+    }
+
+    #[test]
+    fn hashed_keys_stay_put_and_move_only_off_a_leaving_endpoint() {
+        let reg = EndpointRegistry::new(Duration::from_secs(10));
+        let p = pool(&reg, 4);
+        let on = |p: &Pool, key: u64| p.pick_hashed(&reg, key, &[]).unwrap().endpoint().addr;
+        let keys: Vec<u64> = (0..400u64).map(|k| mix(k + 1)).collect();
+        let before: Vec<SocketAddr> = keys.iter().map(|&k| on(&p, k)).collect();
+        assert!(
+            keys.iter().zip(&before).all(|(&k, a)| on(&p, k) == *a),
+            "stable"
+        );
+        // Spread: every endpoint gets a fair share of 400 keys (100 expected).
+        for e in p.endpoints() {
+            let n = before.iter().filter(|a| **a == e.addr).count();
+            assert!((50..=150).contains(&n), "{} has {n}", e.addr);
+        }
+        // Endpoint 0 leaves: its keys move, nobody else's do.
+        let gone = p.endpoints()[0].addr;
+        let rest = Pool::new(p.endpoints()[1..].to_vec());
+        for (&k, a) in keys.iter().zip(&before) {
+            let now = on(&rest, k);
+            if *a == gone {
+                assert_ne!(now, gone);
+            } else {
+                assert_eq!(now, *a);
+            }
+        }
+        // A retry (its first choice tried) and an ejected first choice go to the same
+        // next choice.
+        let key = keys[0];
+        let first = on(&p, key);
+        let second = p.pick_hashed(&reg, key, &[first]).unwrap().endpoint().addr;
+        assert_ne!(second, first);
+        let ejected = p.endpoints().iter().find(|e| e.addr == first).unwrap();
+        reg.eject(ejected);
+        assert_eq!(on(&p, key), second);
+        let all: Vec<_> = p.endpoints().iter().map(|e| e.addr).collect();
+        assert!(p.pick_hashed(&reg, key, &all).is_none());
     }
 
     #[test]

@@ -505,6 +505,19 @@ impl Proxy {
         let sticky = (target.options.affinity.as_ref())
             .and_then(|a| headers::cookie(req.headers(), &a.name))
             .and_then(|v| u64::from_str_radix(v, 16).ok());
+        // upstream-hash-by: the request's key.
+        let hash = target.options.hash_by.as_ref().map(|key| {
+            let client = key.needs_client().then(|| {
+                headers::client_addr(req.headers(), conn.peer.ip(), &self.options.trusted_proxies)
+            });
+            key.hash(&crate::source::annotations::KeyInput {
+                uri: req.uri(),
+                headers: req.headers(),
+                path: &path,
+                host,
+                client,
+            })
+        });
         // `rewrite-prefix`: the path the upstream gets, built from the normalized one
         // (the one that matched the rule), and the prefix it no longer shows;
         // `rewrite-target`: the path its captures make.
@@ -544,6 +557,7 @@ impl Proxy {
         };
         let mut head = upstream::Head {
             sticky,
+            hash,
             te_trailers,
             method: parts.method,
             path_and_query,

@@ -634,6 +634,9 @@ pub struct Head {
     /// The endpoint a session-affinity cookie asks for ([`super::balance::affinity_key`]):
     /// tried first when it is there and healthy.
     pub sticky: Option<u64>,
+    /// The request's `upstream-hash-by` key, hashed: it picks the endpoint
+    /// ([`super::balance::Pool::pick_hashed`]) when no affinity cookie does.
+    pub hash: Option<u64>,
     /// The client sent `TE: trailers` (removed with the hop-by-hop headers): passed on
     /// to an HTTP/2 upstream, where it is the one TE allowed and gRPC servers need it.
     pub te_trailers: bool,
@@ -697,7 +700,11 @@ pub async fn send(
         let sticky = (head.sticky)
             .filter(|_| tried.is_empty())
             .and_then(|key| target.pool.pick_sticky(&proxy.registry, key, &tried));
-        let Some(slot) = sticky.or_else(|| target.pool.pick(&proxy.registry, &tried)) else {
+        let slot = sticky.or_else(|| match head.hash {
+            Some(key) => target.pool.pick_hashed(&proxy.registry, key, &tried),
+            None => target.pool.pick(&proxy.registry, &tried),
+        });
+        let Some(slot) = slot else {
             return Err(ProxyError::NoEndpoint {
                 service: target.service.clone(),
             });

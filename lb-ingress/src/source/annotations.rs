@@ -27,6 +27,7 @@
 //! | `canary-by-header`, `-by-header-value`, `-by-header-pattern`, `-by-cookie`, `-weight`, `-weight-total` | as in ingress-nginx | which requests go to the canary: header, then cookie, then weight |
 //! | `auth-url` (`http://` only), `auth-method`, `auth-signin`, `auth-response-headers` | as in ingress-nginx | external authentication before the upstream ([`crate::proxy::auth`]) |
 //! | `auth-type: basic`, `auth-secret` (`name` or `namespace/name`), `auth-realm`, `auth-secret-type: auth-file` | | HTTP basic authentication against the htpasswd file under the Secret's `auth` key ([`crate::proxy::basic`]); 401 with `WWW-Authenticate` otherwise |
+//! | `upstream-hash-by` | nginx variables and text: `$request_uri`, `$uri`, `$args`, `$remote_addr`, `$host`, `$http_NAME`, `$cookie_NAME`, `$arg_NAME` | requests with the same key go to the same endpoint (rendezvous hashing; [`crate::proxy::balance::Pool::pick_hashed`]); cookie affinity wins over it |
 //! | `permanent-redirect` (`-code`, 301), `temporal-redirect` (302) | absolute URL | every request of the rules answered with that redirect; temporal wins |
 //! | `upstream-vhost` | a host | the `Host` sent upstream (`X-Forwarded-Host` keeps the client's) |
 //! | `proxy-next-upstream-tries` | number; `0` no limit | attempts per request, at most (default: `--max-retries` + 1) |
@@ -122,11 +123,157 @@ pub struct RouteOptions {
     pub verify_upstream: Option<VerifyUpstream>,
     /// `enable-cors`, with its settings.
     pub cors: Option<Cors>,
+    /// `upstream-hash-by`: the key that picks the endpoint.
+    pub hash_by: Option<HashKey>,
     /// `affinity: cookie`, with the cookie's attributes.
     pub affinity: Option<CookieAffinity>,
     /// Why the rules of this Ingress are answered 503 (a setting it asks for could not
     /// be honoured).
     pub deny: Option<String>,
+}
+
+/// `upstream-hash-by`: a request key made of nginx variables and text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashKey(Vec<KeyPart>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum KeyPart {
+    Text(String),
+    /// `$request_uri`: path and query as sent.
+    RequestUri,
+    /// `$uri`: the normalized path (the one routes match).
+    Uri,
+    /// `$args`, `$query_string`.
+    Args,
+    /// `$remote_addr`, `$binary_remote_addr`: the client (through trusted proxies).
+    RemoteAddr,
+    /// `$host`: the request's host name, lowercase, without port.
+    Host,
+    /// `$http_NAME`: a request header (`_` read as `-`).
+    Header(hyper::header::HeaderName),
+    /// `$cookie_NAME`.
+    Cookie(String),
+    /// `$arg_NAME`: a query parameter, as sent.
+    Arg(String),
+}
+
+/// What a [`HashKey`] reads of a request.
+pub struct KeyInput<'a> {
+    pub uri: &'a hyper::Uri,
+    pub headers: &'a hyper::HeaderMap,
+    /// Normalized path.
+    pub path: &'a str,
+    pub host: &'a str,
+    /// Only needed when [`HashKey::needs_client`].
+    pub client: Option<IpAddr>,
+}
+
+impl HashKey {
+    pub fn parse(value: &str) -> Result<HashKey, String> {
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut rest = value;
+        while let Some(at) = rest.find('$') {
+            text.push_str(&rest[..at]);
+            let after = &rest[at + 1..];
+            let (name, next) = if let Some(braced) = after.strip_prefix('{') {
+                let end = braced
+                    .find('}')
+                    .ok_or_else(|| format!("{value:?} has a '${{' without its '}}'"))?;
+                (&braced[..end], &braced[end + 1..])
+            } else {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            };
+            let part = match name {
+                "request_uri" => KeyPart::RequestUri,
+                "uri" | "document_uri" => KeyPart::Uri,
+                "args" | "query_string" => KeyPart::Args,
+                "remote_addr" | "binary_remote_addr" => KeyPart::RemoteAddr,
+                "host" => KeyPart::Host,
+                n if n.starts_with("http_") && n.len() > 5 => {
+                    header_name(&n[5..].replace('_', "-")).map(KeyPart::Header)?
+                }
+                n if n.starts_with("cookie_") && n.len() > 7 => KeyPart::Cookie(n[7..].to_owned()),
+                n if n.starts_with("arg_") && n.len() > 4 => KeyPart::Arg(n[4..].to_owned()),
+                n => {
+                    return Err(format!(
+                        "${n} is not a variable lb-ingress hashes by (request_uri, uri, args, \
+                         remote_addr, host, http_NAME, cookie_NAME, arg_NAME)"
+                    ));
+                }
+            };
+            if !text.is_empty() {
+                parts.push(KeyPart::Text(std::mem::take(&mut text)));
+            }
+            parts.push(part);
+            rest = next;
+        }
+        text.push_str(rest);
+        if !text.is_empty() {
+            parts.push(KeyPart::Text(text));
+        }
+        if !parts.iter().any(|p| !matches!(p, KeyPart::Text(_))) {
+            return Err(format!(
+                "{value:?} names no variable: every request would have one key"
+            ));
+        }
+        Ok(HashKey(parts))
+    }
+
+    /// Does the key read the client's address?
+    pub fn needs_client(&self) -> bool {
+        self.0.contains(&KeyPart::RemoteAddr)
+    }
+
+    /// FNV-1a (64 bits) of the key expanded for a request: the same in every replica.
+    pub fn hash(&self, input: &KeyInput<'_>) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for &b in bytes {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for part in &self.0 {
+            match part {
+                KeyPart::Text(t) => feed(t.as_bytes()),
+                KeyPart::RequestUri => {
+                    feed(
+                        input
+                            .uri
+                            .path_and_query()
+                            .map_or(b"/", |pq| pq.as_str().as_bytes()),
+                    );
+                }
+                KeyPart::Uri => feed(input.path.as_bytes()),
+                KeyPart::Args => feed(input.uri.query().unwrap_or_default().as_bytes()),
+                KeyPart::RemoteAddr => {
+                    if let Some(ip) = input.client {
+                        feed(ip.to_string().as_bytes());
+                    }
+                }
+                KeyPart::Host => feed(input.host.as_bytes()),
+                KeyPart::Header(name) => {
+                    if let Some(v) = input.headers.get(name) {
+                        feed(v.as_bytes());
+                    }
+                }
+                KeyPart::Cookie(name) => {
+                    if let Some(v) = crate::proxy::headers::cookie(input.headers, name) {
+                        feed(v.as_bytes());
+                    }
+                }
+                KeyPart::Arg(name) => {
+                    let value = (input.uri.query().unwrap_or_default().split('&'))
+                        .find_map(|kv| kv.strip_prefix(name.as_str())?.strip_prefix('='));
+                    feed(value.unwrap_or_default().as_bytes());
+                }
+            }
+        }
+        h
+    }
 }
 
 /// `auth-type: basic`: where the htpasswd file is, and the realm.
@@ -538,6 +685,11 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     o.verify_upstream = verify_upstream(&mut s, &mut deny);
     o.deny = deny;
     o.affinity = affinity(&mut s);
+    o.hash_by = s.get(
+        "upstream-hash-by",
+        "requests are balanced as without it",
+        HashKey::parse,
+    );
     (o.rate, o.limit_exempt) = rate_limit(&mut s);
     o.max_in_flight = s.get("limit-connections", "no limit", positive);
     o.cors = cors(&mut s);
@@ -1455,6 +1607,59 @@ mod tests {
             ("auth-tls-verify-client", "off"),
         ]);
         assert_eq!(o.deny, None);
+    }
+
+    #[test]
+    fn upstream_hash_by_keys() {
+        let uri: hyper::Uri = "/a/../cart?id=7&x=1".parse().unwrap();
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("x-user", hyper::header::HeaderValue::from_static("alice"));
+        headers.insert(
+            "cookie",
+            hyper::header::HeaderValue::from_static("s=1; sid=abc"),
+        );
+        let input = |client: Option<IpAddr>| KeyInput {
+            uri: &uri,
+            headers: &headers,
+            path: "/cart",
+            host: "shop.example",
+            client,
+        };
+        let fnv = |s: &str| {
+            s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        };
+        for (template, expanded) in [
+            ("$request_uri", "/a/../cart?id=7&x=1"),
+            ("$uri", "/cart"),
+            ("$args", "id=7&x=1"),
+            ("$host$uri", "shop.example/cart"),
+            ("$http_x_user", "alice"),
+            ("user-${http_x_user}-x", "user-alice-x"),
+            ("$cookie_sid", "abc"),
+            ("$arg_id", "7"),
+            ("$arg_nope|$http_nope", "|"),
+        ] {
+            let key = HashKey::parse(template).unwrap();
+            assert!(!key.needs_client());
+            assert_eq!(key.hash(&input(None)), fnv(expanded), "{template}");
+        }
+        let key = HashKey::parse("$remote_addr").unwrap();
+        assert!(key.needs_client());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(key.hash(&input(Some(ip))), fnv("192.0.2.1"));
+        for bad in ["$server_name", "constant", "$http_", "${uri"] {
+            assert!(HashKey::parse(bad).is_err(), "{bad}");
+        }
+        // A bad key is reported and balancing goes on as without it.
+        let a = annotations(&[("nginx.ingress.kubernetes.io/upstream-hash-by", "$pid")]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!((o.hash_by, o.deny), (None, None));
+        assert!(
+            problems[0].contains("balanced as without it"),
+            "{problems:?}"
+        );
     }
 
     #[test]
