@@ -1868,6 +1868,49 @@ async fn upstream_hash_by_keeps_a_key_on_one_endpoint() {
     h.shutdown().await;
 }
 
+/// `default-backend`: a rule whose Service has no ready endpoint sends its requests to
+/// the named Service instead of answering 503; a rule with endpoints keeps them; a
+/// default backend that does not exist is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_backend_takes_requests_of_rules_without_endpoints() {
+    let live = Upstream::start("live").await;
+    let errors = Upstream::start("errors").await;
+    let m = Manifests::new();
+    let key = "nginx.ingress.kubernetes.io/default-backend";
+    m.write(
+        "ingress.yaml",
+        &[
+            annotated("down", "down.example", "dead", &[(key, "errors")]),
+            annotated("up", "up.example", "live", &[(key, "errors")]),
+            annotated("nowhere", "nowhere.example", "dead", &[(key, "missing")]),
+        ]
+        .concat(),
+    );
+    m.write(
+        "svc.yaml",
+        &(service("default", "dead", 80, "http", "80", &[])
+            + "---\n"
+            + &service("default", "live", 80, "http", "80", &[&live])
+            + "---\n"
+            + &service("default", "errors", 80, "http", "80", &[&errors])),
+    );
+    let h = start(server_config(&m)).await;
+    let cl = client();
+    for (host, upstream) in [("down.example", "errors"), ("up.example", "live")] {
+        let r = request(&cl, h.http_addr, "GET", host, "/x?y=1", &[], None).await;
+        assert_eq!(r.status, StatusCode::OK, "{host}");
+        assert_eq!(r.upstream(), upstream, "{host}");
+        assert_eq!(seen(&r.body)["uri"], "/x?y=1");
+    }
+    let (status, _, _) = get(&cl, h.http_addr, "nowhere.example", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        metric(h.metrics_addr.unwrap(), "lb_ingress_config_problems", &[]).await,
+        Some(1)
+    );
+    h.shutdown().await;
+}
+
 /// A Service port with `appProtocol: https` is reached over TLS (certificate not
 /// verified, as ingress-nginx's default): HTTP/1.1 by ALPN; `backend-protocol: GRPCS`
 /// makes it HTTP/2 over TLS; and HTTPS to a plain-HTTP port fails as a connect failure

@@ -382,6 +382,11 @@ impl Proxy {
             Some(c) if c.policy.selects(req.headers()) => Arc::clone(&c.target),
             _ => target,
         };
+        // `default-backend`: while the rule's Service has no ready endpoint.
+        let target = match &target.fallback {
+            Some(f) if target.pool.is_empty() => Arc::clone(f),
+            _ => target,
+        };
 
         if let Some(to) = &target.www_redirect {
             let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);

@@ -28,6 +28,7 @@
 //! | `auth-url` (`http://` only), `auth-method`, `auth-signin`, `auth-response-headers` | as in ingress-nginx | external authentication before the upstream ([`crate::proxy::auth`]) |
 //! | `auth-type: basic`, `auth-secret` (`name` or `namespace/name`), `auth-realm`, `auth-secret-type: auth-file` | | HTTP basic authentication against the htpasswd file under the Secret's `auth` key ([`crate::proxy::basic`]); 401 with `WWW-Authenticate` otherwise |
 //! | `upstream-hash-by` | nginx variables and text: `$request_uri`, `$uri`, `$args`, `$remote_addr`, `$host`, `$http_NAME`, `$cookie_NAME`, `$arg_NAME` | requests with the same key go to the same endpoint (rendezvous hashing; [`crate::proxy::balance::Pool::pick_hashed`]); cookie affinity wins over it |
+//! | `default-backend` | a Service of the Ingress's namespace | requests to a rule whose Service has no ready endpoint go to it (its first port) instead of getting 503 |
 //! | `permanent-redirect` (`-code`, 301), `temporal-redirect` (302) | absolute URL | every request of the rules answered with that redirect; temporal wins |
 //! | `upstream-vhost` | a host | the `Host` sent upstream (`X-Forwarded-Host` keeps the client's) |
 //! | `proxy-next-upstream-tries` | number; `0` no limit | attempts per request, at most (default: `--max-retries` + 1) |
@@ -123,6 +124,9 @@ pub struct RouteOptions {
     pub verify_upstream: Option<VerifyUpstream>,
     /// `enable-cors`, with its settings.
     pub cors: Option<Cors>,
+    /// `default-backend`: the Service (of the Ingress's namespace) that takes requests
+    /// when a rule's own has no ready endpoint.
+    pub default_backend: Option<String>,
     /// `upstream-hash-by`: the key that picks the endpoint.
     pub hash_by: Option<HashKey>,
     /// `affinity: cookie`, with the cookie's attributes.
@@ -685,6 +689,16 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     o.verify_upstream = verify_upstream(&mut s, &mut deny);
     o.deny = deny;
     o.affinity = affinity(&mut s);
+    o.default_backend = s.get("default-backend", IGNORED, |v| {
+        (!v.is_empty()
+            && v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !v.starts_with('-')
+            && !v.ends_with('-'))
+        .then(|| v.to_owned())
+        .ok_or_else(|| format!("{v:?} is not a Service name"))
+    });
     o.hash_by = s.get(
         "upstream-hash-by",
         "requests are balanced as without it",

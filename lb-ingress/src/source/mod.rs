@@ -78,6 +78,8 @@ pub struct Target {
     pub concurrency: Option<Arc<ConcurrencyLimiter>>,
     /// A canary Ingress's backend for this rule, and when it takes a request.
     pub canary: Option<Canary>,
+    /// `default-backend`: where requests go while `pool` is empty.
+    pub fallback: Option<Arc<Target>>,
     /// `proxy-ssl-verify`: how a TLS upstream's certificate is checked (None: it is not).
     pub verified: Option<Arc<VerifiedUpstream>>,
     /// `from-to-www-redirect`: this rule only redirects, to this host.
@@ -491,6 +493,34 @@ pub fn build(
             .ok()
             .map(Arc::new)
         });
+        // default-backend: that Service's first port, as ingress-nginx takes it.
+        let fallback = options.default_backend.as_ref().and_then(|name| {
+            let sref = ObjectRef::new(Kind::Service, r.namespace.clone(), name.clone());
+            let port = match store.get(&sref) {
+                Some(Object::Service(s)) => (s.spec.as_ref())
+                    .and_then(|spec| spec.ports.as_ref()?.first())
+                    .map(|p| p.port),
+                _ => None,
+            };
+            let Some(number) = port else {
+                problems.push(format!(
+                    "Ingress {}/{}: default-backend Service {}/{name} not found or without \
+                     ports; rules without endpoints answer 503",
+                    r.namespace, r.name, r.namespace
+                ));
+                return None;
+            };
+            Some(IngressBackend {
+                service: Some(k8s_openapi::api::networking::v1::IngressServiceBackend {
+                    name: name.clone(),
+                    port: Some(k8s_openapi::api::networking::v1::ServiceBackendPort {
+                        number: Some(number),
+                        name: None,
+                    }),
+                }),
+                resource: None,
+            })
+        });
         let options = Arc::new(options);
         let mut verified_by_name: HashMap<String, Option<Arc<VerifiedUpstream>>> = HashMap::new();
         // How this Ingress reaches a backend (of Ingress `owner`): its protocol, ClusterIP
@@ -559,10 +589,19 @@ pub fn build(
                 rewrite: rewrite.clone(),
                 basic_auth: basic_auth.clone(),
                 canary: None,
+                fallback: None,
                 series: RouteSeries::default(),
             };
             let mut target = make(rank.ingress(), (service, pool, protocol));
             target.verified = verified;
+            if let Some(fallback) = &fallback {
+                let (via, verified) = via_for(&r, fallback);
+                if let Some(backend) = backends.resolve(&r, fallback, via, &mut problems) {
+                    let mut fallback = make(rank.ingress(), backend);
+                    fallback.verified = verified;
+                    target.fallback = Some(Arc::new(fallback));
+                }
+            }
             if let Some(c) = canaries.get_mut(&(host.clone(), path.clone())) {
                 c.used = true;
                 // The canary's backend under the main rule's settings (as ingress-nginx:
