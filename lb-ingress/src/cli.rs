@@ -80,9 +80,14 @@ pub struct RunArgs {
     /// Close upstream connections unused this long, in milliseconds.
     #[arg(long, default_value_t = 90_000)]
     pub upstream_idle_timeout_ms: u64,
-    /// Time an upstream has to send its response head, in milliseconds (then 504).
+    /// Time an upstream has to send its response head once the request has gone, in
+    /// milliseconds (then 504).
     #[arg(long, default_value_t = 60_000)]
     pub upstream_timeout_ms: u64,
+    /// Longest stretch without progress while a request body goes upstream, in
+    /// milliseconds: the upstream not taking it gets 504, a client not sending it 408.
+    #[arg(long, default_value_t = 60_000)]
+    pub upstream_send_timeout_ms: u64,
     /// Request head size limit in bytes (then 431).
     #[arg(long, default_value_t = 32 * 1024)]
     pub max_header_bytes: usize,
@@ -151,6 +156,7 @@ impl RunArgs {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             upstream_idle_timeout: Duration::from_millis(self.upstream_idle_timeout_ms),
             response_timeout: Duration::from_millis(self.upstream_timeout_ms),
+            send_timeout: Duration::from_millis(self.upstream_send_timeout_ms),
             max_header_bytes: self.max_header_bytes,
             max_body_bytes: self.max_body_bytes,
             max_connections: self.max_connections.max(1),

@@ -598,6 +598,123 @@ async fn request_bodies_over_the_limit_are_413() {
     h.shutdown().await;
 }
 
+/// Upload timeouts as nginx's: the response timeout counts from the end of the request
+/// body, so a slow upload to a working upstream is not cut by it; while the body goes
+/// up, a stall longer than the send timeout is the upstream's (504) when it stops
+/// taking data, and the client's (408) when it stops sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_timeouts_count_progress_not_the_whole_upload() {
+    let up = Upstream::start("body").await;
+    // An upstream that accepts connections and never reads from them (the test does,
+    // at the end).
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stuck_addr = stuck.local_addr().unwrap();
+    let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = stuck.accept().await {
+            let _ = held_tx.send(socket);
+        }
+    });
+    let m = seed_manifests(&up);
+    m.write(
+        "ingress.yaml",
+        &(SEED_INGRESS.to_owned() + &annotated("stuck", "stuck.example", "stuck", &[])),
+    );
+    m.write(
+        "stuck.yaml",
+        &(service("default", "stuck", 80, "http", "80", &[])
+            + &slice("default", "stuck", "stuck-0", "http", &[stuck_addr], true)),
+    );
+    let mut cfg = server_config(&m);
+    cfg.options.response_timeout = Duration::from_millis(400);
+    cfg.options.send_timeout = Duration::from_millis(800);
+    let h = start(cfg).await;
+    // A body of `chunks` KiB, one every `gap`, then (if `stall`) a wait before the end.
+    let paced = |chunks: u32, gap: Duration, stall: Duration| {
+        let stream = futures::stream::unfold(0u32, move |sent| async move {
+            if sent == chunks {
+                return None;
+            }
+            tokio::time::sleep(if sent + 1 == chunks { stall } else { gap }).await;
+            let frame = hyper::body::Frame::data(bytes::Bytes::from(vec![b'x'; 1024]));
+            Some((Ok::<_, std::io::Error>(frame), sent + 1))
+        });
+        http_body_util::StreamBody::new(stream).boxed_unsync()
+    };
+    let post = |host: &str, body: BoxBody| {
+        hyper::Request::post(format!("http://{}/upload", h.http_addr))
+            .header("host", host)
+            .body(body)
+            .unwrap()
+    };
+    // 12 KiB over 1.8 s, a chunk every 150 ms: longer than the response timeout, each
+    // stretch within the send timeout.
+    let slow = paced(12, Duration::from_millis(150), Duration::from_millis(150));
+    let resp = client()
+        .request(post("shop.example.com", slow))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let n = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&n[..], b"12288");
+    // The client stops for 2 s before its last chunk: 408.
+    let stalled = paced(3, Duration::from_millis(50), Duration::from_secs(2));
+    let resp = client()
+        .request(post("shop.example.com", stalled))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    // The upstream takes nothing: once the socket buffers are full, 504.
+    let resp = client()
+        .request(post(
+            "stuck.example",
+            generated_body(256 << 20).boxed_unsync(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    // ...and the exchange is given up for good: the proxy's connection to the stuck
+    // upstream is closed (it would otherwise wait on it, holding the client's body, for
+    // as long as that upstream keeps the socket open).
+    let established_to_stuck = || {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let port = format!(":{:04X}", stuck_addr.port());
+        table
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[2].ends_with(&port) && f[3] == "01"
+            })
+            .count()
+    };
+    let t0 = std::time::Instant::now();
+    while established_to_stuck() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the proxy still holds its connection to the stuck upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and the upstream connection is closed: what had been sent drains, then the end.
+    let mut socket = held.recv().await.unwrap();
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0usize;
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    let total = drained.expect("the proxy still holds its connection to the stuck upstream");
+    assert!(total < 64 << 20, "{total} bytes reached the stuck upstream");
+    h.shutdown().await;
+}
+
 /// A CA and leaf certificates for host names, made in the test.
 struct Pki {
     ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,

@@ -17,6 +17,9 @@ use super::error::{BoxError, ProxyError};
 use super::log::RequestLog;
 use super::upstream::PooledConn;
 
+// Independent facts about one stream, each read on its own by the retry and timeout
+// rules.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug)]
 struct RequestBodyState {
     inner: Incoming,
@@ -25,6 +28,25 @@ struct RequestBodyState {
     limit: u64,
     too_large: bool,
     client_failed: bool,
+    /// When body data last moved on (a frame read from the client and handed over).
+    moved_at: Option<Instant>,
+    /// When the end of the body was handed over.
+    ended_at: Option<Instant>,
+    /// The last read found the client with nothing to give.
+    waiting_on_client: bool,
+}
+
+/// How far a request body has gone upstream, for the exchange's deadlines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// All of it (at that time; None: there was no body).
+    Sent(Option<Instant>),
+    /// On its way: data last moved at that time (None: not yet), and whether the client
+    /// is the one holding it up.
+    Sending {
+        moved_at: Option<Instant>,
+        waiting_on_client: bool,
+    },
 }
 
 /// The client's request body on its way upstream. Cloning gives another handle on the
@@ -47,6 +69,9 @@ impl RequestBody {
             limit,
             too_large: false,
             client_failed: false,
+            moved_at: None,
+            ended_at: None,
+            waiting_on_client: false,
         }))))
     }
 
@@ -75,6 +100,19 @@ impl RequestBody {
     pub fn client_failed(&self) -> bool {
         self.state().is_some_and(|s| s.client_failed)
     }
+
+    pub fn progress(&self) -> Progress {
+        match self.state() {
+            None => Progress::Sent(None),
+            Some(s) => match s.ended_at {
+                Some(at) => Progress::Sent(Some(at)),
+                None => Progress::Sending {
+                    moved_at: s.moved_at,
+                    waiting_on_client: s.waiting_on_client,
+                },
+            },
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -89,7 +127,9 @@ impl Body for RequestBody {
             return Poll::Ready(None);
         };
         s.polled = true;
-        match Pin::new(&mut s.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut s.inner).poll_frame(cx);
+        s.waiting_on_client = polled.is_pending();
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     s.seen += data.len() as u64;
@@ -99,13 +139,23 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(ProxyError::BodyTooLarge { limit }.into())));
                     }
                 }
+                let now = Instant::now();
+                s.moved_at = Some(now);
+                // With a known length the sender stops at the last frame, never asking
+                // for the end.
+                if s.inner.is_end_stream() {
+                    s.ended_at = Some(now);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 s.client_failed = true;
                 Poll::Ready(Some(Err(e.into())))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                s.ended_at.get_or_insert_with(Instant::now);
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

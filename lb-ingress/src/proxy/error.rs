@@ -50,6 +50,10 @@ pub enum ProxyError {
     },
     #[error("{addr} did not answer within {timeout_ms} ms")]
     Timeout { addr: SocketAddr, timeout_ms: u128 },
+    #[error("{addr} took no request body data for {timeout_ms} ms")]
+    SendTimeout { addr: SocketAddr, timeout_ms: u128 },
+    #[error("the client sent no request body data for {timeout_ms} ms")]
+    ClientBodyTimeout { timeout_ms: u128 },
     #[error("{addr} failed: {source}")]
     Upstream {
         addr: SocketAddr,
@@ -73,7 +77,10 @@ impl ProxyError {
             | ProxyError::NoEndpoint { .. }
             | ProxyError::Misconfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout { .. } | ProxyError::SendTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Auth { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -95,7 +102,10 @@ impl ProxyError {
                 "this route cannot be served (see the ingress's log)\n"
             }
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => "the upstream failed\n",
-            ProxyError::Timeout { .. } => "the upstream did not answer in time\n",
+            ProxyError::Timeout { .. } | ProxyError::SendTimeout { .. } => {
+                "the upstream did not answer in time\n"
+            }
+            ProxyError::ClientBodyTimeout { .. } => "request body timeout\n",
             ProxyError::Auth { .. } => "the authentication service failed\n",
         }
     }
@@ -107,13 +117,15 @@ impl ProxyError {
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::SourceNotAllowed(_)
             | ProxyError::RateLimited { .. }
-            | ProxyError::TooManyInFlight { .. } => Blame::Client,
+            | ProxyError::TooManyInFlight { .. }
+            | ProxyError::ClientBodyTimeout { .. } => Blame::Client,
             ProxyError::NotReady
             | ProxyError::NoRoute
             | ProxyError::NoEndpoint { .. }
             | ProxyError::Misconfigured { .. } => Blame::Config,
             ProxyError::Connect { .. }
             | ProxyError::Timeout { .. }
+            | ProxyError::SendTimeout { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::Auth { .. } => Blame::Upstream,
         }

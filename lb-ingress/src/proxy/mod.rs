@@ -93,8 +93,11 @@ pub struct ProxyOptions {
     /// Upstream connections (HTTP/1.1 in the pool, HTTP/2 shared) unused this long are
     /// closed.
     pub upstream_idle_timeout: Duration,
-    /// Time the upstream has to send a response head.
+    /// Time the upstream has to send a response head, once the request has gone.
     pub response_timeout: Duration,
+    /// Longest stretch without progress while the request body goes upstream (the
+    /// upstream not taking it: 504; the client not sending it: 408).
+    pub send_timeout: Duration,
     /// Request head size limit (HTTP/1 read buffer, HTTP/2 header list): 431 above it.
     pub max_header_bytes: usize,
     /// Request body size limit: 413 above it.
@@ -122,6 +125,7 @@ impl Default for ProxyOptions {
             connect_timeout: Duration::from_secs(3),
             upstream_idle_timeout: Duration::from_secs(90),
             response_timeout: Duration::from_mins(1),
+            send_timeout: Duration::from_mins(1),
             max_header_bytes: 32 * 1024,
             max_body_bytes: 1 << 30,
             max_connections: 16 * 1024,
@@ -703,7 +707,13 @@ impl Proxy {
             .headers
             .insert(header::SERVER, HeaderValue::from_static(SERVER));
         // A connection that switched protocols is the tunnel's, not the pool's.
-        let pooled = pooled.filter(|_| !switching);
+        let pooled = match pooled {
+            Some(conn) if switching => {
+                conn.upgraded();
+                None
+            }
+            other => other,
+        };
         Ok(Forwarded::Response(parts, body, pooled))
     }
 

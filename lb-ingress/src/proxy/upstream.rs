@@ -46,7 +46,7 @@ use tokio_rustls::client::TlsStream;
 use tracing::debug;
 
 use super::balance::{Endpoint, EndpointRegistry, InFlight};
-use super::body::RequestBody;
+use super::body::{Progress, RequestBody};
 use super::error::{BoxError, ProxyError};
 use super::log::RequestLog;
 use super::{FAR_FUTURE, Proxy};
@@ -71,7 +71,38 @@ fn shard() -> usize {
     SHARD.with(|s| *s)
 }
 
-type Sender = http1::SendRequest<RequestBody>;
+/// An HTTP/1.1 connection's request handle, and its task: dropping the handle ends the
+/// task, so that a connection given up on (a deadline missed, a client gone) does not
+/// linger with an upstream that neither answers nor reads, holding the client's request
+/// body and, through it, the client's connection. (hyper's connection task would
+/// otherwise wait for that upstream for as long as it keeps the socket open.)
+struct Sender {
+    tx: http1::SendRequest<RequestBody>,
+    /// None once the connection is handed to an upgrade (its task must finish that).
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl std::ops::Deref for Sender {
+    type Target = http1::SendRequest<RequestBody>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Sender {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
 type H2Sender = http2::SendRequest<RequestBody>;
 
 /// The protocol spoken to a Service port's endpoints.
@@ -257,6 +288,12 @@ impl std::fmt::Debug for PooledConn {
 }
 
 impl PooledConn {
+    /// The connection switched protocols: its task hands the socket to the upgrade and
+    /// ends by itself.
+    pub fn upgraded(mut self) {
+        self.tx.task = None;
+    }
+
     /// Gives the connection back, idle since `now`.
     pub fn release(mut self, now: Instant) {
         if self.tx.is_closed() {
@@ -293,7 +330,51 @@ struct Exchange<'a> {
     /// unverified ones, for the endpoint's address).
     verified: Option<&'a VerifiedUpstream>,
     connect: Duration,
-    response: Instant,
+    deadlines: Deadlines,
+}
+
+/// The deadlines of one exchange, as nginx's: while the request body is on its way, a
+/// stretch without progress may last `send` (`proxy-send-timeout`); once all of it has
+/// gone (or there was none), the response head has `read` (`proxy-read-timeout`). A
+/// large upload to a slow but working upstream is therefore never cut by the read
+/// timeout, and a client that stops sending its body is told so (408), not blamed on
+/// the upstream.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    pub started: Instant,
+    pub send: Duration,
+    pub read: Duration,
+}
+
+/// Which deadline of [`Deadlines`] was missed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Missed {
+    Response,
+    UpstreamSend,
+    ClientBody,
+}
+
+impl Deadlines {
+    fn next(&self, body: &RequestBody) -> (Instant, Missed) {
+        // Capped as tokio caps a far-off deadline.
+        let after = |from: Option<Instant>, d: Duration| {
+            from.map_or(self.started, |t| t.max(self.started)) + d.min(FAR_FUTURE)
+        };
+        match body.progress() {
+            Progress::Sent(at) => (after(at, self.read), Missed::Response),
+            Progress::Sending {
+                moved_at,
+                waiting_on_client,
+            } => (
+                after(moved_at, self.send),
+                if waiting_on_client {
+                    Missed::ClientBody
+                } else {
+                    Missed::UpstreamSend
+                },
+            ),
+        }
+    }
 }
 
 /// A TCP connection to `addr` (Nagle off), or the reason there is none within `timeout`.
@@ -317,18 +398,25 @@ enum Failure {
     Connect(BoxError),
     /// The connection was made but the exchange failed.
     Upstream(BoxError),
-    /// No response head by the deadline.
-    Timeout,
+    /// A deadline of the exchange passed ([`Deadlines`]).
+    Timeout(Missed),
 }
 
 impl Failure {
-    fn into_error(self, addr: SocketAddr, response_timeout: Duration) -> ProxyError {
+    fn into_error(self, addr: SocketAddr, deadlines: &Deadlines) -> ProxyError {
         match self {
             Failure::Connect(source) => ProxyError::Connect { addr, source },
             Failure::Upstream(source) => ProxyError::Upstream { addr, source },
-            Failure::Timeout => ProxyError::Timeout {
+            Failure::Timeout(Missed::Response) => ProxyError::Timeout {
                 addr,
-                timeout_ms: response_timeout.as_millis(),
+                timeout_ms: deadlines.read.as_millis(),
+            },
+            Failure::Timeout(Missed::UpstreamSend) => ProxyError::SendTimeout {
+                addr,
+                timeout_ms: deadlines.send.as_millis(),
+            },
+            Failure::Timeout(Missed::ClientBody) => ProxyError::ClientBodyTimeout {
+                timeout_ms: deadlines.send.as_millis(),
             },
         }
     }
@@ -421,8 +509,11 @@ impl UpstreamClient {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| Failure::Upstream(e.into()))?;
-        drive(addr, conn.with_upgrades());
-        Ok(tx)
+        let task = drive(addr, conn.with_upgrades());
+        Ok(Sender {
+            tx,
+            task: Some(task),
+        })
     }
 
     /// A new HTTP/2 connection to `addr`, driven by a task of its own.
@@ -446,6 +537,7 @@ impl UpstreamClient {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| Failure::Upstream(e.into()))?;
+        // Shared by requests: a request given up on resets its own stream only.
         drive(addr, conn);
         Ok(tx)
     }
@@ -460,9 +552,10 @@ impl UpstreamClient {
         now: Instant,
         how: Exchange<'_>,
     ) -> Result<Response<Incoming>, Failure> {
-        let deadline = how.response;
         let shard = shard();
         let mut req = build();
+        let body = req.body().clone();
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(how.deadlines.started.into()));
         let mut reused = true;
         loop {
             let mut tx = match endpoint.conns.h2_take(shard, now) {
@@ -474,11 +567,15 @@ impl UpstreamClient {
                     tx
                 }
             };
-            let sent = tokio::time::timeout_at(deadline.into(), tx.try_send_request(req)).await;
-            match sent {
-                Err(_) => return Err(Failure::Timeout),
-                Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err(mut e)) => match e.take_message() {
+            let sent = within(
+                timer.as_mut(),
+                tx.try_send_request(req),
+                &body,
+                how.deadlines,
+            );
+            match sent.await? {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => {
                         debug!(error = %e.error(), "HTTP/2 request not started, trying again");
                         req = unsent;
@@ -523,7 +620,7 @@ impl UpstreamClient {
         how: Exchange<'_>,
     ) -> Result<(Response<Incoming>, Option<PooledConn>), Failure> {
         let conn = self.checkout(endpoint, now, &how).await?;
-        match self.attempt(endpoint, conn, build(), how.response).await? {
+        match self.attempt(endpoint, conn, build(), how.deadlines).await? {
             Attempt::Done(resp, conn) => Ok((resp, Some(conn))),
             // A rare path, boxed to keep the common future small.
             Attempt::Unsent(req) => Box::pin(self.resend(endpoint, req, now, how))
@@ -542,7 +639,7 @@ impl UpstreamClient {
     ) -> Result<(Response<Incoming>, PooledConn), Failure> {
         loop {
             let conn = self.checkout(endpoint, now, &how).await?;
-            match self.attempt(endpoint, conn, req, how.response).await? {
+            match self.attempt(endpoint, conn, req, how.deadlines).await? {
                 Attempt::Done(resp, conn) => return Ok((resp, conn)),
                 Attempt::Unsent(unsent) => req = unsent,
             }
@@ -550,20 +647,17 @@ impl UpstreamClient {
     }
 
     /// One send of `req` on a checked-out connection, waiting for the response head
-    /// until `deadline`.
+    /// within `deadlines`.
     async fn attempt(
         &self,
         endpoint: &Arc<Endpoint>,
         (mut tx, mut timer, reused): (Sender, Timer, bool),
         req: Request<RequestBody>,
-        deadline: Instant,
+        deadlines: Deadlines,
     ) -> Result<Attempt, Failure> {
-        timer
-            .as_mut()
-            .reset(tokio::time::Instant::from_std(deadline));
-        match within(timer.as_mut(), tx.try_send_request(req)).await {
-            None => Err(Failure::Timeout),
-            Some(Ok(resp)) => Ok(Attempt::Done(
+        let body = req.body().clone();
+        match within(timer.as_mut(), tx.try_send_request(req), &body, deadlines).await? {
+            Ok(resp) => Ok(Attempt::Done(
                 resp,
                 PooledConn {
                     tx,
@@ -572,7 +666,7 @@ impl UpstreamClient {
                     shard: shard(),
                 },
             )),
-            Some(Err(mut e)) => match e.take_message() {
+            Err(mut e) => match e.take_message() {
                 // Not started on a connection that closed while idle: another one.
                 Some(unsent) if reused => {
                     debug!(error = %e.error(), "unstarted request canceled, trying again");
@@ -585,12 +679,16 @@ impl UpstreamClient {
 }
 
 /// Drives a hyper client connection to `addr` on a task of its own, on this runtime.
-fn drive(addr: SocketAddr, conn: impl Future<Output = hyper::Result<()>> + Send + 'static) {
+fn drive(
+    addr: SocketAddr,
+    conn: impl Future<Output = hyper::Result<()>> + Send + 'static,
+) -> tokio::task::AbortHandle {
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             debug!(%addr, error = %e, "upstream connection ended with an error");
         }
-    });
+    })
+    .abort_handle()
 }
 
 /// How one send went, short of a failure.
@@ -600,12 +698,28 @@ enum Attempt {
     Unsent(Request<RequestBody>),
 }
 
-/// `fut`, or None if `timer` fires first.
-async fn within<F: Future>(mut timer: Pin<&mut tokio::time::Sleep>, fut: F) -> Option<F::Output> {
+/// `fut` (the wait for a response head), or the deadline of `deadlines` it missed, the
+/// timer moved on as `body` makes progress.
+async fn within<F: Future>(
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    fut: F,
+    body: &RequestBody,
+    deadlines: Deadlines,
+) -> Result<F::Output, Failure> {
     let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
-        Poll::Ready(v) => Poll::Ready(Some(v)),
-        Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+    timer.as_mut().reset(deadlines.next(body).0.into());
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            let (next, missed) = deadlines.next(body);
+            if next <= Instant::now() {
+                return Poll::Ready(Err(Failure::Timeout(missed)));
+            }
+            timer.as_mut().reset(next.into());
+        }
+        Poll::Pending
     })
     .await
 }
@@ -695,6 +809,7 @@ pub async fn send(
     let connect_timeout = (target.options.connect_timeout).unwrap_or(proxy.options.connect_timeout);
     let response_timeout =
         (target.options.response_timeout).unwrap_or(proxy.options.response_timeout);
+    let send_timeout = (target.options.send_timeout).unwrap_or(proxy.options.send_timeout);
     proxy.budget.deposit();
     loop {
         let sticky = (head.sticky)
@@ -737,8 +852,11 @@ pub async fn send(
             tls: target.protocol.tls(),
             verified: target.verified.as_deref(),
             connect: connect_timeout,
-            // Capped as tokio caps a far-off deadline.
-            response: started + response_timeout.min(FAR_FUTURE),
+            deadlines: Deadlines {
+                started,
+                send: send_timeout,
+                read: response_timeout,
+            },
         };
         let result = if target.protocol.http2() {
             // Boxed: the HTTP/1.1 path's future (every request's) stays as small.
@@ -754,8 +872,8 @@ pub async fn send(
             Err(f) => f,
         };
         // Never retried: the upstream may still be working on it.
-        if let Failure::Timeout = failure {
-            return Err(failure.into_error(addr, response_timeout));
+        if let Failure::Timeout(_) = failure {
+            return Err(failure.into_error(addr, &how.deadlines));
         }
         if body.too_large() {
             return Err(ProxyError::BodyTooLarge {
@@ -779,7 +897,7 @@ pub async fn send(
             proxy.registry.eject(endpoint);
         }
         let retriable = (connect || idempotent(&head.method)) && body.untouched();
-        let error = failure.into_error(addr, response_timeout);
+        let error = failure.into_error(addr, &how.deadlines);
         tried.push(addr);
         if last || !retriable || !proxy.budget.withdraw() {
             return Err(error);

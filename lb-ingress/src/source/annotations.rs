@@ -11,7 +11,8 @@
 //! | `force-ssl-redirect` | bool | the same, whether or not the host has a certificate (TLS ended before this proxy) |
 //! | `proxy-body-size` | nginx size: `512`, `8k`, `10m`, `1g`; `0` unlimited | request body limit, 413 above it (default: `--max-body-bytes`) |
 //! | `proxy-connect-timeout` | seconds, or with a unit: `500ms`, `5s`, `1m` | upstream connect timeout (default: `--connect-timeout-ms`) |
-//! | `proxy-read-timeout` | as above | time the upstream has to send a response head, then 504 (default: `--upstream-timeout-ms`) |
+//! | `proxy-read-timeout` | as above | time the upstream has to send a response head once the request has gone, then 504 (default: `--upstream-timeout-ms`) |
+//! | `proxy-send-timeout` | as above | longest stretch without progress while the request body goes upstream: the upstream not taking it 504, the client not sending it 408 (default: `--upstream-send-timeout-ms`) |
 //! | `allowlist-source-range` (or `whitelist-source-range`) | comma-separated CIDRs or addresses | other clients get 403 |
 //! | `denylist-source-range` | comma-separated CIDRs or addresses | these clients get 403 (even when the allowlist has them) |
 //! | `backend-protocol` | `HTTP`, `AUTO_HTTP`, `HTTPS`, `GRPC`, `GRPCS`, `H2C` | HTTP/1.1 or HTTP/2 with prior knowledge, over TLS for `HTTPS` and `GRPCS` (default: the Service port's `appProtocol`) |
@@ -80,6 +81,8 @@ pub struct RouteOptions {
     pub max_body_bytes: Option<u64>,
     pub connect_timeout: Option<Duration>,
     pub response_timeout: Option<Duration>,
+    /// `proxy-send-timeout`.
+    pub send_timeout: Option<Duration>,
     /// Clients allowed (by the address [`crate::proxy::headers::client_addr`] gives).
     pub allow_sources: Option<Vec<IpNet>>,
     /// Clients refused (`denylist-source-range`), before the allowlist is asked.
@@ -622,6 +625,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
         }),
         connect_timeout: s.get("proxy-connect-timeout", IGNORED, duration),
         response_timeout: s.get("proxy-read-timeout", IGNORED, duration),
+        send_timeout: s.get("proxy-send-timeout", IGNORED, duration),
         app_root: s.get("app-root", IGNORED, |v| {
             absolute_path(v).ok_or_else(|| format!("{v:?} is not an absolute path"))
         }),
