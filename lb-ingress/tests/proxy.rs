@@ -2116,6 +2116,9 @@ async fn cookie_affinity_keeps_a_client_on_its_endpoint() {
                 (&format!("{nginx}/affinity"), "cookie"),
                 (&format!("{nginx}/session-cookie-name"), "route"),
                 (&format!("{nginx}/session-cookie-max-age"), "3600"),
+                (&format!("{nginx}/session-cookie-expires"), "3600"),
+                (&format!("{nginx}/session-cookie-domain"), "sticky.example"),
+                (&format!("{nginx}/session-cookie-secure"), "true"),
             ],
         ),
     );
@@ -2141,7 +2144,12 @@ async fn cookie_affinity_keeps_a_client_on_its_endpoint() {
     let (first, set) = call(None).await;
     let set = set.expect("a cookie for a new client");
     assert!(set.starts_with("route="), "{set}");
-    assert!(set.contains("; Path=/; HttpOnly; Max-Age=3600"), "{set}");
+    assert!(
+        set.contains("; Path=/; HttpOnly; Max-Age=3600; Expires="),
+        "{set}"
+    );
+    // Secure although this request is plain HTTP: session-cookie-secure.
+    assert!(set.ends_with("; Domain=sticky.example; Secure"), "{set}");
     let cookie = set.split(';').next().unwrap().to_owned();
     // With it: the same endpoint every time, and no new cookie.
     for _ in 0..12 {
@@ -2167,6 +2175,66 @@ async fn cookie_affinity_keeps_a_client_on_its_endpoint() {
     assert_ne!(new_cookie, cookie);
     for _ in 0..6 {
         assert_eq!(call(Some(new_cookie.clone())).await, (moved.clone(), None));
+    }
+    h.shutdown().await;
+}
+
+/// `session-cookie-change-on-failure`: a client whose endpoint is still in the Service
+/// but refuses connections is served by another; by default its cookie moves there, with
+/// `false` it keeps naming the first (which may come back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sticky_endpoint_moves_the_cookie_unless_told_not_to() {
+    let live = Upstream::start("live").await;
+    // A port nothing listens on: connections to it are refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let m = Manifests::new();
+    let nginx = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
+    let (affinity, change) = (nginx("affinity"), nginx("session-cookie-change-on-failure"));
+    m.write(
+        "ingress.yaml",
+        &[
+            annotated("moves", "moves.example", "s", &[(&affinity, "cookie")]),
+            annotated(
+                "stays",
+                "stays.example",
+                "s",
+                &[(&affinity, "cookie"), (&change, "false")],
+            ),
+        ]
+        .concat(),
+    );
+    m.write(
+        "svc.yaml",
+        &(service("default", "s", 80, "http", "80", &[&live])
+            + &slice("default", "s", "s-dead", "http", &[dead], true)),
+    );
+    let h = start(server_config(&m)).await;
+    let cl = client();
+    // The cookie a client of the dead endpoint would carry (FNV-1a of its address).
+    let key = dead
+        .to_string()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let cookie = format!("INGRESSCOOKIE={key:016x}");
+    for (host, moves) in [("moves.example", true), ("stays.example", false)] {
+        let r = request(
+            &cl,
+            h.http_addr,
+            "GET",
+            host,
+            "/",
+            &[("cookie", &cookie)],
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{host}");
+        assert_eq!(r.upstream(), "live", "{host}");
+        assert_eq!(r.header("set-cookie").is_some(), moves, "{host}");
     }
     h.shutdown().await;
 }

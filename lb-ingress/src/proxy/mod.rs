@@ -672,7 +672,15 @@ impl Proxy {
         let sent = upstream::send(self, &target, &mut head, &body, log).await;
         let set_cookie = match (&sent, &target.options.affinity) {
             (Ok((_, slot, _)), Some(affinity)) if head.sticky != Some(slot.endpoint().affinity) => {
-                affinity_cookie(affinity, slot.endpoint().affinity, &target, https)
+                // The cookie's endpoint is still there but failed: kept, unless
+                // session-cookie-change-on-failure (the default) says otherwise.
+                let kept = !affinity.change_on_failure
+                    && head.sticky.is_some_and(|key| {
+                        target.pool.endpoints().iter().any(|e| e.affinity == key)
+                    });
+                (!kept)
+                    .then(|| affinity_cookie(affinity, slot.endpoint().affinity, &target, https))
+                    .flatten()
             }
             _ => None,
         };
@@ -824,11 +832,18 @@ fn affinity_cookie(
     if let Some(age) = affinity.max_age {
         let _ = write!(v, "; Max-Age={age}");
     }
+    if let Some(secs) = affinity.expires {
+        let at = std::time::SystemTime::now() + Duration::from_secs(secs);
+        let _ = write!(v, "; Expires={}", httpdate::fmt_http_date(at));
+    }
+    if let Some(domain) = &affinity.domain {
+        let _ = write!(v, "; Domain={domain}");
+    }
     if let Some(same_site) = affinity.same_site {
         v.push_str("; SameSite=");
         v.push_str(same_site);
     }
-    if tls {
+    if tls || affinity.secure {
         v.push_str("; Secure");
     }
     HeaderValue::try_from(v).ok()

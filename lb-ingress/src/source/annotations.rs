@@ -18,7 +18,7 @@
 //! | `backend-protocol` | `HTTP`, `AUTO_HTTP`, `HTTPS`, `GRPC`, `GRPCS`, `H2C` | HTTP/1.1 or HTTP/2 with prior knowledge, over TLS for `HTTPS` and `GRPCS` (default: the Service port's `appProtocol`) |
 //! | `app-root` | a path | a request for `/` gets 302 to it |
 //! | `affinity` | `cookie` | session affinity: a client that carries the cookie goes back to the endpoint that served it, while that endpoint is ready and not ejected; otherwise it gets a new one and a new cookie |
-//! | `session-cookie-name`, `-path`, `-max-age`, `-samesite` | cookie attributes | defaults: `INGRESSCOOKIE`, the rule's path, a session cookie, none (`HttpOnly` always; `Secure` over https) |
+//! | `session-cookie-name`, `-path`, `-max-age`, `-expires`, `-domain`, `-samesite`, `-secure`, `-change-on-failure` | cookie attributes | defaults: `INGRESSCOOKIE`, the rule's path, a session cookie, no domain, none (`HttpOnly` always; `Secure` over https or when `-secure`); a client whose endpoint failed gets a cookie for the one that answered unless `-change-on-failure` is false |
 //! | `limit-rps`, `limit-rpm` | requests per second / minute | per client address; a burst of `limit-burst-multiplier` (5) times that; 429 with `Retry-After` above it |
 //! | `limit-allowlist` (or `limit-whitelist`) | CIDRs or addresses | clients not rate limited |
 //! | `limit-connections` | number | requests in flight per client, at most; 429 above it |
@@ -432,7 +432,15 @@ pub struct CookieAffinity {
     /// `None`: the path of the rule.
     pub path: Option<String>,
     pub max_age: Option<u64>,
+    /// `session-cookie-expires`: seconds from when the cookie is set.
+    pub expires: Option<u64>,
+    pub domain: Option<String>,
     pub same_site: Option<&'static str>,
+    /// `session-cookie-secure`: Secure even over plain HTTP (else only over https).
+    pub secure: bool,
+    /// `session-cookie-change-on-failure` (default true): a client whose endpoint is
+    /// still there but failed gets a cookie for the one that answered.
+    pub change_on_failure: bool,
 }
 
 impl Default for CookieAffinity {
@@ -441,7 +449,11 @@ impl Default for CookieAffinity {
             name: "INGRESSCOOKIE".to_owned(),
             path: None,
             max_age: None,
+            expires: None,
+            domain: None,
             same_site: None,
+            secure: false,
+            change_on_failure: true,
         }
     }
 }
@@ -904,11 +916,15 @@ fn client_certificates(s: &mut Settings<'_>, deny: &mut Option<String>) {
 
 /// `affinity: cookie` and the cookie's attributes.
 fn affinity(s: &mut Settings<'_>) -> Option<CookieAffinity> {
-    const ATTRIBUTES: [&str; 4] = [
+    const ATTRIBUTES: [&str; 8] = [
         "session-cookie-name",
         "session-cookie-path",
         "session-cookie-max-age",
+        "session-cookie-expires",
+        "session-cookie-domain",
         "session-cookie-samesite",
+        "session-cookie-secure",
+        "session-cookie-change-on-failure",
     ];
     // Ours never moves a client whose endpoint is still there (ingress-nginx's
     // "persistent"); "balanced" (rebalancing on scale-out) is taken to mean the same.
@@ -940,6 +956,24 @@ fn affinity(s: &mut Settings<'_>) -> Option<CookieAffinity> {
             v.parse::<u64>()
                 .map_err(|_| format!("{v:?} is not seconds"))
         }),
+        expires: s.get("session-cookie-expires", IGNORED, |v| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|s| *s <= 400 * 24 * 3600)
+                .ok_or_else(|| format!("{v:?} is not seconds (at most 400 days)"))
+        }),
+        domain: s.get("session-cookie-domain", IGNORED, |v| {
+            let name = v.strip_prefix('.').unwrap_or(v);
+            rustls::pki_types::DnsName::try_from(name)
+                .map(|_| v.to_ascii_lowercase())
+                .map_err(|_| format!("{v:?} is not a domain"))
+        }),
+        secure: s
+            .get("session-cookie-secure", IGNORED, boolean)
+            .unwrap_or(false),
+        change_on_failure: s
+            .get("session-cookie-change-on-failure", IGNORED, boolean)
+            .unwrap_or(true),
         same_site: s.get("session-cookie-samesite", IGNORED, |v| {
             match v.to_ascii_lowercase().as_str() {
                 "strict" => Ok("Strict"),
@@ -1385,6 +1419,16 @@ mod tests {
                 "172800",
             ),
             ("nginx.ingress.kubernetes.io/session-cookie-samesite", "lax"),
+            ("nginx.ingress.kubernetes.io/session-cookie-expires", "3600"),
+            (
+                "nginx.ingress.kubernetes.io/session-cookie-domain",
+                ".Shop.example",
+            ),
+            ("nginx.ingress.kubernetes.io/session-cookie-secure", "true"),
+            (
+                "nginx.ingress.kubernetes.io/session-cookie-change-on-failure",
+                "false",
+            ),
         ]);
         let (o, problems) = parse(Some(&a));
         assert!(problems.is_empty(), "{problems:?}");
@@ -1394,7 +1438,11 @@ mod tests {
                 name: "route".into(),
                 path: Some("/app".into()),
                 max_age: Some(172_800),
+                expires: Some(3600),
+                domain: Some(".shop.example".into()),
                 same_site: Some("Lax"),
+                secure: true,
+                change_on_failure: false,
             })
         );
         // Defaults, and attributes without affinity or with bad values are reported.
