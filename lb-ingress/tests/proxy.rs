@@ -1638,11 +1638,7 @@ async fn annotations_set_each_ingress_own_policy() {
     );
     assert_eq!(up.hits(), hits);
     // Both are counted as problems of the configuration serving now.
-    let metrics = h.metrics_addr.unwrap();
-    assert_eq!(
-        metric(metrics, "lb_ingress_config_problems", &[]).await,
-        Some(2)
-    );
+    assert_eq!(config_problems(&h).await, Some(2));
     h.shutdown().await;
 }
 
@@ -1746,10 +1742,7 @@ async fn regex_paths_and_rewrite_targets_as_ingress_nginx() {
         let (got, _, _) = get(&cl, h.http_addr, host, path).await;
         assert_eq!(got, status, "{host}{path}");
     }
-    assert_eq!(
-        metric(h.metrics_addr.unwrap(), "lb_ingress_config_problems", &[]).await,
-        Some(2)
-    );
+    assert_eq!(config_problems(&h).await, Some(2));
     h.shutdown().await;
 }
 
@@ -1842,10 +1835,7 @@ async fn basic_auth_from_an_htpasswd_secret() {
         assert_eq!(send(host, None).await.status, status, "{host}");
     }
     // The missing Secret; digest, and its auth-secret that nothing uses.
-    assert_eq!(
-        metric(h.metrics_addr.unwrap(), "lb_ingress_config_problems", &[]).await,
-        Some(3)
-    );
+    assert_eq!(config_problems(&h).await, Some(3));
     h.shutdown().await;
 }
 
@@ -1900,10 +1890,7 @@ async fn external_name_services_in_the_cluster_and_by_address() {
     }
     let (status, _, _) = get(&cl, h.http_addr, "outside.example", "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        metric(h.metrics_addr.unwrap(), "lb_ingress_config_problems", &[]).await,
-        Some(1)
-    );
+    assert_eq!(config_problems(&h).await, Some(1));
     h.shutdown().await;
 }
 
@@ -2021,10 +2008,7 @@ async fn default_backend_takes_requests_of_rules_without_endpoints() {
     }
     let (status, _, _) = get(&cl, h.http_addr, "nowhere.example", "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        metric(h.metrics_addr.unwrap(), "lb_ingress_config_problems", &[]).await,
-        Some(1)
-    );
+    assert_eq!(config_problems(&h).await, Some(1));
     h.shutdown().await;
 }
 
@@ -2519,11 +2503,7 @@ async fn canary_ingresses_take_requests_by_header_cookie_and_weight() {
     // A canary of nothing is no route of its own.
     let (status, _, _) = get(&c, addr, "orphan.example", "/").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let metrics = h.metrics_addr.unwrap();
-    assert_eq!(
-        metric(metrics, "lb_ingress_config_problems", &[]).await,
-        Some(1)
-    );
+    assert_eq!(config_problems(&h).await, Some(1));
     h.shutdown().await;
 }
 

@@ -468,6 +468,14 @@ pub async fn metric(addr: SocketAddr, name: &str, labels: &[&str]) -> Option<u64
         .reduce(|a, b| a + b)
 }
 
+/// The configuration problems the proxy counts now (`lb_ingress_config_problems`).
+pub async fn config_problems(h: &ServerHandle) -> Option<u64> {
+    let addr = h
+        .metrics_addr
+        .expect("the test server has a metrics listener");
+    metric(addr, "lb_ingress_config_problems", &[]).await
+}
+
 pub async fn scrape(addr: SocketAddr) -> String {
     let (status, _, body) = get(&client(), addr, "metrics", "/metrics").await;
     assert_eq!(status, StatusCode::OK);
