@@ -471,6 +471,11 @@ http {{
     scgi_temp_path {d}/scgi;
     keepalive_timeout 75s;
     keepalive_requests 1000000;
+    # ingress-nginx's $req_id: the client's X-Request-ID, else a new one.
+    map $http_x_request_id $req_id {{
+        default $http_x_request_id;
+        \"\" $request_id;
+    }}
     upstream echo {{
 {servers}        keepalive 64;
         keepalive_requests 1000000;
@@ -486,6 +491,8 @@ http {{
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $http_host;
             proxy_set_header Forwarded \"for=$remote_addr;host=\\\"$http_host\\\";proto=$scheme\";
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Request-ID $req_id;
         }}
     }}
 }}
@@ -1122,7 +1129,7 @@ fn report(a: &Args, r: &Report) -> String {
     );
     let _ = writeln!(
         md,
-        "- nginx: `master_process on`, `worker_processes` = workers, `upstream` with the same servers and `keepalive 64`, `proxy_http_version 1.1`, `proxy_set_header Connection \"\"`, and the request headers lb-ingress sets (as ingress-nginx's template does): `Host $http_host` (passed unchanged; nginx's default would be the upstream block's name), `X-Forwarded-For $remote_addr`, `X-Forwarded-Proto $scheme`, `X-Forwarded-Host $http_host` and `Forwarded \"for=$remote_addr;host=\\\"$http_host\\\";proto=$scheme\"`; `access_log off`, `keepalive_requests 1000000` on both sides (nginx's default of 1000 would close client and upstream connections that lb-ingress keeps), `worker_connections` and `worker_rlimit_nofile` = RLIMIT_NOFILE."
+        "- nginx: `master_process on`, `worker_processes` = workers, `upstream` with the same servers and `keepalive 64`, `proxy_http_version 1.1`, `proxy_set_header Connection \"\"`, and the request headers lb-ingress sets (as ingress-nginx's template does): `Host $http_host` (passed unchanged; nginx's default would be the upstream block's name), `X-Forwarded-For $remote_addr`, `X-Forwarded-Proto $scheme`, `X-Forwarded-Host $http_host`, `Forwarded \"for=$remote_addr;host=\\\"$http_host\\\";proto=$scheme\"`, `X-Real-IP $remote_addr` and `X-Request-ID $req_id` (the client's, else nginx's `$request_id`); `access_log off`, `keepalive_requests 1000000` on both sides (nginx's default of 1000 would close client and upstream connections that lb-ingress keeps), `worker_connections` and `worker_rlimit_nofile` = RLIMIT_NOFILE."
     );
     let _ = writeln!(
         md,

@@ -256,6 +256,7 @@ async fn upstream_sees_the_request_unchanged_and_forwarding_headers() {
         .header("host", "shop.example.com:8443")
         .header("x-forwarded-for", "6.6.6.6")
         .header("forwarded", "for=6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
         .header("connection", "x-hop")
         .header("x-hop", "must not pass")
         .header("te", "trailers")
@@ -295,9 +296,26 @@ async fn upstream_sees_the_request_unchanged_and_forwarding_headers() {
         serde_json::json!(["for=127.0.0.1;host=\"shop.example.com:8443\";proto=http"])
     );
     assert_eq!(hdr("x-custom"), serde_json::json!(["kept"]));
+    // As ingress-nginx: X-Real-IP is the peer (what an untrusted one says is replaced),
+    // and a request without an X-Request-ID gets one.
+    assert_eq!(hdr("x-real-ip"), serde_json::json!(["127.0.0.1"]));
+    let id = hdr("x-request-id")[0].as_str().unwrap().to_owned();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
     for gone in ["x-hop", "te", "connection"] {
         assert!(hdr(gone).is_null(), "{gone} reached the upstream: {v}");
     }
+    // Another request gets another id; a client's own id is passed on.
+    let again = request(&c, h.http_addr, "GET", "shop.example.com", "/", &[], None).await;
+    assert_ne!(seen(&again.body)["headers"]["x-request-id"][0], id.as_str());
+    let mine = [("x-request-id", "trace-42")];
+    let again = request(&c, h.http_addr, "GET", "shop.example.com", "/", &mine, None).await;
+    assert_eq!(
+        seen(&again.body)["headers"]["x-request-id"],
+        serde_json::json!(["trace-42"])
+    );
     h.shutdown().await;
 }
 
@@ -328,6 +346,11 @@ async fn trusted_proxies_extend_the_forwarded_chain() {
     assert_eq!(
         v["headers"]["x-forwarded-proto"],
         serde_json::json!(["https"])
+    );
+    // The client a trusted proxy names is the real one.
+    assert_eq!(
+        v["headers"]["x-real-ip"],
+        serde_json::json!(["203.0.113.7"])
     );
     h.shutdown().await;
 }

@@ -12,6 +12,22 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// The path prefix a `rewrite-prefix` route took away (what Traefik and Spring call it).
 pub static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+/// The client's address (ingress-nginx sets it on every upstream request).
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// A request's id, kept from the client or made here (ingress-nginx's `$req_id`).
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A new request id: 128 random bits as 32 hex digits, as nginx's `$request_id`.
+pub fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bits = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for b in id.iter_mut().rev() {
+        *b = HEX[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits are a header value")
+}
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hyper::header::HeaderValue;
 use hyper::{Method, StatusCode, Version};
 use tracing::info;
 
@@ -32,6 +33,8 @@ pub struct RequestLog {
     pub upstream_duration: Option<Duration>,
     pub status: StatusCode,
     pub retries: u32,
+    /// The request's `X-Request-ID` (set only when the access log is on).
+    pub request_id: Option<HeaderValue>,
     pub error: Option<String>,
     pub body_error: Option<String>,
     pub bytes_sent: u64,
@@ -72,6 +75,7 @@ impl RequestLog {
             upstream_duration: None,
             status: StatusCode::OK,
             retries: 0,
+            request_id: None,
             error: None,
             body_error: None,
             bytes_sent: 0,
@@ -125,6 +129,7 @@ impl Drop for RequestLog {
                 upstream_ms = self.upstream_duration.map_or(-1.0, |d| d.as_secs_f64() * 1e3),
                 duration_ms = duration.as_secs_f64() * 1e3,
                 error = self.error.as_deref().or(self.body_error.as_deref()).unwrap_or(""),
+                request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
                 "request"
             );
         }

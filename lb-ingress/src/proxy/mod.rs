@@ -577,8 +577,27 @@ impl Proxy {
         if let Some(prefix) = set_prefix.or(forwarded_prefix) {
             head.headers.insert(&headers::X_FORWARDED_PREFIX, prefix);
         }
+        // X-Request-ID (ingress-nginx's `$req_id`): the client's, else a new one.
+        let request_id = match head.headers.get(&headers::X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = headers::request_id();
+                head.headers.insert(&headers::X_REQUEST_ID, id.clone());
+                id
+            }
+        };
+        if log.access_log {
+            log.request_id = Some(request_id);
+        }
+        // X-Real-IP: the client, as the allowlist sees it; never what an untrusted peer
+        // says.
         let peer_ip = conn.peer.ip();
         if self.options.trusted_proxies.trusts(peer_ip) {
+            let client =
+                headers::client_addr(&head.headers, peer_ip, &self.options.trusted_proxies);
+            if let Ok(v) = HeaderValue::try_from(client.to_string()) {
+                head.headers.insert(&headers::X_REAL_IP, v);
+            }
             headers::set_forwarded(
                 &mut head.headers,
                 peer_ip,
@@ -587,6 +606,8 @@ impl Proxy {
                 &authority.text,
             );
         } else {
+            head.headers
+                .insert(&headers::X_REAL_IP, authority.xff.clone());
             headers::set_forwarded_untrusted(
                 &mut head.headers,
                 &authority.xff,
