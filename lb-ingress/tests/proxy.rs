@@ -2035,6 +2035,79 @@ async fn default_backend_takes_requests_of_rules_without_endpoints() {
     h.shutdown().await;
 }
 
+/// `proxy-next-upstream`: with `http_503` an idempotent request answered 503 goes on to
+/// the next endpoint, with `timeout` one whose answer is late; without them (the
+/// default) the client gets what the first endpoint gave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_upstream_conditions_choose_what_goes_on() {
+    let ups = [Upstream::start("bad").await, Upstream::start("good").await];
+    let m = Manifests::new();
+    let nginx = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
+    m.write(
+        "ingress.yaml",
+        &[
+            annotated("plain", "plain.example", "up", &[]),
+            annotated(
+                "retry",
+                "retry.example",
+                "up",
+                &[
+                    (&nginx("proxy-next-upstream"), "error timeout http_503"),
+                    (&nginx("proxy-read-timeout"), "300ms"),
+                ],
+            ),
+        ]
+        .concat(),
+    );
+    m.write(
+        "svc.yaml",
+        &service("default", "up", 80, "http", "80", &[&ups[0], &ups[1]]),
+    );
+    let mut cfg = server_config(&m);
+    // A retry per request: the budget's reserve (10) would otherwise run out within
+    // this test's bursts of failures, as it is meant to.
+    cfg.options.retry_ratio = 1.0;
+    let h = start(cfg).await;
+    let cl = client();
+    let statuses = |host: &'static str, path: &'static str| {
+        let cl = cl.clone();
+        async move {
+            let mut seen = Vec::new();
+            // P2C between two idle endpoints picks "bad" first about half the time:
+            // 16 requests all avoiding it would be a 1 in 65536 chance.
+            for _ in 0..16 {
+                let r = request(&cl, h.http_addr, "GET", host, path, &[], None).await;
+                seen.push((r.status, r.upstream_or_text()));
+            }
+            seen
+        }
+    };
+    let unavailable = "/misbehave?name=bad&status=503";
+    let plain = statuses("plain.example", unavailable).await;
+    assert!(
+        plain
+            .iter()
+            .any(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "{plain:?}"
+    );
+    let retried = statuses("retry.example", unavailable).await;
+    assert!(
+        retried
+            .iter()
+            .all(|(s, up)| *s == StatusCode::OK && up == "good"),
+        "{retried:?}"
+    );
+    // "bad" answers after 1 s, past the 300 ms read timeout: the next one is asked.
+    let late = statuses("retry.example", "/misbehave?name=bad&ms=1000").await;
+    assert!(
+        late.iter()
+            .all(|(s, up)| *s == StatusCode::OK && up == "good"),
+        "{late:?}"
+    );
+    assert!(metric(h.metrics_addr.unwrap(), "lb_ingress_upstream_retries", &[]).await > Some(0));
+    h.shutdown().await;
+}
+
 /// A Service port with `appProtocol: https` is reached over TLS (certificate not
 /// verified, as ingress-nginx's default): HTTP/1.1 by ALPN; `backend-protocol: GRPCS`
 /// makes it HTTP/2 over TLS; and HTTPS to a plain-HTTP port fails as a connect failure

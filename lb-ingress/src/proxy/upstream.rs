@@ -22,7 +22,9 @@
 //! Retry rules: a request is sent again, to another endpoint, only when no byte of it
 //! can have been processed: the connection could not be made, or the method is
 //! idempotent and the request body was never read. Never after a timeout (the upstream
-//! may still be working on it), and only while the [`RetryBudget`] allows.
+//! may still be working on it), and only while the [`RetryBudget`] allows. An Ingress's
+//! `proxy-next-upstream` changes which of these go on ([`NextUpstream`]), and may add
+//! late answers and answers with given statuses.
 //!
 //! [`RetryBudget`]: super::retry::RetryBudget
 use std::net::SocketAddr;
@@ -52,6 +54,7 @@ use super::log::RequestLog;
 use super::{FAR_FUTURE, Proxy};
 use crate::metrics::ServiceLabel;
 use crate::source::Target;
+use crate::source::annotations::NextUpstream;
 use crate::tls::upstream::VerifiedUpstream;
 
 /// Idle connections kept per endpoint and thread, at most; more are closed once done.
@@ -788,6 +791,8 @@ fn h2_request(req: &mut Request<RequestBody>, te_trailers: bool, tls: bool) {
     }
 }
 
+static DEFAULT_NEXT_UPSTREAM: NextUpstream = NextUpstream::DEFAULT;
+
 fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -810,6 +815,7 @@ pub async fn send(
     let response_timeout =
         (target.options.response_timeout).unwrap_or(proxy.options.response_timeout);
     let send_timeout = (target.options.send_timeout).unwrap_or(proxy.options.send_timeout);
+    let next = (target.options.next_upstream.as_ref()).unwrap_or(&DEFAULT_NEXT_UPSTREAM);
     proxy.budget.deposit();
     loop {
         let sticky = (head.sticky)
@@ -867,13 +873,45 @@ pub async fn send(
             proxy.client.request(endpoint, build, started, how).await
         };
         log.upstream_duration = Some(started.elapsed());
+        let may_resend = (idempotent(&head.method) || next.non_idempotent) && body.untouched();
         let failure = match result {
-            Ok((resp, conn)) => return Ok((resp, slot, conn)),
+            // `proxy-next-upstream http_NNN`: an answer with one of those statuses goes
+            // on to the next endpoint while one is left (the last one's is returned).
+            Ok((resp, conn)) => {
+                let status = resp.status().as_u16();
+                if last
+                    || !may_resend
+                    || !next.statuses.contains(&status)
+                    || !proxy.budget.withdraw()
+                {
+                    return Ok((resp, slot, conn));
+                }
+                drop((resp, conn));
+                tried.push(addr);
+                log.retries += 1;
+                count_retry(proxy, target);
+                tracing::debug!(status, "answer retried on another endpoint");
+                continue;
+            }
             Err(f) => f,
         };
-        // Never retried: the upstream may still be working on it.
-        if let Failure::Timeout(_) = failure {
-            return Err(failure.into_error(addr, &how.deadlines));
+        // Only `proxy-next-upstream timeout` retries a timeout: the upstream may still
+        // be working on it.
+        if let Failure::Timeout(missed) = failure {
+            let error = failure.into_error(addr, &how.deadlines);
+            if last
+                || !next.timeout
+                || missed != Missed::Response
+                || !may_resend
+                || !proxy.budget.withdraw()
+            {
+                return Err(error);
+            }
+            tried.push(addr);
+            log.retries += 1;
+            count_retry(proxy, target);
+            tracing::debug!(%error, "retrying on another endpoint");
+            continue;
         }
         if body.too_large() {
             return Err(ProxyError::BodyTooLarge {
@@ -896,22 +934,31 @@ pub async fn send(
             // for a while.
             proxy.registry.eject(endpoint);
         }
-        let retriable = (connect || idempotent(&head.method)) && body.untouched();
+        // Nothing reached the upstream after a connect failure: any method may go on.
+        let retriable = if connect {
+            (next.error || next.timeout) && body.untouched()
+        } else {
+            next.error && may_resend
+        };
         let error = failure.into_error(addr, &how.deadlines);
         tried.push(addr);
         if last || !retriable || !proxy.budget.withdraw() {
             return Err(error);
         }
         log.retries += 1;
-        proxy
-            .metrics
-            .upstream_retries
-            .get_or_create(&ServiceLabel {
-                service: target.service.clone(),
-            })
-            .inc();
+        count_retry(proxy, target);
         tracing::debug!(%error, "retrying on another endpoint");
     }
+}
+
+fn count_retry(proxy: &Proxy, target: &Target) {
+    proxy
+        .metrics
+        .upstream_retries
+        .get_or_create(&ServiceLabel {
+            service: target.service.clone(),
+        })
+        .inc();
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@
 //! | `default-backend` | a Service of the Ingress's namespace | requests to a rule whose Service has no ready endpoint go to it (its first port) instead of getting 503 |
 //! | `permanent-redirect` (`-code`, 301), `temporal-redirect` (302) | absolute URL | every request of the rules answered with that redirect; temporal wins |
 //! | `upstream-vhost` | a host | the `Host` sent upstream (`X-Forwarded-Host` keeps the client's) |
+//! | `proxy-next-upstream` | nginx's tokens: `error`, `timeout`, `invalid_header`, `http_500`, `http_502`, `http_503`, `http_504`, `http_403`, `http_404`, `http_429`, `non_idempotent`, `off` | when a request goes on to another endpoint ([`NextUpstream`]; default: `error`) |
 //! | `proxy-next-upstream-tries` | number; `0` no limit | attempts per request, at most (default: `--max-retries` + 1) |
 //! | `enable-access-log` | bool | `false`: no access-log lines for these rules |
 //! | `proxy-ssl-verify: on` with `proxy-ssl-secret` (`namespace/name`, its `ca.crt`), `proxy-ssl-name`, `proxy-ssl-server-name` | | TLS upstreams verified against that CA for that name (default: `service.namespace.svc`), sent as SNI when `on` |
@@ -100,6 +101,8 @@ pub struct RouteOptions {
     pub upstream_host: Option<hyper::header::HeaderValue>,
     /// Retries per request at most (`proxy-next-upstream-tries` less one).
     pub max_retries: Option<u32>,
+    /// `proxy-next-upstream`: what makes a request go on to another endpoint.
+    pub next_upstream: Option<NextUpstream>,
     /// `enable-access-log: "false"`.
     pub access_log: Option<bool>,
     /// `server-alias`: more hosts for the Ingress's named hosts' rules.
@@ -280,6 +283,68 @@ impl HashKey {
             }
         }
         h
+    }
+}
+
+/// `proxy-next-upstream` (nginx's `proxy_next_upstream`): when a request goes on to
+/// another endpoint. Whatever it says, a request whose body has started going up is
+/// never sent again (bodies are streamed, not kept), and the retry budget and
+/// `proxy-next-upstream-tries` still bound retries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NextUpstream {
+    /// `error` (and `invalid_header`): the connection failed or the exchange broke
+    /// before a response head.
+    pub error: bool,
+    /// `timeout`: no connection, or no response head, in time.
+    pub timeout: bool,
+    /// `http_NNN`: a response head with one of these statuses.
+    pub statuses: Vec<u16>,
+    /// `non_idempotent`: POST, PATCH and the like may go on too (after a connect failure
+    /// they always may: nothing reached the upstream).
+    pub non_idempotent: bool,
+}
+
+impl NextUpstream {
+    /// Without the annotation: connection failures, and broken exchanges of idempotent
+    /// requests.
+    pub const DEFAULT: NextUpstream = NextUpstream {
+        error: true,
+        timeout: false,
+        statuses: Vec::new(),
+        non_idempotent: false,
+    };
+    const NOTHING: NextUpstream = NextUpstream {
+        error: false,
+        timeout: false,
+        statuses: Vec::new(),
+        non_idempotent: false,
+    };
+
+    pub fn parse(value: &str) -> Result<NextUpstream, String> {
+        if value.trim().is_empty() {
+            return Err("no condition given".to_owned());
+        }
+        let mut next = NextUpstream::NOTHING;
+        let mut off = false;
+        for token in value.split_whitespace() {
+            match token {
+                "error" | "invalid_header" => next.error = true,
+                "timeout" => next.timeout = true,
+                "non_idempotent" => next.non_idempotent = true,
+                "off" => off = true,
+                t => {
+                    let code = t
+                        .strip_prefix("http_")
+                        .and_then(|c| c.parse::<u16>().ok())
+                        .filter(|c| [500, 502, 503, 504, 403, 404, 429].contains(c))
+                        .ok_or_else(|| {
+                            format!("{t:?} is not one of nginx's proxy_next_upstream conditions")
+                        })?;
+                    next.statuses.push(code);
+                }
+            }
+        }
+        Ok(if off { NextUpstream::NOTHING } else { next })
     }
 }
 
@@ -664,6 +729,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             Ok(tries.checked_sub(1).unwrap_or(u32::MAX))
         }),
         access_log: s.get("enable-access-log", IGNORED, boolean),
+        next_upstream: s.get("proxy-next-upstream", IGNORED, NextUpstream::parse),
         server_alias: s
             .get("server-alias", IGNORED, |v| {
                 v.split(',')
@@ -1726,6 +1792,28 @@ mod tests {
             problems[0].contains("balanced as without it"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn next_upstream_conditions() {
+        let n = NextUpstream::parse("error timeout http_502 http_503 non_idempotent").unwrap();
+        assert!(n.error && n.timeout && n.non_idempotent);
+        assert_eq!(n.statuses, [502, 503]);
+        let n = NextUpstream::parse("invalid_header").unwrap();
+        assert!(n.error && !n.timeout);
+        // off: nothing goes on, whatever else is listed.
+        let n = NextUpstream::parse("error off").unwrap();
+        assert!(!n.error && !n.timeout && n.statuses.is_empty());
+        for bad in ["", "http_418", "sometimes"] {
+            assert!(NextUpstream::parse(bad).is_err(), "{bad}");
+        }
+        let a = annotations(&[(
+            "nginx.ingress.kubernetes.io/proxy-next-upstream",
+            "http_500",
+        )]);
+        let (o, problems) = parse(Some(&a));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(o.next_upstream.unwrap().statuses, [500]);
     }
 
     #[test]

@@ -191,6 +191,24 @@ async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<Box
         "/sleep" => {
             tokio::time::sleep(Duration::from_millis(query_param(&req, "ms").unwrap_or(0))).await;
         }
+        // `/misbehave?name=N&ms=M&status=S`: upstream N waits M ms, then answers S (when
+        // given); the others answer as usual.
+        "/misbehave" => {
+            let named = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == format!("name={name}")));
+            if named {
+                let ms = query_param(&req, "ms").unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                if let Some(status) = query_param(&req, "status")
+                    .and_then(|s| u16::try_from(s).ok())
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                {
+                    return Ok(full(status, format!("{name} says {status}")));
+                }
+            }
+        }
         _ => {}
     }
     let headers: BTreeMap<String, Vec<String>> = req
@@ -416,6 +434,14 @@ impl Reply {
     /// The name of the test upstream that answered.
     pub fn upstream(&self) -> String {
         seen(&self.body)["name"].as_str().unwrap().to_owned()
+    }
+
+    /// The name of the upstream that answered with its usual body, or else the body.
+    pub fn upstream_or_text(&self) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["name"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| self.body.clone())
     }
 }
 
