@@ -2108,6 +2108,80 @@ async fn next_upstream_conditions_choose_what_goes_on() {
     h.shutdown().await;
 }
 
+/// `custom-http-errors` with `default-backend`: an upstream answer with a listed status
+/// is replaced by the default backend's answer to `GET /`, told what happened as
+/// ingress-nginx's error pages are (X-Code, X-Format, X-Original-URI, X-Namespace,
+/// X-Ingress-Name, X-Service-Name, X-Service-Port); other statuses pass. Without a
+/// default backend the annotation is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_http_errors_come_from_the_default_backend() {
+    let app = Upstream::start("app").await;
+    let pages = Upstream::start("pages").await;
+    let m = Manifests::new();
+    let nginx = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
+    m.write(
+        "ingress.yaml",
+        &[
+            annotated(
+                "site",
+                "site.example",
+                "app",
+                &[
+                    (&nginx("default-backend"), "pages"),
+                    (&nginx("custom-http-errors"), "404, 503"),
+                ],
+            ),
+            annotated(
+                "alone",
+                "alone.example",
+                "app",
+                &[(&nginx("custom-http-errors"), "404")],
+            ),
+        ]
+        .concat(),
+    );
+    m.write(
+        "svc.yaml",
+        &(service("default", "app", 80, "http", "80", &[&app])
+            + "---\n"
+            + &service("default", "pages", 80, "http", "80", &[&pages])),
+    );
+    let h = start(server_config(&m)).await;
+    let cl = client();
+    let accept = [("accept", "text/html")];
+    let path = "/misbehave?name=app&status=404";
+    let r = request(&cl, h.http_addr, "GET", "site.example", path, &accept, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.upstream(), "pages");
+    let v = seen(&r.body);
+    assert_eq!(v["uri"], "/");
+    let hdr = |k: &str| v["headers"][k][0].as_str().unwrap_or_default().to_owned();
+    assert_eq!(hdr("x-code"), "404");
+    assert_eq!(hdr("x-format"), "text/html");
+    assert_eq!(hdr("x-original-uri"), path);
+    assert_eq!(hdr("x-namespace"), "default");
+    assert_eq!(hdr("x-ingress-name"), "site");
+    assert_eq!(hdr("x-service-name"), "app");
+    assert_eq!(hdr("x-service-port"), "80");
+    assert_eq!(hdr("x-request-id").len(), 32);
+    // A status not listed passes as the upstream gave it, and so does everything where
+    // no default backend is named.
+    for (host, path, status) in [
+        ("site.example", "/misbehave?name=app&status=500", 500),
+        ("site.example", "/", 200),
+        ("alone.example", "/misbehave?name=app&status=404", 404),
+    ] {
+        let r = request(&cl, h.http_addr, "GET", host, path, &[], None).await;
+        assert_eq!(r.status.as_u16(), status, "{host}{path}");
+        assert_eq!(
+            r.upstream_or_text(),
+            if status == 200 { "app" } else { &r.body }
+        );
+    }
+    assert_eq!(config_problems(&h).await, Some(1));
+    h.shutdown().await;
+}
+
 /// A Service port with `appProtocol: https` is reached over TLS (certificate not
 /// verified, as ingress-nginx's default): HTTP/1.1 by ALPN; `backend-protocol: GRPCS`
 /// makes it HTTP/2 over TLS; and HTTPS to a plain-HTTP port fails as a connect failure

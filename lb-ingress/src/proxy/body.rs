@@ -56,6 +56,11 @@ pub enum Progress {
 pub struct RequestBody(Option<Arc<Mutex<RequestBodyState>>>);
 
 impl RequestBody {
+    /// No body at all.
+    pub fn empty() -> Self {
+        RequestBody(None)
+    }
+
     pub fn new(inner: Incoming, limit: u64) -> Self {
         if inner.is_end_stream() {
             // Nothing to read, nothing to count: the same as an empty `Incoming` to the

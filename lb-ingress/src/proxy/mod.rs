@@ -687,6 +687,11 @@ impl Proxy {
                 auth::Verdict::Deny(resp) => return Ok(Forwarded::Local(resp)),
             }
         }
+        // custom-http-errors: what the error page request needs of this one, taken now
+        // (the request's headers go into the upstream request).
+        let error_page = (log.target.as_ref())
+            .filter(|t| !t.options.custom_errors.is_empty() && t.fallback.is_some())
+            .map(|t| error_page_headers(t, &head));
         // Taken from the log record for the exchange and put back whatever its outcome:
         // no count of the (shared) target is touched here.
         let target = log.target.take().expect("routed before forwarding");
@@ -706,7 +711,18 @@ impl Proxy {
             _ => None,
         };
         log.target = Some(target);
-        let (mut resp, slot, pooled) = sent?;
+        let (resp, slot, pooled) = sent?;
+        let code = resp.status().as_u16();
+        let (mut resp, slot, pooled) = match error_page {
+            Some(headers)
+                if (log.target.as_ref())
+                    .is_some_and(|t| t.options.custom_errors.contains(&code)) =>
+            {
+                drop((resp, slot, pooled));
+                Box::pin(self.error_page(headers, code, log)).await?
+            }
+            _ => (resp, slot, pooled),
+        };
         log.in_flight = Some(slot);
         if let Some(cookie) = set_cookie {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
@@ -746,6 +762,31 @@ impl Proxy {
         Ok(Forwarded::Response(parts, body, pooled))
     }
 
+    /// The default backend's answer in place of an upstream answer with `code`
+    /// (`custom-http-errors`): `GET /` with ingress-nginx's `X-Code` and companions.
+    async fn error_page(
+        &self,
+        mut headers: hyper::HeaderMap,
+        code: u16,
+        log: &mut RequestLog,
+    ) -> Result<(Response<Incoming>, balance::InFlight, Option<PooledConn>), ProxyError> {
+        let target = log.target.take().expect("routed before forwarding");
+        let fallback = Arc::clone(target.fallback.as_ref().expect("checked before"));
+        headers.insert("x-code", HeaderValue::from(code));
+        let mut head = upstream::Head {
+            method: Method::GET,
+            path_and_query: PathAndQuery::from_static("/"),
+            headers,
+            sticky: None,
+            hash: None,
+            te_trailers: false,
+        };
+        let body = body::RequestBody::empty();
+        let sent = upstream::send(self, &fallback, &mut head, &body, log).await;
+        log.target = Some(target);
+        sent
+    }
+
     /// 308 to the same request over https.
     fn redirect(&self, host: &str, req: &Request<Incoming>) -> Response<()> {
         let port = match self.options.https_port {
@@ -772,6 +813,43 @@ fn local_redirect(status: StatusCode, location: &str) -> Response<()> {
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static(SERVER));
     resp
+}
+
+/// The headers of a `custom-http-errors` page request for a request with `head` to
+/// `target`'s rule (ingress-nginx's: `X-Format` is the client's Accept, the names are
+/// the rule's Ingress and Service), less `X-Code`, known once the answer is in.
+fn error_page_headers(target: &crate::source::Target, head: &upstream::Head) -> hyper::HeaderMap {
+    let mut headers = hyper::HeaderMap::new();
+    let mut put = |name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::try_from(value) {
+            headers.insert(name, v);
+        }
+    };
+    let (namespace, ingress) = target
+        .ingress
+        .split_once('/')
+        .unwrap_or(("", &target.ingress));
+    let service = target
+        .service
+        .rsplit_once('/')
+        .map_or(&*target.service, |(_, s)| s);
+    let (service, port) = service.rsplit_once(':').unwrap_or((service, ""));
+    put("x-original-uri", head.path_and_query.as_str());
+    put("x-namespace", namespace);
+    put("x-ingress-name", ingress);
+    put("x-service-name", service);
+    put("x-service-port", port);
+    for (name, from) in [
+        ("x-format", &header::ACCEPT),
+        ("x-request-id", &headers::X_REQUEST_ID),
+        ("host", &header::HOST),
+        ("x-forwarded-for", &headers::X_FORWARDED_FOR),
+    ] {
+        if let Some(v) = head.headers.get(from) {
+            headers.insert(name, v.clone());
+        }
+    }
+    headers
 }
 
 /// The upstream path and query for a route with `rewrite-prefix`, and the

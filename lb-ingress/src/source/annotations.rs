@@ -30,6 +30,7 @@
 //! | `auth-type: basic`, `auth-secret` (`name` or `namespace/name`), `auth-realm`, `auth-secret-type: auth-file` | | HTTP basic authentication against the htpasswd file under the Secret's `auth` key ([`crate::proxy::basic`]); 401 with `WWW-Authenticate` otherwise |
 //! | `upstream-hash-by` | nginx variables and text: `$request_uri`, `$uri`, `$args`, `$remote_addr`, `$host`, `$http_NAME`, `$cookie_NAME`, `$arg_NAME` | requests with the same key go to the same endpoint (rendezvous hashing; [`crate::proxy::balance::Pool::pick_hashed`]); cookie affinity wins over it |
 //! | `default-backend` | a Service of the Ingress's namespace | requests to a rule whose Service has no ready endpoint go to it (its first port) instead of getting 503 |
+//! | `custom-http-errors` | status codes, comma-separated | with `default-backend`: an upstream answer with one of them is replaced by the default backend's answer to `GET /` with `X-Code`, `X-Format`, `X-Original-URI`, `X-Namespace`, `X-Ingress-Name`, `X-Service-Name`, `X-Service-Port`, `X-Request-ID` (ingress-nginx's custom error pages) |
 //! | `permanent-redirect` (`-code`, 301), `temporal-redirect` (302) | absolute URL | every request of the rules answered with that redirect; temporal wins |
 //! | `upstream-vhost` | a host | the `Host` sent upstream (`X-Forwarded-Host` keeps the client's) |
 //! | `proxy-next-upstream` | nginx's tokens: `error`, `timeout`, `invalid_header`, `http_500`, `http_502`, `http_503`, `http_504`, `http_403`, `http_404`, `http_429`, `non_idempotent`, `off` | when a request goes on to another endpoint ([`NextUpstream`]; default: `error`) |
@@ -133,6 +134,8 @@ pub struct RouteOptions {
     /// `default-backend`: the Service (of the Ingress's namespace) that takes requests
     /// when a rule's own has no ready endpoint.
     pub default_backend: Option<String>,
+    /// `custom-http-errors` (only with `default_backend`).
+    pub custom_errors: Vec<u16>,
     /// `upstream-hash-by`: the key that picks the endpoint.
     pub hash_by: Option<HashKey>,
     /// `affinity: cookie`, with the cookie's attributes.
@@ -781,6 +784,28 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
         .then(|| v.to_owned())
         .ok_or_else(|| format!("{v:?} is not a Service name"))
     });
+    o.custom_errors = s
+        .get("custom-http-errors", IGNORED, |v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(|c| {
+                    c.parse::<u16>()
+                        .ok()
+                        .filter(|c| (400..=599).contains(c))
+                        .ok_or_else(|| format!("{c:?} is not an error status (400-599)"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !o.custom_errors.is_empty() && o.default_backend.is_none() {
+        o.custom_errors.clear();
+        s.problems.push(
+            "annotation custom-http-errors: needs default-backend (the Service with the error \
+             pages; there is no global one); ignored"
+                .to_owned(),
+        );
+    }
     o.hash_by = s.get(
         "upstream-hash-by",
         "requests are balanced as without it",
@@ -1814,6 +1839,32 @@ mod tests {
         let (o, problems) = parse(Some(&a));
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(o.next_upstream.unwrap().statuses, [500]);
+    }
+
+    #[test]
+    fn custom_http_errors_need_a_default_backend() {
+        let nginx = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
+        let a: BTreeMap<String, String> = [
+            (nginx("default-backend"), "pages".to_owned()),
+            (nginx("custom-http-errors"), "404, 503,".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        let (o, problems) = parse(Some(&a));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(o.custom_errors, [404, 503]);
+        let a = annotations(&[("nginx.ingress.kubernetes.io/custom-http-errors", "404")]);
+        let (o, problems) = parse(Some(&a));
+        assert!(o.custom_errors.is_empty());
+        assert!(
+            problems[0].contains("needs default-backend"),
+            "{problems:?}"
+        );
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/default-backend", "pages"),
+            ("nginx.ingress.kubernetes.io/custom-http-errors", "200"),
+        ]);
+        assert!(parse(Some(&a)).1[0].contains("not an error status"));
     }
 
     #[test]
