@@ -2182,6 +2182,46 @@ async fn custom_http_errors_come_from_the_default_backend() {
     h.shutdown().await;
 }
 
+/// `proxy-redirect-from` / `-to`: an upstream's redirect to its own address is made one
+/// to the public name; redirects elsewhere are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_redirects_are_rewritten() {
+    let up = Upstream::start("app").await;
+    let m = Manifests::new();
+    let nginx = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
+    m.write(
+        "ingress.yaml",
+        &annotated(
+            "app",
+            "app.example",
+            "app",
+            &[
+                (&nginx("proxy-redirect-from"), "http://app.internal:8080/"),
+                (&nginx("proxy-redirect-to"), "https://app.example/"),
+            ],
+        ),
+    );
+    m.write(
+        "svc.yaml",
+        &service("default", "app", 80, "http", "80", &[&up]),
+    );
+    let h = start(server_config(&m)).await;
+    let cl = client();
+    for (location, want) in [
+        (
+            "http://app.internal:8080/login",
+            "https://app.example/login",
+        ),
+        ("http://elsewhere/login", "http://elsewhere/login"),
+    ] {
+        let path = format!("/misbehave?name=app&status=302&location={location}");
+        let r = request(&cl, h.http_addr, "GET", "app.example", &path, &[], None).await;
+        assert_eq!(r.status, StatusCode::FOUND);
+        assert_eq!(r.header("location").as_deref(), Some(want));
+    }
+    h.shutdown().await;
+}
+
 /// A Service port with `appProtocol: https` is reached over TLS (certificate not
 /// verified, as ingress-nginx's default): HTTP/1.1 by ALPN; `backend-protocol: GRPCS`
 /// makes it HTTP/2 over TLS; and HTTPS to a plain-HTTP port fails as a connect failure

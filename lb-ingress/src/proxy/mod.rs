@@ -737,6 +737,12 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         // From an HTTP/2 upstream: written to an HTTP/1 client as HTTP/1.1.
         parts.version = Version::HTTP_11;
+        // proxy-redirect-from/-to (nginx's proxy_redirect).
+        if let Some((from, to)) =
+            (log.target.as_ref()).and_then(|t| t.options.redirect_rewrite.as_ref())
+        {
+            rewrite_redirects(&mut parts.headers, from, to);
+        }
         headers::strip_hop_by_hop(&mut parts.headers, switching && upgrade);
         if let Some(cors) = cors {
             for (name, value) in *cors {
@@ -813,6 +819,29 @@ fn local_redirect(status: StatusCode, location: &str) -> Response<()> {
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static(SERVER));
     resp
+}
+
+/// `Location` (a leading `from`) and `Refresh` (after its `url=`) with `from` replaced
+/// by `to`, as nginx's `proxy_redirect from to`.
+fn rewrite_redirects(headers: &mut hyper::HeaderMap, from: &str, to: &str) {
+    let replace =
+        |v: &str| -> Option<String> { v.strip_prefix(from).map(|rest| format!("{to}{rest}")) };
+    if let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok())
+        && let Some(new) = replace(location)
+        && let Ok(v) = HeaderValue::try_from(new)
+    {
+        headers.insert(header::LOCATION, v);
+    }
+    let refresh = hyper::header::HeaderName::from_static("refresh");
+    if let Some(value) = headers.get(&refresh).and_then(|v| v.to_str().ok()) {
+        let at = value.to_ascii_lowercase().find("url=").map(|i| i + 4);
+        if let Some(at) = at
+            && let Some(new) = replace(value[at..].trim_start())
+            && let Ok(v) = HeaderValue::try_from(format!("{}{new}", &value[..at]))
+        {
+            headers.insert(refresh, v);
+        }
+    }
 }
 
 /// The headers of a `custom-http-errors` page request for a request with `head` to
@@ -1155,6 +1184,27 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    #[test]
+    fn redirects_are_rewritten_as_nginx_proxy_redirect() {
+        let mut h = hyper::HeaderMap::new();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://app:8080/login?next=/"),
+        );
+        h.insert(
+            "refresh",
+            HeaderValue::from_static("5; URL=http://app:8080/home"),
+        );
+        rewrite_redirects(&mut h, "http://app:8080/", "https://shop.example/app/");
+        assert_eq!(h[header::LOCATION], "https://shop.example/app/login?next=/");
+        assert_eq!(h["refresh"], "5; URL=https://shop.example/app/home");
+        // Other locations are left alone.
+        let mut h = hyper::HeaderMap::new();
+        h.insert(header::LOCATION, HeaderValue::from_static("/relative"));
+        rewrite_redirects(&mut h, "http://app:8080/", "/");
+        assert_eq!(h[header::LOCATION], "/relative");
     }
 
     #[test]

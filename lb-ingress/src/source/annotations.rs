@@ -39,6 +39,7 @@
 //! | `proxy-ssl-verify: on` with `proxy-ssl-secret` (`namespace/name`, its `ca.crt`), `proxy-ssl-name`, `proxy-ssl-server-name` | | TLS upstreams verified against that CA for that name (default: `service.namespace.svc`), sent as SNI when `on` |
 //! | `server-alias` | host names, comma-separated | the Ingress's rules for its named hosts serve these hosts too |
 //! | `service-upstream` | bool | proxy to the Service's ClusterIP (the kernel balances) instead of its endpoints |
+//! | `proxy-redirect-from`, `proxy-redirect-to` | text | in upstream responses' `Location` and `Refresh` headers, a leading `from` is replaced by `to` (nginx's `proxy_redirect from to`) |
 //! | `x-forwarded-prefix` | a path | sent upstream as `X-Forwarded-Prefix` |
 //! | `from-to-www-redirect` | bool | a request for `www.` + a host of the Ingress (or that host without `www.`) gets 308 to it, unless some Ingress has rules for that name |
 //! | `use-regex` | bool | the paths of every Ingress on this Ingress's hosts are case-insensitive regular expressions (RE2 syntax) matched at the start of the path, longest expression first ([`crate::routes::PathRule::regex`]) |
@@ -110,6 +111,9 @@ pub struct RouteOptions {
     pub server_alias: Vec<String>,
     /// `service-upstream`: the ClusterIP instead of the endpoints.
     pub service_upstream: bool,
+    /// `proxy-redirect-from` / `proxy-redirect-to`: a prefix of upstream redirects and
+    /// what replaces it.
+    pub redirect_rewrite: Option<(String, String)>,
     /// `x-forwarded-prefix`.
     pub forwarded_prefix: Option<hyper::header::HeaderValue>,
     /// `from-to-www-redirect`.
@@ -784,6 +788,24 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
         .then(|| v.to_owned())
         .ok_or_else(|| format!("{v:?} is not a Service name"))
     });
+    let redirect_from = s.get("proxy-redirect-from", IGNORED, header_value);
+    let redirect_to = s.get("proxy-redirect-to", IGNORED, |v| {
+        hyper::header::HeaderValue::from_str(v)
+            .map(|_| v.to_owned())
+            .map_err(|_| format!("{v:?} is not a header value"))
+    });
+    o.redirect_rewrite = match (redirect_from, redirect_to) {
+        (Some(from), _) if from == "off" || from == "default" => None,
+        (Some(from), Some(to)) => Some((from, to)),
+        (Some(_), None) | (None, Some(_)) => {
+            s.problems.push(
+                "annotations proxy-redirect-from and proxy-redirect-to: both are needed; ignored"
+                    .to_owned(),
+            );
+            None
+        }
+        (None, None) => None,
+    };
     o.custom_errors = s
         .get("custom-http-errors", IGNORED, |v| {
             v.split(',')
@@ -1865,6 +1887,35 @@ mod tests {
             ("nginx.ingress.kubernetes.io/custom-http-errors", "200"),
         ]);
         assert!(parse(Some(&a)).1[0].contains("not an error status"));
+    }
+
+    #[test]
+    fn proxy_redirect_needs_both_ends() {
+        let a = annotations(&[
+            (
+                "nginx.ingress.kubernetes.io/proxy-redirect-from",
+                "http://app/",
+            ),
+            (
+                "nginx.ingress.kubernetes.io/proxy-redirect-to",
+                "https://shop.example/",
+            ),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            o.redirect_rewrite,
+            Some(("http://app/".into(), "https://shop.example/".into()))
+        );
+        let a = annotations(&[(
+            "nginx.ingress.kubernetes.io/proxy-redirect-from",
+            "http://app/",
+        )]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!(o.redirect_rewrite, None);
+        assert!(problems[0].contains("both are needed"), "{problems:?}");
+        let a = annotations(&[("nginx.ingress.kubernetes.io/proxy-redirect-from", "off")]);
+        assert_eq!(parse(Some(&a)), (RouteOptions::default(), Vec::new()));
     }
 
     #[test]

@@ -191,8 +191,9 @@ async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<Box
         "/sleep" => {
             tokio::time::sleep(Duration::from_millis(query_param(&req, "ms").unwrap_or(0))).await;
         }
-        // `/misbehave?name=N&ms=M&status=S`: upstream N waits M ms, then answers S (when
-        // given); the others answer as usual.
+        // `/misbehave?name=N&ms=M&status=S&location=L`: upstream N waits M ms, then
+        // answers S (when given; with `Location: L` when given); the others answer as
+        // usual.
         "/misbehave" => {
             let named = req
                 .uri()
@@ -205,7 +206,13 @@ async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<Box
                     .and_then(|s| u16::try_from(s).ok())
                     .and_then(|s| StatusCode::from_u16(s).ok())
                 {
-                    return Ok(full(status, format!("{name} says {status}")));
+                    let mut r = full(status, format!("{name} says {status}"));
+                    let location = (req.uri().query().unwrap_or_default().split('&'))
+                        .find_map(|kv| kv.strip_prefix("location="));
+                    if let Some(l) = location.and_then(|l| l.parse().ok()) {
+                        r.headers_mut().insert("location", l);
+                    }
+                    return Ok(r);
                 }
             }
         }
