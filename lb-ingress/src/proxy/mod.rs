@@ -737,6 +737,16 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         // From an HTTP/2 upstream: written to an HTTP/1 client as HTTP/1.1.
         parts.version = Version::HTTP_11;
+        // proxy-cookie-path / -domain (nginx's proxy_cookie_path / _domain).
+        if let Some(options) = log.target.as_ref().map(|t| &t.options)
+            && (options.cookie_path.is_some() || options.cookie_domain.is_some())
+        {
+            rewrite_cookies(
+                &mut parts.headers,
+                options.cookie_path.as_ref(),
+                options.cookie_domain.as_ref(),
+            );
+        }
         // proxy-redirect-from/-to (nginx's proxy_redirect).
         if let Some((from, to)) =
             (log.target.as_ref()).and_then(|t| t.options.redirect_rewrite.as_ref())
@@ -841,6 +851,54 @@ fn rewrite_redirects(headers: &mut hyper::HeaderMap, from: &str, to: &str) {
         {
             headers.insert(refresh, v);
         }
+    }
+}
+
+/// `Set-Cookie` values with their `Path` (starting with `path.0`) and `Domain` (equal to
+/// `domain.0`, case-insensitively) attributes changed, as nginx's `proxy_cookie_path`
+/// and `proxy_cookie_domain` with a plain text `from`.
+fn rewrite_cookies(
+    headers: &mut hyper::HeaderMap,
+    path: Option<&(String, String)>,
+    domain: Option<&(String, String)>,
+) {
+    let values: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    if values.is_empty() {
+        return;
+    }
+    headers.remove(header::SET_COOKIE);
+    for value in values {
+        let Ok(text) = value.to_str() else {
+            headers.append(header::SET_COOKIE, value);
+            continue;
+        };
+        let attrs: Vec<String> = text
+            .split(';')
+            .map(|attr| {
+                let trimmed = attr.trim_start();
+                let lead = &attr[..attr.len() - trimmed.len()];
+                let Some((key, v)) = trimmed.split_once('=') else {
+                    return attr.to_owned();
+                };
+                if let Some((from, to)) = path.filter(|_| key.eq_ignore_ascii_case("path"))
+                    && let Some(rest) = v.strip_prefix(from.as_str())
+                {
+                    return format!("{lead}{key}={to}{rest}");
+                }
+                if let Some((from, to)) = domain.filter(|_| key.eq_ignore_ascii_case("domain"))
+                    && v.eq_ignore_ascii_case(from)
+                {
+                    return format!("{lead}{key}={to}");
+                }
+                attr.to_owned()
+            })
+            .collect();
+        let value = HeaderValue::try_from(attrs.join(";")).unwrap_or(value);
+        headers.append(header::SET_COOKIE, value);
     }
 }
 
@@ -1184,6 +1242,34 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    #[test]
+    fn cookies_are_rewritten_as_nginx_proxy_cookie_path_and_domain() {
+        let mut h = hyper::HeaderMap::new();
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("sid=1; Path=/app/x; Domain=App.Internal; HttpOnly"),
+        );
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("theme=dark; path=/other"),
+        );
+        let path = ("/app/".to_owned(), "/".to_owned());
+        let domain = ("app.internal".to_owned(), "shop.example".to_owned());
+        rewrite_cookies(&mut h, Some(&path), Some(&domain));
+        let all: Vec<&str> = h
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "sid=1; Path=/x; Domain=shop.example; HttpOnly",
+                "theme=dark; path=/other"
+            ]
+        );
     }
 
     #[test]

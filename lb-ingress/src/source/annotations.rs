@@ -40,6 +40,7 @@
 //! | `server-alias` | host names, comma-separated | the Ingress's rules for its named hosts serve these hosts too |
 //! | `service-upstream` | bool | proxy to the Service's ClusterIP (the kernel balances) instead of its endpoints |
 //! | `proxy-redirect-from`, `proxy-redirect-to` | text | in upstream responses' `Location` and `Refresh` headers, a leading `from` is replaced by `to` (nginx's `proxy_redirect from to`) |
+//! | `proxy-cookie-path`, `proxy-cookie-domain` | `from to` | in upstream `Set-Cookie` headers, a `Path` starting with `from` gets `to` instead of that start, a `Domain` equal to `from` becomes `to` (nginx's `proxy_cookie_path` / `proxy_cookie_domain`) |
 //! | `x-forwarded-prefix` | a path | sent upstream as `X-Forwarded-Prefix` |
 //! | `from-to-www-redirect` | bool | a request for `www.` + a host of the Ingress (or that host without `www.`) gets 308 to it, unless some Ingress has rules for that name |
 //! | `use-regex` | bool | the paths of every Ingress on this Ingress's hosts are case-insensitive regular expressions (RE2 syntax) matched at the start of the path, longest expression first ([`crate::routes::PathRule::regex`]) |
@@ -114,6 +115,10 @@ pub struct RouteOptions {
     /// `proxy-redirect-from` / `proxy-redirect-to`: a prefix of upstream redirects and
     /// what replaces it.
     pub redirect_rewrite: Option<(String, String)>,
+    /// `proxy-cookie-path`: (from, to).
+    pub cookie_path: Option<(String, String)>,
+    /// `proxy-cookie-domain`: (from, to).
+    pub cookie_domain: Option<(String, String)>,
     /// `x-forwarded-prefix`.
     pub forwarded_prefix: Option<hyper::header::HeaderValue>,
     /// `from-to-www-redirect`.
@@ -806,6 +811,22 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
         }
         (None, None) => None,
     };
+    let from_to = |v: &str| -> Result<Option<(String, String)>, String> {
+        if v == "off" {
+            return Ok(None);
+        }
+        let mut words = v.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some(from), Some(to), None)
+                if hyper::header::HeaderValue::from_str(to).is_ok() && !to.contains(';') =>
+            {
+                Ok(Some((from.to_owned(), to.to_owned())))
+            }
+            _ => Err(format!("{v:?} is not \"from to\" (or off)")),
+        }
+    };
+    o.cookie_path = s.get("proxy-cookie-path", IGNORED, from_to).flatten();
+    o.cookie_domain = s.get("proxy-cookie-domain", IGNORED, from_to).flatten();
     o.custom_errors = s
         .get("custom-http-errors", IGNORED, |v| {
             v.split(',')
@@ -1916,6 +1937,17 @@ mod tests {
         assert!(problems[0].contains("both are needed"), "{problems:?}");
         let a = annotations(&[("nginx.ingress.kubernetes.io/proxy-redirect-from", "off")]);
         assert_eq!(parse(Some(&a)), (RouteOptions::default(), Vec::new()));
+        // The cookie rewrites are "from to", or off.
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/proxy-cookie-path", "/app/ /"),
+            ("nginx.ingress.kubernetes.io/proxy-cookie-domain", "off"),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(o.cookie_path, Some(("/app/".into(), "/".into())));
+        assert_eq!(o.cookie_domain, None);
+        let a = annotations(&[("nginx.ingress.kubernetes.io/proxy-cookie-path", "/app/")]);
+        assert!(parse(Some(&a)).1[0].contains("is not \"from to\""));
     }
 
     #[test]
