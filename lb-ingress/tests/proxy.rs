@@ -2137,6 +2137,17 @@ async fn custom_http_errors_come_from_the_default_backend() {
                 "app",
                 &[(&nginx("custom-http-errors"), "404")],
             ),
+            annotated(
+                "moved",
+                "moved.example",
+                "app",
+                &[
+                    (&nginx("default-backend"), "pages"),
+                    (&nginx("custom-http-errors"), "404"),
+                    ("ingress.lb.dev/rewrite-prefix", "/"),
+                ],
+            )
+            .replace("path: /,", "path: /x,"),
         ]
         .concat(),
     );
@@ -2178,6 +2189,11 @@ async fn custom_http_errors_come_from_the_default_backend() {
             if status == 200 { "app" } else { &r.body }
         );
     }
+    // X-Original-URI is what the client asked for, not the rewritten path.
+    let asked = "/x/misbehave?name=app&status=404";
+    let r = request(&cl, h.http_addr, "GET", "moved.example", asked, &[], None).await;
+    assert_eq!(r.upstream(), "pages");
+    assert_eq!(seen(&r.body)["headers"]["x-original-uri"][0], asked);
     assert_eq!(config_problems(&h).await, Some(1));
     h.shutdown().await;
 }

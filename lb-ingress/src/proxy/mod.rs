@@ -545,6 +545,12 @@ impl Proxy {
             },
             (None, None) => None,
         };
+        let original_uri = (!target.options.custom_errors.is_empty()).then(|| {
+            Box::new(
+                (req.uri().path_and_query().cloned())
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            )
+        });
         // The log record holds the target; the upstream phases borrow it from there.
         log.target = Some(target);
 
@@ -629,6 +635,7 @@ impl Proxy {
             upgrade,
             cors,
             auth,
+            original_uri,
             https,
         }))
     }
@@ -646,6 +653,7 @@ impl Proxy {
             upgrade,
             cors,
             auth,
+            original_uri,
             https,
         } = outgoing;
         // auth-type: basic, then auth-url: both must let the request through (nginx's
@@ -691,7 +699,7 @@ impl Proxy {
         // (the request's headers go into the upstream request).
         let error_page = (log.target.as_ref())
             .filter(|t| !t.options.custom_errors.is_empty() && t.fallback.is_some())
-            .map(|t| error_page_headers(t, &head));
+            .map(|t| error_page_headers(t, &head, original_uri.as_deref()));
         // Taken from the log record for the exchange and put back whatever its outcome:
         // no count of the (shared) target is touched here.
         let target = log.target.take().expect("routed before forwarding");
@@ -903,9 +911,14 @@ fn rewrite_cookies(
 }
 
 /// The headers of a `custom-http-errors` page request for a request with `head` to
-/// `target`'s rule (ingress-nginx's: `X-Format` is the client's Accept, the names are
-/// the rule's Ingress and Service), less `X-Code`, known once the answer is in.
-fn error_page_headers(target: &crate::source::Target, head: &upstream::Head) -> hyper::HeaderMap {
+/// `target`'s rule (ingress-nginx's: `X-Format` is the client's Accept, `X-Original-URI`
+/// the path and query as the client sent them, the names are the rule's Ingress and
+/// Service), less `X-Code`, known once the answer is in.
+fn error_page_headers(
+    target: &crate::source::Target,
+    head: &upstream::Head,
+    original_uri: Option<&PathAndQuery>,
+) -> hyper::HeaderMap {
     let mut headers = hyper::HeaderMap::new();
     let mut put = |name: &'static str, value: &str| {
         if let Ok(v) = HeaderValue::try_from(value) {
@@ -921,7 +934,10 @@ fn error_page_headers(target: &crate::source::Target, head: &upstream::Head) -> 
         .rsplit_once('/')
         .map_or(&*target.service, |(_, s)| s);
     let (service, port) = service.rsplit_once(':').unwrap_or((service, ""));
-    put("x-original-uri", head.path_and_query.as_str());
+    put(
+        "x-original-uri",
+        original_uri.unwrap_or(&head.path_and_query).as_str(),
+    );
     put("x-namespace", namespace);
     put("x-ingress-name", ingress);
     put("x-service-name", service);
@@ -1053,6 +1069,9 @@ struct Outgoing {
     cors: Option<Box<hyper::HeaderMap>>,
     /// The client's request as the `auth-url` check needs it.
     auth: Option<Box<auth::Original>>,
+    /// The path and query as the client sent them, for `custom-http-errors` pages'
+    /// `X-Original-URI` (only on such routes).
+    original_uri: Option<Box<PathAndQuery>>,
     /// The client spoke https (to us, or to a trusted proxy before us).
     https: bool,
 }
