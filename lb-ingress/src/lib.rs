@@ -14,6 +14,7 @@ pub mod routes;
 pub mod server;
 pub mod source;
 pub mod status;
+pub mod template;
 pub mod tls;
 
 pub use proxy::ProxyOptions;

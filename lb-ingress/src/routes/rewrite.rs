@@ -14,6 +14,8 @@
 //! request's is appended after it with `&`, unless `T` ends with `?` (then dropped).
 use regex::{Regex, RegexBuilder};
 
+use crate::template::Token;
+
 /// One part of a rewrite target.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Piece {
@@ -50,69 +52,30 @@ impl RewriteTarget {
                 "{value:?} is not a path (it must start with '/' or a capture like '$1')"
             ));
         }
-        let mut pieces = Vec::new();
-        let mut text = String::new();
-        let mut chars = value.char_indices().peekable();
-        while let Some((i, c)) = chars.next() {
-            if c != '$' {
-                if !uri_char(c) {
-                    return Err(format!(
+        let pieces = crate::template::tokens(value)?
+            .into_iter()
+            .map(|token| match token {
+                Token::Text(text) => match text.chars().find(|c| !uri_char(*c)) {
+                    Some(c) => Err(format!(
                         "{value:?} has {c:?}, which a URI path cannot hold unescaped"
-                    ));
-                }
-                text.push(c);
-                continue;
-            }
-            let piece = match chars.peek().map(|&(_, c)| c) {
-                Some(d) if d.is_ascii_digit() => {
-                    chars.next();
-                    Piece::Group(d.to_digit(10).map_or(0, |d| d as usize))
-                }
-                Some('{') => {
-                    let rest = &value[i + 2..];
-                    let Some(end) = rest.find('}') else {
-                        return Err(format!("{value:?} has a '${{' without its '}}'"));
-                    };
-                    let inner = &rest[..end];
-                    // '{', the name and '}'.
-                    for _ in 0..inner.chars().count() + 2 {
-                        chars.next();
-                    }
-                    if let Ok(n) = inner.parse::<usize>() {
-                        Piece::Group(n)
-                    } else if !inner.is_empty()
-                        && inner.chars().all(name_char)
-                        && !inner.starts_with(|c: char| c.is_ascii_digit())
+                    )),
+                    None => Ok(Piece::Text(text.to_owned())),
+                },
+                Token::Var(var) => {
+                    if let Ok(n) = var.parse::<usize>() {
+                        Ok(Piece::Group(n))
+                    } else if var.chars().all(name_char)
+                        && !var.starts_with(|c: char| c.is_ascii_digit())
                     {
-                        Piece::Named(inner.to_owned())
+                        Ok(Piece::Named(var.to_owned()))
                     } else {
-                        return Err(format!(
-                            "{value:?}: '${{{inner}}}' is not a capture group number or name"
-                        ));
+                        Err(format!(
+                            "{value:?}: '${{{var}}}' is not a capture group number or name"
+                        ))
                     }
                 }
-                Some(c) if c.is_ascii_alphabetic() || c == '_' => {
-                    let mut name = String::new();
-                    while let Some(&(_, c)) = chars.peek().filter(|(_, c)| name_char(*c)) {
-                        name.push(c);
-                        chars.next();
-                    }
-                    Piece::Named(name)
-                }
-                _ => {
-                    return Err(format!(
-                        "{value:?} has a '$' that introduces no capture group (like $1 or ${{name}})"
-                    ));
-                }
-            };
-            if !text.is_empty() {
-                pieces.push(Piece::Text(std::mem::take(&mut text)));
-            }
-            pieces.push(piece);
-        }
-        if !text.is_empty() {
-            pieces.push(Piece::Text(text));
-        }
+            })
+            .collect::<Result<_, _>>()?;
         Ok(RewriteTarget {
             raw: value.to_owned(),
             pieces,

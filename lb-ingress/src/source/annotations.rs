@@ -68,6 +68,7 @@ use crate::proxy::auth::{ExternalAuth, valid_template};
 use crate::proxy::ratelimit::Rate;
 use crate::proxy::upstream::UpstreamProtocol;
 use crate::routes::RewriteTarget;
+use crate::template::Token;
 
 /// Our annotation prefix.
 pub const PREFIX: &str = "ingress.lb.dev/";
@@ -192,52 +193,36 @@ pub struct KeyInput<'a> {
 
 impl HashKey {
     pub fn parse(value: &str) -> Result<HashKey, String> {
-        let mut parts = Vec::new();
-        let mut text = String::new();
-        let mut rest = value;
-        while let Some(at) = rest.find('$') {
-            text.push_str(&rest[..at]);
-            let after = &rest[at + 1..];
-            let (name, next) = if let Some(braced) = after.strip_prefix('{') {
-                let end = braced
-                    .find('}')
-                    .ok_or_else(|| format!("{value:?} has a '${{' without its '}}'"))?;
-                (&braced[..end], &braced[end + 1..])
-            } else {
-                let end = after
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(after.len());
-                (&after[..end], &after[end..])
-            };
-            let part = match name {
-                "request_uri" => KeyPart::RequestUri,
-                "uri" | "document_uri" => KeyPart::Uri,
-                "args" | "query_string" => KeyPart::Args,
-                "remote_addr" | "binary_remote_addr" => KeyPart::RemoteAddr,
-                "host" => KeyPart::Host,
-                n if n.starts_with("http_") && n.len() > 5 => {
-                    header_name(&n[5..].replace('_', "-")).map(KeyPart::Header)?
-                }
-                n if n.starts_with("cookie_") && n.len() > 7 => KeyPart::Cookie(n[7..].to_owned()),
-                n if n.starts_with("arg_") && n.len() > 4 => KeyPart::Arg(n[4..].to_owned()),
-                n => {
-                    return Err(format!(
-                        "${n} is not a variable lb-ingress hashes by (request_uri, uri, args, \
-                         remote_addr, host, http_NAME, cookie_NAME, arg_NAME)"
-                    ));
-                }
-            };
-            if !text.is_empty() {
-                parts.push(KeyPart::Text(std::mem::take(&mut text)));
-            }
-            parts.push(part);
-            rest = next;
-        }
-        text.push_str(rest);
-        if !text.is_empty() {
-            parts.push(KeyPart::Text(text));
-        }
-        if !parts.iter().any(|p| !matches!(p, KeyPart::Text(_))) {
+        let parts: Vec<KeyPart> = crate::template::tokens(value)?
+            .into_iter()
+            .map(|token| {
+                let name = match token {
+                    Token::Text(text) => return Ok(KeyPart::Text(text.to_owned())),
+                    Token::Var(name) => name,
+                };
+                Ok(match name {
+                    "request_uri" => KeyPart::RequestUri,
+                    "uri" | "document_uri" => KeyPart::Uri,
+                    "args" | "query_string" => KeyPart::Args,
+                    "remote_addr" | "binary_remote_addr" => KeyPart::RemoteAddr,
+                    "host" => KeyPart::Host,
+                    n if n.starts_with("http_") && n.len() > 5 => {
+                        header_name(&n[5..].replace('_', "-")).map(KeyPart::Header)?
+                    }
+                    n if n.starts_with("cookie_") && n.len() > 7 => {
+                        KeyPart::Cookie(n[7..].to_owned())
+                    }
+                    n if n.starts_with("arg_") && n.len() > 4 => KeyPart::Arg(n[4..].to_owned()),
+                    n => {
+                        return Err(format!(
+                            "${n} is not a variable lb-ingress hashes by (request_uri, uri, \
+                             args, remote_addr, host, http_NAME, cookie_NAME, arg_NAME)"
+                        ));
+                    }
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        if parts.iter().all(|p| matches!(p, KeyPart::Text(_))) {
             return Err(format!(
                 "{value:?} names no variable: every request would have one key"
             ));
