@@ -874,91 +874,73 @@ pub async fn send(
         };
         log.upstream_duration = Some(started.elapsed());
         let may_resend = (idempotent(&head.method) || next.non_idempotent) && body.untouched();
-        let failure = match result {
-            // `proxy-next-upstream http_NNN`: an answer with one of those statuses goes
-            // on to the next endpoint while one is left (the last one's is returned).
+        // What this attempt gave, and whether the request may go on to the next
+        // endpoint for it ([`NextUpstream`]).
+        let (retriable, outcome) = match result {
+            // `http_NNN`: an answer with one of those statuses (the last one's is
+            // returned).
             Ok((resp, conn)) => {
                 let status = resp.status().as_u16();
-                if last
-                    || !may_resend
-                    || !next.statuses.contains(&status)
-                    || !proxy.budget.withdraw()
-                {
-                    return Ok((resp, slot, conn));
+                let retriable = may_resend && next.statuses.contains(&status);
+                (retriable, Ok((resp, conn)))
+            }
+            // Only `timeout` retries a late answer: the upstream may still be working on
+            // it.
+            Err(Failure::Timeout(missed)) => (
+                next.timeout && missed == Missed::Response && may_resend,
+                Err(Failure::Timeout(missed).into_error(addr, &how.deadlines)),
+            ),
+            Err(failure) => {
+                if body.too_large() {
+                    return Err(ProxyError::BodyTooLarge {
+                        limit: body.limit(),
+                    });
                 }
-                drop((resp, conn));
-                tried.push(addr);
-                log.retries += 1;
-                count_retry(proxy, target);
-                tracing::debug!(status, "answer retried on another endpoint");
-                continue;
+                if body.client_failed() {
+                    return Err(ProxyError::BadRequest("the request body could not be read"));
+                }
+                let connect = matches!(failure, Failure::Connect(_));
+                if connect {
+                    proxy
+                        .metrics
+                        .upstream_connect_errors
+                        .get_or_create(&ServiceLabel {
+                            service: target.service.clone(),
+                        })
+                        .inc();
+                    // Passive health: an endpoint that cannot be connected to gets no
+                    // requests for a while.
+                    proxy.registry.eject(endpoint);
+                }
+                // Nothing reached the upstream after a connect failure: any method may
+                // go on.
+                let retriable = if connect {
+                    (next.error || next.timeout) && body.untouched()
+                } else {
+                    next.error && may_resend
+                };
+                (retriable, Err(failure.into_error(addr, &how.deadlines)))
             }
-            Err(f) => f,
         };
-        // Only `proxy-next-upstream timeout` retries a timeout: the upstream may still
-        // be working on it.
-        if let Failure::Timeout(missed) = failure {
-            let error = failure.into_error(addr, &how.deadlines);
-            if last
-                || !next.timeout
-                || missed != Missed::Response
-                || !may_resend
-                || !proxy.budget.withdraw()
-            {
-                return Err(error);
-            }
-            tried.push(addr);
-            log.retries += 1;
-            count_retry(proxy, target);
-            tracing::debug!(%error, "retrying on another endpoint");
-            continue;
-        }
-        if body.too_large() {
-            return Err(ProxyError::BodyTooLarge {
-                limit: body.limit(),
-            });
-        }
-        if body.client_failed() {
-            return Err(ProxyError::BadRequest("the request body could not be read"));
-        }
-        let connect = matches!(failure, Failure::Connect(_));
-        if connect {
-            proxy
-                .metrics
-                .upstream_connect_errors
-                .get_or_create(&ServiceLabel {
-                    service: target.service.clone(),
-                })
-                .inc();
-            // Passive health: an endpoint that cannot be connected to gets no requests
-            // for a while.
-            proxy.registry.eject(endpoint);
-        }
-        // Nothing reached the upstream after a connect failure: any method may go on.
-        let retriable = if connect {
-            (next.error || next.timeout) && body.untouched()
-        } else {
-            next.error && may_resend
-        };
-        let error = failure.into_error(addr, &how.deadlines);
-        tried.push(addr);
         if last || !retriable || !proxy.budget.withdraw() {
-            return Err(error);
+            return outcome.map(|(resp, conn)| (resp, slot, conn));
         }
+        match &outcome {
+            Ok((resp, _)) => tracing::debug!(status = %resp.status(), "answer retried elsewhere"),
+            Err(error) => tracing::debug!(%error, "retrying on another endpoint"),
+        }
+        // The answer given up on goes with its connection, which is closed.
+        drop(outcome);
+        tried.push(addr);
         log.retries += 1;
-        count_retry(proxy, target);
-        tracing::debug!(%error, "retrying on another endpoint");
+        proxy
+            .metrics
+            .upstream_retries
+            .get_or_create(&ServiceLabel {
+                service: target.service.clone(),
+            })
+            .inc();
     }
-}
-
-fn count_retry(proxy: &Proxy, target: &Target) {
-    proxy
-        .metrics
-        .upstream_retries
-        .get_or_create(&ServiceLabel {
-            service: target.service.clone(),
-        })
-        .inc();
 }
 
 #[cfg(test)]
