@@ -191,42 +191,59 @@ impl Backends<'_> {
         let backend = self.pools.entry(key).or_insert_with(|| {
             let label = format!("{}/{}:{port_label}", r.namespace, svc.name);
             let sref = ObjectRef::new(Kind::Service, r.namespace.clone(), svc.name.clone());
-            let (addrs, protocol) = match store.get(&sref) {
-                Some(Object::Service(s))
-                    if let Some(external) = endpoints::external_target(s, &port) =>
-                {
-                    let (addrs, protocol) = external
-                        .and_then(|(target, number)| {
-                            external_addresses(store, slices, s, target, number, via, problems, r)
-                        })
-                        .unwrap_or_else(|e| {
-                            problems.push(format!("Ingress {}/{}: {e}", r.namespace, r.name));
-                            (Vec::new(), UpstreamProtocol::default())
-                        });
-                    (addrs, via.protocol.unwrap_or(protocol))
-                }
-                Some(Object::Service(s)) => (
-                    if via.cluster_ip {
-                        match endpoints::cluster_address(s, &port) {
-                            Ok(a) => vec![a],
-                            Err(e) => {
-                                problems.push(format!("Ingress {}/{}: {e}", r.namespace, r.name));
-                                Vec::new()
+            let found = (|| {
+                let Some(Object::Service(named)) = store.get(&sref) else {
+                    return Err(format!("Service {}/{} not found", r.namespace, svc.name));
+                };
+                // An ExternalName Service stands for the Service it names, on the port
+                // number the backend's port means there, or for an IP address.
+                let (s, port) = match endpoints::external_target(named, &port) {
+                    None => (named, port.clone()),
+                    Some(external) => {
+                        let (target, number) = external?;
+                        let port = k8s_openapi::api::networking::v1::ServiceBackendPort {
+                            number: Some(number),
+                            name: None,
+                        };
+                        let (namespace, name) = match target {
+                            endpoints::ExternalTarget::Ip(ip) => {
+                                let p = u16::try_from(number)
+                                    .map_err(|_| format!("port {number} is not a port"))?;
+                                let protocol = endpoints::upstream_protocol(named, &port);
+                                return Ok((vec![std::net::SocketAddr::new(ip, p)], protocol));
                             }
+                            endpoints::ExternalTarget::Service { namespace, name } => {
+                                (namespace, name)
+                            }
+                        };
+                        let sref = ObjectRef::new(Kind::Service, namespace.clone(), name.clone());
+                        let Some(Object::Service(s)) = store.get(&sref) else {
+                            return Err(format!(
+                                "ExternalName Service points at Service {namespace}/{name}, \
+                                 which is not found"
+                            ));
+                        };
+                        if endpoints::external_target(s, &port).is_some() {
+                            return Err(format!(
+                                "ExternalName Service points at {namespace}/{name}, another \
+                                 ExternalName Service (chains are not followed)"
+                            ));
                         }
-                    } else {
-                        resolve(s, &port, slices, problems, r)
-                    },
-                    (via.protocol).unwrap_or_else(|| endpoints::upstream_protocol(s, &port)),
-                ),
-                _ => {
-                    problems.push(format!(
-                        "Ingress {}/{}: Service {}/{} not found",
-                        r.namespace, r.name, r.namespace, svc.name
-                    ));
-                    (Vec::new(), UpstreamProtocol::default())
-                }
-            };
+                        (s, port)
+                    }
+                };
+                let addrs = if via.cluster_ip {
+                    vec![endpoints::cluster_address(s, &port)?]
+                } else {
+                    resolve(s, &port, slices, problems, r)
+                };
+                Ok((addrs, endpoints::upstream_protocol(s, &port)))
+            })();
+            let (addrs, protocol) = found.unwrap_or_else(|e| {
+                problems.push(format!("Ingress {}/{}: {e}", r.namespace, r.name));
+                (Vec::new(), UpstreamProtocol::default())
+            });
+            let protocol = via.protocol.unwrap_or(protocol);
             // An endpoint's pooled connections speak one protocol.
             let pool = Pool::new(
                 addrs
@@ -440,58 +457,38 @@ pub fn build(
             .max_in_flight
             .map(|max| limits.concurrency(&rank.ingress(), max));
         // proxy-ssl-verify: the CA, once per Ingress; without it the rules fail closed.
-        let ca = options.verify_upstream.as_ref().and_then(|v| {
-            let (ns, name) = &v.secret;
-            let sref = ObjectRef::new(Kind::Secret, ns.clone(), name.clone());
-            let ca = match store.get(&sref) {
-                Some(Object::Secret(s)) => crate::tls::certs::secret_field(s, "ca.crt")
-                    .ok_or_else(|| "has no ca.crt".to_owned())
-                    .and_then(|pem| UpstreamCa::from_pem(&pem)),
-                _ => Err("not found".to_owned()),
-            };
-            ca.map_err(|e| {
-                let why = format!("proxy-ssl-secret {ns}/{name}: {e}");
-                problems.push(format!(
-                    "Ingress {}/{}: {why}; its rules answer 503 until it is fixed",
-                    r.namespace, r.name
-                ));
-                options.deny.get_or_insert(why);
-            })
-            .ok()
-        });
+        let ca = (options.verify_upstream.as_ref())
+            .map(|v| v.secret.clone())
+            .and_then(|(ns, name)| {
+                secret_data(store, &ns, &name, "ca.crt")
+                    .and_then(|pem| UpstreamCa::from_pem(&pem))
+                    .map_err(|e| {
+                        let why = format!("proxy-ssl-secret {ns}/{name}: {e}");
+                        deny_rules(&mut problems, &r, &mut options, why);
+                    })
+                    .ok()
+            });
         // auth-type: basic: the htpasswd file, once per Ingress; without one the rules
         // fail closed.
-        let basic_auth = options.basic_auth.as_ref().and_then(|spec| {
-            let ns = spec.namespace.as_deref().unwrap_or(&r.namespace);
-            let sref = ObjectRef::new(Kind::Secret, ns, spec.name.clone());
-            let file = match store.get(&sref) {
-                Some(Object::Secret(s)) => crate::tls::certs::secret_field(s, "auth")
-                    .ok_or_else(|| "has no key auth (an htpasswd file)".to_owned())
-                    .and_then(|f| String::from_utf8(f).map_err(|_| "auth is not text".to_owned())),
-                _ => Err("not found".to_owned()),
-            };
-            let auth = file.and_then(|text| {
+        let basic_auth = options.basic_auth.clone().and_then(|spec| {
+            let ns = spec.namespace.unwrap_or_else(|| r.namespace.clone());
+            let secret = format!("auth-secret {ns}/{}", spec.name);
+            let auth = secret_data(store, &ns, &spec.name, "auth").and_then(|file| {
+                let text = String::from_utf8(file).map_err(|_| "auth is not text".to_owned())?;
                 let (auth, bad) = BasicAuth::from_htpasswd(&text, &spec.realm);
                 for b in bad {
                     problems.push(format!(
-                        "Ingress {}/{}: auth-secret {ns}/{}: {b}; that user cannot sign in",
-                        r.namespace, r.name, spec.name
+                        "Ingress {}/{}: {secret}: {b}; that user cannot sign in",
+                        r.namespace, r.name
                     ));
                 }
                 (auth.users() > 0)
                     .then_some(auth)
                     .ok_or_else(|| "has no usable user".to_owned())
             });
-            auth.map_err(|e| {
-                let why = format!("auth-secret {ns}/{}: {e}", spec.name);
-                problems.push(format!(
-                    "Ingress {}/{}: {why}; its rules answer 503 until it is fixed",
-                    r.namespace, r.name
-                ));
-                options.deny.get_or_insert(why);
-            })
-            .ok()
-            .map(Arc::new)
+            auth.map_err(|e| deny_rules(&mut problems, &r, &mut options, format!("{secret}: {e}")))
+                .ok()
+                .map(Arc::new)
         });
         // default-backend: that Service's first port, as ingress-nginx takes it.
         let fallback = options.default_backend.as_ref().and_then(|name| {
@@ -695,50 +692,23 @@ pub fn build(
     }
 }
 
-/// The addresses behind an ExternalName Service `external` that points at `target`, on
-/// port `number` there, and their protocol (from the port's `appProtocol`).
-#[allow(clippy::too_many_arguments)]
-fn external_addresses(
-    store: &Store,
-    slices: &SliceIndex<'_>,
-    external: &Service,
-    target: endpoints::ExternalTarget,
-    number: i32,
-    via: Via,
-    problems: &mut Vec<String>,
-    r: &ObjectRef,
-) -> Result<(Vec<std::net::SocketAddr>, UpstreamProtocol), String> {
-    let port = k8s_openapi::api::networking::v1::ServiceBackendPort {
-        number: Some(number),
-        name: None,
-    };
-    match target {
-        endpoints::ExternalTarget::Ip(ip) => {
-            let p = u16::try_from(number).map_err(|_| format!("port {number} is not a port"))?;
-            let protocol = endpoints::upstream_protocol(external, &port);
-            Ok((vec![std::net::SocketAddr::new(ip, p)], protocol))
+/// Key `key` of Secret `ns/name`, or why it cannot be had.
+fn secret_data(store: &Store, ns: &str, name: &str, key: &str) -> Result<Vec<u8>, String> {
+    match store.get(&ObjectRef::new(Kind::Secret, ns, name)) {
+        Some(Object::Secret(s)) => {
+            crate::tls::certs::secret_field(s, key).ok_or_else(|| format!("has no key {key}"))
         }
-        endpoints::ExternalTarget::Service { namespace, name } => {
-            let sref = ObjectRef::new(Kind::Service, namespace.clone(), name.clone());
-            let Some(Object::Service(s)) = store.get(&sref) else {
-                return Err(format!(
-                    "ExternalName Service points at Service {namespace}/{name}, which is not found"
-                ));
-            };
-            if endpoints::external_target(s, &port).is_some() {
-                return Err(format!(
-                    "ExternalName Service points at {namespace}/{name}, another ExternalName \
-                     Service (chains are not followed)"
-                ));
-            }
-            let addrs = if via.cluster_ip {
-                vec![endpoints::cluster_address(s, &port)?]
-            } else {
-                resolve(s, &port, slices, problems, r)
-            };
-            Ok((addrs, endpoints::upstream_protocol(s, &port)))
-        }
+        _ => Err("not found".to_owned()),
     }
+}
+
+/// Reports `why` against Ingress `r` and makes its rules answer 503 (fail closed).
+fn deny_rules(problems: &mut Vec<String>, r: &ObjectRef, options: &mut RouteOptions, why: String) {
+    problems.push(format!(
+        "Ingress {}/{}: {why}; its rules answer 503 until it is fixed",
+        r.namespace, r.name
+    ));
+    options.deny.get_or_insert(why);
 }
 
 /// `host path` of a rule, or `defaultBackend`, for messages.
