@@ -768,7 +768,26 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     o.verify_upstream = verify_upstream(&mut s, &mut deny);
     o.deny = deny;
     o.affinity = affinity(&mut s);
-    o.default_backend = s.get("default-backend", IGNORED, |v| {
+    (o.default_backend, o.custom_errors) = error_pages(&mut s);
+    (o.redirect_rewrite, o.cookie_path, o.cookie_domain) = response_rewrites(&mut s);
+    o.hash_by = s.get(
+        "upstream-hash-by",
+        "requests are balanced as without it",
+        HashKey::parse,
+    );
+    (o.rate, o.limit_exempt) = rate_limit(&mut s);
+    o.max_in_flight = s.get("limit-connections", "no limit", positive);
+    o.cors = cors(&mut s);
+    o.canary = canary(&mut s);
+    (o, s.finish())
+}
+
+/// A text to replace and what replaces it.
+type FromTo = Option<(String, String)>;
+
+/// `default-backend` and `custom-http-errors` (which needs it: there is no global one).
+fn error_pages(s: &mut Settings<'_>) -> (Option<String>, Vec<u16>) {
+    let default_backend = s.get("default-backend", IGNORED, |v| {
         (!v.is_empty()
             && v.len() <= 63
             && v.bytes()
@@ -778,41 +797,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
         .then(|| v.to_owned())
         .ok_or_else(|| format!("{v:?} is not a Service name"))
     });
-    let redirect_from = s.get("proxy-redirect-from", IGNORED, header_value);
-    let redirect_to = s.get("proxy-redirect-to", IGNORED, |v| {
-        hyper::header::HeaderValue::from_str(v)
-            .map(|_| v.to_owned())
-            .map_err(|_| format!("{v:?} is not a header value"))
-    });
-    o.redirect_rewrite = match (redirect_from, redirect_to) {
-        (Some(from), _) if from == "off" || from == "default" => None,
-        (Some(from), Some(to)) => Some((from, to)),
-        (Some(_), None) | (None, Some(_)) => {
-            s.problems.push(
-                "annotations proxy-redirect-from and proxy-redirect-to: both are needed; ignored"
-                    .to_owned(),
-            );
-            None
-        }
-        (None, None) => None,
-    };
-    let from_to = |v: &str| -> Result<Option<(String, String)>, String> {
-        if v == "off" {
-            return Ok(None);
-        }
-        let mut words = v.split_whitespace();
-        match (words.next(), words.next(), words.next()) {
-            (Some(from), Some(to), None)
-                if hyper::header::HeaderValue::from_str(to).is_ok() && !to.contains(';') =>
-            {
-                Ok(Some((from.to_owned(), to.to_owned())))
-            }
-            _ => Err(format!("{v:?} is not \"from to\" (or off)")),
-        }
-    };
-    o.cookie_path = s.get("proxy-cookie-path", IGNORED, from_to).flatten();
-    o.cookie_domain = s.get("proxy-cookie-domain", IGNORED, from_to).flatten();
-    o.custom_errors = s
+    let mut custom_errors: Vec<u16> = s
         .get("custom-http-errors", IGNORED, |v| {
             v.split(',')
                 .map(str::trim)
@@ -826,24 +811,55 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
                 .collect()
         })
         .unwrap_or_default();
-    if !o.custom_errors.is_empty() && o.default_backend.is_none() {
-        o.custom_errors.clear();
+    if !custom_errors.is_empty() && default_backend.is_none() {
+        custom_errors.clear();
         s.problems.push(
             "annotation custom-http-errors: needs default-backend (the Service with the error \
              pages; there is no global one); ignored"
                 .to_owned(),
         );
     }
-    o.hash_by = s.get(
-        "upstream-hash-by",
-        "requests are balanced as without it",
-        HashKey::parse,
-    );
-    (o.rate, o.limit_exempt) = rate_limit(&mut s);
-    o.max_in_flight = s.get("limit-connections", "no limit", positive);
-    o.cors = cors(&mut s);
-    o.canary = canary(&mut s);
-    (o, s.finish())
+    (default_backend, custom_errors)
+}
+
+/// Rewrites of upstream response headers: `proxy-redirect-from`/`-to` (Location,
+/// Refresh), `proxy-cookie-path` and `proxy-cookie-domain` (Set-Cookie).
+fn response_rewrites(s: &mut Settings<'_>) -> (FromTo, FromTo, FromTo) {
+    let redirect_from = s.get("proxy-redirect-from", IGNORED, header_value);
+    let redirect_to = s.get("proxy-redirect-to", IGNORED, |v| {
+        hyper::header::HeaderValue::from_str(v)
+            .map(|_| v.to_owned())
+            .map_err(|_| format!("{v:?} is not a header value"))
+    });
+    let redirect = match (redirect_from, redirect_to) {
+        (Some(from), _) if from == "off" || from == "default" => None,
+        (Some(from), Some(to)) => Some((from, to)),
+        (Some(_), None) | (None, Some(_)) => {
+            s.problems.push(
+                "annotations proxy-redirect-from and proxy-redirect-to: both are needed; ignored"
+                    .to_owned(),
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    let from_to = |v: &str| -> Result<FromTo, String> {
+        if v == "off" {
+            return Ok(None);
+        }
+        let mut words = v.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some(from), Some(to), None)
+                if hyper::header::HeaderValue::from_str(to).is_ok() && !to.contains(';') =>
+            {
+                Ok(Some((from.to_owned(), to.to_owned())))
+            }
+            _ => Err(format!("{v:?} is not \"from to\" (or off)")),
+        }
+    };
+    let cookie_path = s.get("proxy-cookie-path", IGNORED, from_to).flatten();
+    let cookie_domain = s.get("proxy-cookie-domain", IGNORED, from_to).flatten();
+    (redirect, cookie_path, cookie_domain)
 }
 
 /// `temporal-redirect` (302, or `temporal-redirect-code`), else `permanent-redirect`
