@@ -19,14 +19,8 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A new request id: 128 random bits as 32 hex digits, as nginx's `$request_id`.
 pub fn request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut bits = fastrand::u128(..);
-    let mut id = [0u8; 32];
-    for b in id.iter_mut().rev() {
-        *b = HEX[(bits & 0xf) as usize];
-        bits >>= 4;
-    }
-    HeaderValue::from_bytes(&id).expect("hex digits are a header value")
+    HeaderValue::try_from(format!("{:032x}", fastrand::u128(..)))
+        .expect("hex digits are a header value")
 }
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");

@@ -367,6 +367,14 @@ impl Proxy {
             || self.options.trusted_proxies.trusts(conn.peer.ip())
                 && headers::forwarded_https(req.headers());
         let plain = !https;
+        // The client's address (through trusted proxies), found once when some step
+        // asks for it: the allowlist, a limit, upstream-hash-by, X-Real-IP.
+        let client = std::cell::OnceCell::new();
+        let client_of = |h: &hyper::HeaderMap| {
+            *client.get_or_init(|| {
+                headers::client_addr(h, conn.peer.ip(), &self.options.trusted_proxies)
+            })
+        };
 
         // 2. route: one load for the whole request (see source::watch on swap order);
         // the request keeps its rule's target, and with it the endpoints, to the end.
@@ -411,8 +419,7 @@ impl Proxy {
             return Err(ProxyError::Misconfigured { reason });
         }
         if options.filters_sources() || target.limiter.is_some() || target.concurrency.is_some() {
-            let client =
-                headers::client_addr(req.headers(), conn.peer.ip(), &self.options.trusted_proxies);
+            let client = client_of(req.headers());
             if !options.allows(client) {
                 log.target = Some(target);
                 return Err(ProxyError::SourceNotAllowed(client));
@@ -458,11 +465,8 @@ impl Proxy {
         });
         let cors = match cors {
             Some((headers, true)) => {
-                let mut resp = Response::new(());
-                *resp.status_mut() = StatusCode::NO_CONTENT;
-                *resp.headers_mut() = headers;
-                resp.headers_mut()
-                    .insert(header::SERVER, HeaderValue::from_static(SERVER));
+                let mut resp = local_head(StatusCode::NO_CONTENT);
+                resp.headers_mut().extend(headers);
                 log.target = Some(target);
                 return Ok(Step::Local(resp));
             }
@@ -516,9 +520,7 @@ impl Proxy {
             .and_then(|v| u64::from_str_radix(v, 16).ok());
         // upstream-hash-by: the request's key.
         let hash = target.options.hash_by.as_ref().map(|key| {
-            let client = key.needs_client().then(|| {
-                headers::client_addr(req.headers(), conn.peer.ip(), &self.options.trusted_proxies)
-            });
+            let client = key.needs_client().then(|| client_of(req.headers()));
             key.hash(&crate::source::annotations::KeyInput {
                 uri: req.uri(),
                 headers: req.headers(),
@@ -599,9 +601,7 @@ impl Proxy {
         // says.
         let peer_ip = conn.peer.ip();
         if self.options.trusted_proxies.trusts(peer_ip) {
-            let client =
-                headers::client_addr(&head.headers, peer_ip, &self.options.trusted_proxies);
-            if let Ok(v) = HeaderValue::try_from(client.to_string()) {
+            if let Ok(v) = HeaderValue::try_from(client_of(&head.headers).to_string()) {
                 head.headers.insert(&headers::X_REAL_IP, v);
             }
             headers::set_forwarded(
@@ -664,11 +664,9 @@ impl Proxy {
         if let Some(basic) = basic
             && !basic.check(head.headers.get(header::AUTHORIZATION)).await
         {
-            let mut resp = Response::new(());
-            *resp.status_mut() = StatusCode::UNAUTHORIZED;
-            let h = resp.headers_mut();
-            h.insert(header::WWW_AUTHENTICATE, basic.challenge());
-            h.insert(header::SERVER, HeaderValue::from_static(SERVER));
+            let mut resp = local_head(StatusCode::UNAUTHORIZED);
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, basic.challenge());
             return Ok(Forwarded::Local(resp));
         }
         if let Some(original) = auth {
@@ -829,11 +827,17 @@ impl Proxy {
 /// checked to be a URI path when read, and the https one is built from a valid host
 /// and path).
 fn local_redirect(status: StatusCode, location: &str) -> Response<()> {
-    let mut resp = Response::new(());
-    *resp.status_mut() = status;
+    let mut resp = local_head(status);
     if let Ok(v) = HeaderValue::try_from(location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
+    resp
+}
+
+/// A local answer without a body: `status` and our `Server`.
+fn local_head(status: StatusCode) -> Response<()> {
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static(SERVER));
     resp
