@@ -1,6 +1,32 @@
-//! nginx-style templates: text with `$name`, `${name}` and `$1`..`$9` in it, as the
+//! Annotation values in nginx's syntax: regular expressions (`template::regex`), and
+//! templates, text with `$name`, `${name}` and `$1`..`$9` in it, as the
 //! annotation values that take nginx variables or regex captures are written
 //! (`rewrite-target`, `upstream-hash-by`).
+
+/// Compiled size one expression from an annotation or a path may take (`regex`'s
+/// default is 10 MiB): they come from Ingress objects, any number of them.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A regular expression from an Ingress (a path, a canary's header pattern), or why it
+/// is not one this proxy can run, on one line.
+pub fn regex(pattern: &str, case_insensitive: bool) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(pattern)
+        .case_insensitive(case_insensitive)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| {
+            // regex's messages draw a caret under the pattern, over several lines.
+            let message = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            format!(
+                "is not a regular expression lb-ingress can match (RE2 syntax: no \
+                 look-around, no back-references): {message}"
+            )
+        })
+}
 
 /// A piece of a template.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

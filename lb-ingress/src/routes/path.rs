@@ -68,10 +68,6 @@ impl std::hash::Hash for PathRule {
     }
 }
 
-/// Compiled size a path's regular expression may take (`regex`'s default is 10 MiB):
-/// the expressions come from Ingress objects, one per path.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
 /// Why a path from an Ingress cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("path {path:?} {reason}")]
@@ -131,20 +127,12 @@ impl PathRule {
             PathKind::Prefix => path.trim_end_matches('/').to_owned(),
         };
         let regex = match kind {
-            PathKind::Regex => Some(
-                regex::RegexBuilder::new(&format!("^{path}"))
-                    .case_insensitive(true)
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .build()
-                    .map_err(|e| InvalidPath {
-                        path: path.clone(),
-                        reason: format!(
-                            "is not a regular expression lb-ingress can match (RE2 syntax: no \
-                             look-around, no back-references): {}",
-                            one_line(&e.to_string())
-                        ),
-                    })?,
-            ),
+            PathKind::Regex => Some(crate::template::regex(&format!("^{path}"), true).map_err(
+                |reason| InvalidPath {
+                    path: path.clone(),
+                    reason,
+                },
+            )?),
             PathKind::Exact | PathKind::Prefix => None,
         };
         Ok(PathRule { kind, path, regex })
@@ -207,11 +195,6 @@ impl PathRule {
             .then_with(|| rank(self.kind).cmp(&rank(other.kind)))
             .then_with(|| self.path.cmp(&other.path))
     }
-}
-
-/// A `regex` error message on one line (its messages draw a caret under the pattern).
-pub(crate) fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Why a request path cannot be matched (answered 400).

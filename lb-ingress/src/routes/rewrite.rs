@@ -12,7 +12,7 @@
 //!
 //! The query string follows nginx's rule: kept when `T` has none; when `T` has one, the
 //! request's is appended after it with `&`, unless `T` ends with `?` (then dropped).
-use regex::{Regex, RegexBuilder};
+use regex::Regex;
 
 use crate::template::Token;
 
@@ -104,16 +104,7 @@ impl PathRewrite {
     /// The rewrite of the rule with `path` (a regular expression) to `target`; refused
     /// when the expression does not compile or lacks a group the target names.
     pub fn new(path: &str, target: &RewriteTarget) -> Result<PathRewrite, String> {
-        let regex = RegexBuilder::new(path)
-            .case_insensitive(true)
-            .size_limit(1 << 20)
-            .build()
-            .map_err(|e| {
-                format!(
-                    "path {path:?} is not a regular expression: {}",
-                    super::path::one_line(&e.to_string())
-                )
-            })?;
+        let regex = crate::template::regex(path, true).map_err(|e| format!("path {path:?} {e}"))?;
         for piece in &target.pieces {
             match piece {
                 Piece::Group(n) if *n >= regex.captures_len() => {

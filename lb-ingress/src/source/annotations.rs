@@ -1203,16 +1203,9 @@ fn canary(s: &mut Settings<'_>) -> Option<CanaryPolicy> {
         header: s.get("canary-by-header", IGNORED, header_name),
         header_value,
         header_pattern: s.get("canary-by-header-pattern", IGNORED, |v| {
-            regex::RegexBuilder::new(v)
-                .size_limit(1 << 20)
-                .build()
+            crate::template::regex(v, false)
                 .map(HeaderPattern)
-                .map_err(|e| {
-                    format!(
-                        "{v:?} is not a regular expression (RE2 syntax): {}",
-                        crate::routes::path::one_line(&e.to_string())
-                    )
-                })
+                .map_err(|e| format!("{v:?} {e}"))
         }),
         cookie: s.get("canary-by-cookie", IGNORED, cookie_name),
         weight: s
