@@ -343,10 +343,10 @@ struct Exchange<'a> {
 /// timeout, and a client that stops sending its body is told so (408), not blamed on
 /// the upstream.
 #[derive(Clone, Copy, Debug)]
-pub struct Deadlines {
-    pub started: Instant,
-    pub send: Duration,
-    pub read: Duration,
+struct Deadlines {
+    started: Instant,
+    send: Duration,
+    read: Duration,
 }
 
 /// Which deadline of [`Deadlines`] was missed.
