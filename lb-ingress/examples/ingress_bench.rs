@@ -3,7 +3,13 @@
 //! ```text
 //! cargo run --release -p lb-ingress --example ingress_bench -- --out bench/results/ingress.md
 //!     [--duration SECS] [--warmup SECS] [--idle-conns N] [--quick] [--lb-ingress PATH]
+//!     [--lb-ingress-plain PATH]
+//! ingress_bench --train --lb-ingress INSTRUMENTED   # the PGO training load (xtask pgo)
 //! ```
+//!
+//! `cargo xtask bench ingress` passes the profile-guided build (`cargo xtask pgo`, as
+//! lb-ingress is meant to be shipped) as `--lb-ingress` and the plain release build as
+//! `--lb-ingress-plain`: both run in the same rotation, so the report shows both.
 //!
 //! lb-ingress and nginx (Debian's package) as real processes, side by side on loopback,
 //! in front of the same upstreams (small hyper servers in this process answering a fixed
@@ -64,8 +70,13 @@ struct Args {
     conns: Vec<u32>,
     memory_workers: usize,
     lb_ingress: Option<PathBuf>,
-    /// Measured runs per proxy and scenario, the three proxies in turn.
+    /// A second lb-ingress build measured in the same rotation: the plain release build
+    /// when `--lb-ingress` is the profile-guided one (`cargo xtask bench ingress`).
+    lb_ingress_plain: Option<PathBuf>,
+    /// Measured runs per proxy and scenario, the proxies in turn.
     rounds: usize,
+    /// Drive `--lb-ingress` (an instrumented build) with the training load and exit.
+    train: bool,
 }
 
 /// A comma-separated list of numbers (`1,2`).
@@ -93,7 +104,9 @@ fn parse_args() -> anyhow::Result<Args> {
         conns: vec![64, 512],
         memory_workers: 2,
         lb_ingress: None,
+        lb_ingress_plain: None,
         rounds: 3,
+        train: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -106,6 +119,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--upstreams" => a.upstreams = v()?.parse().context("--upstreams N")?,
             "--wrk-threads" => a.wrk_threads = v()?.parse().context("--wrk-threads N")?,
             "--lb-ingress" => a.lb_ingress = Some(v()?.into()),
+            "--lb-ingress-plain" => a.lb_ingress_plain = Some(v()?.into()),
+            "--train" => a.train = true,
             "--rounds" => a.rounds = v()?.parse().context("--rounds N")?,
             "--workers" => a.workers = list(&v()?).context("--workers N[,N...]")?,
             "--conns" => a.conns = list(&v()?).context("--conns N[,N...]")?,
@@ -119,7 +134,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 println!(
                     "ingress_bench [--out PATH] [--duration SECS] [--warmup SECS] [--idle-conns N] \
                      [--upstreams N] [--wrk-threads N] [--rounds N] [--workers N,N] [--conns N,N] \
-                     [--lb-ingress PATH] [--quick]"
+                     [--lb-ingress PATH] [--lb-ingress-plain PATH] [--quick] [--train]"
                 );
                 std::process::exit(0);
             }
@@ -386,6 +401,17 @@ fn start_lb(
     workers: usize,
     manifests_dir: &Path,
 ) -> anyhow::Result<(Proc, SocketAddr)> {
+    start_lb_with(bin, tmp, workers, manifests_dir, &[])
+}
+
+/// [`start_lb`] with more flags (the training load's `--listen-tls`).
+fn start_lb_with(
+    bin: &Path,
+    tmp: &Path,
+    workers: usize,
+    manifests_dir: &Path,
+    more: &[String],
+) -> anyhow::Result<(Proc, SocketAddr)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let log = tmp.join(format!("lb-ingress-{workers}w-{}.log", addr.port()));
     let child = Command::new(bin)
@@ -395,6 +421,7 @@ fn start_lb(
         .arg("--listen")
         .arg(addr.to_string())
         .args(LB_FLAGS)
+        .args(more)
         .env("TOKIO_WORKER_THREADS", workers.to_string())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -637,6 +664,23 @@ fn run_wrk(addr: SocketAddr, conns: u32, threads: u32, secs: u64, pid: i32) -> a
 // ---------------------------------------------------------------------------------------
 // Upstreams and the idle-connection client (tokio, in this process).
 
+/// `n` upstream servers on loopback, and the count of requests each has answered.
+fn start_upstreams(
+    rt: &tokio::runtime::Runtime,
+    n: usize,
+) -> anyhow::Result<(Vec<SocketAddr>, Vec<Arc<AtomicU64>>)> {
+    let mut upstreams = Vec::new();
+    let mut hits = Vec::new();
+    for _ in 0..n {
+        let l = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        upstreams.push(l.local_addr()?);
+        let h = Arc::new(AtomicU64::new(0));
+        hits.push(Arc::clone(&h));
+        rt.spawn(serve_upstream(l, h));
+    }
+    Ok((upstreams, hits))
+}
+
 async fn serve_upstream(listener: tokio::net::TcpListener, hits: Arc<AtomicU64>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -647,9 +691,11 @@ async fn serve_upstream(listener: tokio::net::TcpListener, hits: Arc<AtomicU64>)
         let _ = stream.set_nodelay(true);
         let hits = Arc::clone(&hits);
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |_req| {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
                 hits.fetch_add(1, Ordering::Relaxed);
                 async {
+                    // Read to the end (nothing for a GET): the training load posts bodies.
+                    let _ = http_body_util::BodyExt::collect(req.into_body()).await;
                     let mut r = Response::new(Full::new(Bytes::from_static(BODY)));
                     r.headers_mut().insert(
                         hyper::header::CONTENT_TYPE,
@@ -865,6 +911,11 @@ fn lb_ingress_bin(a: &Args) -> anyhow::Result<PathBuf> {
 
 // ---------------------------------------------------------------------------------------
 
+/// The contenders in the rotation, in this order: lb-ingress (the profile-guided build
+/// under `cargo xtask bench`), nginx, the bare forwarder, and the plain release build of
+/// lb-ingress when `--lb-ingress-plain` names it.
+const CONTENDERS: [&str; 4] = ["lb-ingress", "nginx", "bare hyper", "lb-ingress (no PGO)"];
+
 struct Scenario {
     workers: usize,
     conns: u32,
@@ -872,8 +923,10 @@ struct Scenario {
     nginx: Wrk,
     /// The bare hyper forwarder (see `bare_proxy`).
     bare: Wrk,
-    /// Lowest and highest req/s over the rounds: lb-ingress, nginx, bare.
-    rps_range: [(f64, f64); 3],
+    /// The plain release build, when `lb` is the profile-guided one.
+    plain: Option<Wrk>,
+    /// Lowest and highest req/s over the rounds: lb-ingress, nginx, bare[, plain].
+    rps_range: Vec<(f64, f64)>,
     /// Which proxy ran first in the first round.
     first: &'static str,
 }
@@ -913,6 +966,9 @@ fn main() -> anyhow::Result<()> {
     }
     let a = parse_args()?;
     let bin = lb_ingress_bin(&a)?;
+    if a.train {
+        return train(&a, &bin);
+    }
     let nofile = raise_nofile(65_536)?;
     ensure!(
         nofile as usize > a.idle_conns + 1024,
@@ -930,15 +986,7 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut upstreams = Vec::new();
-    let mut hits = Vec::new();
-    for _ in 0..a.upstreams {
-        let l = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-        upstreams.push(l.local_addr()?);
-        let h = Arc::new(AtomicU64::new(0));
-        hits.push(Arc::clone(&h));
-        rt.spawn(serve_upstream(l, h));
-    }
+    let (upstreams, hits) = start_upstreams(&rt, a.upstreams)?;
     let manifests_dir = tmp.path().join("manifests");
     manifests(&manifests_dir, &upstreams)?;
     eprintln!(
@@ -950,9 +998,14 @@ fn main() -> anyhow::Result<()> {
     let mut scenarios = Vec::new();
     let mut nginx_error_lines = Vec::new();
     for &workers in &a.workers {
-        let (mut lb, lb_addr) = start_lb(&bin, tmp.path(), workers, &manifests_dir)?;
-        let (mut ngx, ngx_addr) = start_nginx(tmp.path(), workers, &upstreams, nofile)?;
-        let (mut bare, bare_addr) = start_bare(tmp.path(), workers, &upstreams)?;
+        let (lb, lb_addr) = start_lb(&bin, tmp.path(), workers, &manifests_dir)?;
+        let (ngx, ngx_addr) = start_nginx(tmp.path(), workers, &upstreams, nofile)?;
+        let (bare, bare_addr) = start_bare(tmp.path(), workers, &upstreams)?;
+        let mut procs = vec![(lb, lb_addr), (ngx, ngx_addr), (bare, bare_addr)];
+        if let Some(plain) = &a.lb_ingress_plain {
+            procs.push(start_lb(plain, tmp.path(), workers, &manifests_dir)?);
+        }
+        let names = &CONTENDERS[..procs.len()];
         for &conns in &a.conns {
             // Rotate which proxy goes first, so none always runs on a cooler machine.
             let turn = scenarios.len();
@@ -978,18 +1031,14 @@ fn main() -> anyhow::Result<()> {
                 );
                 Ok(w)
             };
-            // Each round runs the three in turn, starting one later than the last round.
-            let mut runs: [Vec<Wrk>; 3] = Default::default();
+            // Each round runs them all in turn, starting one later than the last round.
+            let n = procs.len();
+            let mut runs: Vec<Vec<Wrk>> = vec![Vec::new(); n];
             for round in 0..a.rounds {
-                for k in 0..3 {
-                    let which = (turn + round + k) % 3;
-                    let warm = round == 0;
-                    let w = match which {
-                        0 => run("lb-ingress", lb_addr, &mut lb, warm)?,
-                        1 => run("nginx", ngx_addr, &mut ngx, warm)?,
-                        _ => run("bare-hyper", bare_addr, &mut bare, warm)?,
-                    };
-                    runs[which].push(w);
+                for k in 0..n {
+                    let which = (turn + round + k) % n;
+                    let (p, addr) = &mut procs[which];
+                    runs[which].push(run(names[which], *addr, p, round == 0)?);
                 }
             }
             scenarios.push(Scenario {
@@ -998,14 +1047,13 @@ fn main() -> anyhow::Result<()> {
                 lb: median(&runs[0]),
                 nginx: median(&runs[1]),
                 bare: median(&runs[2]),
-                rps_range: runs.each_ref().map(|r| rps_range(r)),
-                first: ["lb-ingress", "nginx", "bare hyper"][turn % 3],
+                plain: runs.get(3).map(|r| median(r)),
+                rps_range: runs.iter().map(|r| rps_range(r)).collect(),
+                first: names[turn % n],
             });
         }
-        nginx_error_lines.extend(nginx_errors(&ngx));
-        drop(bare);
-        drop(ngx);
-        drop(lb);
+        nginx_error_lines.extend(nginx_errors(&procs[1].0));
+        drop(procs);
     }
 
     // Memory: fresh processes, so the load runs above leave nothing behind.
@@ -1124,8 +1172,13 @@ fn report(a: &Args, r: &Report) -> String {
     );
     let _ = writeln!(
         md,
-        "- lb-ingress: `lb-ingress run --manifests DIR --listen 127.0.0.1:PORT {}` with `TOKIO_WORKER_THREADS` = workers; a Service with one EndpointSlice per upstream, an Ingress `/` Prefix, IngressClass `lb` (default).",
-        LB_FLAGS.join(" ")
+        "- lb-ingress: `lb-ingress run --manifests DIR --listen 127.0.0.1:PORT {}` with `TOKIO_WORKER_THREADS` = workers; a Service with one EndpointSlice per upstream, an Ingress `/` Prefix, IngressClass `lb` (default).{}",
+        LB_FLAGS.join(" "),
+        if a.lb_ingress_plain.is_some() {
+            " **lb-ingress** is the profile-guided build that `cargo xtask pgo` makes (trained by `ingress_bench --train`: this load at 1 and 2 workers, then HTTPS over HTTP/1.1 and HTTP/2, and HTTP/2 posting bodies); **lb-ingress (no PGO)** is the plain `cargo build --release` of the same commit, measured in the same rotation."
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         md,
@@ -1138,15 +1191,32 @@ fn report(a: &Args, r: &Report) -> String {
     );
 
     let _ = writeln!(md, "## Throughput and latency\n");
+    let plain = r.scenarios.iter().any(|s| s.plain.is_some());
     let _ = writeln!(
         md,
-        "| workers | conns | lb-ingress req/s | nginx req/s | rps ratio lb/nginx | lb p50 | nginx p50 | lb p99 | nginx p99 | p99 ratio lb/nginx |"
+        "| workers | conns | lb-ingress req/s | nginx req/s | rps ratio lb/nginx | lb p50 | nginx p50 | lb p99 | nginx p99 | p99 ratio lb/nginx |{}",
+        if plain {
+            " no-PGO rps ratio / nginx | no-PGO p99 ratio / nginx |"
+        } else {
+            ""
+        }
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|{}",
+        if plain { "---|---|" } else { "" }
+    );
     for s in r.scenarios {
+        let no_pgo = s.plain.map_or(String::new(), |p| {
+            format!(
+                " {:.2} | {:.2} |",
+                ratio(p.rps, s.nginx.rps),
+                ratio(p.p99_ms, s.nginx.p99_ms)
+            )
+        });
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.0} | **{:.2}** | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | **{:.2}** |",
+            "| {} | {} | {:.0} | {:.0} | **{:.2}** | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | **{:.2}** |{no_pgo}",
             s.workers,
             s.conns,
             s.lb.rps,
@@ -1177,13 +1247,11 @@ fn report(a: &Args, r: &Report) -> String {
             "| proxy | req/s | req/s range | p50 | p99 | errors | CPU/req |"
         );
         let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-        for ((name, w), (lo, hi)) in [
-            ("lb-ingress", &s.lb),
-            ("nginx", &s.nginx),
-            ("bare hyper", &s.bare),
-        ]
-        .into_iter()
-        .zip(s.rps_range)
+        for ((name, w), (lo, hi)) in CONTENDERS
+            .into_iter()
+            .zip([Some(&s.lb), Some(&s.nginx), Some(&s.bare), s.plain.as_ref()])
+            .filter_map(|(name, w)| Some((name, w?)))
+            .zip(s.rps_range.iter().copied())
         {
             let _ = writeln!(
                 md,
@@ -1206,21 +1274,29 @@ fn report(a: &Args, r: &Report) -> String {
         md,
         "The **bare hyper** forwarder (`ingress_bench --bare-proxy`, a process of its own, measured in the same rotation) is lb-ingress with every feature taken out, on the same libraries and threading model: a single-threaded tokio runtime per worker thread with its own SO_REUSEPORT socket, hyper's HTTP/1.1 server, per-thread pools of hyper HTTP/1.1 client connections, requests sent round robin to the upstreams unchanged (no routing, header rewriting, limits, timeouts, retries, metrics or logs). bare / nginx is what hyper and tokio cost against nginx here; lb-ingress / bare is what lb-ingress's own work costs on top.\n"
     );
+    // The bare forwarder is a plain release build: set against lb-ingress's plain build
+    // when there is one, so that the ratio is about the work, not about the profile.
+    let lb_name = if plain {
+        "lb-ingress (no PGO)"
+    } else {
+        "lb-ingress"
+    };
     let _ = writeln!(
         md,
-        "| workers | conns | bare / nginx req/s | lb-ingress / bare req/s | bare / nginx CPU/req | lb-ingress / bare CPU/req |"
+        "| workers | conns | bare / nginx req/s | {lb_name} / bare req/s | bare / nginx CPU/req | {lb_name} / bare CPU/req |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|");
     for s in r.scenarios {
+        let lb = s.plain.as_ref().unwrap_or(&s.lb);
         let _ = writeln!(
             md,
             "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
             s.workers,
             s.conns,
             ratio(s.bare.rps, s.nginx.rps),
-            ratio(s.lb.rps, s.bare.rps),
+            ratio(lb.rps, s.bare.rps),
             ratio(s.bare.cpu_us_per_req, s.nginx.cpu_us_per_req),
-            ratio(s.lb.cpu_us_per_req, s.bare.cpu_us_per_req),
+            ratio(lb.cpu_us_per_req, s.bare.cpu_us_per_req),
         );
     }
     let _ = writeln!(md);
@@ -1300,7 +1376,7 @@ fn reading(a: &Args, r: &Report) -> String {
     let errors: u64 = r
         .scenarios
         .iter()
-        .map(|s| s.lb.errors + s.nginx.errors + s.bare.errors)
+        .map(|s| s.lb.errors + s.nginx.errors + s.bare.errors + s.plain.map_or(0, |p| p.errors))
         .sum();
     let cpu = each(|s| ratio(s.lb.cpu_us_per_req, s.nginx.cpu_us_per_req));
     let (lm, nm) = (r.lb_idle, r.ngx_idle);
@@ -1346,15 +1422,47 @@ fn reading(a: &Args, r: &Report) -> String {
         nm.still_open,
     );
     let bare_ngx = each(|s| ratio(s.bare.rps, s.nginx.rps));
-    let lb_bare = each(|s| ratio(s.lb.rps, s.bare.rps));
+    let lb_bare = each(|s| ratio(s.plain.as_ref().unwrap_or(&s.lb).rps, s.bare.rps));
     let _ = write!(
         s,
-        "The bare hyper forwarder served {:.2}x to {:.2}x nginx's requests per second, and lb-ingress {:.2}x to {:.2}x the bare forwarder's: the first is the share of the gap that hyper and tokio bring, the second lb-ingress's own. ",
+        "The bare hyper forwarder served {:.2}x to {:.2}x nginx's requests per second, and {} {:.2}x to {:.2}x the bare forwarder's: the first is the share of the gap that hyper and tokio bring, the second lb-ingress's own. ",
         min(&bare_ngx),
         max(&bare_ngx),
+        if r.scenarios.iter().any(|s| s.plain.is_some()) {
+            "lb-ingress's plain release build"
+        } else {
+            "lb-ingress"
+        },
         min(&lb_bare),
         max(&lb_bare),
     );
+    let pgo: Vec<(f64, f64, f64)> = r
+        .scenarios
+        .iter()
+        .filter_map(|sc| {
+            let plain = sc.plain.as_ref()?;
+            Some((
+                ratio(sc.lb.rps, plain.rps),
+                ratio(sc.lb.cpu_us_per_req, plain.cpu_us_per_req),
+                ratio(plain.rps, sc.nginx.rps),
+            ))
+        })
+        .collect();
+    if !pgo.is_empty() {
+        let rps: Vec<f64> = pgo.iter().map(|x| x.0).collect();
+        let cpu: Vec<f64> = pgo.iter().map(|x| x.1).collect();
+        let plain_ngx: Vec<f64> = pgo.iter().map(|x| x.2).collect();
+        let _ = write!(
+            s,
+            "The profile-guided build served {:.2}x to {:.2}x the plain release build's requests per second at {:.2}x to {:.2}x its CPU time per request; the plain build alone served {:.2}x to {:.2}x nginx's requests per second. ",
+            min(&rps),
+            max(&rps),
+            min(&cpu),
+            max(&cpu),
+            min(&plain_ngx),
+            max(&plain_ngx),
+        );
+    }
     if errors > 0 {
         let _ = write!(
             s,
@@ -1369,6 +1477,107 @@ fn reading(a: &Args, r: &Report) -> String {
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
     );
     s
+}
+
+// ---------------------------------------------------------------------------------------
+// Training load for the profile-guided build (`cargo xtask pgo`).
+
+/// `--train`: the load a profile-guided build of lb-ingress is laid out for, run against
+/// an instrumented build (`-Cprofile-generate`), which writes its profile when it exits
+/// on SIGTERM. For 1 and then 2 workers: this benchmark's own HTTP/1.1 load (64 and 512
+/// connections, by wrk), then as much again over TLS (HTTP/1.1 by wrk, HTTP/2 by h2load),
+/// and HTTP/2 without TLS (prior knowledge) posting 4 KiB bodies. Code no training
+/// request reaches (errors, other annotations) is laid out as cold, not removed: it
+/// stays correct and tested, only slower to reach. Every run must answer 2xx only, so a
+/// broken instrumented build fails here rather than yielding a profile of error paths.
+fn train(a: &Args, bin: &Path) -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("ingress-train-")
+        .tempdir()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (upstreams, _hits) = start_upstreams(&rt, a.upstreams)?;
+    let dir = tmp.path().join("manifests");
+    manifests(&dir, &upstreams)?;
+    tls_manifests(&dir)?;
+    let body = tmp.path().join("body");
+    std::fs::write(&body, vec![b'x'; 4096])?;
+    let secs = a.duration.min(3).to_string();
+    for workers in [1, 2] {
+        let tls = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let more = ["--listen-tls".to_owned(), tls.to_string()];
+        let (mut lb, plain) = start_lb_with(bin, tmp.path(), workers, &dir, &more)?;
+        for (conns, url) in [
+            ("64", format!("http://{plain}/")),
+            ("512", format!("http://{plain}/")),
+            ("64", format!("https://{tls}/")),
+        ] {
+            eprintln!("train: {workers} worker(s), wrk {conns} connections, {url}");
+            let out = load(
+                Command::new("/usr/bin/wrk")
+                    .args(["-t2", &format!("-c{conns}"), &format!("-d{secs}s")])
+                    .arg(&url),
+            )?;
+            ensure!(
+                !out.contains("Non-2xx") && !out.contains("Socket errors"),
+                "wrk {url} saw errors:\n{out}"
+            );
+            lb.ensure_running()?;
+        }
+        for (url, post) in [
+            (format!("https://{tls}/"), false),
+            (format!("http://{plain}/"), true),
+        ] {
+            eprintln!("train: {workers} worker(s), h2load {url}");
+            let mut cmd = Command::new("h2load");
+            cmd.args(["-n", "20000", "-c", "16", "-m", "8", "-t", "2"]);
+            if post {
+                cmd.arg("-d").arg(&body);
+            }
+            let out = load(cmd.arg(&url))?;
+            ensure!(
+                out.lines()
+                    .any(|l| l.starts_with("requests:") && l.contains(" 0 failed")),
+                "h2load {url} saw failures:\n{out}"
+            );
+            lb.ensure_running()?;
+        }
+        drop(lb);
+    }
+    drop(rt);
+    Ok(())
+}
+
+/// Runs a load generator to its end; its output, or why it failed.
+fn load(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?} (cargo xtask setup installs wrk and h2load)"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(text)
+}
+
+/// A self-signed certificate as the TLS Secret of a second Ingress with no `hosts`: the
+/// default certificate, whatever name (or none) the client sends.
+fn tls_manifests(dir: &Path) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let cert = rcgen::generate_simple_self_signed(vec!["bench.local".to_owned()])?;
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    let y = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bench-tls, namespace: bench}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: echo-tls, namespace: bench}}\nspec:\n  tls:\n  - {{secretName: bench-tls}}\n  rules:\n  - host: bench.local\n    http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: {{service: {{name: echo, port: {{number: 80}}}}}}}}\n",
+        b64(cert.cert.pem()),
+        b64(cert.signing_key.serialize_pem()),
+    );
+    std::fs::write(dir.join("tls.yaml"), y)?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 
 mod cmd;
 mod demo;
+mod pgo;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,9 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Write examples/seed-app/ from the sandbox's address plan.
     Manifests,
+    /// Profile-guided release build of lb-ingress (trained by `ingress_bench --train`):
+    /// target/pgo/lb-ingress.
+    Pgo,
     /// Benchmarks (release builds, real kernel, numbers not assertions): results go to
     /// bench/results/<name>.md.
     Bench(BenchArgs),
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Demo(args) => demo::run(&args),
         Task::Manifests => manifests(),
+        Task::Pgo => setup::run().and_then(|()| pgo::run().map(drop)),
         Task::Bench(args) => bench(&args),
     };
     match result {
@@ -192,6 +197,28 @@ fn bench(args: &BenchArgs) -> Result<()> {
         ];
         if args.quick {
             run.push("--quick");
+        }
+        // lb-ingress as it is shipped (`cargo xtask pgo`), and the plain release build in
+        // the same rotation, so that the report shows what the profile is worth.
+        let (pgo_bin, plain_bin);
+        if let Bench::Ingress = b {
+            pgo_bin = pgo::run()?.display().to_string();
+            cmd::step(
+                "plain release build of lb-ingress",
+                cargo(&[
+                    "build",
+                    "--release",
+                    "-p",
+                    "lb-ingress",
+                    "--bin",
+                    "lb-ingress",
+                ]),
+            )?;
+            plain_bin = root()
+                .join("target/release/lb-ingress")
+                .display()
+                .to_string();
+            run.extend(["--lb-ingress", &pgo_bin, "--lb-ingress-plain", &plain_bin]);
         }
         cmd::step(&format!("benchmark {name} -> {out_s}"), cargo(&run))?;
     }

@@ -30,6 +30,8 @@ pub const PACKAGES: &[&str] = &[
     "openssl",
     "jq",
     "wrk",
+    // h2load: HTTP/2 load for lb-ingress's profile-guided build (`cargo xtask pgo`).
+    "nghttp2-client",
     "nginx",
     "prometheus",
     "xdp-tools",

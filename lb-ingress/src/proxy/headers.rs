@@ -19,8 +19,10 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A new request id: 128 random bits as 32 hex digits, as nginx's `$request_id`.
 pub fn request_id() -> HeaderValue {
-    HeaderValue::try_from(format!("{:032x}", fastrand::u128(..)))
-        .expect("hex digits are a header value")
+    let mut digits = [0u8; 32];
+    hex::encode_to_slice(fastrand::u128(..).to_be_bytes(), &mut digits)
+        .expect("16 bytes fill 32 digits");
+    HeaderValue::from_bytes(&digits).expect("hex digits are a header value")
 }
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -275,6 +277,23 @@ pub fn set_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_32_lowercase_hex_digits_and_differ() {
+        let ids: Vec<String> = (0..64)
+            .map(|_| request_id().to_str().unwrap().to_owned())
+            .collect();
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{id}"
+            );
+        }
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+    }
 
     #[test]
     fn te_trailers_is_found_among_other_codings() {
