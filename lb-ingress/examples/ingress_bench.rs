@@ -1186,7 +1186,7 @@ fn report(a: &Args, r: &Report) -> String {
     );
     let _ = writeln!(
         md,
-        "- wrk: `wrk -t{} -cC -d{}s --latency --timeout 5s` after a {} s warm-up run on the same connections count; {} measured run(s) per proxy and cell, the three proxies in turn and the order rotated every round, so that none always runs first or last. The tables give each metric's median over the runs (taken separately) and the range of req/s; errors are summed. CPU/req is the proxy's user+system CPU time (nginx: master + workers) over a measured run divided by its requests. RLIMIT_NOFILE {}.\n",
+        "- wrk: `wrk -t{} -cC -d{}s --latency --timeout 5s` after a {} s warm-up run on the same connections count; {} measured run(s) per proxy and cell, the proxies in turn and the order rotated every round, so that none always runs first or last. The tables give each metric's median over the runs (taken separately) and the range of req/s; errors are summed. CPU/req is the proxy's user+system CPU time (nginx: master + workers) over a measured run divided by its requests. RLIMIT_NOFILE {}.\n",
         a.wrk_threads, a.duration, a.warmup, a.rounds, r.nofile
     );
 

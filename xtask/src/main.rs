@@ -1,4 +1,4 @@
-//! `cargo xtask setup | build | test | demo | bench | manifests`: the project's one-command
+//! `cargo xtask setup | build | test | demo | bench | pgo | manifests`: the project's one-command
 //! tasks.
 #![forbid(unsafe_code)]
 
