@@ -1995,6 +1995,56 @@ async fn upstream_hash_by_keeps_a_key_on_one_endpoint() {
     h.shutdown().await;
 }
 
+/// `load-balance`: `round_robin` takes the endpoints in turn; `ewma` learns that one
+/// endpoint answers slowly and sends (nearly) everything to the other, where balancing
+/// by requests in flight would split sequential requests evenly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balance_round_robin_and_ewma() {
+    let (fast, slow) = (Upstream::start("fast").await, Upstream::start("slow").await);
+    let m = Manifests::new();
+    let key = "nginx.ingress.kubernetes.io/load-balance";
+    m.write(
+        "ingress.yaml",
+        &[
+            annotated("rr", "rr.example", "up", &[(key, "round_robin")]),
+            annotated("ewma", "ewma.example", "up", &[(key, "ewma")]),
+        ]
+        .concat(),
+    );
+    m.write(
+        "svc.yaml",
+        &service("default", "up", 80, "http", "80", &[&fast, &slow]),
+    );
+    let h = start(server_config(&m)).await;
+    assert_eq!(config_problems(&h).await, Some(0));
+    let cl = client();
+    // The slow upstream takes 30 ms on this path; the fast one answers at once.
+    let path = "/misbehave?name=slow&ms=30";
+    let mut turns = Vec::new();
+    for _ in 0..8 {
+        let r = request(&cl, h.http_addr, "GET", "rr.example", path, &[], None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        turns.push(r.upstream());
+    }
+    assert!(
+        turns.windows(2).all(|w| w[0] != w[1]),
+        "round robin alternates: {turns:?}"
+    );
+    // Each endpoint is measured by its first answer (an unmeasured one is tried first);
+    // after that the slow one costs 30 ms against well under 1 ms.
+    let mut to_slow = 0;
+    for _ in 0..40 {
+        let r = request(&cl, h.http_addr, "GET", "ewma.example", path, &[], None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        to_slow += usize::from(r.upstream() == "slow");
+    }
+    assert!(
+        (1..=3).contains(&to_slow),
+        "ewma sent {to_slow} of 40 requests to the slow endpoint"
+    );
+    h.shutdown().await;
+}
+
 /// `default-backend`: a rule whose Service has no ready endpoint sends its requests to
 /// the named Service instead of answering 503; a rule with endpoints keeps them; a
 /// default backend that does not exist is reported.

@@ -1,5 +1,7 @@
-//! Where a backend is chosen: power of two choices over outstanding requests, among the
-//! ready endpoints of a Service port that are not ejected.
+//! Where a backend is chosen, among the ready endpoints of a Service port that are not
+//! ejected: by default power of two choices over outstanding requests; per Ingress
+//! (`load-balance`), round robin or power of two choices over peak EWMA latency times
+//! outstanding requests ([`Balance`]).
 //!
 //! Endpoint state (requests in flight, ejection) lives in an [`EndpointRegistry`] keyed
 //! by address and outlives configuration swaps: a reload that keeps an endpoint keeps
@@ -24,6 +26,8 @@ pub struct Endpoint {
     /// Milliseconds since the registry's epoch until which the endpoint is ejected; 0
     /// when it is not.
     ejected_until_ms: AtomicU64,
+    /// Peak EWMA of the response latency, for [`Balance::Ewma`] routes only.
+    latency: PeakEwma,
     /// Idle keep-alive connections to this address (closed when the endpoint is
     /// forgotten).
     pub conns: ConnPool,
@@ -32,6 +36,67 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// A response (or a timeout) from this endpoint took `rtt`: for [`Balance::Ewma`].
+    pub fn observe_latency(&self, registry: &EndpointRegistry, rtt: Duration) {
+        self.latency.observe(registry.now_ms(), rtt);
+    }
+
+    /// What [`Balance::Ewma`] minimizes: the latency estimate times the requests in
+    /// flight plus one (Finagle's and linkerd's peak EWMA cost). An endpoint not yet
+    /// measured costs 0, so that it is measured soon (as ingress-nginx's `ewma`).
+    fn ewma_cost(&self) -> f64 {
+        self.latency.estimate_ns() * (in_flight_f64(self) + 1.0)
+    }
+}
+
+/// How a route picks among its endpoints: the `load-balance` annotation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// Power of two choices over requests in flight (no annotation).
+    #[default]
+    LeastRequest,
+    /// `round_robin`: each endpoint in turn (ingress-nginx's default).
+    RoundRobin,
+    /// `ewma`: power of two choices over peak EWMA latency x (requests in flight + 1).
+    Ewma,
+}
+
+/// Decay time of [`PeakEwma`]: a sample's weight falls by e every 10 s (ingress-nginx's
+/// `DECAY_TIME` in balancer/ewma.lua).
+const EWMA_DECAY_MS: f64 = 10_000.0;
+
+/// A latency estimate that jumps to a higher sample at once and decays towards lower
+/// ones by the time since the last sample (peak EWMA: a slowing endpoint is avoided at
+/// once, a recovering one is trusted gradually). Threads update it without a lock: two
+/// samples at the same instant may leave one of them out, which only weakens the
+/// estimate's memory, never makes it wrong.
+#[derive(Debug, Default)]
+struct PeakEwma {
+    /// f64 nanoseconds, as bits; 0 until the first sample.
+    ns: AtomicU64,
+    /// The last sample's time (ms since the registry's epoch).
+    at_ms: AtomicU64,
+}
+
+impl PeakEwma {
+    fn observe(&self, now_ms: u64, rtt: Duration) {
+        let sample = rtt.as_secs_f64() * 1e9;
+        let old = f64::from_bits(self.ns.load(Ordering::Relaxed));
+        let new = if sample > old {
+            sample
+        } else {
+            let elapsed = now_ms.saturating_sub(self.at_ms.load(Ordering::Relaxed));
+            let keep = (-Duration::from_millis(elapsed).as_secs_f64() * 1e3 / EWMA_DECAY_MS).exp();
+            old * keep + sample * (1.0 - keep)
+        };
+        self.ns.store(new.to_bits(), Ordering::Relaxed);
+        self.at_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    fn estimate_ns(&self) -> f64 {
+        f64::from_bits(self.ns.load(Ordering::Relaxed))
     }
 }
 
@@ -56,11 +121,16 @@ impl Drop for InFlight {
 #[derive(Debug, Default)]
 pub struct Pool {
     endpoints: Vec<Arc<Endpoint>>,
+    /// The next turn for [`Balance::RoundRobin`].
+    turn: AtomicUsize,
 }
 
 impl Pool {
     pub fn new(endpoints: Vec<Arc<Endpoint>>) -> Pool {
-        Pool { endpoints }
+        Pool {
+            endpoints,
+            turn: AtomicUsize::new(0),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -79,7 +149,12 @@ impl Pool {
     /// those not ejected. When every remaining endpoint is ejected, ejection is ignored
     /// (Envoy's panic threshold at 100%): better to try a suspect endpoint than to fail
     /// for sure.
-    pub fn pick(&self, registry: &EndpointRegistry, tried: &[SocketAddr]) -> Option<InFlight> {
+    pub fn pick(
+        &self,
+        registry: &EndpointRegistry,
+        tried: &[SocketAddr],
+        how: Balance,
+    ) -> Option<InFlight> {
         // The clock is read only if some endpoint has been ejected at some point.
         let now = std::cell::OnceCell::new();
         let usable = |e: &Arc<Endpoint>, allow_ejected: bool| {
@@ -87,9 +162,15 @@ impl Pool {
             !tried.contains(&e.addr)
                 && (allow_ejected || until == 0 || until <= *now.get_or_init(|| registry.now_ms()))
         };
-        let chosen = self
-            .choose(|e| usable(e, false))
-            .or_else(|| self.choose(|e| usable(e, true)))?;
+        let choose = |allow_ejected: bool| {
+            let usable = |e: &Arc<Endpoint>| usable(e, allow_ejected);
+            match how {
+                Balance::LeastRequest => self.choose(usable, in_flight_f64),
+                Balance::Ewma => self.choose(usable, Endpoint::ewma_cost),
+                Balance::RoundRobin => self.next_in_turn(usable),
+            }
+        };
+        let chosen = choose(false).or_else(|| choose(true))?;
         chosen.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(InFlight(Arc::clone(chosen)))
     }
@@ -133,7 +214,21 @@ impl Pool {
         Some(InFlight(Arc::clone(chosen)))
     }
 
-    fn choose(&self, usable: impl Fn(&Arc<Endpoint>) -> bool) -> Option<&Arc<Endpoint>> {
+    /// The next usable endpoint from this pool's turn on (one turn taken per pick).
+    fn next_in_turn(&self, usable: impl Fn(&Arc<Endpoint>) -> bool) -> Option<&Arc<Endpoint>> {
+        let len = self.endpoints.len();
+        let start = self.turn.fetch_add(1, Ordering::Relaxed);
+        (0..len)
+            .map(|k| &self.endpoints[(start + k) % len.max(1)])
+            .find(|e| usable(e))
+    }
+
+    /// Power of two choices: the lower `cost` of two usable endpoints chosen at random.
+    fn choose(
+        &self,
+        usable: impl Fn(&Arc<Endpoint>) -> bool,
+        cost: impl Fn(&Endpoint) -> f64,
+    ) -> Option<&Arc<Endpoint>> {
         match self.endpoints.as_slice() {
             [] => return None,
             [only] => return Some(only).filter(|e| usable(e)),
@@ -143,7 +238,7 @@ impl Pool {
         let (first, second) = two_distinct(self.endpoints.len());
         let (a, b) = (&self.endpoints[first], &self.endpoints[second]);
         if usable(a) && usable(b) {
-            return Some(less_loaded(a, b));
+            return Some(cheaper(a, b, &cost));
         }
         // Some are excluded: choose among the usable ones.
         let candidates: Vec<&Arc<Endpoint>> = self.endpoints.iter().filter(|e| usable(e)).collect();
@@ -152,7 +247,7 @@ impl Pool {
             [only] => Some(only),
             _ => {
                 let (first, second) = two_distinct(candidates.len());
-                Some(less_loaded(candidates[first], candidates[second]))
+                Some(cheaper(candidates[first], candidates[second], &cost))
             }
         }
     }
@@ -175,15 +270,25 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Requests in flight, as a cost (clamped at u32::MAX, which no count reaches).
+fn in_flight_f64(e: &Endpoint) -> f64 {
+    f64::from(u32::try_from(e.in_flight()).unwrap_or(u32::MAX))
+}
+
+/// `b` if it costs less than `a`, else `a`.
+fn cheaper<'a>(
+    a: &'a Arc<Endpoint>,
+    b: &'a Arc<Endpoint>,
+    cost: &impl Fn(&Endpoint) -> f64,
+) -> &'a Arc<Endpoint> {
+    if cost(b) < cost(a) { b } else { a }
+}
+
 /// Two distinct indices below `len` (which is at least 2), uniformly.
 fn two_distinct(len: usize) -> (usize, usize) {
     let first = fastrand::usize(..len);
     let second = (first + 1 + fastrand::usize(..len - 1)) % len;
     (first, second)
-}
-
-fn less_loaded<'a>(a: &'a Arc<Endpoint>, b: &'a Arc<Endpoint>) -> &'a Arc<Endpoint> {
-    if b.in_flight() < a.in_flight() { b } else { a }
 }
 
 /// An endpoint's address, the protocol it is spoken to in, and the TLS verification
@@ -232,6 +337,7 @@ impl EndpointRegistry {
                 affinity: affinity_key(addr),
                 in_flight: AtomicUsize::new(0),
                 ejected_until_ms: AtomicU64::new(0),
+                latency: PeakEwma::default(),
                 conns: ConnPool::default(),
             })
     }
@@ -289,19 +395,89 @@ mod tests {
     fn p2c_prefers_the_less_loaded() {
         let reg = EndpointRegistry::new(Duration::from_secs(10));
         let p = pool(&reg, 2);
-        let busy = p.pick(&reg, &[]).unwrap();
+        let busy = p.pick(&reg, &[], Balance::LeastRequest).unwrap();
         // With two endpoints both are always the two choices: the idle one wins.
         for _ in 0..20 {
-            let next = p.pick(&reg, &[]).unwrap();
+            let next = p.pick(&reg, &[], Balance::LeastRequest).unwrap();
             assert_ne!(next.endpoint().addr, busy.endpoint().addr);
         }
+    }
+
+    #[test]
+    fn round_robin_takes_each_in_turn_and_skips_tried_and_ejected() {
+        let reg = EndpointRegistry::new(Duration::from_secs(10));
+        let p = pool(&reg, 3);
+        let addr = |k: usize| p.endpoints()[k].addr;
+        let order: Vec<SocketAddr> = (0..6)
+            .map(|_| {
+                // Held while the next is picked: load does not matter to round robin.
+                let g = p.pick(&reg, &[], Balance::RoundRobin).unwrap();
+                g.endpoint().addr
+            })
+            .collect();
+        assert_eq!(order, [0, 1, 2, 0, 1, 2].map(addr));
+        // Turn 6 is endpoint 0: tried, so 1; then turn 7 is 1 again, ejected, so 2.
+        let g = p.pick(&reg, &[addr(0)], Balance::RoundRobin).unwrap();
+        assert_eq!(g.endpoint().addr, addr(1));
+        reg.eject(&p.endpoints()[1]);
+        let g = p.pick(&reg, &[], Balance::RoundRobin).unwrap();
+        assert_eq!(g.endpoint().addr, addr(2));
+    }
+
+    #[test]
+    fn ewma_prefers_the_faster_endpoint_until_its_queue_outweighs_it() {
+        let reg = EndpointRegistry::new(Duration::from_secs(10));
+        let p = pool(&reg, 2);
+        let (fast, slow) = (&p.endpoints()[0], &p.endpoints()[1]);
+        fast.observe_latency(&reg, Duration::from_millis(2));
+        slow.observe_latency(&reg, Duration::from_millis(49));
+        // Two endpoints: both are always the two choices. 2 ms x (n + 1) stays below
+        // 49 ms x 1 up to 23 requests in flight on the fast one.
+        let held: Vec<InFlight> = (0..24)
+            .map(|_| p.pick(&reg, &[], Balance::Ewma).unwrap())
+            .collect();
+        assert!(held.iter().all(|g| g.endpoint().addr == fast.addr));
+        let next = p.pick(&reg, &[], Balance::Ewma).unwrap();
+        assert_eq!(next.endpoint().addr, slow.addr, "2 ms x 25 > 49 ms x 1");
+        // Least-request balancing would have alternated from the start.
+        drop((held, next));
+        let a = p.pick(&reg, &[], Balance::LeastRequest).unwrap();
+        let b = p.pick(&reg, &[], Balance::LeastRequest).unwrap();
+        assert_ne!(a.endpoint().addr, b.endpoint().addr);
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_at_once_and_decays_down_with_time() {
+        let e = PeakEwma::default();
+        let ms = |n: u64| Duration::from_millis(n);
+        e.observe(1_000, ms(10));
+        assert!(
+            (e.estimate_ns() - 10e6).abs() < 1.0,
+            "first sample taken as is"
+        );
+        e.observe(1_000, ms(100));
+        assert!(
+            (e.estimate_ns() - 100e6).abs() < 1.0,
+            "a higher sample at once"
+        );
+        // A lower sample at the same instant counts for nothing; after one decay time
+        // (10 s) the old estimate keeps 1/e of its weight.
+        e.observe(1_000, ms(10));
+        assert!((e.estimate_ns() - 100e6).abs() < 1.0);
+        e.observe(11_000, ms(10));
+        let expected = 100e6 / std::f64::consts::E + 10e6 * (1.0 - 1.0 / std::f64::consts::E);
+        assert!(
+            (e.estimate_ns() - expected).abs() < 1e3,
+            "{}",
+            e.estimate_ns()
+        );
     }
 
     #[test]
     fn in_flight_is_released_on_drop_and_state_is_shared() {
         let reg = EndpointRegistry::new(Duration::from_secs(10));
         let p = pool(&reg, 1);
-        let g = p.pick(&reg, &[]).unwrap();
+        let g = p.pick(&reg, &[], Balance::LeastRequest).unwrap();
         let same = reg.endpoint(g.endpoint().addr, UpstreamProtocol::Http1, None);
         assert_eq!(same.in_flight(), 1);
         drop(g);
@@ -315,14 +491,14 @@ mod tests {
         reg.eject(&p.endpoints()[0]);
         assert_eq!(reg.ejected(), 1);
         for _ in 0..50 {
-            let g = p.pick(&reg, &[]).unwrap();
+            let g = p.pick(&reg, &[], Balance::LeastRequest).unwrap();
             assert_ne!(g.endpoint().addr, p.endpoints()[0].addr);
         }
         let tried = [p.endpoints()[1].addr, p.endpoints()[2].addr];
-        let g = p.pick(&reg, &tried).unwrap();
+        let g = p.pick(&reg, &tried, Balance::LeastRequest).unwrap();
         assert_eq!(g.endpoint().addr, p.endpoints()[0].addr);
         let all: Vec<_> = p.endpoints().iter().map(|e| e.addr).collect();
-        assert!(p.pick(&reg, &all).is_none());
+        assert!(p.pick(&reg, &all, Balance::LeastRequest).is_none());
     }
 
     #[test]

@@ -47,7 +47,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tracing::debug;
 
-use super::balance::{Endpoint, EndpointRegistry, InFlight};
+use super::balance::{Balance, Endpoint, EndpointRegistry, InFlight};
 use super::body::{Progress, RequestBody};
 use super::error::{BoxError, ProxyError};
 use super::log::RequestLog;
@@ -823,7 +823,7 @@ pub async fn send(
             .and_then(|key| target.pool.pick_sticky(&proxy.registry, key, &tried));
         let slot = sticky.or_else(|| match head.hash {
             Some(key) => target.pool.pick_hashed(&proxy.registry, key, &tried),
-            None => target.pool.pick(&proxy.registry, &tried),
+            None => (target.pool).pick(&proxy.registry, &tried, target.options.load_balance),
         });
         let Some(slot) = slot else {
             return Err(ProxyError::NoEndpoint {
@@ -872,7 +872,15 @@ pub async fn send(
         } else {
             proxy.client.request(endpoint, build, started, how).await
         };
-        log.upstream_duration = Some(started.elapsed());
+        let took = started.elapsed();
+        log.upstream_duration = Some(took);
+        // Peak EWMA learns from answers and from timeouts (a slow endpoint is the point);
+        // a refused connection ejects the endpoint instead.
+        if target.options.load_balance == Balance::Ewma
+            && matches!(result, Ok(_) | Err(Failure::Timeout(_)))
+        {
+            endpoint.observe_latency(&proxy.registry, took);
+        }
         let may_resend = (idempotent(&head.method) || next.non_idempotent) && body.untouched();
         // What this attempt gave, and whether the request may go on to the next
         // endpoint for it ([`NextUpstream`]).

@@ -29,6 +29,7 @@
 //! | `auth-url` (`http://` only), `auth-method`, `auth-signin`, `auth-response-headers` | as in ingress-nginx | external authentication before the upstream ([`crate::proxy::auth`]) |
 //! | `auth-type: basic`, `auth-secret` (`name` or `namespace/name`), `auth-realm`, `auth-secret-type: auth-file` | | HTTP basic authentication against the htpasswd file under the Secret's `auth` key ([`crate::proxy::basic`]); 401 with `WWW-Authenticate` otherwise |
 //! | `upstream-hash-by` | nginx variables and text: `$request_uri`, `$uri`, `$args`, `$remote_addr`, `$host`, `$http_NAME`, `$cookie_NAME`, `$arg_NAME` | requests with the same key go to the same endpoint (rendezvous hashing; [`crate::proxy::balance::Pool::pick_hashed`]); cookie affinity wins over it |
+//! | `load-balance` | `round_robin`, `ewma` | how an endpoint is picked ([`crate::proxy::balance::Balance`]): each in turn, or power of two choices over peak EWMA latency x (requests in flight + 1); without it, power of two choices over requests in flight |
 //! | `default-backend` | a Service of the Ingress's namespace | requests to a rule whose Service has no ready endpoint go to it (its first port) instead of getting 503 |
 //! | `custom-http-errors` | status codes, comma-separated | with `default-backend`: an upstream answer with one of them is replaced by the default backend's answer to `GET /` with `X-Code`, `X-Format`, `X-Original-URI`, `X-Namespace`, `X-Ingress-Name`, `X-Service-Name`, `X-Service-Port`, `X-Request-ID` (ingress-nginx's custom error pages) |
 //! | `permanent-redirect` (`-code`, 301), `temporal-redirect` (302) | absolute URL | every request of the rules answered with that redirect; temporal wins |
@@ -65,6 +66,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::proxy::auth::{ExternalAuth, valid_template};
+use crate::proxy::balance::Balance;
 use crate::proxy::ratelimit::Rate;
 use crate::proxy::upstream::UpstreamProtocol;
 use crate::routes::RewriteTarget;
@@ -148,6 +150,8 @@ pub struct RouteOptions {
     pub custom_errors: Vec<u16>,
     /// `upstream-hash-by`: the key that picks the endpoint.
     pub hash_by: Option<HashKey>,
+    /// `load-balance`: how an endpoint is picked otherwise.
+    pub load_balance: Balance,
     /// `affinity: cookie`, with the cookie's attributes.
     pub affinity: Option<CookieAffinity>,
     /// Why the rules of this Ingress are answered 503 (a setting it asks for could not
@@ -775,6 +779,13 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
         "requests are balanced as without it",
         HashKey::parse,
     );
+    o.load_balance = s
+        .get(
+            "load-balance",
+            "power of two choices over requests in flight",
+            load_balance,
+        )
+        .unwrap_or_default();
     (o.rate, o.limit_exempt) = rate_limit(&mut s);
     o.max_in_flight = s.get("limit-connections", "no limit", positive);
     o.cors = cors(&mut s);
@@ -1226,6 +1237,17 @@ fn boolean(v: &str) -> Result<bool, String> {
 fn duration(v: &str) -> Result<Duration, String> {
     parse_duration(v)
         .ok_or_else(|| format!("{v:?} is not a duration (seconds, or like 500ms, 5s, 1m)"))
+}
+
+fn load_balance(v: &str) -> Result<Balance, String> {
+    match v.trim() {
+        "round_robin" => Ok(Balance::RoundRobin),
+        "ewma" => Ok(Balance::Ewma),
+        other => Err(format!(
+            "{other:?} is not a balancing method (round_robin or ewma; upstream-hash-by for \
+             consistent hashing)"
+        )),
+    }
 }
 
 fn positive(v: &str) -> Result<u32, String> {
@@ -1801,6 +1823,26 @@ mod tests {
             ("auth-tls-verify-client", "off"),
         ]);
         assert_eq!(o.deny, None);
+    }
+
+    #[test]
+    fn load_balance_methods() {
+        let lb = |v: &str| {
+            let a = annotations(&[("nginx.ingress.kubernetes.io/load-balance", v)]);
+            parse(Some(&a))
+        };
+        assert_eq!(lb("round_robin").0.load_balance, Balance::RoundRobin);
+        assert_eq!(lb("ewma").0.load_balance, Balance::Ewma);
+        assert_eq!(parse(None).0.load_balance, Balance::LeastRequest);
+        // ingress-nginx dropped least_conn; chash is upstream-hash-by.
+        for bad in ["least_conn", "chash", "EWMA", ""] {
+            let (o, problems) = lb(bad);
+            assert_eq!(o.load_balance, Balance::LeastRequest, "{bad:?}");
+            assert!(
+                problems.len() == 1 && problems[0].contains("load-balance"),
+                "{bad:?}: {problems:?}"
+            );
+        }
     }
 
     #[test]
