@@ -2045,6 +2045,53 @@ async fn load_balance_round_robin_and_ewma() {
     h.shutdown().await;
 }
 
+/// `limit-rate` / `limit-rate-after`: past the first 64 KB, 256 KB more at 256 KB/s take
+/// at least a second; the same download on a host without them takes far less, and
+/// every byte arrives either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_rate_paces_responses_past_the_first_kilobytes() {
+    let up = Upstream::start("up").await;
+    let m = Manifests::new();
+    let limits = [
+        ("nginx.ingress.kubernetes.io/limit-rate", "256"),
+        ("nginx.ingress.kubernetes.io/limit-rate-after", "64"),
+    ];
+    m.write(
+        "ingress.yaml",
+        &[
+            annotated("slow", "slow.example", "up", &limits),
+            annotated("free", "free.example", "up", &[]),
+        ]
+        .concat(),
+    );
+    m.write(
+        "svc.yaml",
+        &service("default", "up", 80, "http", "80", &[&up]),
+    );
+    let h = start(server_config(&m)).await;
+    assert_eq!(config_problems(&h).await, Some(0));
+    let cl = client();
+    let bytes = (64 + 256) * 1024;
+    let path = format!("/download?bytes={bytes}");
+    let timed = |host: &'static str| {
+        let (cl, path) = (&cl, &path);
+        async move {
+            let started = std::time::Instant::now();
+            let r = request(cl, h.http_addr, "GET", host, path, &[], None).await;
+            assert_eq!((r.status, r.body.len()), (StatusCode::OK, bytes), "{host}");
+            started.elapsed()
+        }
+    };
+    let free = timed("free.example").await;
+    let paced = timed("slow.example").await;
+    assert!(
+        paced >= Duration::from_millis(950),
+        "paced download took {paced:?}"
+    );
+    assert!(free < paced / 2, "unpaced {free:?}, paced {paced:?}");
+    h.shutdown().await;
+}
+
 /// `default-backend`: a rule whose Service has no ready endpoint sends its requests to
 /// the named Service instead of answering 503; a rule with endpoints keeps them; a
 /// default backend that does not exist is reported.

@@ -5,10 +5,11 @@
 //! body that no upstream has touched can be sent again, which is what makes a retry after
 //! a connect failure safe. [`ResponseBody`] carries the request's [`RequestLog`] and its
 //! place in the endpoint's outstanding count until the last byte has gone to the client.
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -177,6 +178,8 @@ impl Body for RequestBody {
 
 enum Inner {
     Upstream(Incoming),
+    /// The upstream's body under `limit-rate` (boxed: the common case stays small).
+    Paced(Box<Paced>),
     /// A body made here: its one frame until taken (`None`: empty).
     Local(Option<Bytes>),
 }
@@ -193,9 +196,24 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming, log: Box<RequestLog>, conn: Option<PooledConn>) -> Self {
+    pub fn upstream(
+        body: Incoming,
+        log: Box<RequestLog>,
+        conn: Option<PooledConn>,
+        rate: Option<ResponseRate>,
+    ) -> Self {
         ResponseBody {
-            inner: Inner::Upstream(body),
+            inner: match rate {
+                None => Inner::Upstream(body),
+                Some(rate) => Inner::Paced(Box::new(Paced {
+                    body,
+                    rate,
+                    sent: 0,
+                    started: tokio::time::Instant::now(),
+                    held: None,
+                    wait: None,
+                })),
+            },
             ended: false,
             conn,
             log: Some(log),
@@ -253,6 +271,7 @@ impl Body for ResponseBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            Inner::Paced(paced) => paced.poll_frame(cx),
             Inner::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         if matches!(polled, Poll::Ready(None)) {
@@ -275,6 +294,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Paced(paced) => paced.held.is_none() && paced.body.is_end_stream(),
             Inner::Local(data) => data.is_none(),
         }
     }
@@ -282,7 +302,74 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Upstream(body) => body.size_hint(),
+            Inner::Paced(paced) => {
+                let held = paced.held.as_ref().and_then(Frame::data_ref);
+                let held = held.map_or(0, |d| d.len() as u64);
+                let inner = paced.body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + held);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + held);
+                }
+                hint
+            }
             Inner::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
+    }
+}
+
+/// `limit-rate` / `limit-rate-after`: a response's bytes beyond the first `after` leave
+/// at most `per_sec` bytes a second, counted from the response's start (nginx's
+/// `limit_rate` and `limit_rate_after`, which are per request too; without nginx's
+/// one-second allowance at the start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseRate {
+    pub per_sec: u64,
+    pub after: u64,
+}
+
+/// An upstream body paced by a [`ResponseRate`]: a frame is held until the time its
+/// last byte is allowed out.
+struct Paced {
+    body: Incoming,
+    rate: ResponseRate,
+    /// Data bytes taken from the upstream so far (held frame included).
+    sent: u64,
+    started: tokio::time::Instant,
+    held: Option<Frame<Bytes>>,
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Paced {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(wait) = &mut self.wait {
+            std::task::ready!(wait.as_mut().poll(cx));
+            self.wait = None;
+            return Poll::Ready(self.held.take().map(Ok));
+        }
+        let frame = match std::task::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(BoxError::from(e)))),
+            None => return Poll::Ready(None),
+        };
+        let Some(data) = frame.data_ref() else {
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        self.sent += data.len() as u64;
+        let limited = self.sent.saturating_sub(self.rate.after);
+        let nanos = u128::from(limited) * 1_000_000_000 / u128::from(self.rate.per_sec.max(1));
+        // At most a year ahead: an Instant must not overflow, whatever the numbers.
+        let wait = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        let due = self.started + wait.min(Duration::from_hours(365 * 24));
+        if due <= tokio::time::Instant::now() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        self.held = Some(frame);
+        let mut wait = Box::pin(tokio::time::sleep_until(due));
+        if wait.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(self.held.take().map(Ok));
+        }
+        self.wait = Some(wait);
+        Poll::Pending
     }
 }

@@ -1088,7 +1088,8 @@ fn respond(
     match forwarded {
         Ok(Forwarded::Response(parts, body, pooled)) => {
             log.status = parts.status;
-            Response::from_parts(parts, ResponseBody::upstream(body, log, pooled))
+            let rate = log.target.as_ref().and_then(|t| t.options.limit_rate);
+            Response::from_parts(parts, ResponseBody::upstream(body, log, pooled, rate))
         }
         Ok(Forwarded::Local(resp)) => {
             log.status = resp.status();

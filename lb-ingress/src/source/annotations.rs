@@ -29,6 +29,7 @@
 //! | `auth-url` (`http://` only), `auth-method`, `auth-signin`, `auth-response-headers` | as in ingress-nginx | external authentication before the upstream ([`crate::proxy::auth`]) |
 //! | `auth-type: basic`, `auth-secret` (`name` or `namespace/name`), `auth-realm`, `auth-secret-type: auth-file` | | HTTP basic authentication against the htpasswd file under the Secret's `auth` key ([`crate::proxy::basic`]); 401 with `WWW-Authenticate` otherwise |
 //! | `upstream-hash-by` | nginx variables and text: `$request_uri`, `$uri`, `$args`, `$remote_addr`, `$host`, `$http_NAME`, `$cookie_NAME`, `$arg_NAME` | requests with the same key go to the same endpoint (rendezvous hashing; [`crate::proxy::balance::Pool::pick_hashed`]); cookie affinity wins over it |
+//! | `limit-rate`, `limit-rate-after` | kilobytes (1024 bytes) a second; kilobytes | each response's bytes beyond the first `limit-rate-after` KB leave at most `limit-rate` KB a second (nginx's `limit_rate`, per request; `0`: no limit) |
 //! | `load-balance` | `round_robin`, `ewma` | how an endpoint is picked ([`crate::proxy::balance::Balance`]): each in turn, or power of two choices over peak EWMA latency x (requests in flight + 1); without it, power of two choices over requests in flight |
 //! | `default-backend` | a Service of the Ingress's namespace | requests to a rule whose Service has no ready endpoint go to it (its first port) instead of getting 503 |
 //! | `custom-http-errors` | status codes, comma-separated | with `default-backend`: an upstream answer with one of them is replaced by the default backend's answer to `GET /` with `X-Code`, `X-Format`, `X-Original-URI`, `X-Namespace`, `X-Ingress-Name`, `X-Service-Name`, `X-Service-Port`, `X-Request-ID` (ingress-nginx's custom error pages) |
@@ -67,6 +68,7 @@ use ipnet::IpNet;
 
 use crate::proxy::auth::{ExternalAuth, valid_template};
 use crate::proxy::balance::Balance;
+use crate::proxy::body::ResponseRate;
 use crate::proxy::ratelimit::Rate;
 use crate::proxy::upstream::UpstreamProtocol;
 use crate::routes::RewriteTarget;
@@ -152,6 +154,8 @@ pub struct RouteOptions {
     pub hash_by: Option<HashKey>,
     /// `load-balance`: how an endpoint is picked otherwise.
     pub load_balance: Balance,
+    /// `limit-rate` / `limit-rate-after`: the pace of each response's body.
+    pub limit_rate: Option<ResponseRate>,
     /// `affinity: cookie`, with the cookie's attributes.
     pub affinity: Option<CookieAffinity>,
     /// Why the rules of this Ingress are answered 503 (a setting it asks for could not
@@ -786,6 +790,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             load_balance,
         )
         .unwrap_or_default();
+    o.limit_rate = response_rate(&mut s);
     (o.rate, o.limit_exempt) = rate_limit(&mut s);
     o.max_in_flight = s.get("limit-connections", "no limit", positive);
     o.cors = cors(&mut s);
@@ -1237,6 +1242,27 @@ fn boolean(v: &str) -> Result<bool, String> {
 fn duration(v: &str) -> Result<Duration, String> {
     parse_duration(v)
         .ok_or_else(|| format!("{v:?} is not a duration (seconds, or like 500ms, 5s, 1m)"))
+}
+
+/// `limit-rate` (KB/s, 0: none) and `limit-rate-after` (KB, default 0).
+fn response_rate(s: &mut Settings<'_>) -> Option<ResponseRate> {
+    let kilobytes = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|k| k.checked_mul(1024))
+            .ok_or_else(|| format!("{v:?} is not a whole number of kilobytes"))
+    };
+    let per_sec = s.get("limit-rate", "responses are not paced", kilobytes);
+    let after = s.get(
+        "limit-rate-after",
+        "pacing starts at the first byte",
+        kilobytes,
+    );
+    per_sec.filter(|r| *r > 0).map(|per_sec| ResponseRate {
+        per_sec,
+        after: after.unwrap_or(0),
+    })
 }
 
 fn load_balance(v: &str) -> Result<Balance, String> {
@@ -1823,6 +1849,32 @@ mod tests {
             ("auth-tls-verify-client", "off"),
         ]);
         assert_eq!(o.deny, None);
+    }
+
+    #[test]
+    fn limit_rate_in_kilobytes() {
+        let rate = |pairs: &[(&str, &str)]| {
+            let a: Vec<(String, &str)> = pairs
+                .iter()
+                .map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), *v))
+                .collect();
+            let a: Vec<(&str, &str)> = a.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            parse(Some(&annotations(&a)))
+        };
+        let (o, problems) = rate(&[("limit-rate", "100"), ("limit-rate-after", "512")]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let want = ResponseRate {
+            per_sec: 102_400,
+            after: 524_288,
+        };
+        assert_eq!(o.limit_rate, Some(want));
+        assert_eq!(rate(&[("limit-rate", "8")]).0.limit_rate.unwrap().after, 0);
+        // 0 is nginx's "no limit"; after alone paces nothing.
+        assert_eq!(rate(&[("limit-rate", "0")]).0.limit_rate, None);
+        assert_eq!(rate(&[("limit-rate-after", "10")]).0.limit_rate, None);
+        let (o, problems) = rate(&[("limit-rate", "fast")]);
+        assert_eq!(o.limit_rate, None);
+        assert!(problems[0].contains("limit-rate"), "{problems:?}");
     }
 
     #[test]
