@@ -205,21 +205,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         let (pgo_bin, plain_bin);
         if matches!(b, Bench::Ingress) && !args.quick {
             pgo_bin = pgo::run()?.display().to_string();
-            cmd::step(
-                "plain release build of lb-ingress",
-                cargo(&[
-                    "build",
-                    "--release",
-                    "-p",
-                    "lb-ingress",
-                    "--bin",
-                    "lb-ingress",
-                ]),
-            )?;
-            plain_bin = root()
-                .join("target/release/lb-ingress")
-                .display()
-                .to_string();
+            plain_bin = pgo::plain()?.display().to_string();
             run.extend(["--lb-ingress", &pgo_bin, "--lb-ingress-plain", &plain_bin]);
         }
         cmd::step(&format!("benchmark {name} -> {out_s}"), cargo(&run))?;

@@ -54,16 +54,28 @@ fn llvm_profdata(host: &str) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// `cargo build` of the lb-ingress binary in release: every build here adds to it.
+const RELEASE_BUILD: [&str; 6] = [
+    "build",
+    "--release",
+    "-p",
+    "lb-ingress",
+    "--bin",
+    "lb-ingress",
+];
+
+/// The plain release build of lb-ingress (`target/release/lb-ingress`), which the
+/// benchmark measures beside the profile-guided one.
+pub fn plain() -> Result<PathBuf> {
+    cmd::step("plain release build of lb-ingress", cargo(&RELEASE_BUILD))?;
+    Ok(root().join("target/release/lb-ingress"))
+}
+
 /// A release build of lb-ingress for `host` in `target_dir` with `rustflags` added.
 fn build(title: &str, host: &str, target_dir: &Path, rustflags: &str) -> Result<PathBuf> {
     let dir = target_dir.to_string_lossy();
-    let mut c = cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "lb-ingress",
-        "--bin",
-        "lb-ingress",
+    let mut c = cargo(&RELEASE_BUILD);
+    c.args([
         // With --target, RUSTFLAGS reach only the target's crates: build scripts and
         // proc macros are neither instrumented nor optimized by the profile.
         "--target",
