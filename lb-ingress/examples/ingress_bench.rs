@@ -664,11 +664,23 @@ fn run_wrk(addr: SocketAddr, conns: u32, threads: u32, secs: u64, pid: i32) -> a
 // ---------------------------------------------------------------------------------------
 // Upstreams and the idle-connection client (tokio, in this process).
 
-/// `n` upstream servers on loopback, and the count of requests each has answered.
-fn start_upstreams(
-    rt: &tokio::runtime::Runtime,
-    n: usize,
-) -> anyhow::Result<(Vec<SocketAddr>, Vec<Arc<AtomicU64>>)> {
+/// What the benchmark and the training load stand on: a temp directory, a runtime with
+/// `n` upstream servers on loopback (and the count of requests each has answered), and
+/// the manifests routing to them in `tmp/manifests`.
+struct Bed {
+    tmp: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    upstreams: Vec<SocketAddr>,
+    hits: Vec<Arc<AtomicU64>>,
+    manifests: PathBuf,
+}
+
+fn bed(prefix: &str, n: usize) -> anyhow::Result<Bed> {
+    let tmp = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let mut upstreams = Vec::new();
     let mut hits = Vec::new();
     for _ in 0..n {
@@ -678,7 +690,15 @@ fn start_upstreams(
         hits.push(Arc::clone(&h));
         rt.spawn(serve_upstream(l, h));
     }
-    Ok((upstreams, hits))
+    let manifests_dir = tmp.path().join("manifests");
+    manifests(&manifests_dir, &upstreams)?;
+    Ok(Bed {
+        tmp,
+        rt,
+        upstreams,
+        hits,
+        manifests: manifests_dir,
+    })
 }
 
 async fn serve_upstream(listener: tokio::net::TcpListener, hits: Arc<AtomicU64>) {
@@ -978,17 +998,13 @@ fn main() -> anyhow::Result<()> {
     let load_before = loadavg();
     let mut sampler = Sampler::start();
     let started = Instant::now();
-    let tmp = tempfile::Builder::new()
-        .prefix("ingress-bench-")
-        .tempdir()?;
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let (upstreams, hits) = start_upstreams(&rt, a.upstreams)?;
-    let manifests_dir = tmp.path().join("manifests");
-    manifests(&manifests_dir, &upstreams)?;
+    let Bed {
+        tmp,
+        rt,
+        upstreams,
+        hits,
+        manifests: manifests_dir,
+    } = bed("ingress-bench-", a.upstreams)?;
     eprintln!(
         "upstreams {upstreams:?}; lb-ingress {}; temp {}",
         bin.display(),
@@ -1491,16 +1507,12 @@ fn reading(a: &Args, r: &Report) -> String {
 /// stays correct and tested, only slower to reach. Every run must answer 2xx only, so a
 /// broken instrumented build fails here rather than yielding a profile of error paths.
 fn train(a: &Args, bin: &Path) -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("ingress-train-")
-        .tempdir()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let (upstreams, _hits) = start_upstreams(&rt, a.upstreams)?;
-    let dir = tmp.path().join("manifests");
-    manifests(&dir, &upstreams)?;
+    let Bed {
+        tmp,
+        rt,
+        manifests: dir,
+        ..
+    } = bed("ingress-train-", a.upstreams)?;
     tls_manifests(&dir)?;
     let body = tmp.path().join("body");
     std::fs::write(&body, vec![b'x'; 4096])?;

@@ -219,7 +219,7 @@ impl Pool {
         let len = self.endpoints.len();
         let start = self.turn.fetch_add(1, Ordering::Relaxed);
         (0..len)
-            .map(|k| &self.endpoints[(start + k) % len.max(1)])
+            .map(|k| &self.endpoints[(start + k) % len])
             .find(|e| usable(e))
     }
 
