@@ -336,15 +336,17 @@ struct Paced {
     /// Data bytes taken from the upstream so far (held frame included).
     sent: u64,
     started: tokio::time::Instant,
+    /// A frame waiting for `wait`.
     held: Option<Frame<Bytes>>,
     wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Paced {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(wait) = &mut self.wait {
-            std::task::ready!(wait.as_mut().poll(cx));
-            self.wait = None;
+        if self.held.is_some() {
+            if let Some(wait) = &mut self.wait {
+                std::task::ready!(wait.as_mut().poll(cx));
+            }
             return Poll::Ready(self.held.take().map(Ok));
         }
         let frame = match std::task::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
@@ -364,12 +366,13 @@ impl Paced {
         if due <= tokio::time::Instant::now() {
             return Poll::Ready(Some(Ok(frame)));
         }
-        self.held = Some(frame);
-        let mut wait = Box::pin(tokio::time::sleep_until(due));
+        // One timer for the whole response, reset for each frame held.
+        let wait = (self.wait).get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        wait.as_mut().reset(due);
         if wait.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(self.held.take().map(Ok));
+            return Poll::Ready(Some(Ok(frame)));
         }
-        self.wait = Some(wait);
+        self.held = Some(frame);
         Poll::Pending
     }
 }
