@@ -105,7 +105,7 @@ fn parse_args() -> anyhow::Result<Args> {
         memory_workers: 2,
         lb_ingress: None,
         lb_ingress_plain: None,
-        rounds: 3,
+        rounds: 5,
         train: false,
     };
     let mut it = std::env::args().skip(1);
@@ -949,20 +949,24 @@ struct Scenario {
     rps_range: Vec<(f64, f64)>,
     /// Which proxy ran first in the first round.
     first: &'static str,
+    /// lb-ingress / nginx within each round (req/s, p99): the two ran minutes apart at
+    /// most, so a drift of the shared machine between rounds cancels out.
+    paired: Vec<(f64, f64)>,
 }
 
 /// Each metric's median over the runs (taken separately); errors and requests summed.
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => f64::midpoint(v[n / 2 - 1], v[n / 2]),
+    }
+}
+
 fn median(runs: &[Wrk]) -> Wrk {
-    let med = |f: fn(&Wrk) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            f64::midpoint(v[n / 2 - 1], v[n / 2])
-        }
-    };
+    let med = |f: fn(&Wrk) -> f64| median_of(runs.iter().map(f).collect());
     Wrk {
         rps: med(|w| w.rps),
         p50_ms: med(|w| w.p50_ms),
@@ -1064,6 +1068,9 @@ fn main() -> anyhow::Result<()> {
                 nginx: median(&runs[1]),
                 bare: median(&runs[2]),
                 plain: runs.get(3).map(|r| median(r)),
+                paired: (runs[0].iter().zip(&runs[1]))
+                    .map(|(l, n)| (ratio(l.rps, n.rps), ratio(l.p99_ms, n.p99_ms)))
+                    .collect(),
                 rps_range: runs.iter().map(|r| rps_range(r)).collect(),
                 first: names[turn % n],
             });
@@ -1282,6 +1289,18 @@ fn report(a: &Args, r: &Report) -> String {
             ratio(s.lb.p50_ms, s.nginx.p50_ms),
             ratio(s.lb.p99_ms, s.nginx.p99_ms),
             ratio(s.lb.cpu_us_per_req, s.nginx.cpu_us_per_req),
+        );
+        let each = |f: fn(&(f64, f64)) -> f64| {
+            let v: Vec<String> = s.paired.iter().map(|p| format!("{:.2}", f(p))).collect();
+            v.join(", ")
+        };
+        let _ = writeln!(
+            md,
+            "Round by round, lb-ingress / nginx: req/s {} (median {:.2}); p99 {} (median {:.2}).\n",
+            each(|p| p.0),
+            median_of(s.paired.iter().map(|p| p.0).collect()),
+            each(|p| p.1),
+            median_of(s.paired.iter().map(|p| p.1).collect()),
         );
     }
 
