@@ -35,7 +35,6 @@ use lb_k8s::SourceConfig;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::metrics::{ListenerLabel, Metrics, ResultLabel};
@@ -43,7 +42,8 @@ use crate::proxy::balance::EndpointRegistry;
 use crate::proxy::{ConnInfo, Expiry, FAR_FUTURE, Proxy, ProxyOptions};
 use crate::source::Config;
 use crate::source::watch::{Sinks, run as run_source};
-use crate::tls::{CertResolver, server_config};
+use crate::tls::client_auth::ClientCert;
+use crate::tls::{CertResolver, Handshakes};
 
 /// Everything needed to start the ingress.
 #[derive(Clone, Debug)]
@@ -174,7 +174,7 @@ impl Server {
         };
         let https = match https {
             Some(sockets) => {
-                let tls = TlsAcceptor::from(Arc::new(server_config(certs)?));
+                let tls = Arc::new(Handshakes::new(certs)?);
                 Some((sockets, (tls, options.header_read_timeout)))
             }
             None => None,
@@ -428,7 +428,7 @@ impl Listener {
     fn serve_thread(
         self,
         http: std::net::TcpListener,
-        https: Option<(std::net::TcpListener, (TlsAcceptor, Duration))>,
+        https: Option<(std::net::TcpListener, (Arc<Handshakes>, Duration))>,
     ) {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -463,7 +463,7 @@ impl Listener {
         });
     }
 
-    async fn accept_loop(self, listener: TcpListener, tls: Option<(TlsAcceptor, Duration)>) {
+    async fn accept_loop(self, listener: TcpListener, tls: Option<(Arc<Handshakes>, Duration)>) {
         let mut shutdown = self.shutdown.clone();
         loop {
             let permit = tokio::select! {
@@ -541,10 +541,20 @@ impl Listener {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
-        acceptor: TlsAcceptor,
+        handshakes: Arc<Handshakes>,
         timeout: Duration,
     ) {
-        let handshake = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+        // The configuration is chosen from the ClientHello: a name whose Ingress checks
+        // client certificates gets a handshake that asks for one.
+        let handshake = tokio::time::timeout(timeout, async {
+            let start =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                    .await?;
+            let (config, ca) = handshakes.choose(start.client_hello().server_name());
+            let tls = start.into_stream(config).await?;
+            Ok::<_, std::io::Error>((tls, ca))
+        })
+        .await;
         let result = match &handshake {
             Ok(Ok(_)) => "success",
             _ => "error",
@@ -555,10 +565,17 @@ impl Listener {
             .get_or_create(&ResultLabel { result })
             .inc();
         match handshake {
-            Ok(Ok(tls)) => {
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                self.serve(TokioIo::new(tls), ConnInfo::new(peer, true), h2)
-                    .await;
+            Ok(Ok((tls, ca))) => {
+                let session = tls.get_ref().1;
+                let h2 = session.alpn_protocol() == Some(b"h2");
+                let mut info = ConnInfo::new(peer, true);
+                if let Some(ca) = ca {
+                    info.client_cert = Some(Box::new(ClientCert::check(
+                        &ca,
+                        session.peer_certificates(),
+                    )));
+                }
+                self.serve(TokioIo::new(tls), info, h2).await;
             }
             Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => debug!(%peer, "TLS handshake timed out"),

@@ -3280,3 +3280,428 @@ async fn requests_in_flight_per_client_are_limited() {
     }
     h.shutdown().await;
 }
+
+/// A client certificate with common name `cn`, issued by `pki`'s CA: (DER, key).
+fn client_cert(
+    pki: &Pki,
+    cn: &str,
+) -> (
+    rustls::pki_types::CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+    String,
+    String,
+) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, &pki.ca).unwrap();
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into();
+    (cert.der().clone(), der, cert.pem(), key.serialize_pem())
+}
+
+/// `server`'s roots, presenting `cert` when asked for one.
+fn client_config_with_cert(
+    server: &Pki,
+    cert: Option<(
+        rustls::pki_types::CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server.ca.der().clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut c = match cert {
+        Some((der, key)) => builder.with_client_auth_cert(vec![der], key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    c
+}
+
+/// GET `https://host/` over HTTP/2 on a new TLS connection with `sni`: status,
+/// `location`, body.
+async fn mtls_get(
+    https: std::net::SocketAddr,
+    config: rustls::ClientConfig,
+    sni: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Option<String>, String) {
+    let tls = tls_connect(https, config, sni).await.unwrap();
+    let (mut send, _conn) = h2_client(tls).await;
+    let mut req = hyper::Request::get(format!("https://{host}/who"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = send.send_request(req.body(empty()).unwrap()).await.unwrap();
+    let status = resp.status();
+    let location = (resp.headers().get("location")).map(|v| v.to_str().unwrap().to_owned());
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (
+        status,
+        location,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// A Secret with `key: value` under stringData.
+fn opaque_secret(name: &str, key: &str, value: &str) -> String {
+    let indented = value.lines().fold(String::new(), |mut out, l| {
+        out.push_str("    ");
+        out.push_str(l);
+        out.push('\n');
+        out
+    });
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: Opaque\nstringData:\n  {key}: |\n{indented}"
+    )
+}
+
+const MTLS_INGRESSES: &str = r"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: required
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/auth-tls-secret: default/client-ca
+    nginx.ingress.kubernetes.io/auth-tls-pass-certificate-to-upstream: 'true'
+spec:
+  ingressClassName: lb
+  tls: [{hosts: [c.example.com, o.example.com, e.example.com, p.example.com, d.example.com], secretName: server-tls}]
+  rules:
+  - host: c.example.com
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: c, port: {number: 80}}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: optional
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/auth-tls-secret: client-ca
+    nginx.ingress.kubernetes.io/auth-tls-verify-client: optional
+    nginx.ingress.kubernetes.io/auth-tls-match-cn: CN=^alice$
+spec:
+  ingressClassName: lb
+  rules:
+  - host: o.example.com
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: c, port: {number: 80}}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: error-page
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/auth-tls-secret: client-ca
+    nginx.ingress.kubernetes.io/auth-tls-error-page: https://help.example.com/certificates
+spec:
+  ingressClassName: lb
+  rules:
+  - host: e.example.com
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: c, port: {number: 80}}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: no-ca
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/auth-tls-secret: default/missing
+spec:
+  ingressClassName: lb
+  rules:
+  - host: m.example.com
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: c, port: {number: 80}}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: deep
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/auth-tls-secret: client-ca
+    nginx.ingress.kubernetes.io/auth-tls-verify-depth: '2'
+spec:
+  ingressClassName: lb
+  rules:
+  - host: d.example.com
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: c, port: {number: 80}}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: open, namespace: default}
+spec:
+  ingressClassName: lb
+  rules:
+  - host: p.example.com
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: c, port: {number: 80}}}}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_asked_for_verified_and_passed_on() {
+    let up = Upstream::start("c").await;
+    let server_pki = Pki::new();
+    let clients = Pki::new();
+    let strangers = Pki::new();
+    let m = Manifests::new();
+    m.write("ingress.yaml", MTLS_INGRESSES);
+    m.write(
+        "svc.yaml",
+        &service("default", "c", 80, "http", "80", &[&up]),
+    );
+    // One certificate for all the names: SNI and Host may differ on a connection.
+    let (crt, key) = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names = ["c", "o", "e", "p", "d"].map(|h| format!("{h}.example.com"));
+        let cert = rcgen::CertificateParams::new(names.to_vec())
+            .unwrap()
+            .signed_by(&key, &server_pki.ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    m.write(
+        "secrets.yaml",
+        &format!(
+            "{}---\n{}",
+            lb_tests::manifests::tls_secret_yaml("server-tls", &crt, &key),
+            opaque_secret("client-ca", "ca.crt", &clients.ca.pem())
+        ),
+    );
+    let mut cfg = server_config(&m);
+    cfg.listen_tls = Some("127.0.0.1:0".parse().unwrap());
+    let mut h = start(cfg).await;
+    let https = h.https_addr.unwrap();
+    let tls13 = [&rustls::version::TLS13];
+    let tls12 = [&rustls::version::TLS12];
+    let (alice_der, alice_key, alice_pem, alice_key_pem) = client_cert(&clients, "alice");
+    let (bob_der, bob_key, ..) = client_cert(&clients, "bob");
+    let (eve_der, eve_key, ..) = client_cert(&strangers, "alice");
+    let alice = |v| {
+        client_config_with_cert(
+            &server_pki,
+            Some((alice_der.clone(), alice_key.clone_key())),
+            v,
+        )
+    };
+    let nobody = |v| client_config_with_cert(&server_pki, None, v);
+
+    // A certificate the CA issued, over TLS 1.3 and 1.2: through, and the upstream
+    // learns who it is (and not what the client claims about it).
+    for versions in [&tls13[..], &tls12[..]] {
+        let (status, _, body) = mtls_get(
+            https,
+            alice(versions),
+            "c.example.com",
+            "c.example.com",
+            &[
+                ("ssl-client-subject-dn", "CN=mallory"),
+                ("ssl-client-verify", "SUCCESS"),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let v = seen(&body);
+        let headers = &v["headers"];
+        assert_eq!(headers["ssl-client-verify"], serde_json::json!(["SUCCESS"]));
+        assert_eq!(
+            headers["ssl-client-subject-dn"],
+            serde_json::json!(["CN=alice"])
+        );
+        assert_eq!(
+            headers["ssl-client-issuer-dn"],
+            serde_json::json!(["CN=lb-ingress test CA"])
+        );
+        let passed = headers["ssl-client-cert"][0].as_str().unwrap();
+        let expected: String = percent_encoding::utf8_percent_encode(
+            &alice_pem.replace("\r\n", "\n"),
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string()
+        .replace("%2D", "-");
+        assert_eq!(passed, expected);
+    }
+    // No certificate, or one from another CA: 400 with nginx's words, never the upstream.
+    let hits = up.hits();
+    let (status, _, body) =
+        mtls_get(https, nobody(&tls13), "c.example.com", "c.example.com", &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            "No required SSL certificate was sent\n"
+        )
+    );
+    let eve = client_config_with_cert(&server_pki, Some((eve_der, eve_key)), &tls13);
+    let (status, _, body) = mtls_get(https, eve, "c.example.com", "c.example.com", &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::BAD_REQUEST, "The SSL certificate error\n")
+    );
+    assert_eq!(up.hits(), hits);
+
+    // optional: no certificate passes as NONE; a certificate must still be the CA's, and
+    // match-cn picks alice only.
+    let (status, _, body) =
+        mtls_get(https, nobody(&tls13), "o.example.com", "o.example.com", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        seen(&body)["headers"]["ssl-client-verify"],
+        serde_json::json!(["NONE"])
+    );
+    let (status, _, _) =
+        mtls_get(https, alice(&tls13), "o.example.com", "o.example.com", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let bob = client_config_with_cert(&server_pki, Some((bob_der, bob_key)), &tls13);
+    let (status, _, body) = mtls_get(https, bob, "o.example.com", "o.example.com", &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::FORBIDDEN, "client certificate unauthorized\n")
+    );
+
+    // auth-tls-error-page: a refused request is sent there.
+    let (status, location, _) =
+        mtls_get(https, nobody(&tls13), "e.example.com", "e.example.com", &[]).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(
+        location.as_deref(),
+        Some("https://help.example.com/certificates")
+    );
+
+    // A connection made for a name without client certificates cannot be used for one
+    // with them (421, as nginx: the client opens one for the right name).
+    let (status, _, _) =
+        mtls_get(https, alice(&tls13), "p.example.com", "c.example.com", &[]).await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
+    let (status, _, _) =
+        mtls_get(https, nobody(&tls13), "p.example.com", "p.example.com", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    // auth-tls-verify-depth counts the chain to the CA: a certificate from an
+    // intermediate needs 2.
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "intermediate");
+    let intermediate =
+        rcgen::CertifiedIssuer::signed_by(p, rcgen::KeyPair::generate().unwrap(), &clients.ca)
+            .unwrap();
+    let intermediate_der = intermediate.der().clone();
+    let (dave_der, dave_key, ..) = client_cert(&Pki { ca: intermediate }, "dave");
+    let dave = |host: &str| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server_pki.ca.der().clone()).unwrap();
+        let mut c = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&tls13)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![dave_der.clone(), intermediate_der.clone()],
+            dave_key.clone_key(),
+        )
+        .unwrap();
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        (c, host.to_owned())
+    };
+    let (c, host) = dave("c.example.com");
+    let (status, _, body) = mtls_get(https, c, &host, &host, &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::BAD_REQUEST, "The SSL certificate error\n")
+    );
+    let (c, host) = dave("d.example.com");
+    let (status, _, body) = mtls_get(https, c, &host, &host, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        seen(&body)["headers"]["ssl-client-issuer-dn"],
+        serde_json::json!(["CN=intermediate"])
+    );
+
+    // Plain HTTP carries no certificate: refused, not served unchecked.
+    let (status, _, body) = get(&client(), h.http_addr, "c.example.com", "/").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            "No required SSL certificate was sent\n"
+        )
+    );
+    // A CA Secret that is not there: the rules fail closed.
+    let (status, _, _) = get(&client(), h.http_addr, "m.example.com", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // curl, with the certificate and key in files.
+    let dir = tempfile::tempdir().unwrap();
+    let path = |f: &str| dir.path().join(f);
+    std::fs::write(path("ca.pem"), server_pki.ca.pem()).unwrap();
+    std::fs::write(path("alice.pem"), &alice_pem).unwrap();
+    std::fs::write(path("alice.key"), &alice_key_pem).unwrap();
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(path("ca.pem"))
+        .arg("--cert")
+        .arg(path("alice.pem"))
+        .arg("--key")
+        .arg(path("alice.key"))
+        .args([
+            "--resolve",
+            &format!("c.example.com:{}:127.0.0.1", https.port()),
+        ])
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("https://c.example.com:{}/curl", https.port()))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = stdout.rsplit_once('\n').unwrap();
+    assert_eq!(
+        code,
+        "200",
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        seen(body)["headers"]["ssl-client-subject-dn"],
+        serde_json::json!(["CN=alice"])
+    );
+
+    // A new CA in the Secret: the next handshake asks for its certificates.
+    let generation = h.generation();
+    let rotated = Pki::new();
+    m.write(
+        "secrets.yaml",
+        &format!(
+            "{}---\n{}",
+            lb_tests::manifests::tls_secret_yaml("server-tls", &crt, &key),
+            opaque_secret("client-ca", "ca.crt", &rotated.ca.pem())
+        ),
+    );
+    next_generation(&mut h, generation).await;
+    let (status, _, _) =
+        mtls_get(https, alice(&tls13), "c.example.com", "c.example.com", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (carol_der, carol_key, ..) = client_cert(&rotated, "carol");
+    let carol = client_config_with_cert(&server_pki, Some((carol_der, carol_key)), &tls13);
+    let (status, _, body) = mtls_get(https, carol, "c.example.com", "c.example.com", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    h.shutdown().await;
+}

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use hyper::StatusCode;
 
+use crate::tls::client_auth::Refusal;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Who caused an error.
@@ -36,6 +38,8 @@ pub enum ProxyError {
     RateLimited { retry_after_s: u64 },
     #[error("external authentication failed: {reason}")]
     Auth { reason: String },
+    #[error("client certificate: {0:?}")]
+    ClientCert(crate::tls::client_auth::Refusal),
     #[error("the client has {max} requests in flight on this route already")]
     TooManyInFlight { max: u32 },
     #[error("route not served: {reason}")]
@@ -82,6 +86,11 @@ impl ProxyError {
             }
             ProxyError::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Auth { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::ClientCert(r) => match r {
+                Refusal::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+                Refusal::Missing | Refusal::Invalid(_) => StatusCode::BAD_REQUEST,
+                Refusal::CommonName => StatusCode::FORBIDDEN,
+            },
         }
     }
 
@@ -107,6 +116,12 @@ impl ProxyError {
             }
             ProxyError::ClientBodyTimeout { .. } => "request body timeout\n",
             ProxyError::Auth { .. } => "the authentication service failed\n",
+            ProxyError::ClientCert(r) => match r {
+                Refusal::Misdirected => "misdirected request\n",
+                Refusal::Missing => "No required SSL certificate was sent\n",
+                Refusal::Invalid(_) => "The SSL certificate error\n",
+                Refusal::CommonName => "client certificate unauthorized\n",
+            },
         }
     }
 
@@ -118,6 +133,7 @@ impl ProxyError {
             | ProxyError::SourceNotAllowed(_)
             | ProxyError::RateLimited { .. }
             | ProxyError::TooManyInFlight { .. }
+            | ProxyError::ClientCert(_)
             | ProxyError::ClientBodyTimeout { .. } => Blame::Client,
             ProxyError::NotReady
             | ProxyError::NoRoute

@@ -8,7 +8,9 @@
 //! runs.
 //!
 //! 0. **accept** (in [`crate::server`]): a connection slot (`--max-connections`), the TLS
-//!    handshake with the certificate chosen by SNI, HTTP/1.1 or HTTP/2 by ALPN or preface.
+//!    handshake with the certificate chosen by SNI (and a client certificate asked for
+//!    and verified when that name's Ingress says `auth-tls-secret`,
+//!    [`crate::tls::client_auth`]), HTTP/1.1 or HTTP/2 by ALPN or preface.
 //!    hyper enforces the header read timeout and the header size limit (431) and answers
 //!    unparseable requests with 400 before any of the phases below.
 //! 1. **request_filter**: reject what no upstream should see: CONNECT (405), a missing,
@@ -21,7 +23,8 @@
 //!    a rule whose settings could not be honoured, 403 for a client outside its
 //!    `allowlist-source-range`, 429 over its `limit-rps` ([`ratelimit`]), 308 to https
 //!    (`ssl-redirect`, `--redirect-https`, for hosts that have a certificate;
-//!    `force-ssl-redirect` for any), 204 for a CORS preflight, 302 to its `app-root` for
+//!    `force-ssl-redirect` for any), 400, 403 or 421 for a client certificate the rule
+//!    does not accept (`auth-tls-*`), 204 for a CORS preflight, 302 to its `app-root` for
 //!    `/`, 413 for a declared body over its limit. The endpoint a session-affinity
 //!    cookie names is noted for phase 3, `rewrite-prefix` or `rewrite-target` applied in phase 4.
 //! 3. **upstream_peer** ([`balance`]): power of two choices over outstanding requests
@@ -66,6 +69,7 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use crate::metrics::Metrics;
 use crate::source::Config;
 use crate::tls::CertResolver;
+use crate::tls::client_auth::{self, ClientCert, Refusal};
 use balance::EndpointRegistry;
 use body::{RequestBody, ResponseBody};
 use error::ProxyError;
@@ -157,6 +161,9 @@ pub struct ConnInfo {
     /// What the first request's authority gave, for the next requests with the same
     /// one (nearly all of them: a connection rarely changes hosts).
     authority: OnceLock<AuthorityInfo>,
+    /// What the handshake found of the client's certificate, when it asked for one
+    /// (`auth-tls-secret` on the name the client gave).
+    pub client_cert: Option<Box<ClientCert>>,
 }
 
 impl ConnInfo {
@@ -170,6 +177,7 @@ impl ConnInfo {
             http2: AtomicBool::new(false),
             served_any: AtomicBool::new(false),
             authority: OnceLock::new(),
+            client_cert: None,
         }
     }
 
@@ -450,6 +458,22 @@ impl Proxy {
             log.target = Some(target);
             return Ok(Step::Local(self.redirect(host, &req)));
         }
+        // auth-tls-*: the client's certificate, as this connection's handshake found it.
+        let client_cert = match &target.client_auth {
+            Some(auth) => match auth.admit(conn.client_cert.as_deref(), conn.tls) {
+                Ok(headers) => Some(headers),
+                Err(refusal) => {
+                    let page = (auth.spec.error_page.clone())
+                        .filter(|_| matches!(refusal, Refusal::Missing | Refusal::Invalid(_)));
+                    log.target = Some(target);
+                    return match page {
+                        Some(page) => Ok(Step::Local(local_redirect(StatusCode::FOUND, &page))),
+                        None => Err(ProxyError::ClientCert(refusal)),
+                    };
+                }
+            },
+            None => None,
+        };
         // CORS: a preflight is answered here; other requests get the headers on the way
         // back.
         let cors = options.cors.as_ref().map(|cors| {
@@ -581,6 +605,21 @@ impl Proxy {
             headers: parts.headers,
         };
         headers::strip_hop_by_hop(&mut head.headers, upgrade);
+        // What the handshake found of the client's certificate; never what the client
+        // says of it.
+        if let Some(found) = client_cert {
+            for name in [
+                &client_auth::SSL_CLIENT_VERIFY,
+                &client_auth::SSL_CLIENT_SUBJECT_DN,
+                &client_auth::SSL_CLIENT_ISSUER_DN,
+                &client_auth::SSL_CLIENT_CERT,
+            ] {
+                head.headers.remove(name);
+            }
+            for (name, value) in found {
+                head.headers.insert(name, value);
+            }
+        }
         // `x-forwarded-prefix` as set, else what `rewrite-prefix` took away.
         if let Some(prefix) = set_prefix.or(forwarded_prefix) {
             head.headers.insert(&headers::X_FORWARDED_PREFIX, prefix);

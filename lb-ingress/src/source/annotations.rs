@@ -28,6 +28,7 @@
 //! | `canary-by-header`, `-by-header-value`, `-by-header-pattern`, `-by-cookie`, `-weight`, `-weight-total` | as in ingress-nginx | which requests go to the canary: header, then cookie, then weight |
 //! | `auth-url` (`http://` only), `auth-method`, `auth-signin`, `auth-response-headers` | as in ingress-nginx | external authentication before the upstream ([`crate::proxy::auth`]) |
 //! | `auth-type: basic`, `auth-secret` (`name` or `namespace/name`), `auth-realm`, `auth-secret-type: auth-file` | | HTTP basic authentication against the htpasswd file under the Secret's `auth` key ([`crate::proxy::basic`]); 401 with `WWW-Authenticate` otherwise |
+//! | `auth-tls-secret` (`name` or `namespace/name`: its `ca.crt`, and `ca.crl` if present), `auth-tls-verify-client` (`on`, `optional`, `optional_no_ca`, `off`), `auth-tls-verify-depth` (1), `auth-tls-error-page`, `auth-tls-pass-certificate-to-upstream`, `auth-tls-match-cn` (`CN=<regex>`) | as in ingress-nginx | client certificates ([`crate::tls::client_auth`]): asked for in the handshakes of the Ingress's hosts; a request without one the CA vouches for gets 400 (or 302 to the error page), one whose CN does not match 403; the upstream gets `ssl-client-verify`, `ssl-client-subject-dn`, `ssl-client-issuer-dn` (and `ssl-client-cert`), never the client's own |
 //! | `upstream-hash-by` | nginx variables and text: `$request_uri`, `$uri`, `$args`, `$remote_addr`, `$host`, `$http_NAME`, `$cookie_NAME`, `$arg_NAME` | requests with the same key go to the same endpoint (rendezvous hashing; [`crate::proxy::balance::Pool::pick_hashed`]); cookie affinity wins over it |
 //! | `limit-rate`, `limit-rate-after` | kilobytes (1024 bytes) a second; kilobytes | each response's bytes beyond the first `limit-rate-after` KB leave at most `limit-rate` KB a second (nginx's `limit_rate`, per request; `0`: no limit) |
 //! | `load-balance` | `round_robin`, `ewma` | how an endpoint is picked ([`crate::proxy::balance::Balance`]): each in turn, or power of two choices over peak EWMA latency x (requests in flight + 1); without it, power of two choices over requests in flight |
@@ -141,6 +142,8 @@ pub struct RouteOptions {
     pub auth: Option<ExternalAuth>,
     /// `auth-type: basic` and its companions.
     pub basic_auth: Option<BasicAuthSpec>,
+    /// `auth-tls-secret` and its companions: client certificates.
+    pub client_cert: Option<ClientCertSpec>,
     /// `proxy-ssl-verify: on`: verify TLS upstreams against a CA.
     pub verify_upstream: Option<VerifyUpstream>,
     /// `enable-cors`, with its settings.
@@ -360,6 +363,36 @@ pub struct BasicAuthSpec {
     pub namespace: Option<String>,
     pub name: String,
     pub realm: String,
+}
+
+/// `auth-tls-verify-client`: what a request needs of the client's certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyClient {
+    /// A certificate the CA vouches for (nginx's `ssl_verify_client on`).
+    On,
+    /// None, or one the CA vouches for.
+    Optional,
+    /// Any or none: asked for and passed on, not verified.
+    OptionalNoCa,
+}
+
+/// `auth-tls-*`: where the CA is and what a request needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertSpec {
+    /// The Secret's namespace when `auth-tls-secret` names one; else the Ingress's.
+    pub namespace: Option<String>,
+    pub name: String,
+    pub verify: VerifyClient,
+    /// `auth-tls-verify-depth`: certificates in the client's chain, at most (1: the
+    /// client's own, issued by the CA itself).
+    pub depth: u8,
+    /// `auth-tls-error-page`: where a refused request is redirected (302) instead of
+    /// getting 400.
+    pub error_page: Option<String>,
+    /// `auth-tls-pass-certificate-to-upstream`: the PEM, URL-encoded, as `ssl-client-cert`.
+    pub pass_certificate: bool,
+    /// `auth-tls-match-cn: CN=<regex>`: the subject's common name must match (else 403).
+    pub match_cn: Option<HeaderPattern>,
 }
 
 /// Which requests a canary takes, in ingress-nginx's order: the header (`always`,
@@ -772,7 +805,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     o.redirect = redirect(&mut s);
     o.auth = external_auth(&mut s, &mut deny);
     o.basic_auth = basic_auth(&mut s, &mut deny);
-    client_certificates(&mut s, &mut deny);
+    o.client_cert = client_certificates(&mut s, &mut deny);
     o.verify_upstream = verify_upstream(&mut s, &mut deny);
     o.deny = deny;
     o.affinity = affinity(&mut s);
@@ -1017,15 +1050,7 @@ fn basic_auth(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<BasicAu
     let realm = s
         .get("auth-realm", IGNORED, |v| Ok(v.to_owned()))
         .unwrap_or_default();
-    let secret = s.guard("auth-secret", deny, |v| {
-        let (namespace, name) = match v.split_once('/') {
-            Some((ns, name)) => (Some(ns.to_owned()), name),
-            None => (None, v),
-        };
-        (!name.is_empty() && !name.contains('/'))
-            .then(|| (namespace, name.to_owned()))
-            .ok_or_else(|| format!("{v:?} is not a Secret name (name or namespace/name)"))
-    });
+    let secret = s.guard("auth-secret", deny, secret_ref);
     let Some((namespace, name)) = secret else {
         if deny.is_none() {
             let why = "auth-type: basic needs auth-secret (a Secret with an htpasswd file)";
@@ -1042,9 +1067,11 @@ fn basic_auth(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<BasicAu
     })
 }
 
-/// `auth-tls-*` (client certificates): not supported; asked for (a Secret, verification
-/// not off), the rules fail closed rather than serve everyone.
-fn client_certificates(s: &mut Settings<'_>, deny: &mut Option<String>) {
+/// `auth-tls-secret` with its companions: client certificates asked for in the TLS
+/// handshake of the Ingress's hosts and checked against the Secret's `ca.crt` (and
+/// `ca.crl` when present). `auth-tls-verify-client: off` (or no Secret) turns it off;
+/// a value that cannot be honoured makes the rules fail closed.
+fn client_certificates(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<ClientCertSpec> {
     const COMPANIONS: [&str; 5] = [
         "auth-tls-verify-client",
         "auth-tls-verify-depth",
@@ -1052,17 +1079,69 @@ fn client_certificates(s: &mut Settings<'_>, deny: &mut Option<String>) {
         "auth-tls-pass-certificate-to-upstream",
         "auth-tls-match-cn",
     ];
-    let off = s
-        .by_name
-        .get("auth-tls-verify-client")
-        .is_some_and(|(_, v)| *v == "off");
-    if off || !s.by_name.contains_key("auth-tls-secret") {
-        return;
-    }
-    s.guard("auth-tls-secret", deny, |_| {
-        Err::<(), _>("client certificate authentication (auth-tls-*) is not supported".to_owned())
+    let verify = s.guard("auth-tls-verify-client", deny, |v| match v {
+        "on" => Ok(Some(VerifyClient::On)),
+        "optional" => Ok(Some(VerifyClient::Optional)),
+        "optional_no_ca" => Ok(Some(VerifyClient::OptionalNoCa)),
+        "off" => Ok(None),
+        other => Err(format!(
+            "{other:?} is not one of on, off, optional, optional_no_ca"
+        )),
     });
-    s.drop_companions(&COMPANIONS, "client certificates are not checked");
+    if verify == Some(None) || !s.by_name.contains_key("auth-tls-secret") {
+        s.by_name.remove("auth-tls-secret");
+        let why = if verify == Some(None) {
+            "auth-tls-verify-client is off"
+        } else {
+            "there is no auth-tls-secret"
+        };
+        s.drop_companions(&COMPANIONS, why);
+        return None;
+    }
+    let (namespace, name) = s.guard("auth-tls-secret", deny, secret_ref)?;
+    let depth = s
+        .guard("auth-tls-verify-depth", deny, |v| {
+            (v.parse::<u8>().ok())
+                .filter(|d| (1..=16).contains(d))
+                .ok_or_else(|| format!("{v:?} is not a depth from 1 to 16"))
+        })
+        .unwrap_or(1);
+    let error_page = s.get("auth-tls-error-page", "failures answer 400", |v| {
+        (v.starts_with("https://") || v.starts_with("http://") || v.starts_with('/'))
+            .then(|| v.to_owned())
+            .ok_or_else(|| format!("{v:?} is not a URL or a path"))
+    });
+    let pass_certificate = s
+        .get("auth-tls-pass-certificate-to-upstream", IGNORED, boolean)
+        .unwrap_or(false);
+    let match_cn = s.guard("auth-tls-match-cn", deny, |v| {
+        let pattern = v
+            .strip_prefix("CN=")
+            .ok_or_else(|| format!("{v:?} does not start with CN="))?;
+        regex::Regex::new(pattern)
+            .map(HeaderPattern)
+            .map_err(|e| format!("{pattern:?} is not a regular expression: {e}"))
+    });
+    Some(ClientCertSpec {
+        namespace,
+        name,
+        verify: verify.flatten().unwrap_or(VerifyClient::On),
+        depth,
+        error_page,
+        pass_certificate,
+        match_cn,
+    })
+}
+
+/// `name` or `namespace/name`.
+fn secret_ref(v: &str) -> Result<(Option<String>, String), String> {
+    let (namespace, name) = match v.split_once('/') {
+        Some((ns, name)) => (Some(ns.to_owned()), name),
+        None => (None, v),
+    };
+    (!name.is_empty() && !name.contains('/') && namespace.as_deref() != Some(""))
+        .then(|| (namespace, name.to_owned()))
+        .ok_or_else(|| format!("{v:?} is not a Secret name (name or namespace/name)"))
 }
 
 /// `affinity: cookie` and the cookie's attributes.
@@ -1820,8 +1899,8 @@ mod tests {
         let (o, _) = parse_pairs(&[("auth-type", "basic"), ("auth-secret", "staff")]);
         let spec = o.basic_auth.unwrap();
         assert_eq!((spec.namespace, spec.realm.as_str()), (None, ""));
-        // What cannot be honoured fails closed: no Secret, digest, auth-map, a client
-        // certificate check.
+        // What cannot be honoured fails closed: no Secret, digest, auth-map, client
+        // certificate settings that do not parse.
         for pairs in [
             &[("auth-type", "basic")][..],
             &[("auth-type", "digest"), ("auth-secret", "s")],
@@ -1832,8 +1911,12 @@ mod tests {
             ],
             &[
                 ("auth-tls-secret", "default/ca"),
-                ("auth-tls-verify-client", "on"),
+                ("auth-tls-verify-client", "always"),
             ],
+            &[("auth-tls-secret", "default/")],
+            &[("auth-tls-secret", "ca"), ("auth-tls-verify-depth", "0")],
+            &[("auth-tls-secret", "ca"), ("auth-tls-match-cn", "alice")],
+            &[("auth-tls-secret", "ca"), ("auth-tls-match-cn", "CN=(")],
         ] {
             let (o, problems) = parse_pairs(pairs);
             assert!(o.deny.is_some(), "{pairs:?}");
@@ -1843,11 +1926,53 @@ mod tests {
         let (o, problems) = parse_pairs(&[("auth-secret", "s")]);
         assert_eq!((o.basic_auth, o.deny), (None, None));
         assert!(problems[0].contains("no usable auth-type"), "{problems:?}");
-        // Client certificates explicitly off: nothing to enforce.
-        let (o, _) = parse_pairs(&[
+        // Client certificates explicitly off: nothing to enforce, the rest reported.
+        let (o, problems) = parse_pairs(&[
             ("auth-tls-secret", "default/ca"),
             ("auth-tls-verify-client", "off"),
+            ("auth-tls-verify-depth", "2"),
         ]);
+        assert_eq!((o.deny, o.client_cert), (None, None));
+        assert!(problems[0].contains("is off; ignored"), "{problems:?}");
+        // Client certificates: ingress-nginx's defaults (on, depth 1) and every setting.
+        let (o, problems) = parse_pairs(&[("auth-tls-secret", "default/ca")]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            o.client_cert,
+            Some(ClientCertSpec {
+                namespace: Some("default".into()),
+                name: "ca".into(),
+                verify: VerifyClient::On,
+                depth: 1,
+                error_page: None,
+                pass_certificate: false,
+                match_cn: None,
+            })
+        );
+        let (o, problems) = parse_pairs(&[
+            ("auth-tls-secret", "ca"),
+            ("auth-tls-verify-client", "optional_no_ca"),
+            ("auth-tls-verify-depth", "3"),
+            ("auth-tls-error-page", "https://example.com/cert-help"),
+            ("auth-tls-pass-certificate-to-upstream", "true"),
+            ("auth-tls-match-cn", "CN=^(alice|bob)$"),
+        ]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let spec = o.client_cert.unwrap();
+        assert_eq!(
+            (
+                spec.namespace,
+                spec.verify,
+                spec.depth,
+                spec.pass_certificate
+            ),
+            (None, VerifyClient::OptionalNoCa, 3, true)
+        );
+        assert_eq!(
+            spec.error_page.as_deref(),
+            Some("https://example.com/cert-help")
+        );
+        assert!(spec.match_cn.unwrap().0.is_match("bob"));
         assert_eq!(o.deny, None);
     }
 

@@ -23,6 +23,7 @@ use crate::proxy::upstream::UpstreamProtocol;
 use crate::routes::{
     HostRule, PathKind, PathRewrite, PathRule, Rank, RouteTable, RouteTableBuilder,
 };
+use crate::tls::client_auth::{ClientAuth, ClientCa};
 use crate::tls::upstream::{UpstreamCa, VerifiedUpstream};
 use crate::tls::{CertTable, certified_key};
 use annotations::{CanaryPolicy, RouteOptions};
@@ -88,6 +89,8 @@ pub struct Target {
     pub rewrite: Option<Arc<PathRewrite>>,
     /// `auth-type: basic`: the users of the Ingress's htpasswd Secret.
     pub basic_auth: Option<Arc<BasicAuth>>,
+    /// `auth-tls-secret`: the client certificates the rule accepts.
+    pub client_auth: Option<Arc<ClientAuth>>,
     /// This rule's request metrics, looked up once (see [`RouteSeries`]).
     pub series: RouteSeries,
 }
@@ -490,6 +493,43 @@ pub fn build(
                 .ok()
                 .map(Arc::new)
         });
+        // auth-tls-secret: the CA, once per Ingress, asked for in the handshakes of its
+        // hosts; without it the rules fail closed.
+        let client_auth = options.client_cert.clone().and_then(|spec| {
+            let ns = spec
+                .namespace
+                .clone()
+                .unwrap_or_else(|| r.namespace.clone());
+            let secret = format!("auth-tls-secret {ns}/{}", spec.name);
+            let crl = secret_data(store, &ns, &spec.name, "ca.crl").ok();
+            secret_data(store, &ns, &spec.name, "ca.crt")
+                .and_then(|pem| ClientCa::from_pem(&pem, crl.as_deref()))
+                .map_err(|e| deny_rules(&mut problems, &r, &mut options, format!("{secret}: {e}")))
+                .ok()
+                .map(|ca| {
+                    Arc::new(ClientAuth {
+                        ca: Arc::new(ca),
+                        spec,
+                    })
+                })
+        });
+        if let Some(auth) = &client_auth {
+            let mut hosts: Vec<&HostRule> = rules.iter().map(|(host, _, _)| host).collect();
+            hosts.dedup();
+            for host in hosts {
+                if let Some(winner) = certs.add_client_ca(&rank, host, &auth.ca) {
+                    problems.push(format!(
+                        "Ingress {}/{}: host {} checks client certificates against the \
+                         auth-tls-secret of the older Ingress {}, not this one's; this \
+                         Ingress's rules there answer 421",
+                        r.namespace,
+                        r.name,
+                        host.label(),
+                        winner.ingress()
+                    ));
+                }
+            }
+        }
         // default-backend: that Service's first port, as ingress-nginx takes it.
         let fallback = options.default_backend.as_ref().and_then(|name| {
             let sref = ObjectRef::new(Kind::Service, r.namespace.clone(), name.clone());
@@ -585,6 +625,7 @@ pub fn build(
                 www_redirect: None,
                 rewrite: rewrite.clone(),
                 basic_auth: basic_auth.clone(),
+                client_auth: client_auth.clone(),
                 canary: None,
                 fallback: None,
                 series: RouteSeries::default(),

@@ -7,6 +7,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
+use super::client_auth::ClientCa;
 use crate::routes::{HostRule, Rank, wildcard_suffix};
 
 /// Parses `tls.crt` (PEM chain) and `tls.key` (PEM key) of a Secret. `stringData` is
@@ -55,35 +56,96 @@ pub fn secret_field(secret: &Secret, key: &str) -> Option<Vec<u8>> {
 
 /// Certificates by SNI name: exact names, then one-label wildcards, then a default (an
 /// Ingress `spec.tls` entry without hosts) for clients that send no or an unknown name.
+/// The client CAs (`auth-tls-secret`) of the hosts that check client certificates are
+/// looked up the same way.
 #[derive(Debug, Default)]
 pub struct CertTable {
     exact: HashMap<String, (Rank, Arc<CertifiedKey>)>,
     wildcard: HashMap<String, (Rank, Arc<CertifiedKey>)>,
     default: Option<(Rank, Arc<CertifiedKey>)>,
+    ca_exact: HashMap<String, (Rank, Arc<ClientCa>)>,
+    ca_wildcard: HashMap<String, (Rank, Arc<ClientCa>)>,
+    ca_default: Option<(Rank, Arc<ClientCa>)>,
+}
+
+/// Puts `value` in `slot` unless an older Ingress's is there; the one that stays.
+fn put_oldest<T>(slot: &mut Option<(Rank, Arc<T>)>, rank: &Rank, value: Arc<T>) {
+    if slot.as_ref().is_none_or(|(held, _)| rank < held) {
+        *slot = Some((rank.clone(), value));
+    }
+}
+
+/// [`put_oldest`] for the entry `key` of `map`.
+fn put_oldest_in<T>(
+    map: &mut HashMap<String, (Rank, Arc<T>)>,
+    key: String,
+    rank: &Rank,
+    value: Arc<T>,
+) {
+    let mut slot = map.remove(&key);
+    put_oldest(&mut slot, rank, value);
+    map.extend(slot.map(|s| (key, s)));
 }
 
 impl CertTable {
     /// Adds a certificate for `host` (None: the default); the oldest Ingress wins a
     /// host named by several, as for routes.
     pub fn add(&mut self, rank: &Rank, host: Option<&str>, key: Arc<CertifiedKey>) {
-        fn put(slot: &mut Option<(Rank, Arc<CertifiedKey>)>, rank: &Rank, key: Arc<CertifiedKey>) {
-            if slot.as_ref().is_none_or(|(held, _)| rank < held) {
-                *slot = Some((rank.clone(), key));
-            }
-        }
         match host.map(|h| HostRule::parse(Some(h))) {
-            None | Some(HostRule::Any) => put(&mut self.default, rank, key),
-            Some(HostRule::Exact(h)) => {
-                let mut slot = self.exact.remove(&h);
-                put(&mut slot, rank, key);
-                self.exact.extend(slot.map(|s| (h, s)));
-            }
-            Some(HostRule::Wildcard(s)) => {
-                let mut slot = self.wildcard.remove(&s);
-                put(&mut slot, rank, key);
-                self.wildcard.extend(slot.map(|v| (s, v)));
-            }
+            None | Some(HostRule::Any) => put_oldest(&mut self.default, rank, key),
+            Some(HostRule::Exact(h)) => put_oldest_in(&mut self.exact, h, rank, key),
+            Some(HostRule::Wildcard(s)) => put_oldest_in(&mut self.wildcard, s, rank, key),
         }
+    }
+
+    /// Asks for client certificates checked against `ca` in the handshakes for `host`
+    /// (the oldest Ingress's CA when several name one). An Ingress that got another
+    /// CA's: the rank of the one that won.
+    pub fn add_client_ca(
+        &mut self,
+        rank: &Rank,
+        host: &HostRule,
+        ca: &Arc<ClientCa>,
+    ) -> Option<Rank> {
+        let slot = match host {
+            HostRule::Any => {
+                put_oldest(&mut self.ca_default, rank, Arc::clone(ca));
+                self.ca_default.as_ref()
+            }
+            HostRule::Exact(h) => {
+                put_oldest_in(&mut self.ca_exact, h.clone(), rank, Arc::clone(ca));
+                self.ca_exact.get(h)
+            }
+            HostRule::Wildcard(s) => {
+                put_oldest_in(&mut self.ca_wildcard, s.clone(), rank, Arc::clone(ca));
+                self.ca_wildcard.get(s)
+            }
+        };
+        slot.filter(|(_, held)| held.id() != ca.id())
+            .map(|(winner, _)| winner.clone())
+    }
+
+    /// The CA to ask client certificates for in a handshake for `sni`: its name's, else
+    /// (no name, or a name with no certificate of its own) the one of the Ingresses
+    /// without a host.
+    pub fn client_ca(&self, sni: Option<&str>) -> Option<Arc<ClientCa>> {
+        if self.ca_exact.is_empty() && self.ca_wildcard.is_empty() && self.ca_default.is_none() {
+            return None;
+        }
+        let Some(name) = sni.map(str::to_ascii_lowercase) else {
+            return self.ca_default.as_ref().map(|(_, ca)| Arc::clone(ca));
+        };
+        let suffix = wildcard_suffix(&name);
+        if let Some((_, ca)) =
+            (self.ca_exact.get(&name)).or_else(|| suffix.and_then(|s| self.ca_wildcard.get(s)))
+        {
+            return Some(Arc::clone(ca));
+        }
+        let own_certificate =
+            self.exact.contains_key(&name) || suffix.is_some_and(|s| self.wildcard.contains_key(s));
+        (!own_certificate)
+            .then(|| self.ca_default.as_ref().map(|(_, ca)| Arc::clone(ca)))
+            .flatten()
     }
 
     pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {

@@ -6,17 +6,25 @@
 //! as in every Ingress controller. The [`CertResolver`] holds its table in an `ArcSwap`,
 //! so a changed Secret is served from the next handshake on, without a restart and
 //! without touching established connections.
+//!
+//! Hosts whose Ingress checks client certificates (`auth-tls-secret`) get a handshake
+//! that asks for one: [`Handshakes`] picks the configuration from the ClientHello's SNI
+//! before the handshake goes on ([`client_auth`]).
 pub mod certs;
+pub mod client_auth;
 pub mod upstream;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 pub use certs::{CertTable, certified_key};
+use client_auth::ClientCa;
 
 /// Chooses the certificate for a handshake from the current [`CertTable`].
 #[derive(Debug, Default)]
@@ -44,14 +52,73 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// The rustls server configuration: TLS 1.2 and 1.3 with ring, no client certificates,
-/// ALPN h2 then http/1.1.
-pub fn server_config(resolver: Arc<CertResolver>) -> anyhow::Result<ServerConfig> {
+/// The rustls server configuration: TLS 1.2 and 1.3 with ring, client certificates
+/// asked for with `client` (else not), ALPN h2 then http/1.1.
+pub fn server_config(
+    resolver: Arc<CertResolver>,
+    client: Option<Arc<dyn ClientCertVerifier>>,
+) -> anyhow::Result<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let builder = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The configuration for each handshake: the usual one, or for a name whose Ingress
+/// checks client certificates, one that asks for them (made once per CA and kept).
+#[derive(Debug)]
+pub struct Handshakes {
+    resolver: Arc<CertResolver>,
+    usual: Arc<ServerConfig>,
+    by_ca: Mutex<HashMap<u64, Arc<ServerConfig>>>,
+}
+
+/// CAs whose configurations are kept; past it the cache starts over (CAs replaced
+/// many times over).
+const KEPT_CAS: usize = 64;
+
+impl Handshakes {
+    pub fn new(resolver: Arc<CertResolver>) -> anyhow::Result<Handshakes> {
+        Ok(Handshakes {
+            usual: Arc::new(server_config(Arc::clone(&resolver), None)?),
+            resolver,
+            by_ca: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The configuration for a ClientHello with `sni`, and the CA it asks for.
+    pub fn choose(&self, sni: Option<&str>) -> (Arc<ServerConfig>, Option<Arc<ClientCa>>) {
+        let Some(ca) = self.resolver.table.load().client_ca(sni) else {
+            return (Arc::clone(&self.usual), None);
+        };
+        let mut kept = self
+            .by_ca
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(config) = kept.get(&ca.id()) {
+            return (Arc::clone(config), Some(ca));
+        }
+        match server_config(Arc::clone(&self.resolver), Some(ca.deferred())) {
+            Ok(config) => {
+                if kept.len() >= KEPT_CAS {
+                    kept.clear();
+                }
+                let config = Arc::new(config);
+                kept.insert(ca.id(), Arc::clone(&config));
+                (config, Some(ca))
+            }
+            // Cannot happen with the versions above; no certificate is asked for, so
+            // the routes that need one refuse the requests.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make a TLS configuration that asks for client certificates");
+                (Arc::clone(&self.usual), None)
+            }
+        }
+    }
 }
