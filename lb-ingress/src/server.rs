@@ -43,7 +43,7 @@ use crate::proxy::{ConnInfo, Expiry, FAR_FUTURE, Proxy, ProxyOptions};
 use crate::source::Config;
 use crate::source::watch::{Sinks, run as run_source};
 use crate::tls::client_auth::ClientCert;
-use crate::tls::{CertResolver, Handshakes};
+use crate::tls::{CertResolver, Handshakes, passthrough};
 
 /// Everything needed to start the ingress.
 #[derive(Clone, Debug)]
@@ -544,6 +544,43 @@ impl Listener {
         handshakes: Arc<Handshakes>,
         timeout: Duration,
     ) {
+        // ssl-passthrough: the ClientHello is peeked at, and a passthrough host's
+        // connection relayed as it is.
+        if handshakes.table().has_passthrough() {
+            let name = tokio::time::timeout(timeout, passthrough::peek_server_name(&stream)).await;
+            let target = match name {
+                // The table of now: the configuration may have changed while waiting.
+                Ok(Ok(Some(name))) => handshakes.table().passthrough(&name),
+                Ok(Ok(None)) => None,
+                Ok(Err(e)) => {
+                    return debug!(%peer, error = %e, "connection failed before a ClientHello");
+                }
+                Err(_) => return debug!(%peer, "no ClientHello in time: closing"),
+            };
+            if let Some(target) = target {
+                // Relayed until either side closes; at shutdown, until the grace period
+                // ends (the relay cannot tell where requests end).
+                let proxy = &self.proxy;
+                let relay = passthrough::relay(
+                    stream,
+                    &target,
+                    &proxy.registry,
+                    proxy.options.connect_timeout,
+                );
+                match relay.await {
+                    Ok((up, down)) => {
+                        debug!(%peer, service = %target.service, up, down, "ssl-passthrough connection ended");
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {
+                        warn!(%peer, service = %target.service, error = %e, "ssl-passthrough: no endpoint");
+                    }
+                    Err(e) => {
+                        debug!(%peer, service = %target.service, error = %e, "ssl-passthrough connection failed");
+                    }
+                }
+                return;
+            }
+        }
         // The configuration is chosen from the ClientHello: a name whose Ingress checks
         // client certificates gets a handshake that asks for one.
         let handshake = tokio::time::timeout(timeout, async {

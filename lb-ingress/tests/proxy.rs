@@ -3705,3 +3705,176 @@ async fn client_certificates_are_asked_for_verified_and_passed_on() {
     assert_eq!(status, StatusCode::OK, "{body}");
     h.shutdown().await;
 }
+
+/// Writes its first write in two pieces, 100 ms apart (a ClientHello split over two
+/// segments).
+struct Trickle(std::net::TcpStream, bool);
+
+impl std::io::Write for Trickle {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::mem::replace(&mut self.1, false) && buf.len() > 7 {
+            self.0.write_all(&buf[..7])?;
+            self.0.flush()?;
+            std::thread::sleep(Duration::from_millis(100));
+            return Ok(7);
+        }
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl std::io::Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_passthrough_relays_tls_to_the_backend_unopened() {
+    // The backend's own certificate, from a CA lb-ingress knows nothing of.
+    let backend_pki = Pki::new();
+    let (b_crt, b_key, b_der) = backend_pki.leaf("pt.example.com");
+    let backend = Upstream::start_tls_pem("backend", &b_crt, &b_key).await;
+    let terminated = Upstream::start("terminated").await;
+    let ingress_pki = Pki::new();
+    let (t_crt, t_key, t_der) = ingress_pki.leaf("t.example.com");
+    let m = Manifests::new();
+    m.write(
+        "ingress.yaml",
+        r"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: pt
+  namespace: default
+  annotations: {nginx.ingress.kubernetes.io/ssl-passthrough: 'true'}
+spec:
+  ingressClassName: lb
+  rules:
+  - host: pt.example.com
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: pt, port: {number: 443}}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: t, namespace: default}
+spec:
+  ingressClassName: lb
+  tls: [{hosts: [t.example.com], secretName: t-tls}]
+  rules:
+  - host: t.example.com
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: t, port: {number: 80}}}}]
+",
+    );
+    m.write(
+        "secrets.yaml",
+        &lb_tests::manifests::tls_secret_yaml("t-tls", &t_crt, &t_key),
+    );
+    m.write(
+        "svc.yaml",
+        &format!(
+            "{}---\n{}",
+            service("default", "pt", 443, "https", "443", &[&backend]),
+            service("default", "t", 80, "http", "80", &[&terminated])
+        ),
+    );
+    let mut cfg = server_config(&m);
+    cfg.listen_tls = Some("127.0.0.1:0".parse().unwrap());
+    let h = start(cfg).await;
+    let https = h.https_addr.unwrap();
+
+    // The passthrough host: the backend's certificate, and the backend sees the request
+    // as the client sent it (no forwarding headers: the proxy never saw it).
+    let tls = tls_connect(
+        https,
+        backend_pki.client_config(&[&rustls::version::TLS13]),
+        "pt.example.com",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+        b_der.as_slice()
+    );
+    let (mut send, _conn) = h2_client(tls).await;
+    let resp = send
+        .send_request(
+            hyper::Request::get("https://pt.example.com/deep/path")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let v = seen(std::str::from_utf8(&body).unwrap());
+    assert_eq!(v["name"], "backend");
+    assert!(v["headers"].get("x-forwarded-for").is_none(), "{v}");
+    assert_eq!(backend.hits(), 1);
+
+    // Other names on the same listener are terminated here as usual.
+    let tls = tls_connect(
+        https,
+        ingress_pki.client_config(&[&rustls::version::TLS12]),
+        "t.example.com",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+        t_der.as_slice()
+    );
+    let (mut send, _conn) = h2_client(tls).await;
+    let resp = send
+        .send_request(
+            hyper::Request::get("https://t.example.com/")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let v = seen(std::str::from_utf8(&body).unwrap());
+    assert_eq!(v["name"], "terminated");
+    assert_eq!(
+        v["headers"]["x-forwarded-proto"],
+        serde_json::json!(["https"])
+    );
+
+    // A ClientHello that arrives in two pieces is still read whole, and the bytes peeked
+    // at reach the backend (HTTP/1.1 this time, blocking rustls on a plain socket).
+    let mut config = backend_pki.client_config(&[&rustls::version::TLS13]);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Write as _};
+        let tcp = std::net::TcpStream::connect(https).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let conn = rustls::ClientConnection::new(
+            std::sync::Arc::new(config),
+            rustls::pki_types::ServerName::try_from("pt.example.com").unwrap(),
+        )
+        .unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, Trickle(tcp, true));
+        tls.write_all(b"GET /split HTTP/1.1\r\nHost: pt.example.com\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"/split\""), "{answer}");
+    assert_eq!(backend.hits(), 2);
+    h.shutdown().await;
+}

@@ -29,6 +29,7 @@
 //! | `auth-url` (`http://` only), `auth-method`, `auth-signin`, `auth-response-headers` | as in ingress-nginx | external authentication before the upstream ([`crate::proxy::auth`]) |
 //! | `auth-type: basic`, `auth-secret` (`name` or `namespace/name`), `auth-realm`, `auth-secret-type: auth-file` | | HTTP basic authentication against the htpasswd file under the Secret's `auth` key ([`crate::proxy::basic`]); 401 with `WWW-Authenticate` otherwise |
 //! | `auth-tls-secret` (`name` or `namespace/name`: its `ca.crt`, and `ca.crl` if present), `auth-tls-verify-client` (`on`, `optional`, `optional_no_ca`, `off`), `auth-tls-verify-depth` (1), `auth-tls-error-page`, `auth-tls-pass-certificate-to-upstream`, `auth-tls-match-cn` (`CN=<regex>`) | as in ingress-nginx | client certificates ([`crate::tls::client_auth`]): asked for in the handshakes of the Ingress's hosts; a request without one the CA vouches for gets 400 (or 302 to the error page), one whose CN does not match 403; the upstream gets `ssl-client-verify`, `ssl-client-subject-dn`, `ssl-client-issuer-dn` (and `ssl-client-cert`), never the client's own |
+//! | `ssl-passthrough` | bool | TLS connections for the Ingress's hosts go to the backend of their `/` rule unopened ([`crate::tls::passthrough`]): the backend does the handshake; no other setting applies to them |
 //! | `upstream-hash-by` | nginx variables and text: `$request_uri`, `$uri`, `$args`, `$remote_addr`, `$host`, `$http_NAME`, `$cookie_NAME`, `$arg_NAME` | requests with the same key go to the same endpoint (rendezvous hashing; [`crate::proxy::balance::Pool::pick_hashed`]); cookie affinity wins over it |
 //! | `limit-rate`, `limit-rate-after` | kilobytes (1024 bytes) a second; kilobytes | each response's bytes beyond the first `limit-rate-after` KB leave at most `limit-rate` KB a second (nginx's `limit_rate`, per request; `0`: no limit) |
 //! | `load-balance` | `round_robin`, `ewma` | how an endpoint is picked ([`crate::proxy::balance::Balance`]): each in turn, or power of two choices over peak EWMA latency x (requests in flight + 1); without it, power of two choices over requests in flight |
@@ -142,6 +143,9 @@ pub struct RouteOptions {
     pub auth: Option<ExternalAuth>,
     /// `auth-type: basic` and its companions.
     pub basic_auth: Option<BasicAuthSpec>,
+    /// `ssl-passthrough`: TLS for the Ingress's hosts relayed to the `/` backend
+    /// unopened.
+    pub ssl_passthrough: bool,
     /// `auth-tls-secret` and its companions: client certificates.
     pub client_cert: Option<ClientCertSpec>,
     /// `proxy-ssl-verify: on`: verify TLS upstreams against a CA.
@@ -802,6 +806,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             t.as_str()
         ));
     }
+    o.ssl_passthrough = s.get("ssl-passthrough", IGNORED, boolean).unwrap_or(false);
     o.redirect = redirect(&mut s);
     o.auth = external_auth(&mut s, &mut deny);
     o.basic_auth = basic_auth(&mut s, &mut deny);
@@ -1867,6 +1872,23 @@ mod tests {
         let (o, problems) = parse(Some(&a));
         assert_eq!(o.canary, None);
         assert!(problems[0].contains("canary is not"), "{problems:?}");
+    }
+
+    #[test]
+    fn ssl_passthrough() {
+        let a = |v: &str| {
+            let a: BTreeMap<String, String> = [(
+                "nginx.ingress.kubernetes.io/ssl-passthrough".to_owned(),
+                v.to_owned(),
+            )]
+            .into();
+            parse(Some(&a))
+        };
+        let (o, problems) = a("true");
+        assert!(o.ssl_passthrough && problems.is_empty(), "{problems:?}");
+        let (o, problems) = a("yes please");
+        assert!(!o.ssl_passthrough);
+        assert!(problems[0].contains("not a boolean"), "{problems:?}");
     }
 
     #[test]

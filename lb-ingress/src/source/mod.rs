@@ -24,6 +24,7 @@ use crate::routes::{
     HostRule, PathKind, PathRewrite, PathRule, Rank, RouteTable, RouteTableBuilder,
 };
 use crate::tls::client_auth::{ClientAuth, ClientCa};
+use crate::tls::passthrough::Passthrough;
 use crate::tls::upstream::{UpstreamCa, VerifiedUpstream};
 use crate::tls::{CertTable, certified_key};
 use annotations::{CanaryPolicy, RouteOptions};
@@ -560,6 +561,7 @@ pub fn build(
         });
         let options = Arc::new(options);
         let mut verified_by_name: HashMap<String, Option<Arc<VerifiedUpstream>>> = HashMap::new();
+        let mut passthrough_hosts = Vec::new();
         // How this Ingress reaches a backend (of Ingress `owner`): its protocol, ClusterIP
         // choice and verification, the name a verified endpoint's certificate must carry
         // being proxy-ssl-name, else the Service's in-cluster name.
@@ -590,6 +592,16 @@ pub fn build(
             else {
                 continue;
             };
+            // ssl-passthrough: the host's TLS goes to its `/` rule's backend unopened.
+            if options.ssl_passthrough && path.as_ref().is_some_and(|p| p.as_str() == "/") {
+                let target = Arc::new(Passthrough {
+                    service: service.clone(),
+                    pool: Arc::clone(&pool),
+                });
+                if certs.add_passthrough(&rank, &host, target) {
+                    passthrough_hosts.push(host.label());
+                }
+            }
             let path_label = path.as_ref().map_or(DEFAULT_BACKEND, PathRule::as_str);
             // `rewrite-target`, bound to this rule's expression; one it cannot be bound to
             // (a group the path lacks) makes the rule answer 503.
@@ -680,6 +692,13 @@ pub fn build(
                 None => routes.default_backend(&rank, target),
                 Some(path) => routes.add(&rank, host, path, target),
             }
+        }
+        if options.ssl_passthrough && passthrough_hosts.is_empty() {
+            problems.push(format!(
+                "Ingress {}/{}: ssl-passthrough needs a rule with a host and the path / \
+                 (the TLS server name picks the backend); no connection is passed through",
+                r.namespace, r.name
+            ));
         }
         for tls in spec.tls.iter().flatten() {
             let Some(secret_name) = &tls.secret_name else {

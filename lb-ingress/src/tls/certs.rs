@@ -8,6 +8,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
 use super::client_auth::ClientCa;
+use super::passthrough::Passthrough;
 use crate::routes::{HostRule, Rank, wildcard_suffix};
 
 /// Parses `tls.crt` (PEM chain) and `tls.key` (PEM key) of a Secret. `stringData` is
@@ -66,6 +67,9 @@ pub struct CertTable {
     ca_exact: HashMap<String, (Rank, Arc<ClientCa>)>,
     ca_wildcard: HashMap<String, (Rank, Arc<ClientCa>)>,
     ca_default: Option<(Rank, Arc<ClientCa>)>,
+    /// `ssl-passthrough` hosts.
+    pt_exact: HashMap<String, (Rank, Arc<Passthrough>)>,
+    pt_wildcard: HashMap<String, (Rank, Arc<Passthrough>)>,
 }
 
 /// Puts `value` in `slot` unless an older Ingress's is there; the one that stays.
@@ -156,6 +160,35 @@ impl CertTable {
                 .map(|(_, k)| Arc::clone(k))
         });
         by_name.or_else(|| self.default.as_ref().map(|(_, k)| Arc::clone(k)))
+    }
+
+    /// Relays the TLS connections for `host` to `target` unopened (`ssl-passthrough`;
+    /// the oldest Ingress's backend when several ask for one host). False for a rule
+    /// without a host: passthrough is chosen by the server name.
+    pub fn add_passthrough(
+        &mut self,
+        rank: &Rank,
+        host: &HostRule,
+        target: Arc<Passthrough>,
+    ) -> bool {
+        match host {
+            HostRule::Any => return false,
+            HostRule::Exact(h) => put_oldest_in(&mut self.pt_exact, h.clone(), rank, target),
+            HostRule::Wildcard(s) => put_oldest_in(&mut self.pt_wildcard, s.clone(), rank, target),
+        }
+        true
+    }
+
+    pub fn has_passthrough(&self) -> bool {
+        !(self.pt_exact.is_empty() && self.pt_wildcard.is_empty())
+    }
+
+    /// The passthrough backend for a ClientHello's server name.
+    pub fn passthrough(&self, sni: &str) -> Option<Arc<Passthrough>> {
+        let name = sni.to_ascii_lowercase();
+        (self.pt_exact.get(&name))
+            .or_else(|| wildcard_suffix(&name).and_then(|s| self.pt_wildcard.get(s)))
+            .map(|(_, t)| Arc::clone(t))
     }
 
     /// Whether `host` has a certificate of its own (for `--redirect-https`).

@@ -9,9 +9,11 @@
 //!
 //! Hosts whose Ingress checks client certificates (`auth-tls-secret`) get a handshake
 //! that asks for one: [`Handshakes`] picks the configuration from the ClientHello's SNI
-//! before the handshake goes on ([`client_auth`]).
+//! before the handshake goes on ([`client_auth`]). Hosts whose Ingress asks for
+//! `ssl-passthrough` are not terminated at all ([`passthrough`]).
 pub mod certs;
 pub mod client_auth;
+pub mod passthrough;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -90,6 +92,11 @@ impl Handshakes {
             resolver,
             by_ca: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The current table (certificates, client CAs, passthrough hosts).
+    pub fn table(&self) -> Arc<CertTable> {
+        self.resolver.table()
     }
 
     /// The configuration for a ClientHello with `sni`, and the CA it asks for.
