@@ -3800,7 +3800,7 @@ spec:
         tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
         b_der.as_slice()
     );
-    let (mut send, _conn) = h2_client(tls).await;
+    let (mut send, relayed) = h2_client(tls).await;
     let resp = send
         .send_request(
             hyper::Request::get("https://pt.example.com/deep/path")
@@ -3818,6 +3818,8 @@ spec:
     assert_eq!(v["name"], "backend");
     assert!(v["headers"].get("x-forwarded-for").is_none(), "{v}");
     assert_eq!(backend.hits(), 1);
+    // Closing the client's side ends the relay.
+    relayed.abort();
 
     // Other names on the same listener are terminated here as usual.
     let tls = tls_connect(
@@ -3831,7 +3833,7 @@ spec:
         tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
         t_der.as_slice()
     );
-    let (mut send, _conn) = h2_client(tls).await;
+    let (mut send, terminated_conn) = h2_client(tls).await;
     let resp = send
         .send_request(
             hyper::Request::get("https://t.example.com/")
@@ -3850,6 +3852,7 @@ spec:
         v["headers"]["x-forwarded-proto"],
         serde_json::json!(["https"])
     );
+    terminated_conn.abort();
 
     // A ClientHello that arrives in two pieces is still read whole, and the bytes peeked
     // at reach the backend (HTTP/1.1 this time, blocking rustls on a plain socket).
