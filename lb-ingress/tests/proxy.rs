@@ -2833,11 +2833,27 @@ async fn canary_ingresses_take_requests_by_header_cookie_and_weight() {
 /// An auth service for `auth-url`: 2xx with `X-Auth-Request-User` for `Bearer good`,
 /// 403 for `Bearer banned`, 500 for `Bearer boom`, else 401. It records the
 /// `X-Original-URL` and `X-Original-Method` it was sent.
-async fn auth_service() -> (
+/// Over TLS with a self-signed certificate when `tls`.
+async fn auth_service(
+    tls: bool,
+) -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
     use hyper_util::rt::TokioIo;
+    let acceptor = tls.then(|| {
+        let cert = rcgen::generate_simple_self_signed(vec!["auth.invalid".to_owned()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -2880,10 +2896,20 @@ async fn auth_service() -> (
                         .unwrap();
                     async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc),
-            );
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let server = hyper::server::conn::http1::Builder::new();
+                match acceptor {
+                    Some(a) => {
+                        if let Ok(tls) = a.accept(stream).await {
+                            let _ = server.serve_connection(TokioIo::new(tls), svc).await;
+                        }
+                    }
+                    None => {
+                        let _ = server.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                }
+            });
         }
     });
     (addr, seen)
@@ -2896,7 +2922,8 @@ async fn auth_service() -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_auth_guards_the_upstream() {
     let up = Upstream::start("up").await;
-    let (auth, seen_by_auth) = auth_service().await;
+    let (auth, seen_by_auth) = auth_service(false).await;
+    let (auth_tls, seen_over_tls) = auth_service(true).await;
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
@@ -2941,10 +2968,19 @@ async fn external_auth_guards_the_upstream() {
                 )],
             ),
             annotated(
+                "bad",
+                "bad.example",
+                "up",
+                &[(&format!("{nginx}/auth-url"), "ftp://auth.example/check")],
+            ),
+            annotated(
                 "tls",
                 "tls.example",
                 "up",
-                &[(&format!("{nginx}/auth-url"), "https://auth.example/check")],
+                &[(
+                    &format!("{nginx}/auth-url"),
+                    &format!("https://{auth_tls}/check"),
+                )],
             ),
         ]
         .concat(),
@@ -3032,10 +3068,20 @@ async fn external_auth_guards_the_upstream() {
         StatusCode::INTERNAL_SERVER_ERROR
     );
     assert_eq!(
-        call("tls.example", Some("good")).await.0,
+        call("bad.example", Some("good")).await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    assert_eq!(up.hits(), hits + 1);
+    // Over https (the auth service's self-signed certificate is not verified, as nginx).
+    assert_eq!(
+        call("tls.example", Some("banned")).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(call("tls.example", Some("good")).await.0, StatusCode::OK);
+    assert_eq!(
+        seen_over_tls.lock().unwrap().last().unwrap(),
+        "GET POST http://tls.example/p?q=1 "
+    );
+    assert_eq!(up.hits(), hits + 2);
     h.shutdown().await;
 }
 

@@ -5,14 +5,18 @@
 //! `auth-signin`, a 403 is passed back, anything else (or no answer) is a 500.
 //!
 //! The URL may use nginx's `$host`, `$scheme`, `$request_uri` and `$escaped_request_uri`.
-//! Only `http://` auth URLs are supported (in-cluster services); there is no TLS client
-//! with trust roots here.
+//! `https://` URLs are spoken to as nginx's `proxy_pass https://` in ingress-nginx's auth
+//! location does by default (`proxy_ssl_verify off`): encrypted, SNI from the URL's
+//! host, the handshake's signatures checked, the certificate not verified (auth services
+//! in the cluster mostly show certificates of their own CA). Point `auth-url` at a
+//! service you reach over a network you trust.
 use std::fmt::Write as _;
 
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -21,11 +25,20 @@ use super::SERVER;
 use super::error::ProxyError;
 
 /// The client for auth requests: hyper-util's pooled client (auth URLs are names to
-/// resolve and few in number, unlike upstream pods).
-pub type AuthClient = Client<HttpConnector, Empty<Bytes>>;
+/// resolve and few in number, unlike upstream pods), over TLS by hyper-rustls for
+/// `https://` URLs.
+pub type AuthClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 pub fn client() -> AuthClient {
-    Client::builder(TokioExecutor::new()).build_http()
+    let mut tls = crate::tls::upstream::unverified(b"http/1.1");
+    // hyper-rustls offers the protocols it is built for (`enable_http1`) itself.
+    tls.alpn_protocols.clear();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(https)
 }
 
 /// An Ingress's `auth-url` and its companions.
@@ -82,7 +95,8 @@ fn escape(s: &str) -> String {
     out
 }
 
-/// Whether a URL template is one we can call: `http://` and a valid URI once expanded.
+/// Whether a URL template is one we can call: `http://` or `https://` and a valid URI
+/// once expanded.
 pub fn valid_template(template: &str) -> bool {
     let sample = Original {
         scheme: "http",
@@ -90,7 +104,8 @@ pub fn valid_template(template: &str) -> bool {
         request_uri: "/".into(),
         method: Method::GET,
     };
-    template.starts_with("http://") && sample.expand(template).parse::<Uri>().is_ok()
+    (template.starts_with("http://") || template.starts_with("https://"))
+        && sample.expand(template).parse::<Uri>().is_ok()
 }
 
 /// The outcome of an auth check.
@@ -190,7 +205,8 @@ mod tests {
         assert_eq!(o.url(), "https://Shop.example:8443/cart?item=a b&x=1");
         assert!(valid_template("http://oauth2-proxy.auth:4180/oauth2/auth"));
         assert!(valid_template("http://$host/oauth2/auth"));
-        assert!(!valid_template("https://$host/oauth2/auth"));
+        assert!(valid_template("https://$host/oauth2/auth"));
+        assert!(!valid_template("ftp://auth.example/"));
         assert!(!valid_template("http://bad host/"));
     }
 }

@@ -137,8 +137,9 @@ impl VerifiedUpstream {
     }
 }
 
-/// A connector offering `alpn` (`http/1.1` or `h2`), TLS 1.2 and 1.3.
-pub fn connector(alpn: &[u8]) -> TlsConnector {
+/// A client configuration offering `alpn` (`http/1.1` or `h2`), TLS 1.2 and 1.3, that
+/// accepts any certificate (see the module's documentation).
+pub fn unverified(alpn: &[u8]) -> ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -147,6 +148,12 @@ pub fn connector(alpn: &[u8]) -> TlsConnector {
         .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
+    config
+}
+
+/// A connector for endpoints: [`unverified`], without SNI.
+pub fn connector(alpn: &[u8]) -> TlsConnector {
+    let mut config = unverified(alpn);
     // The server name is the pod's address, which rustls never sends as SNI.
     config.enable_sni = false;
     TlsConnector::from(Arc::new(config))
