@@ -3085,6 +3085,91 @@ async fn external_auth_guards_the_upstream() {
     h.shutdown().await;
 }
 
+/// `auth-cache-key` / `auth-cache-duration`: an auth answer with a cacheable status is
+/// kept under the request's key for its time, with the headers it carried; other keys,
+/// other statuses and expired answers go to the auth service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_answers_are_cached_by_key() {
+    let up = Upstream::start("up").await;
+    let (auth, seen_by_auth) = auth_service(false).await;
+    let m = Manifests::new();
+    let nginx = "nginx.ingress.kubernetes.io";
+    m.write(
+        "ingress.yaml",
+        &annotated(
+            "cached",
+            "c.example",
+            "up",
+            &[
+                (
+                    &format!("{nginx}/auth-url"),
+                    &format!("http://{auth}/check"),
+                ),
+                (
+                    &format!("{nginx}/auth-response-headers"),
+                    "X-Auth-Request-User",
+                ),
+                (&format!("{nginx}/auth-cache-key"), "$http_authorization"),
+                (&format!("{nginx}/auth-cache-duration"), "200 401 1s"),
+            ],
+        ),
+    );
+    m.write(
+        "svc.yaml",
+        &service("default", "up", 80, "http", "80", &[&up]),
+    );
+    let h = start(server_config(&m)).await;
+    let c = client();
+    let asked = || seen_by_auth.lock().unwrap().len();
+    let call = |token: &'static str| {
+        let c = c.clone();
+        let addr = h.http_addr;
+        async move {
+            let bearer = format!("Bearer {token}");
+            request(
+                &c,
+                addr,
+                "GET",
+                "c.example",
+                "/p",
+                &[("authorization", &bearer)],
+                None,
+            )
+            .await
+        }
+    };
+    let r = call("good").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(asked(), 1);
+    // The same key: answered from the cache, the auth headers still added.
+    let r = call("good").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        seen(&r.body)["headers"]["x-auth-request-user"],
+        serde_json::json!(["alice"])
+    );
+    assert_eq!(asked(), 1);
+    // 401 is kept too, with its challenge; 403 is not in the list.
+    for _ in 0..2 {
+        let r = call("nobody").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            r.header("www-authenticate").as_deref(),
+            Some("Bearer realm=\"test\"")
+        );
+    }
+    assert_eq!(asked(), 2);
+    for _ in 0..2 {
+        assert_eq!(call("banned").await.status, StatusCode::FORBIDDEN);
+    }
+    assert_eq!(asked(), 4);
+    // After the duration the service is asked again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(call("good").await.status, StatusCode::OK);
+    assert_eq!(asked(), 5);
+    h.shutdown().await;
+}
+
 /// `proxy-ssl-verify: on` with `proxy-ssl-secret`: a TLS upstream must show a
 /// certificate for the Service's name (or `proxy-ssl-name`) signed by the Secret's
 /// `ca.crt`; otherwise the connection fails (502), and a missing CA fails closed (503).

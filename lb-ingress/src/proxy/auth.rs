@@ -10,7 +10,14 @@
 //! host, the handshake's signatures checked, the certificate not verified (auth services
 //! in the cluster mostly show certificates of their own CA). Point `auth-url` at a
 //! service you reach over a network you trust.
+//!
+//! With `auth-cache-key`, answers are kept ([`AuthCache`]) under the route's auth settings
+//! and the key expanded for the request, for the time `auth-cache-duration` gives their
+//! status (ingress-nginx's `proxy_cache_valid` in its auth location).
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -23,6 +30,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::SERVER;
 use super::error::ProxyError;
+use crate::source::annotations::HashKey;
 
 /// The client for auth requests: hyper-util's pooled client (auth URLs are names to
 /// resolve and few in number, unlike upstream pods), over TLS by hyper-rustls for
@@ -52,6 +60,133 @@ pub struct ExternalAuth {
     pub signin: Option<String>,
     /// `auth-response-headers`: copied from a 2xx auth answer into the upstream request.
     pub response_headers: Vec<HeaderName>,
+    /// `auth-cache-key` with `auth-cache-duration`: answers kept for a while.
+    pub cache: Option<CachePolicy>,
+}
+
+/// Which auth answers are kept, under which key, for how long (nginx's `proxy_cache_key`
+/// and `proxy_cache_valid` in ingress-nginx's auth location).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// Expanded per request (`$http_authorization`, `$cookie_NAME`, ...).
+    pub key: HashKey,
+    /// (statuses, how long); no statuses: any status (nginx's `any`).
+    pub valid: Vec<(Vec<u16>, Duration)>,
+}
+
+impl CachePolicy {
+    /// ingress-nginx's default `auth-cache-duration`.
+    pub const DEFAULT_VALID: &str = "200 202 401 5m";
+
+    /// `auth-cache-duration`: comma-separated entries of status codes (or `any`) and a
+    /// time, as nginx's `proxy_cache_valid`: `200 202 10m, 401 30s`. A time alone means
+    /// 200, 301 and 302, as in nginx.
+    pub fn parse_valid(v: &str) -> Result<Vec<(Vec<u16>, Duration)>, String> {
+        v.split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|entry| {
+                let mut words: Vec<&str> = entry.split_whitespace().collect();
+                let time = words
+                    .pop()
+                    .ok_or_else(|| format!("{entry:?} has no time"))?;
+                let ttl = nginx_time(time)
+                    .ok_or_else(|| format!("{time:?} is not a time (like 30s, 5m, 1h)"))?;
+                let statuses = match words.as_slice() {
+                    [] => vec![200, 301, 302],
+                    ["any"] => Vec::new(),
+                    codes => codes
+                        .iter()
+                        .map(|c| {
+                            c.parse::<u16>()
+                                .ok()
+                                .filter(|c| (100..600).contains(c))
+                                .ok_or_else(|| format!("{c:?} is not a status code or any"))
+                        })
+                        .collect::<Result<_, _>>()?,
+                };
+                Ok((statuses, ttl))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .and_then(|v| {
+                (!v.is_empty())
+                    .then_some(v)
+                    .ok_or_else(|| "no entry".to_owned())
+            })
+    }
+
+    /// How long an answer with `status` is kept, if at all: the first entry naming it,
+    /// else an `any` entry.
+    fn lifetime(&self, status: u16) -> Option<Duration> {
+        (self.valid.iter().find(|(codes, _)| codes.contains(&status)))
+            .or_else(|| self.valid.iter().find(|(codes, _)| codes.is_empty()))
+            .map(|(_, ttl)| *ttl)
+    }
+}
+
+/// An nginx time: `30s`, `5m`, `1h`, `1d` (or `500ms`, or bare seconds).
+fn nginx_time(v: &str) -> Option<Duration> {
+    let scaled = |d: &str, secs: u64| {
+        (!d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| d.parse::<u64>().ok())
+            .flatten()
+            .filter(|n| *n > 0)
+            .map(|n| Duration::from_secs(n.saturating_mul(secs)))
+    };
+    if let Some(d) = v.strip_suffix('h') {
+        scaled(d, 3600)
+    } else if let Some(d) = v.strip_suffix('d') {
+        scaled(d, 86_400)
+    } else {
+        crate::source::annotations::parse_duration(v)
+    }
+}
+
+/// Auth answers kept for routes with `auth-cache-key`, shared by the serving threads:
+/// the status and the headers a verdict needs, by route settings and expanded key.
+#[derive(Debug, Default)]
+pub struct AuthCache {
+    entries: Mutex<HashMap<Vec<u8>, Cached>>,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    until: Instant,
+}
+
+/// Entries kept at most; past it the expired go, and if none had, all.
+const MAX_CACHED: usize = 10_000;
+
+impl AuthCache {
+    fn get(&self, key: &[u8], now: Instant) -> Option<Cached> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.get(key).filter(|c| c.until > now).cloned()
+    }
+
+    fn put(&self, key: Vec<u8>, entry: Cached) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_CACHED {
+            let now = Instant::now();
+            entries.retain(|_, c| c.until > now);
+            if entries.len() >= MAX_CACHED {
+                entries.clear();
+            }
+        }
+        entries.insert(key, entry);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What the auth request needs to know of the client's request.
@@ -63,6 +198,8 @@ pub struct Original {
     /// Path and query as sent.
     pub request_uri: String,
     pub method: Method,
+    /// `auth-cache-key` expanded for this request, when the route caches auth answers.
+    pub cache_key: Option<Vec<u8>>,
 }
 
 impl Original {
@@ -103,6 +240,7 @@ pub fn valid_template(template: &str) -> bool {
         host: "example.com".into(),
         request_uri: "/".into(),
         method: Method::GET,
+        cache_key: None,
     };
     (template.starts_with("http://") || template.starts_with("https://"))
         && sample.expand(template).parse::<Uri>().is_ok()
@@ -116,14 +254,73 @@ pub enum Verdict {
     Deny(Response<()>),
 }
 
-/// Asks the auth service about a request with `headers` (the ones going upstream).
+/// The key an answer is kept under: the route's auth settings (the same key may mean
+/// another answer elsewhere) and the request's expanded `auth-cache-key`.
+fn cache_key(auth: &ExternalAuth, expanded: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(auth.url.len() + expanded.len() + 64);
+    key.extend_from_slice(auth.url.as_bytes());
+    key.push(0);
+    key.extend_from_slice(auth.method.as_str().as_bytes());
+    for name in &auth.response_headers {
+        key.push(0);
+        key.extend_from_slice(name.as_str().as_bytes());
+    }
+    key.push(0);
+    key.extend_from_slice(expanded);
+    key
+}
+
+/// Asks the auth service about a request with `headers` (the ones going upstream), or
+/// answers from `cache` when the route keeps answers and one is there.
 pub async fn check(
     client: &AuthClient,
+    cache: &AuthCache,
     auth: &ExternalAuth,
     original: &Original,
     headers: &HeaderMap,
     timeout: std::time::Duration,
 ) -> Result<Verdict, ProxyError> {
+    let key = (auth.cache.as_ref())
+        .zip(original.cache_key.as_deref())
+        .map(|(policy, expanded)| (policy, cache_key(auth, expanded)));
+    if let Some((_, key)) = &key
+        && let Some(hit) = cache.get(key, Instant::now())
+    {
+        return verdict(auth, original, hit.status, hit.headers);
+    }
+    let (status, answer) = ask(client, auth, original, headers, timeout).await?;
+    // What a verdict reads of the answer: the headers to copy upstream, or the
+    // challenge to pass back.
+    let kept: Vec<(HeaderName, HeaderValue)> = if status.is_success() {
+        (auth.response_headers.iter())
+            .filter_map(|name| answer.get(name).map(|v| (name.clone(), v.clone())))
+            .collect()
+    } else {
+        (answer.get_all(header::WWW_AUTHENTICATE).iter())
+            .map(|v| (header::WWW_AUTHENTICATE, v.clone()))
+            .collect()
+    };
+    if let Some((policy, key)) = key
+        && let Some(ttl) = policy.lifetime(status.as_u16())
+    {
+        let entry = Cached {
+            status,
+            headers: kept.clone(),
+            until: Instant::now() + ttl,
+        };
+        cache.put(key, entry);
+    }
+    verdict(auth, original, status, kept)
+}
+
+/// Sends the auth request: the answer's status and headers.
+async fn ask(
+    client: &AuthClient,
+    auth: &ExternalAuth,
+    original: &Original,
+    headers: &HeaderMap,
+    timeout: std::time::Duration,
+) -> Result<(StatusCode, HeaderMap), ProxyError> {
     let failed = |reason: String| ProxyError::Auth { reason };
     let url: Uri = original
         .expand(&auth.url)
@@ -148,15 +345,20 @@ pub async fn check(
         Ok(Err(e)) => return Err(failed(format!("auth request: {e}"))),
         Err(_) => return Err(failed("auth service did not answer in time".into())),
     };
-    let status = resp.status();
     let (parts, _body) = resp.into_parts();
+    Ok((parts.status, parts.headers))
+}
+
+/// The verdict on an auth answer with `status` (and the headers [`check`] kept of it).
+fn verdict(
+    auth: &ExternalAuth,
+    original: &Original,
+    status: StatusCode,
+    kept: Vec<(HeaderName, HeaderValue)>,
+) -> Result<Verdict, ProxyError> {
+    let failed = |reason: String| ProxyError::Auth { reason };
     if status.is_success() {
-        let copied = auth
-            .response_headers
-            .iter()
-            .filter_map(|name| parts.headers.get(name).map(|v| (name.clone(), v.clone())))
-            .collect();
-        return Ok(Verdict::Allow(copied));
+        return Ok(Verdict::Allow(kept));
     }
     let mut deny = Response::new(());
     deny.headers_mut()
@@ -171,14 +373,13 @@ pub async fn check(
                 format!("{signin}{sep}rd={}", escape(&original.url()))
             };
             *deny.status_mut() = StatusCode::FOUND;
-            deny.headers_mut()
-                .insert(header::LOCATION, value(&location)?);
+            let location = HeaderValue::try_from(location).map_err(|e| failed(e.to_string()))?;
+            deny.headers_mut().insert(header::LOCATION, location);
         }
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             *deny.status_mut() = status;
-            for v in parts.headers.get_all(header::WWW_AUTHENTICATE) {
-                deny.headers_mut()
-                    .append(header::WWW_AUTHENTICATE, v.clone());
+            for (name, v) in kept {
+                deny.headers_mut().append(name, v);
             }
         }
         other => return Err(failed(format!("auth service answered {other}"))),
@@ -191,12 +392,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cache_durations_read_as_nginx_proxy_cache_valid() {
+        let p = |v: &str| CachePolicy {
+            key: HashKey::parse("$http_authorization").unwrap(),
+            valid: CachePolicy::parse_valid(v).unwrap(),
+        };
+        let default = p(CachePolicy::DEFAULT_VALID);
+        assert_eq!(default.lifetime(200), Some(Duration::from_mins(5)));
+        assert_eq!(default.lifetime(401), Some(Duration::from_mins(5)));
+        assert_eq!(default.lifetime(403), None);
+        let mixed = p("200 202 1h, 401 30s, any 1m");
+        assert_eq!(mixed.lifetime(202), Some(Duration::from_hours(1)));
+        assert_eq!(mixed.lifetime(401), Some(Duration::from_secs(30)));
+        assert_eq!(mixed.lifetime(500), Some(Duration::from_mins(1)));
+        // A time alone: 200, 301 and 302, as nginx.
+        let bare = p("10m");
+        assert_eq!(bare.lifetime(301), Some(Duration::from_mins(10)));
+        assert_eq!(bare.lifetime(401), None);
+        assert_eq!(
+            CachePolicy::parse_valid("1d").unwrap()[0].1,
+            Duration::from_hours(24)
+        );
+        for bad in ["", "200 five", "600 5m", "200 0s", "any"] {
+            assert!(CachePolicy::parse_valid(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn nginx_variables_are_expanded() {
         let o = Original {
             scheme: "https",
             host: "Shop.example:8443".into(),
             request_uri: "/cart?item=a b&x=1".into(),
             method: Method::POST,
+            cache_key: None,
         };
         assert_eq!(
             o.expand("http://auth.svc/check?h=$host&u=$escaped_request_uri&s=$scheme"),

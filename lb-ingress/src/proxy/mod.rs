@@ -273,6 +273,8 @@ pub struct Proxy {
     pub client: upstream::UpstreamClient,
     /// For `auth-url` requests.
     pub auth_client: auth::AuthClient,
+    /// Auth answers kept (`auth-cache-key`).
+    pub auth_cache: Arc<auth::AuthCache>,
     pub budget: Arc<RetryBudget>,
     pub options: ProxyOptions,
 }
@@ -292,6 +294,7 @@ impl Proxy {
             metrics,
             client: upstream::client(options.upstream_idle_timeout),
             auth_client: auth::client(),
+            auth_cache: Arc::default(),
             budget: Arc::new(RetryBudget::new(options.retry_ratio, 10)),
             options,
         }
@@ -310,6 +313,7 @@ impl Proxy {
             metrics: Arc::clone(&self.metrics),
             client: self.client.clone(),
             auth_client: self.auth_client.clone(),
+            auth_cache: Arc::clone(&self.auth_cache),
             budget: Arc::clone(&self.budget),
             options: self.options.clone(),
         }
@@ -499,7 +503,7 @@ impl Proxy {
         };
         // External auth happens in the upstream phase (it is a request of its own); what
         // it needs of the client's request is taken now.
-        let auth = options.auth.as_ref().map(|_| {
+        let auth = options.auth.as_ref().map(|auth| {
             Box::new(auth::Original {
                 scheme: if https { "https" } else { "http" },
                 host: authority.text.to_string(),
@@ -509,6 +513,16 @@ impl Proxy {
                     .map_or("/", PathAndQuery::as_str)
                     .to_owned(),
                 method: req.method().clone(),
+                cache_key: (auth.cache.as_ref()).map(|policy| {
+                    let client = policy.key.needs_client().then(|| client_of(req.headers()));
+                    policy.key.expand(&crate::source::annotations::KeyInput {
+                        uri: req.uri(),
+                        headers: req.headers(),
+                        path: &path,
+                        host,
+                        client,
+                    })
+                }),
             })
         });
         if let Some((status, to)) = &options.redirect {
@@ -717,7 +731,15 @@ impl Proxy {
                 .expect("auth set for this route");
             let timeout =
                 (target.options.response_timeout).unwrap_or(self.options.response_timeout);
-            match auth::check(&self.auth_client, config, &original, &head.headers, timeout).await? {
+            let verdict = auth::check(
+                &self.auth_client,
+                &self.auth_cache,
+                config,
+                &original,
+                &head.headers,
+                timeout,
+            );
+            match verdict.await? {
                 auth::Verdict::Allow(headers) => {
                     // Only the auth service speaks for these names: a client's own
                     // `X-Auth-Request-User` never reaches the upstream (nginx's

@@ -26,7 +26,7 @@
 //! | `cors-allow-origin`, `-methods`, `-headers`, `-expose-headers`, `-credentials`, `-max-age` | as in ingress-nginx | the CORS answer (defaults: ingress-nginx's) |
 //! | `canary` | bool | this Ingress's rules are the canaries of a main Ingress's rules with the same host and path, not routes of their own |
 //! | `canary-by-header`, `-by-header-value`, `-by-header-pattern`, `-by-cookie`, `-weight`, `-weight-total` | as in ingress-nginx | which requests go to the canary: header, then cookie, then weight |
-//! | `auth-url` (`http://` or `https://`, the certificate not verified, as ingress-nginx), `auth-method`, `auth-signin`, `auth-response-headers` | as in ingress-nginx | external authentication before the upstream ([`crate::proxy::auth`]) |
+//! | `auth-url` (`http://` or `https://`, the certificate not verified, as ingress-nginx), `auth-method`, `auth-signin`, `auth-response-headers`, `auth-cache-key`, `auth-cache-duration` | as in ingress-nginx | external authentication before the upstream ([`crate::proxy::auth`]); answers kept per expanded cache key for the duration's statuses |
 //! | `auth-type: basic`, `auth-secret` (`name` or `namespace/name`), `auth-realm`, `auth-secret-type: auth-file` | | HTTP basic authentication against the htpasswd file under the Secret's `auth` key ([`crate::proxy::basic`]); 401 with `WWW-Authenticate` otherwise |
 //! | `auth-tls-secret` (`name` or `namespace/name`: its `ca.crt`, and `ca.crl` if present), `auth-tls-verify-client` (`on`, `optional`, `optional_no_ca`, `off`), `auth-tls-verify-depth` (1), `auth-tls-error-page`, `auth-tls-pass-certificate-to-upstream`, `auth-tls-match-cn` (`CN=<regex>`) | as in ingress-nginx | client certificates ([`crate::tls::client_auth`]): asked for in the handshakes of the Ingress's hosts; a request without one the CA vouches for gets 400 (or 302 to the error page), one whose CN does not match 403; the upstream gets `ssl-client-verify`, `ssl-client-subject-dn`, `ssl-client-issuer-dn` (and `ssl-client-cert`), never the client's own |
 //! | `ssl-passthrough` | bool | TLS connections for the Ingress's hosts go to the backend of their `/` rule unopened ([`crate::tls::passthrough`]): the backend does the handshake; no other setting applies to them |
@@ -68,7 +68,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::proxy::auth::{ExternalAuth, valid_template};
+use crate::proxy::auth::{CachePolicy, ExternalAuth, valid_template};
 use crate::proxy::balance::Balance;
 use crate::proxy::body::ResponseRate;
 use crate::proxy::ratelimit::Rate;
@@ -230,8 +230,8 @@ impl HashKey {
                     n if n.starts_with("arg_") && n.len() > 4 => KeyPart::Arg(n[4..].to_owned()),
                     n => {
                         return Err(format!(
-                            "${n} is not a variable lb-ingress hashes by (request_uri, uri, \
-                             args, remote_addr, host, http_NAME, cookie_NAME, arg_NAME)"
+                            "${n} is not a variable lb-ingress reads in a key (request_uri, \
+                             uri, args, remote_addr, host, http_NAME, cookie_NAME, arg_NAME)"
                         ));
                     }
                 })
@@ -253,11 +253,24 @@ impl HashKey {
     /// FNV-1a (64 bits) of the key expanded for a request: the same in every replica.
     pub fn hash(&self, input: &KeyInput<'_>) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut feed = |bytes: &[u8]| {
+        self.each(input, |bytes| {
             for &b in bytes {
                 h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
             }
-        };
+        });
+        h
+    }
+
+    /// The key expanded for a request, whole (where a hash's collisions would matter:
+    /// `auth-cache-key`).
+    pub fn expand(&self, input: &KeyInput<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.each(input, |bytes| out.extend_from_slice(bytes));
+        out
+    }
+
+    /// Feeds the key's pieces for a request, in order.
+    fn each(&self, input: &KeyInput<'_>, mut feed: impl FnMut(&[u8])) {
         for part in &self.0 {
             match part {
                 KeyPart::Text(t) => feed(t.as_bytes()),
@@ -294,7 +307,6 @@ impl HashKey {
                 }
             }
         }
-        h
     }
 }
 
@@ -997,12 +1009,18 @@ fn verify_upstream(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<Ve
 /// `auth-url` and its companions.
 fn external_auth(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<ExternalAuth> {
     let Some(url) = s.guard("auth-url", deny, |v| {
-        valid_template(v).then(|| v.to_owned()).ok_or_else(|| {
-            format!("{v:?} is not an http:// URL (https auth services are not supported)")
-        })
+        valid_template(v)
+            .then(|| v.to_owned())
+            .ok_or_else(|| format!("{v:?} is not an http:// or https:// URL"))
     }) else {
         s.drop_companions(
-            &["auth-method", "auth-signin", "auth-response-headers"],
+            &[
+                "auth-method",
+                "auth-signin",
+                "auth-response-headers",
+                "auth-cache-key",
+                "auth-cache-duration",
+            ],
             "there is no usable auth-url",
         );
         return None;
@@ -1030,7 +1048,34 @@ fn external_auth(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<Exte
                     .collect()
             })
             .unwrap_or_default(),
+        cache: auth_cache(s),
     })
+}
+
+/// `auth-cache-key` (nginx variables) and `auth-cache-duration` (default
+/// [`CachePolicy::DEFAULT_VALID`]); the duration alone means nothing.
+fn auth_cache(s: &mut Settings<'_>) -> Option<CachePolicy> {
+    let Some(key) = s.get(
+        "auth-cache-key",
+        "auth answers are not cached",
+        HashKey::parse,
+    ) else {
+        s.drop_companions(
+            &["auth-cache-duration"],
+            "there is no usable auth-cache-key",
+        );
+        return None;
+    };
+    let valid = s
+        .get(
+            "auth-cache-duration",
+            "ingress-nginx's default applies",
+            CachePolicy::parse_valid,
+        )
+        .unwrap_or_else(|| {
+            CachePolicy::parse_valid(CachePolicy::DEFAULT_VALID).expect("the default parses")
+        });
+    Some(CachePolicy { key, valid })
 }
 
 /// `auth-type: basic` with `auth-secret`, `auth-realm`, `auth-secret-type`. Any other
@@ -1872,6 +1917,51 @@ mod tests {
         let (o, problems) = parse(Some(&a));
         assert_eq!(o.canary, None);
         assert!(problems[0].contains("canary is not"), "{problems:?}");
+    }
+
+    #[test]
+    fn auth_cache_settings() {
+        let parse_pairs = |pairs: &[(&str, &str)]| {
+            let a: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), (*v).to_owned()))
+                .collect();
+            parse(Some(&a))
+        };
+        let url = ("auth-url", "https://auth.example/check");
+        // ingress-nginx's default duration when only the key is set.
+        let (o, problems) = parse_pairs(&[url, ("auth-cache-key", "$http_authorization")]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let cache = o.auth.unwrap().cache.unwrap();
+        assert_eq!(
+            cache.valid,
+            CachePolicy::parse_valid(CachePolicy::DEFAULT_VALID).unwrap()
+        );
+        let (o, problems) = parse_pairs(&[
+            url,
+            ("auth-cache-key", "$cookie_session$host"),
+            ("auth-cache-duration", "200 30s, 401 5s"),
+        ]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(o.auth.unwrap().cache.unwrap().valid.len(), 2);
+        // A duration without a key, a key that does not parse: reported, no cache.
+        for pairs in [
+            &[url, ("auth-cache-duration", "200 30s")][..],
+            &[url, ("auth-cache-key", "$remote_user")],
+        ] {
+            let (o, problems) = parse_pairs(pairs);
+            assert!(o.auth.unwrap().cache.is_none(), "{pairs:?}");
+            assert!(!problems.is_empty(), "{pairs:?}");
+            assert_eq!(o.deny, None);
+        }
+        // A bad duration falls back to the default.
+        let (o, problems) = parse_pairs(&[
+            url,
+            ("auth-cache-key", "$http_authorization"),
+            ("auth-cache-duration", "soon"),
+        ]);
+        assert!(problems[0].contains("default applies"), "{problems:?}");
+        assert!(o.auth.unwrap().cache.is_some());
     }
 
     #[test]
