@@ -1772,7 +1772,8 @@ async fn regex_paths_and_rewrite_targets_as_ingress_nginx() {
 /// `auth-type: basic` with ingress-nginx's htpasswd Secret (an Opaque Secret, key
 /// `auth`): 401 with the realm's challenge until a user of the file signs in with the
 /// right password (Apache MD5 and bcrypt lines here), the upstream never asked before;
-/// no Secret, or digest auth, fails closed.
+/// the same with `auth-secret-type: auth-map` (users as the Secret's keys); no Secret, or
+/// digest auth, fails closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_from_an_htpasswd_secret() {
     let up = Upstream::start("up").await;
@@ -1805,12 +1806,22 @@ async fn basic_auth_from_an_htpasswd_secret() {
                 &[(&auth_type, "digest"), (&auth_secret, "basic-auth")],
             ),
             annotated("open", "open.example", "up", &[]),
+            annotated(
+                "mapped",
+                "mapped.example",
+                "up",
+                &[
+                    (&auth_type, "basic"),
+                    (&auth_secret, "basic-map"),
+                    (&nginx("auth-secret-type"), "auth-map"),
+                ],
+            ),
         ]
         .concat(),
     );
     m.write(
         "secret.yaml",
-        "apiVersion: v1\nkind: Secret\nmetadata: {name: basic-auth, namespace: default}\ntype: Opaque\nstringData:\n  auth: |\n    apr:$apr1$Zx8PqL2a$76aYfI91l4FjYZ.6m3AFl0\n    bcrypt:$2y$05$1OySy3v3hiUUxumhXe/bA.Hxp0C4GQGIsOP.AH0r.JkdsrxEpbjjK\n",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: basic-auth, namespace: default}\ntype: Opaque\nstringData:\n  auth: |\n    apr:$apr1$Zx8PqL2a$76aYfI91l4FjYZ.6m3AFl0\n    bcrypt:$2y$05$1OySy3v3hiUUxumhXe/bA.Hxp0C4GQGIsOP.AH0r.JkdsrxEpbjjK\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: basic-map, namespace: default}\ntype: Opaque\nstringData:\n  apr: '$apr1$Zx8PqL2a$76aYfI91l4FjYZ.6m3AFl0'\n",
     );
     m.write(
         "svc.yaml",
@@ -1850,6 +1861,12 @@ async fn basic_auth_from_an_htpasswd_secret() {
         );
     }
     assert_eq!(up.hits(), 3);
+    // auth-secret-type: auth-map: the Secret's keys are the users.
+    let r = send("mapped.example", Some("Basic YXByOndyb25n")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = send("mapped.example", Some("Basic YXByOmFwci1zZWNyZXQ=")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(up.hits(), 4);
     for (host, status) in [
         ("missing.example", StatusCode::SERVICE_UNAVAILABLE),
         ("digest.example", StatusCode::SERVICE_UNAVAILABLE),

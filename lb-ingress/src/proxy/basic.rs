@@ -215,24 +215,56 @@ impl BasicAuth {
     /// The users of an htpasswd file (`user:hash` per line; blank lines and `#` comments
     /// skipped), and one problem per line that cannot be used.
     pub fn from_htpasswd(text: &str, realm: &str) -> (BasicAuth, Vec<String>) {
-        let mut users = HashMap::new();
-        let mut problems = Vec::new();
+        let mut entries = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let Some((user, hash)) = line.split_once(':') else {
-                problems.push(format!("line {}: not user:hash", n + 1));
+                entries.push(Err(format!("line {}: not user:hash", n + 1)));
                 continue;
             };
             // Apache's digest files have user:realm:hash; nginx reads up to the next ':'.
             let hash = hash.split(':').next().unwrap_or_default();
+            entries.push(Ok((format!("line {} (user {user:?})", n + 1), user, hash)));
+        }
+        Self::from_entries(entries, realm)
+    }
+
+    /// The users of an `auth-map` Secret: each key a user, its value the hash.
+    pub fn from_map<'a>(
+        map: impl IntoIterator<Item = (&'a str, &'a str)>,
+        realm: &str,
+    ) -> (BasicAuth, Vec<String>) {
+        let entries = map
+            .into_iter()
+            .map(|(user, hash)| Ok((format!("user {user:?}"), user, hash.trim())))
+            .collect();
+        Self::from_entries(entries, realm)
+    }
+
+    /// (where, user, hash) entries, or what is wrong with one; one problem per entry
+    /// that cannot be used, in order.
+    fn from_entries(
+        entries: Vec<Result<(String, &str, &str), String>>,
+        realm: &str,
+    ) -> (BasicAuth, Vec<String>) {
+        let mut users = HashMap::new();
+        let mut problems = Vec::new();
+        for entry in entries {
+            let (place, user, hash) = match entry {
+                Ok(e) => e,
+                Err(problem) => {
+                    problems.push(problem);
+                    continue;
+                }
+            };
             match Stored::parse(hash) {
                 Ok(stored) => {
                     users.insert(user.to_owned(), stored);
                 }
-                Err(why) => problems.push(format!("line {} (user {user:?}): {why}", n + 1)),
+                Err(why) => problems.push(format!("{place}: {why}")),
             }
         }
         let auth = BasicAuth {

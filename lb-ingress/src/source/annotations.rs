@@ -27,7 +27,7 @@
 //! | `canary` | bool | this Ingress's rules are the canaries of a main Ingress's rules with the same host and path, not routes of their own |
 //! | `canary-by-header`, `-by-header-value`, `-by-header-pattern`, `-by-cookie`, `-weight`, `-weight-total` | as in ingress-nginx | which requests go to the canary: header, then cookie, then weight |
 //! | `auth-url` (`http://` or `https://`, the certificate not verified, as ingress-nginx), `auth-method`, `auth-signin`, `auth-response-headers`, `auth-cache-key`, `auth-cache-duration` | as in ingress-nginx | external authentication before the upstream ([`crate::proxy::auth`]); answers kept per expanded cache key for the duration's statuses |
-//! | `auth-type: basic`, `auth-secret` (`name` or `namespace/name`), `auth-realm`, `auth-secret-type: auth-file` | | HTTP basic authentication against the htpasswd file under the Secret's `auth` key ([`crate::proxy::basic`]); 401 with `WWW-Authenticate` otherwise |
+//! | `auth-type: basic`, `auth-secret` (`name` or `namespace/name`), `auth-realm`, `auth-secret-type` (`auth-file`, `auth-map`) | | HTTP basic authentication against the htpasswd file under the Secret's `auth` key, or (`auth-map`) the Secret's keys as users and values as their hashes ([`crate::proxy::basic`]); 401 with `WWW-Authenticate` otherwise |
 //! | `auth-tls-secret` (`name` or `namespace/name`: its `ca.crt`, and `ca.crl` if present), `auth-tls-verify-client` (`on`, `optional`, `optional_no_ca`, `off`), `auth-tls-verify-depth` (1), `auth-tls-error-page`, `auth-tls-pass-certificate-to-upstream`, `auth-tls-match-cn` (`CN=<regex>`) | as in ingress-nginx | client certificates ([`crate::tls::client_auth`]): asked for in the handshakes of the Ingress's hosts; a request without one the CA vouches for gets 400 (or 302 to the error page), one whose CN does not match 403; the upstream gets `ssl-client-verify`, `ssl-client-subject-dn`, `ssl-client-issuer-dn` (and `ssl-client-cert`), never the client's own |
 //! | `ssl-passthrough` | bool | TLS connections for the Ingress's hosts go to the backend of their `/` rule unopened ([`crate::tls::passthrough`]): the backend does the handshake; no other setting applies to them |
 //! | `upstream-hash-by` | nginx variables and text: `$request_uri`, `$uri`, `$args`, `$remote_addr`, `$host`, `$http_NAME`, `$cookie_NAME`, `$arg_NAME` | requests with the same key go to the same endpoint (rendezvous hashing; [`crate::proxy::balance::Pool::pick_hashed`]); cookie affinity wins over it |
@@ -379,6 +379,9 @@ pub struct BasicAuthSpec {
     pub namespace: Option<String>,
     pub name: String,
     pub realm: String,
+    /// `auth-secret-type: auth-map`: the Secret's keys are the users, its values their
+    /// hashes (else `auth-file`: an htpasswd file under the key `auth`).
+    pub map: bool,
 }
 
 /// `auth-tls-verify-client`: what a request needs of the client's certificate.
@@ -1091,12 +1094,16 @@ fn basic_auth(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<BasicAu
         s.drop_companions(&COMPANIONS, "there is no usable auth-type");
         return None;
     }
-    s.guard("auth-secret-type", deny, |v| match v {
-        "auth-file" => Ok(()),
-        other => Err(format!(
-            "{other:?} is not supported (auth-file is: an htpasswd file under the key auth)"
-        )),
-    });
+    let map = s
+        .guard("auth-secret-type", deny, |v| match v {
+            "auth-file" => Ok(false),
+            "auth-map" => Ok(true),
+            other => Err(format!(
+                "{other:?} is neither auth-file (an htpasswd file under the key auth) nor \
+                 auth-map (users as keys, hashes as values)"
+            )),
+        })
+        .unwrap_or(false);
     let realm = s
         .get("auth-realm", IGNORED, |v| Ok(v.to_owned()))
         .unwrap_or_default();
@@ -1114,6 +1121,7 @@ fn basic_auth(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<BasicAu
         namespace,
         name,
         realm,
+        map,
     })
 }
 
@@ -2004,22 +2012,33 @@ mod tests {
                 namespace: Some("auth".into()),
                 name: "staff".into(),
                 realm: "Staff".into(),
+                map: false,
             })
         );
         assert_eq!(o.deny, None);
         // The Ingress's own namespace by default; the realm empty, as ingress-nginx's.
         let (o, _) = parse_pairs(&[("auth-type", "basic"), ("auth-secret", "staff")]);
         let spec = o.basic_auth.unwrap();
-        assert_eq!((spec.namespace, spec.realm.as_str()), (None, ""));
-        // What cannot be honoured fails closed: no Secret, digest, auth-map, client
-        // certificate settings that do not parse.
+        assert_eq!(
+            (spec.namespace, spec.realm.as_str(), spec.map),
+            (None, "", false)
+        );
+        let (o, problems) = parse_pairs(&[
+            ("auth-type", "basic"),
+            ("auth-secret", "staff"),
+            ("auth-secret-type", "auth-map"),
+        ]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(o.basic_auth.unwrap().map);
+        // What cannot be honoured fails closed: no Secret, digest, another Secret type,
+        // client certificate settings that do not parse.
         for pairs in [
             &[("auth-type", "basic")][..],
             &[("auth-type", "digest"), ("auth-secret", "s")],
             &[
                 ("auth-type", "basic"),
                 ("auth-secret", "s"),
-                ("auth-secret-type", "auth-map"),
+                ("auth-secret-type", "auth-list"),
             ],
             &[
                 ("auth-tls-secret", "default/ca"),

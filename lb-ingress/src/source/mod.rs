@@ -8,7 +8,7 @@ pub mod class;
 pub mod endpoints;
 pub mod watch;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -477,9 +477,19 @@ pub fn build(
         let basic_auth = options.basic_auth.clone().and_then(|spec| {
             let ns = spec.namespace.unwrap_or_else(|| r.namespace.clone());
             let secret = format!("auth-secret {ns}/{}", spec.name);
-            let auth = secret_data(store, &ns, &spec.name, "auth").and_then(|file| {
-                let text = String::from_utf8(file).map_err(|_| "auth is not text".to_owned())?;
-                let (auth, bad) = BasicAuth::from_htpasswd(&text, &spec.realm);
+            let users = if spec.map {
+                secret_map(store, &ns, &spec.name).map(|map| {
+                    let map = map.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                    BasicAuth::from_map(map, &spec.realm)
+                })
+            } else {
+                secret_data(store, &ns, &spec.name, "auth").and_then(|file| {
+                    let text =
+                        String::from_utf8(file).map_err(|_| "auth is not text".to_owned())?;
+                    Ok(BasicAuth::from_htpasswd(&text, &spec.realm))
+                })
+            };
+            let auth = users.and_then(|(auth, bad)| {
                 for b in bad {
                     problems.push(format!(
                         "Ingress {}/{}: {secret}: {b}; that user cannot sign in",
@@ -750,6 +760,24 @@ pub fn build(
         certs,
         problems,
     }
+}
+
+/// Every key of Secret `ns/name` with a text value (`stringData` over `data`), or why
+/// it cannot be had.
+fn secret_map(store: &Store, ns: &str, name: &str) -> Result<BTreeMap<String, String>, String> {
+    let Some(Object::Secret(s)) = store.get(&ObjectRef::new(Kind::Secret, ns, name)) else {
+        return Err("not found".to_owned());
+    };
+    let mut map: BTreeMap<String, String> = (s.data.iter().flatten())
+        .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
+        .collect();
+    map.extend(
+        s.string_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    Ok(map)
 }
 
 /// Key `key` of Secret `ns/name`, or why it cannot be had.
