@@ -55,51 +55,77 @@ pub fn secret_field(secret: &Secret, key: &str) -> Option<Vec<u8>> {
         })
 }
 
-/// Certificates by SNI name: exact names, then one-label wildcards, then a default (an
-/// Ingress `spec.tls` entry without hosts) for clients that send no or an unknown name.
-/// The client CAs (`auth-tls-secret`) of the hosts that check client certificates are
-/// looked up the same way.
-#[derive(Debug, Default)]
-pub struct CertTable {
-    exact: HashMap<String, (Rank, Arc<CertifiedKey>)>,
-    wildcard: HashMap<String, (Rank, Arc<CertifiedKey>)>,
-    default: Option<(Rank, Arc<CertifiedKey>)>,
-    ca_exact: HashMap<String, (Rank, Arc<ClientCa>)>,
-    ca_wildcard: HashMap<String, (Rank, Arc<ClientCa>)>,
-    ca_default: Option<(Rank, Arc<ClientCa>)>,
-    /// `ssl-passthrough` hosts.
-    pt_exact: HashMap<String, (Rank, Arc<Passthrough>)>,
-    pt_wildcard: HashMap<String, (Rank, Arc<Passthrough>)>,
+/// Values by host name as Ingress rules name them: exact names, one-label wildcards, and
+/// one for rules without a host; the oldest Ingress's value when several name a host,
+/// as for routes.
+#[derive(Debug)]
+struct ByHost<T> {
+    exact: HashMap<String, (Rank, Arc<T>)>,
+    wildcard: HashMap<String, (Rank, Arc<T>)>,
+    default: Option<(Rank, Arc<T>)>,
 }
 
-/// Puts `value` in `slot` unless an older Ingress's is there; the one that stays.
-fn put_oldest<T>(slot: &mut Option<(Rank, Arc<T>)>, rank: &Rank, value: Arc<T>) {
-    if slot.as_ref().is_none_or(|(held, _)| rank < held) {
-        *slot = Some((rank.clone(), value));
+impl<T> Default for ByHost<T> {
+    fn default() -> Self {
+        ByHost {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            default: None,
+        }
     }
 }
 
-/// [`put_oldest`] for the entry `key` of `map`.
-fn put_oldest_in<T>(
-    map: &mut HashMap<String, (Rank, Arc<T>)>,
-    key: String,
-    rank: &Rank,
-    value: Arc<T>,
-) {
-    let mut slot = map.remove(&key);
-    put_oldest(&mut slot, rank, value);
-    map.extend(slot.map(|s| (key, s)));
+impl<T> ByHost<T> {
+    /// Puts `value` for `host` unless an older Ingress's is there; the one that stays.
+    fn add(&mut self, rank: &Rank, host: &HostRule, value: Arc<T>) -> &(Rank, Arc<T>) {
+        let fresh = || (rank.clone(), Arc::clone(&value));
+        let slot = match host {
+            HostRule::Any => self.default.get_or_insert_with(fresh),
+            HostRule::Exact(h) => self.exact.entry(h.clone()).or_insert_with(fresh),
+            HostRule::Wildcard(s) => self.wildcard.entry(s.clone()).or_insert_with(fresh),
+        };
+        if *rank < slot.0 {
+            *slot = (rank.clone(), value);
+        }
+        slot
+    }
+
+    /// The value for a (lowercase) name: exact, then wildcard.
+    fn named(&self, name: &str) -> Option<&Arc<T>> {
+        (self.exact.get(name))
+            .or_else(|| wildcard_suffix(name).and_then(|s| self.wildcard.get(s)))
+            .map(|(_, v)| v)
+    }
+
+    fn default(&self) -> Option<&Arc<T>> {
+        self.default.as_ref().map(|(_, v)| v)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty() && self.default.is_none()
+    }
+
+    fn len(&self) -> usize {
+        self.exact.len() + self.wildcard.len() + usize::from(self.default.is_some())
+    }
+}
+
+/// What the TLS listener looks up by SNI name: certificates (exact names, then
+/// one-label wildcards, then a default, an Ingress `spec.tls` entry without hosts, for
+/// clients that send no or an unknown name), the client CAs of the hosts that check
+/// client certificates (`auth-tls-secret`), and the `ssl-passthrough` hosts.
+#[derive(Debug, Default)]
+pub struct CertTable {
+    certs: ByHost<CertifiedKey>,
+    cas: ByHost<ClientCa>,
+    passthrough: ByHost<Passthrough>,
 }
 
 impl CertTable {
     /// Adds a certificate for `host` (None: the default); the oldest Ingress wins a
     /// host named by several, as for routes.
     pub fn add(&mut self, rank: &Rank, host: Option<&str>, key: Arc<CertifiedKey>) {
-        match host.map(|h| HostRule::parse(Some(h))) {
-            None | Some(HostRule::Any) => put_oldest(&mut self.default, rank, key),
-            Some(HostRule::Exact(h)) => put_oldest_in(&mut self.exact, h, rank, key),
-            Some(HostRule::Wildcard(s)) => put_oldest_in(&mut self.wildcard, s, rank, key),
-        }
+        self.certs.add(rank, &HostRule::parse(host), key);
     }
 
     /// Asks for client certificates checked against `ca` in the handshakes for `host`
@@ -111,55 +137,34 @@ impl CertTable {
         host: &HostRule,
         ca: &Arc<ClientCa>,
     ) -> Option<Rank> {
-        let slot = match host {
-            HostRule::Any => {
-                put_oldest(&mut self.ca_default, rank, Arc::clone(ca));
-                self.ca_default.as_ref()
-            }
-            HostRule::Exact(h) => {
-                put_oldest_in(&mut self.ca_exact, h.clone(), rank, Arc::clone(ca));
-                self.ca_exact.get(h)
-            }
-            HostRule::Wildcard(s) => {
-                put_oldest_in(&mut self.ca_wildcard, s.clone(), rank, Arc::clone(ca));
-                self.ca_wildcard.get(s)
-            }
-        };
-        slot.filter(|(_, held)| held.id() != ca.id())
-            .map(|(winner, _)| winner.clone())
+        let (winner, held) = self.cas.add(rank, host, Arc::clone(ca));
+        (held.id() != ca.id()).then(|| winner.clone())
     }
 
     /// The CA to ask client certificates for in a handshake for `sni`: its name's, else
     /// (no name, or a name with no certificate of its own) the one of the Ingresses
     /// without a host.
     pub fn client_ca(&self, sni: Option<&str>) -> Option<Arc<ClientCa>> {
-        if self.ca_exact.is_empty() && self.ca_wildcard.is_empty() && self.ca_default.is_none() {
+        if self.cas.is_empty() {
             return None;
         }
-        let Some(name) = sni.map(str::to_ascii_lowercase) else {
-            return self.ca_default.as_ref().map(|(_, ca)| Arc::clone(ca));
+        let name = sni.map(str::to_ascii_lowercase);
+        let ca = match &name {
+            Some(name) => (self.cas.named(name)).or_else(|| {
+                (self.certs.named(name).is_none())
+                    .then(|| self.cas.default())
+                    .flatten()
+            }),
+            None => self.cas.default(),
         };
-        let suffix = wildcard_suffix(&name);
-        if let Some((_, ca)) =
-            (self.ca_exact.get(&name)).or_else(|| suffix.and_then(|s| self.ca_wildcard.get(s)))
-        {
-            return Some(Arc::clone(ca));
-        }
-        let own_certificate =
-            self.exact.contains_key(&name) || suffix.is_some_and(|s| self.wildcard.contains_key(s));
-        (!own_certificate)
-            .then(|| self.ca_default.as_ref().map(|(_, ca)| Arc::clone(ca)))
-            .flatten()
+        ca.map(Arc::clone)
     }
 
     pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let by_name = sni.map(str::to_ascii_lowercase).and_then(|name| {
-            self.exact
-                .get(&name)
-                .or_else(|| wildcard_suffix(&name).and_then(|s| self.wildcard.get(s)))
-                .map(|(_, k)| Arc::clone(k))
-        });
-        by_name.or_else(|| self.default.as_ref().map(|(_, k)| Arc::clone(k)))
+        let name = sni.map(str::to_ascii_lowercase);
+        (name.and_then(|name| self.certs.named(&name)))
+            .or_else(|| self.certs.default())
+            .map(Arc::clone)
     }
 
     /// Relays the TLS connections for `host` to `target` unopened (`ssl-passthrough`;
@@ -171,37 +176,34 @@ impl CertTable {
         host: &HostRule,
         target: Arc<Passthrough>,
     ) -> bool {
-        match host {
-            HostRule::Any => return false,
-            HostRule::Exact(h) => put_oldest_in(&mut self.pt_exact, h.clone(), rank, target),
-            HostRule::Wildcard(s) => put_oldest_in(&mut self.pt_wildcard, s.clone(), rank, target),
+        if *host == HostRule::Any {
+            return false;
         }
+        self.passthrough.add(rank, host, target);
         true
     }
 
     pub fn has_passthrough(&self) -> bool {
-        !(self.pt_exact.is_empty() && self.pt_wildcard.is_empty())
+        !self.passthrough.is_empty()
     }
 
     /// The passthrough backend for a ClientHello's server name.
     pub fn passthrough(&self, sni: &str) -> Option<Arc<Passthrough>> {
-        let name = sni.to_ascii_lowercase();
-        (self.pt_exact.get(&name))
-            .or_else(|| wildcard_suffix(&name).and_then(|s| self.pt_wildcard.get(s)))
-            .map(|(_, t)| Arc::clone(t))
+        self.passthrough
+            .named(&sni.to_ascii_lowercase())
+            .map(Arc::clone)
     }
 
     /// Whether `host` has a certificate of its own (for `--redirect-https`).
     pub fn has_host(&self, host: &str) -> bool {
-        self.exact.contains_key(host)
-            || wildcard_suffix(host).is_some_and(|s| self.wildcard.contains_key(s))
+        self.certs.named(host).is_some()
     }
 
     pub fn len(&self) -> usize {
-        self.exact.len() + self.wildcard.len() + usize::from(self.default.is_some())
+        self.certs.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.certs.is_empty()
     }
 }
