@@ -176,17 +176,6 @@ impl AuthCache {
         }
         entries.insert(key, entry);
     }
-
-    pub fn len(&self) -> usize {
-        self.entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// What the auth request needs to know of the client's request.

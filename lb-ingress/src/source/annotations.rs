@@ -1553,6 +1553,15 @@ mod tests {
             .collect()
     }
 
+    /// [`parse`] of `pairs` named under ingress-nginx's prefix.
+    fn parse_nginx(pairs: &[(&str, &str)]) -> (RouteOptions, Vec<String>) {
+        let a: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (format!("{NGINX_PREFIX}{k}"), (*v).to_owned()))
+            .collect();
+        parse(Some(&a))
+    }
+
     #[test]
     fn nginx_names_are_read_and_ours_win() {
         let a = annotations(&[
@@ -1929,23 +1938,16 @@ mod tests {
 
     #[test]
     fn auth_cache_settings() {
-        let parse_pairs = |pairs: &[(&str, &str)]| {
-            let a: BTreeMap<String, String> = pairs
-                .iter()
-                .map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), (*v).to_owned()))
-                .collect();
-            parse(Some(&a))
-        };
         let url = ("auth-url", "https://auth.example/check");
         // ingress-nginx's default duration when only the key is set.
-        let (o, problems) = parse_pairs(&[url, ("auth-cache-key", "$http_authorization")]);
+        let (o, problems) = parse_nginx(&[url, ("auth-cache-key", "$http_authorization")]);
         assert!(problems.is_empty(), "{problems:?}");
         let cache = o.auth.unwrap().cache.unwrap();
         assert_eq!(
             cache.valid,
             CachePolicy::parse_valid(CachePolicy::DEFAULT_VALID).unwrap()
         );
-        let (o, problems) = parse_pairs(&[
+        let (o, problems) = parse_nginx(&[
             url,
             ("auth-cache-key", "$cookie_session$host"),
             ("auth-cache-duration", "200 30s, 401 5s"),
@@ -1957,13 +1959,13 @@ mod tests {
             &[url, ("auth-cache-duration", "200 30s")][..],
             &[url, ("auth-cache-key", "$remote_user")],
         ] {
-            let (o, problems) = parse_pairs(pairs);
+            let (o, problems) = parse_nginx(pairs);
             assert!(o.auth.unwrap().cache.is_none(), "{pairs:?}");
             assert!(!problems.is_empty(), "{pairs:?}");
             assert_eq!(o.deny, None);
         }
         // A bad duration falls back to the default.
-        let (o, problems) = parse_pairs(&[
+        let (o, problems) = parse_nginx(&[
             url,
             ("auth-cache-key", "$http_authorization"),
             ("auth-cache-duration", "soon"),
@@ -1974,14 +1976,7 @@ mod tests {
 
     #[test]
     fn ssl_passthrough() {
-        let a = |v: &str| {
-            let a: BTreeMap<String, String> = [(
-                "nginx.ingress.kubernetes.io/ssl-passthrough".to_owned(),
-                v.to_owned(),
-            )]
-            .into();
-            parse(Some(&a))
-        };
+        let a = |v: &str| parse_nginx(&[("ssl-passthrough", v)]);
         let (o, problems) = a("true");
         assert!(o.ssl_passthrough && problems.is_empty(), "{problems:?}");
         let (o, problems) = a("yes please");
@@ -1991,15 +1986,7 @@ mod tests {
 
     #[test]
     fn basic_auth_and_client_certificates() {
-        let nginx = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
-        let parse_pairs = |pairs: &[(&str, &str)]| {
-            let a: BTreeMap<String, String> = pairs
-                .iter()
-                .map(|(k, v)| (nginx(k), (*v).to_owned()))
-                .collect();
-            parse(Some(&a))
-        };
-        let (o, problems) = parse_pairs(&[
+        let (o, problems) = parse_nginx(&[
             ("auth-type", "basic"),
             ("auth-secret", "auth/staff"),
             ("auth-realm", "Staff"),
@@ -2017,13 +2004,13 @@ mod tests {
         );
         assert_eq!(o.deny, None);
         // The Ingress's own namespace by default; the realm empty, as ingress-nginx's.
-        let (o, _) = parse_pairs(&[("auth-type", "basic"), ("auth-secret", "staff")]);
+        let (o, _) = parse_nginx(&[("auth-type", "basic"), ("auth-secret", "staff")]);
         let spec = o.basic_auth.unwrap();
         assert_eq!(
             (spec.namespace, spec.realm.as_str(), spec.map),
             (None, "", false)
         );
-        let (o, problems) = parse_pairs(&[
+        let (o, problems) = parse_nginx(&[
             ("auth-type", "basic"),
             ("auth-secret", "staff"),
             ("auth-secret-type", "auth-map"),
@@ -2049,16 +2036,16 @@ mod tests {
             &[("auth-tls-secret", "ca"), ("auth-tls-match-cn", "alice")],
             &[("auth-tls-secret", "ca"), ("auth-tls-match-cn", "CN=(")],
         ] {
-            let (o, problems) = parse_pairs(pairs);
+            let (o, problems) = parse_nginx(pairs);
             assert!(o.deny.is_some(), "{pairs:?}");
             assert!(problems[0].contains("503"), "{pairs:?}: {problems:?}");
         }
         // Companions without auth-type are reported, and deny nothing.
-        let (o, problems) = parse_pairs(&[("auth-secret", "s")]);
+        let (o, problems) = parse_nginx(&[("auth-secret", "s")]);
         assert_eq!((o.basic_auth, o.deny), (None, None));
         assert!(problems[0].contains("no usable auth-type"), "{problems:?}");
         // Client certificates explicitly off: nothing to enforce, the rest reported.
-        let (o, problems) = parse_pairs(&[
+        let (o, problems) = parse_nginx(&[
             ("auth-tls-secret", "default/ca"),
             ("auth-tls-verify-client", "off"),
             ("auth-tls-verify-depth", "2"),
@@ -2066,7 +2053,7 @@ mod tests {
         assert_eq!((o.deny, o.client_cert), (None, None));
         assert!(problems[0].contains("is off; ignored"), "{problems:?}");
         // Client certificates: ingress-nginx's defaults (on, depth 1) and every setting.
-        let (o, problems) = parse_pairs(&[("auth-tls-secret", "default/ca")]);
+        let (o, problems) = parse_nginx(&[("auth-tls-secret", "default/ca")]);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
             o.client_cert,
@@ -2080,7 +2067,7 @@ mod tests {
                 match_cn: None,
             })
         );
-        let (o, problems) = parse_pairs(&[
+        let (o, problems) = parse_nginx(&[
             ("auth-tls-secret", "ca"),
             ("auth-tls-verify-client", "optional_no_ca"),
             ("auth-tls-verify-depth", "3"),

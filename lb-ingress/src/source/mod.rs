@@ -525,9 +525,12 @@ pub fn build(
                 })
         });
         if let Some(auth) = &client_auth {
-            let mut hosts: Vec<&HostRule> = rules.iter().map(|(host, _, _)| host).collect();
-            hosts.dedup();
-            for host in hosts {
+            let mut hosts: Vec<&HostRule> = Vec::new();
+            for (host, _, _) in &rules {
+                if hosts.contains(&host) {
+                    continue;
+                }
+                hosts.push(host);
                 if let Some(winner) = certs.add_client_ca(&rank, host, &auth.ca) {
                     problems.push(format!(
                         "Ingress {}/{}: host {} checks client certificates against the \
@@ -571,7 +574,7 @@ pub fn build(
         });
         let options = Arc::new(options);
         let mut verified_by_name: HashMap<String, Option<Arc<VerifiedUpstream>>> = HashMap::new();
-        let mut passthrough_hosts = Vec::new();
+        let mut passed_through = false;
         // How this Ingress reaches a backend (of Ingress `owner`): its protocol, ClusterIP
         // choice and verification, the name a verified endpoint's certificate must carry
         // being proxy-ssl-name, else the Service's in-cluster name.
@@ -608,9 +611,7 @@ pub fn build(
                     service: service.clone(),
                     pool: Arc::clone(&pool),
                 });
-                if certs.add_passthrough(&rank, &host, target) {
-                    passthrough_hosts.push(host.label());
-                }
+                passed_through |= certs.add_passthrough(&rank, &host, target);
             }
             let path_label = path.as_ref().map_or(DEFAULT_BACKEND, PathRule::as_str);
             // `rewrite-target`, bound to this rule's expression; one it cannot be bound to
@@ -703,7 +704,7 @@ pub fn build(
                 Some(path) => routes.add(&rank, host, path, target),
             }
         }
-        if options.ssl_passthrough && passthrough_hosts.is_empty() {
+        if options.ssl_passthrough && !passed_through {
             problems.push(format!(
                 "Ingress {}/{}: ssl-passthrough needs a rule with a host and the path / \
                  (the TLS server name picks the backend); no connection is passed through",
@@ -762,22 +763,21 @@ pub fn build(
     }
 }
 
-/// Every key of Secret `ns/name` with a text value (`stringData` over `data`), or why
-/// it cannot be had.
+/// Every key of Secret `ns/name` with a text value (read as [`secret_data`] reads one),
+/// or why it cannot be had.
 fn secret_map(store: &Store, ns: &str, name: &str) -> Result<BTreeMap<String, String>, String> {
     let Some(Object::Secret(s)) = store.get(&ObjectRef::new(Kind::Secret, ns, name)) else {
         return Err("not found".to_owned());
     };
-    let mut map: BTreeMap<String, String> = (s.data.iter().flatten())
-        .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
-        .collect();
-    map.extend(
-        s.string_data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
-    Ok(map)
+    let data = s.data.iter().flatten().map(|(k, _)| k);
+    let string_data = s.string_data.iter().flatten().map(|(k, _)| k);
+    Ok(data
+        .chain(string_data)
+        .filter_map(|k| {
+            let value = crate::tls::certs::secret_field(s, k)?;
+            Some((k.clone(), String::from_utf8(value).ok()?))
+        })
+        .collect())
 }
 
 /// Key `key` of Secret `ns/name`, or why it cannot be had.
