@@ -3449,11 +3449,12 @@ fn client_cert(
     (cert.der().clone(), der, cert.pem(), key.serialize_pem())
 }
 
-/// `server`'s roots, presenting `cert` when asked for one.
+/// `server`'s roots, presenting `cert` (a chain, the client's first, and its key) when
+/// asked for one.
 fn client_config_with_cert(
     server: &Pki,
     cert: Option<(
-        rustls::pki_types::CertificateDer<'static>,
+        Vec<rustls::pki_types::CertificateDer<'static>>,
         rustls::pki_types::PrivateKeyDer<'static>,
     )>,
     versions: &[&'static rustls::SupportedProtocolVersion],
@@ -3467,7 +3468,7 @@ fn client_config_with_cert(
     .unwrap()
     .with_root_certificates(roots);
     let mut c = match cert {
-        Some((der, key)) => builder.with_client_auth_cert(vec![der], key).unwrap(),
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
         None => builder.with_no_client_auth(),
     };
     c.alpn_protocols = vec![b"h2".to_vec()];
@@ -3484,8 +3485,17 @@ async fn mtls_get(
     headers: &[(&str, &str)],
 ) -> (StatusCode, Option<String>, String) {
     let tls = tls_connect(https, config, sni).await.unwrap();
+    h2_get(tls, &format!("https://{host}/who"), headers).await
+}
+
+/// GET `uri` over HTTP/2 on `tls`, which is closed after: status, `location`, body.
+async fn h2_get(
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Option<String>, String) {
     let (mut send, _conn) = h2_client(tls).await;
-    let mut req = hyper::Request::get(format!("https://{host}/who"));
+    let mut req = hyper::Request::get(uri);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -3646,7 +3656,7 @@ async fn client_certificates_are_asked_for_verified_and_passed_on() {
     let alice = |v| {
         client_config_with_cert(
             &server_pki,
-            Some((alice_der.clone(), alice_key.clone_key())),
+            Some((vec![alice_der.clone()], alice_key.clone_key())),
             v,
         )
     };
@@ -3698,7 +3708,7 @@ async fn client_certificates_are_asked_for_verified_and_passed_on() {
             "No required SSL certificate was sent\n"
         )
     );
-    let eve = client_config_with_cert(&server_pki, Some((eve_der, eve_key)), &tls13);
+    let eve = client_config_with_cert(&server_pki, Some((vec![eve_der], eve_key)), &tls13);
     let (status, _, body) = mtls_get(https, eve, "c.example.com", "c.example.com", &[]).await;
     assert_eq!(
         (status, body.as_str()),
@@ -3718,7 +3728,7 @@ async fn client_certificates_are_asked_for_verified_and_passed_on() {
     let (status, _, _) =
         mtls_get(https, alice(&tls13), "o.example.com", "o.example.com", &[]).await;
     assert_eq!(status, StatusCode::OK);
-    let bob = client_config_with_cert(&server_pki, Some((bob_der, bob_key)), &tls13);
+    let bob = client_config_with_cert(&server_pki, Some((vec![bob_der], bob_key)), &tls13);
     let (status, _, body) = mtls_get(https, bob, "o.example.com", "o.example.com", &[]).await;
     assert_eq!(
         (status, body.as_str()),
@@ -3753,31 +3763,16 @@ async fn client_certificates_are_asked_for_verified_and_passed_on() {
             .unwrap();
     let intermediate_der = intermediate.der().clone();
     let (dave_der, dave_key, ..) = client_cert(&Pki { ca: intermediate }, "dave");
-    let dave = |host: &str| {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(server_pki.ca.der().clone()).unwrap();
-        let mut c = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&tls13)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![dave_der.clone(), intermediate_der.clone()],
-            dave_key.clone_key(),
-        )
-        .unwrap();
-        c.alpn_protocols = vec![b"h2".to_vec()];
-        (c, host.to_owned())
+    let dave = || {
+        let chain = vec![dave_der.clone(), intermediate_der.clone()];
+        client_config_with_cert(&server_pki, Some((chain, dave_key.clone_key())), &tls13)
     };
-    let (c, host) = dave("c.example.com");
-    let (status, _, body) = mtls_get(https, c, &host, &host, &[]).await;
+    let (status, _, body) = mtls_get(https, dave(), "c.example.com", "c.example.com", &[]).await;
     assert_eq!(
         (status, body.as_str()),
         (StatusCode::BAD_REQUEST, "The SSL certificate error\n")
     );
-    let (c, host) = dave("d.example.com");
-    let (status, _, body) = mtls_get(https, c, &host, &host, &[]).await;
+    let (status, _, body) = mtls_get(https, dave(), "d.example.com", "d.example.com", &[]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         seen(&body)["headers"]["ssl-client-issuer-dn"],
@@ -3848,7 +3843,7 @@ async fn client_certificates_are_asked_for_verified_and_passed_on() {
         mtls_get(https, alice(&tls13), "c.example.com", "c.example.com", &[]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (carol_der, carol_key, ..) = client_cert(&rotated, "carol");
-    let carol = client_config_with_cert(&server_pki, Some((carol_der, carol_key)), &tls13);
+    let carol = client_config_with_cert(&server_pki, Some((vec![carol_der], carol_key)), &tls13);
     let (status, _, body) = mtls_get(https, carol, "c.example.com", "c.example.com", &[]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     h.shutdown().await;
@@ -3948,26 +3943,12 @@ spec:
         tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
         b_der.as_slice()
     );
-    let (mut send, relayed) = h2_client(tls).await;
-    let resp = send
-        .send_request(
-            hyper::Request::get("https://pt.example.com/deep/path")
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let v = seen(std::str::from_utf8(&body).unwrap());
+    let (status, _, body) = h2_get(tls, "https://pt.example.com/deep/path", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let v = seen(&body);
     assert_eq!(v["name"], "backend");
     assert!(v["headers"].get("x-forwarded-for").is_none(), "{v}");
     assert_eq!(backend.hits(), 1);
-    // Closing the client's side ends the relay.
-    relayed.abort();
 
     // Other names on the same listener are terminated here as usual.
     let tls = tls_connect(
@@ -3981,26 +3962,13 @@ spec:
         tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
         t_der.as_slice()
     );
-    let (mut send, terminated_conn) = h2_client(tls).await;
-    let resp = send
-        .send_request(
-            hyper::Request::get("https://t.example.com/")
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let v = seen(std::str::from_utf8(&body).unwrap());
+    let (_, _, body) = h2_get(tls, "https://t.example.com/", &[]).await;
+    let v = seen(&body);
     assert_eq!(v["name"], "terminated");
     assert_eq!(
         v["headers"]["x-forwarded-proto"],
         serde_json::json!(["https"])
     );
-    terminated_conn.abort();
 
     // A ClientHello that arrives in two pieces is still read whole, and the bytes peeked
     // at reach the backend (HTTP/1.1 this time, blocking rustls on a plain socket).
