@@ -79,7 +79,7 @@ pub fn cluster_address(service: &Service, port: &ServiceBackendPort) -> Result<S
     Ok(SocketAddr::new(ip, port))
 }
 
-/// Where an ExternalName Service points, when the proxy can reach it without DNS.
+/// Where an ExternalName Service points.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExternalTarget {
     /// `name.namespace.svc` (with or without the cluster domain): that Service, the
@@ -87,6 +87,9 @@ pub enum ExternalTarget {
     Service { namespace: String, name: String },
     /// An IP address.
     Ip(IpAddr),
+    /// A host name outside the cluster, reached at the addresses DNS gives for it
+    /// ([`super::names`]).
+    Host(String),
 }
 
 /// For an ExternalName Service: what it points at (or why it cannot be reached), and
@@ -124,13 +127,27 @@ pub fn external_target(
                     name: (*svc).to_owned(),
                 })
             }
+            _ if is_dns_name(&external) => Ok(ExternalTarget::Host(external)),
             _ => Err(format!(
-                "ExternalName Service {namespace}/{name} names {external:?}, outside the cluster: \
-                 only in-cluster names (service.namespace.svc) and IP addresses are supported"
+                "ExternalName Service {namespace}/{name}: {external:?} is not a DNS name"
             )),
         }
     };
     Some(target.and_then(|t| number.map(|n| (t, n))))
+}
+
+/// A host name as `externalName` must be (a DNS-1123 subdomain, lowercased here):
+/// dot-separated labels of letters, digits and inner hyphens, at most 253 characters.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// The Service port an Ingress backend names, by number or by name.
@@ -246,6 +263,46 @@ endpoints:
 - addresses: [10.0.0.3]
   conditions: {ready: false, terminating: true}
 ";
+
+    #[test]
+    fn external_names_in_the_cluster_by_address_and_outside() {
+        let port = ServiceBackendPort {
+            number: Some(443),
+            name: None,
+        };
+        let target = |to: &str| {
+            let svc: Service = yaml(&format!(
+                "metadata: {{name: ext, namespace: shop}}\nspec: {{type: ExternalName, externalName: {to:?}}}"
+            ));
+            external_target(&svc, &port).expect("an ExternalName Service")
+        };
+        let service = ExternalTarget::Service {
+            namespace: "other".into(),
+            name: "api".into(),
+        };
+        assert_eq!(
+            target("api.other.svc.cluster.local."),
+            Ok((service.clone(), 443))
+        );
+        assert_eq!(target("api.other.svc"), Ok((service, 443)));
+        assert_eq!(
+            target("10.1.2.3"),
+            Ok((ExternalTarget::Ip("10.1.2.3".parse().unwrap()), 443))
+        );
+        assert_eq!(
+            target("API.Example.com."),
+            Ok((ExternalTarget::Host("api.example.com".into()), 443))
+        );
+        for bad in ["", "a..b", "-a.example", "a_b.example", &"a".repeat(64)] {
+            let e = target(bad).unwrap_err();
+            assert!(
+                e.contains("shop/ext") && e.contains("not a DNS name"),
+                "{bad:?}: {e}"
+            );
+        }
+        let plain: Service = yaml(SERVICE);
+        assert_eq!(external_target(&plain, &port), None);
+    }
 
     #[test]
     fn by_number_and_by_name_with_named_target_ports() {

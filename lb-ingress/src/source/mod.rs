@@ -6,9 +6,10 @@
 pub mod annotations;
 pub mod class;
 pub mod endpoints;
+pub mod names;
 pub mod watch;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -29,6 +30,7 @@ use crate::tls::upstream::{UpstreamCa, VerifiedUpstream};
 use crate::tls::{CertTable, certified_key};
 use annotations::{CanaryPolicy, RouteOptions};
 use endpoints::{SliceIndex, ready_addresses};
+use names::Names;
 
 /// A resolved Service port: its label (`namespace/name:port`), the pool of its ready
 /// endpoints and their protocol.
@@ -131,6 +133,8 @@ pub struct Built {
     pub config: Config,
     pub certs: CertTable,
     pub problems: Vec<String>,
+    /// The host names of ExternalName Services that the routes use (see [`names`]).
+    pub hosts: BTreeSet<String>,
 }
 
 fn rank(ingress: &Ingress, r: &ObjectRef) -> Rank {
@@ -147,6 +151,10 @@ struct Backends<'a> {
     store: &'a Store,
     slices: SliceIndex<'a>,
     registry: &'a EndpointRegistry,
+    /// What ExternalName Services' host names stand for.
+    names: &'a Names,
+    /// The host names used.
+    hosts: BTreeSet<String>,
     /// By Service port (namespace, name, port) and how an Ingress asks to reach it.
     pools: HashMap<(String, String, String, Via), Backend>,
 }
@@ -192,6 +200,7 @@ impl Backends<'_> {
             via,
         );
         let (store, slices, registry) = (self.store, &self.slices, self.registry);
+        let (names, hosts) = (self.names, &mut self.hosts);
         let backend = self.pools.entry(key).or_insert_with(|| {
             let label = format!("{}/{}:{port_label}", r.namespace, svc.name);
             let sref = ObjectRef::new(Kind::Service, r.namespace.clone(), svc.name.clone());
@@ -209,12 +218,38 @@ impl Backends<'_> {
                             number: Some(number),
                             name: None,
                         };
+                        let p = u16::try_from(number)
+                            .map_err(|_| format!("port {number} is not a port"))?;
                         let (namespace, name) = match target {
                             endpoints::ExternalTarget::Ip(ip) => {
-                                let p = u16::try_from(number)
-                                    .map_err(|_| format!("port {number} is not a port"))?;
                                 let protocol = endpoints::upstream_protocol(named, &port);
                                 return Ok((vec![std::net::SocketAddr::new(ip, p)], protocol));
+                            }
+                            endpoints::ExternalTarget::Host(host) => {
+                                let protocol = endpoints::upstream_protocol(named, &port);
+                                let addrs = match names.get(&host) {
+                                    None => Vec::new(), // being resolved
+                                    Some((ips, error)) => {
+                                        if let Some(e) = error {
+                                            let kept = if ips.is_empty() {
+                                                String::new()
+                                            } else {
+                                                format!(" (keeping its last addresses, {ips:?})")
+                                            };
+                                            problems.push(format!(
+                                                "Ingress {}/{}: ExternalName Service {}/{}: \
+                                                 cannot resolve {host}: {e}{kept}",
+                                                r.namespace, r.name, r.namespace, svc.name
+                                            ));
+                                        }
+                                        let to = |ip: &std::net::IpAddr| {
+                                            std::net::SocketAddr::new(*ip, p)
+                                        };
+                                        ips.iter().map(to).collect()
+                                    }
+                                };
+                                hosts.insert(host);
+                                return Ok((addrs, protocol));
                             }
                             endpoints::ExternalTarget::Service { namespace, name } => {
                                 (namespace, name)
@@ -359,6 +394,7 @@ pub fn build(
     class: &str,
     registry: &EndpointRegistry,
     limits: &LimitRegistry,
+    names: &Names,
 ) -> Built {
     let mut problems = Vec::new();
     let classes = store.of_kind(Kind::IngressClass).filter_map(|o| match o {
@@ -373,6 +409,8 @@ pub fn build(
             _ => None,
         })),
         registry,
+        names,
+        hosts: BTreeSet::new(),
         pools: HashMap::new(),
     };
     let mut routes = RouteTableBuilder::new();
@@ -760,6 +798,7 @@ pub fn build(
         },
         certs,
         problems,
+        hosts: backends.hosts,
     }
 }
 

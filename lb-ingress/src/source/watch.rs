@@ -8,7 +8,11 @@
 //! certificate for the instant between the two swaps, which serves nothing new.
 //! Requests in flight keep the configuration they loaded (an `Arc`), so a swap never
 //! fails them; the old configuration is freed when the last of them finishes.
+//!
+//! ExternalName Services' host names are resolved here, beside the build (see
+//! [`super::names`]): an answer that changes what a name stands for builds again.
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -16,6 +20,7 @@ use lb_k8s::{KindSet, Source, Store};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use super::names::{self, Names};
 use super::{Config, KINDS, build};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::proxy::balance::EndpointRegistry;
@@ -41,9 +46,34 @@ pub async fn run(source: Box<dyn Source>, class: String, sinks: Sinks) -> anyhow
     let mut store = Store::new();
     let mut generation = 0u64;
     let mut reported: BTreeSet<String> = BTreeSet::new();
+    let mut names = Names::default();
+    let (answers_tx, mut answers) = mpsc::channel::<(String, Result<Vec<IpAddr>, String>)>(64);
+    let ask = |asked: Vec<String>| {
+        for name in asked {
+            let tx = answers_tx.clone();
+            tokio::spawn(async move {
+                let answer = names::resolve(&name).await;
+                // The loop may have ended meanwhile.
+                let _ = tx.send((name, answer)).await;
+            });
+        }
+    };
+    let mut refresh =
+        tokio::time::interval_at(tokio::time::Instant::now() + names::REFRESH, names::REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let event = tokio::select! {
-            e = rx.recv() => e,
+        let mut errors = Vec::new();
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else {
+                    break;
+                };
+                errors = store.apply(event).errors;
+                // Coalesce a burst of events into one rebuild.
+                while let Ok(event) = rx.try_recv() {
+                    errors.extend(store.apply(event).errors);
+                }
+            }
             done = &mut source_task => {
                 return match done {
                     Ok(Ok(())) => Ok(()),
@@ -51,19 +81,24 @@ pub async fn run(source: Box<dyn Source>, class: String, sinks: Sinks) -> anyhow
                     Err(e) => Err(e.into()),
                 };
             }
-        };
-        let Some(event) = event else {
-            break;
-        };
-        let mut errors = store.apply(event).errors;
-        // Coalesce a burst of events into one rebuild.
-        while let Ok(event) = rx.try_recv() {
-            errors.extend(store.apply(event).errors);
+            Some((name, answer)) = answers.recv() => {
+                if let Err(e) = &answer {
+                    warn!(host = %name, error = %e, "cannot resolve an ExternalName Service's host");
+                }
+                if !names.answer(name, answer) {
+                    continue;
+                }
+            }
+            _ = refresh.tick() => {
+                ask(names.refresh());
+                continue;
+            }
         }
         if !store.is_synced(&KINDS) {
             continue;
         }
-        let built = build(&store, &class, &sinks.registry, &sinks.limits);
+        let built = build(&store, &class, &sinks.registry, &sinks.limits, &names);
+        ask(names.want(built.hosts));
         let mut problems: BTreeSet<String> = built.problems.into_iter().collect();
         problems.extend(errors.iter().map(ToString::to_string));
         for p in problems.difference(&reported) {
