@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// Close client connections idle for this long, in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
+    /// Close an ssl-passthrough connection when neither side has sent anything for this
+    /// long, in milliseconds (nginx's stream `proxy_timeout` default, 10 minutes).
+    #[arg(long, default_value_t = 600_000)]
+    pub passthrough_idle_timeout_ms: u64,
     /// Upstream connect timeout, in milliseconds.
     #[arg(long, default_value_t = 3_000)]
     pub connect_timeout_ms: u64,
@@ -153,6 +157,7 @@ impl RunArgs {
         config.options = ProxyOptions {
             header_read_timeout: Duration::from_millis(self.header_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            passthrough_idle_timeout: Duration::from_millis(self.passthrough_idle_timeout_ms),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             upstream_idle_timeout: Duration::from_millis(self.upstream_idle_timeout_ms),
             response_timeout: Duration::from_millis(self.upstream_timeout_ms),

@@ -558,7 +558,8 @@ impl Listener {
                 Err(_) => return debug!(%peer, "no ClientHello in time: closing"),
             };
             if let Some(target) = target {
-                // Relayed until either side closes; at shutdown, until the grace period
+                // Relayed until both sides close or neither sends anything for
+                // `--passthrough-idle-timeout-ms`; at shutdown, until the grace period
                 // ends (the relay cannot tell where requests end).
                 let proxy = &self.proxy;
                 let relay = passthrough::relay(
@@ -566,6 +567,7 @@ impl Listener {
                     &target,
                     &proxy.registry,
                     proxy.options.connect_timeout,
+                    proxy.options.passthrough_idle_timeout,
                 );
                 match relay.await {
                     Ok((up, down)) => {

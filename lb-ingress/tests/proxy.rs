@@ -355,19 +355,15 @@ async fn trusted_proxies_extend_the_forwarded_chain() {
     h.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_upgrade_is_tunnelled() {
+/// Opens a WebSocket through the proxy at `host` and checks the 101.
+async fn open_websocket(addr: std::net::SocketAddr, host: &str) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let up = Upstream::start("ws").await;
-    let m = seed_manifests(&up);
-    let h = start(server_config(&m)).await;
-    let mut s = tokio::net::TcpStream::connect(h.http_addr).await.unwrap();
-    s.write_all(
-        b"GET /chat HTTP/1.1\r\nHost: shop.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
@@ -377,20 +373,68 @@ async fn websocket_upgrade_is_tunnelled() {
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
-    // A masked text frame "hello" (RFC 6455 section 5.7), several times: the echo
-    // server returns the bytes as they are.
+    s
+}
+
+/// A masked text frame "hello" (RFC 6455 section 5.7) through the tunnel: the echo
+/// server returns the bytes as they are.
+async fn websocket_echo(s: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let frame = [
         0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
     ];
+    s.write_all(&frame).await.unwrap();
+    let mut back = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .expect("the echo in time")
+        .expect("the tunnel open");
+    assert_eq!(back, frame);
+}
+
+/// WebSockets are tunnelled, and a tunnel idle for the route's `proxy-read-timeout`
+/// is closed (nginx closes an upgraded connection idle for its proxy_read_timeout),
+/// while one in use stays open past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_tunnelled_until_idle() {
+    use tokio::io::AsyncReadExt as _;
+    let up = Upstream::start("ws").await;
+    let m = seed_manifests(&up);
+    m.write(
+        "short.yaml",
+        &annotated(
+            "short",
+            "short.example",
+            "frontend",
+            &[("nginx.ingress.kubernetes.io/proxy-read-timeout", "1")],
+        )
+        .replace("number: 80", "number: 3000"),
+    );
+    let h = start(server_config(&m)).await;
+    let mut s = open_websocket(h.http_addr, "shop.example.com").await;
     for _ in 0..3 {
-        s.write_all(&frame).await.unwrap();
-        let mut back = [0u8; 11];
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(back, frame);
+        websocket_echo(&mut s).await;
     }
+
+    // In use every 400 ms for 2.4 s: open past the 1 s timeout.
+    let mut busy = open_websocket(h.http_addr, "short.example").await;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        websocket_echo(&mut busy).await;
+    }
+    // Then idle: closed by the proxy after about a second.
+    let idle_from = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), busy.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "an idle tunnel is still open after 10 s");
+    let after = idle_from.elapsed();
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}, before the timeout"
+    );
+    assert!(rest.is_empty(), "{rest:?}");
+    // The default route's tunnel (60 s) is still open.
+    websocket_echo(&mut s).await;
     drop(s);
     h.shutdown().await;
 }
@@ -3956,6 +4000,7 @@ spec:
     );
     let mut cfg = server_config(&m);
     cfg.listen_tls = Some("127.0.0.1:0".parse().unwrap());
+    cfg.options.passthrough_idle_timeout = Duration::from_millis(800);
     let h = start(cfg).await;
     let https = h.https_addr.unwrap();
 
@@ -4024,5 +4069,28 @@ spec:
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"/split\""), "{answer}");
     assert_eq!(backend.hits(), 2);
+
+    // A relay with nothing sent either way for --passthrough-idle-timeout-ms is closed.
+    let mut idle = tls_connect(
+        https,
+        backend_pki.client_config(&[&rustls::version::TLS13]),
+        "pt.example.com",
+    )
+    .await
+    .unwrap();
+    let idle_from = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut idle, &mut rest),
+    )
+    .await;
+    assert!(read.is_ok(), "an idle relay is still open after 10 s");
+    let after = idle_from.elapsed();
+    assert!(
+        after >= Duration::from_millis(700),
+        "closed after {after:?}"
+    );
+    assert!(rest.is_empty());
     h.shutdown().await;
 }

@@ -93,6 +93,8 @@ pub struct ProxyOptions {
     /// A client connection with no request in flight for this long is closed
     /// gracefully (HTTP/2 gets a GOAWAY).
     pub idle_timeout: Duration,
+    /// An ssl-passthrough relay with nothing sent either way for this long is closed.
+    pub passthrough_idle_timeout: Duration,
     pub connect_timeout: Duration,
     /// Upstream connections (HTTP/1.1 in the pool, HTTP/2 shared) unused this long are
     /// closed.
@@ -126,6 +128,7 @@ impl Default for ProxyOptions {
         ProxyOptions {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_mins(1),
+            passthrough_idle_timeout: Duration::from_mins(10),
             connect_timeout: Duration::from_secs(3),
             upstream_idle_timeout: Duration::from_secs(90),
             response_timeout: Duration::from_mins(1),
@@ -799,7 +802,10 @@ impl Proxy {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            upgrade::tunnel(client_upgrade, upstream_upgrade);
+            let idle = (log.target.as_ref())
+                .and_then(|t| t.options.response_timeout)
+                .unwrap_or(self.options.response_timeout);
+            upgrade::tunnel(client_upgrade, upstream_upgrade, idle);
         }
         let (mut parts, body) = resp.into_parts();
         // From an HTTP/2 upstream: written to an HTTP/1 client as HTTP/1.1.

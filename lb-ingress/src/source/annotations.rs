@@ -11,7 +11,7 @@
 //! | `force-ssl-redirect` | bool | the same, whether or not the host has a certificate (TLS ended before this proxy) |
 //! | `proxy-body-size` | nginx size: `512`, `8k`, `10m`, `1g`; `0` unlimited | request body limit, 413 above it (default: `--max-body-bytes`) |
 //! | `proxy-connect-timeout` | seconds, or with a unit: `500ms`, `5s`, `1m` | upstream connect timeout (default: `--connect-timeout-ms`) |
-//! | `proxy-read-timeout` | as above | time the upstream has to send a response head once the request has gone, then 504 (default: `--upstream-timeout-ms`) |
+//! | `proxy-read-timeout` | as above | time the upstream has to send a response head once the request has gone, then 504 (default: `--upstream-timeout-ms`); also how long an upgraded tunnel may sit idle |
 //! | `proxy-send-timeout` | as above | longest stretch without progress while the request body goes upstream: the upstream not taking it 504, the client not sending it 408 (default: `--upstream-send-timeout-ms`) |
 //! | `allowlist-source-range` (or `whitelist-source-range`) | comma-separated CIDRs or addresses | other clients get 403 |
 //! | `denylist-source-range` | comma-separated CIDRs or addresses | these clients get 403 (even when the allowlist has them) |

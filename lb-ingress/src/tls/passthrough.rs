@@ -74,6 +74,7 @@ pub async fn relay(
     target: &Passthrough,
     registry: &EndpointRegistry,
     connect_timeout: Duration,
+    idle: Duration,
 ) -> io::Result<(u64, u64)> {
     let mut tried = Vec::new();
     for _ in 0..ATTEMPTS {
@@ -85,7 +86,7 @@ pub async fn relay(
         match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(mut upstream)) => {
                 let _ = upstream.set_nodelay(true);
-                let moved = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                let moved = crate::proxy::upgrade::join(&mut client, &mut upstream, idle).await;
                 drop(slot);
                 return moved;
             }
