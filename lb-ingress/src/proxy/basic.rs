@@ -332,6 +332,11 @@ impl BasicAuth {
     }
 }
 
+/// The user of a `Basic` `Authorization` value (nginx's `$remote_user`).
+pub fn user(value: &HeaderValue) -> Option<String> {
+    credentials(value.as_bytes()).map(|(user, _)| user)
+}
+
 /// User and password of a `Basic` `Authorization` value.
 fn credentials(value: &[u8]) -> Option<(String, Vec<u8>)> {
     let value = std::str::from_utf8(value).ok()?.trim();

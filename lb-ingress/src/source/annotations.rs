@@ -185,6 +185,8 @@ enum KeyPart {
     Args,
     /// `$remote_addr`, `$binary_remote_addr`: the client (through trusted proxies).
     RemoteAddr,
+    /// `$remote_user`: the user of a `Basic` `Authorization` header.
+    RemoteUser,
     /// `$host`: the request's host name, lowercase, without port.
     Host,
     /// `$http_NAME`: a request header (`_` read as `-`).
@@ -220,6 +222,7 @@ impl HashKey {
                     "uri" | "document_uri" => KeyPart::Uri,
                     "args" | "query_string" => KeyPart::Args,
                     "remote_addr" | "binary_remote_addr" => KeyPart::RemoteAddr,
+                    "remote_user" => KeyPart::RemoteUser,
                     "host" => KeyPart::Host,
                     n if n.starts_with("http_") && n.len() > 5 => {
                         header_name(&n[5..].replace('_', "-")).map(KeyPart::Header)?
@@ -231,7 +234,8 @@ impl HashKey {
                     n => {
                         return Err(format!(
                             "${n} is not a variable lb-ingress reads in a key (request_uri, \
-                             uri, args, remote_addr, host, http_NAME, cookie_NAME, arg_NAME)"
+                             uri, args, remote_addr, remote_user, host, http_NAME, cookie_NAME, \
+                             arg_NAME)"
                         ));
                     }
                 })
@@ -287,6 +291,12 @@ impl HashKey {
                 KeyPart::RemoteAddr => {
                     if let Some(ip) = input.client {
                         feed(ip.to_string().as_bytes());
+                    }
+                }
+                KeyPart::RemoteUser => {
+                    let authorization = input.headers.get(hyper::header::AUTHORIZATION);
+                    if let Some(user) = authorization.and_then(crate::proxy::basic::user) {
+                        feed(user.as_bytes());
                     }
                 }
                 KeyPart::Host => feed(input.host.as_bytes()),
@@ -1957,7 +1967,7 @@ mod tests {
         // A duration without a key, a key that does not parse: reported, no cache.
         for pairs in [
             &[url, ("auth-cache-duration", "200 30s")][..],
-            &[url, ("auth-cache-key", "$remote_user")],
+            &[url, ("auth-cache-key", "$request_body")],
         ] {
             let (o, problems) = parse_nginx(pairs);
             assert!(o.auth.unwrap().cache.is_none(), "{pairs:?}");
@@ -2149,6 +2159,11 @@ mod tests {
             "cookie",
             hyper::header::HeaderValue::from_static("s=1; sid=abc"),
         );
+        // bob:secret
+        headers.insert(
+            "authorization",
+            hyper::header::HeaderValue::from_static("Basic Ym9iOnNlY3JldA=="),
+        );
         let input = |client: Option<IpAddr>| KeyInput {
             uri: &uri,
             headers: &headers,
@@ -2171,6 +2186,7 @@ mod tests {
             ("$cookie_sid", "abc"),
             ("$arg_id", "7"),
             ("$arg_nope|$http_nope", "|"),
+            ("$remote_user:$uri", "bob:/cart"),
         ] {
             let key = HashKey::parse(template).unwrap();
             assert!(!key.needs_client());
@@ -2180,6 +2196,18 @@ mod tests {
         assert!(key.needs_client());
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(key.hash(&input(Some(ip))), fnv("192.0.2.1"));
+        // No Basic credentials: $remote_user is empty.
+        let mut bearer = headers.clone();
+        bearer.insert(
+            "authorization",
+            hyper::header::HeaderValue::from_static("Bearer Ym9iOnNlY3JldA=="),
+        );
+        let key = HashKey::parse("$remote_user$uri").unwrap();
+        let without = KeyInput {
+            headers: &bearer,
+            ..input(None)
+        };
+        assert_eq!(key.expand(&without), b"/cart");
         for bad in ["$server_name", "constant", "$http_", "${uri"] {
             assert!(HashKey::parse(bad).is_err(), "{bad}");
         }
