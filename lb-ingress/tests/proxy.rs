@@ -3350,6 +3350,99 @@ async fn verified_tls_upstreams() {
     h.shutdown().await;
 }
 
+/// `proxy-ssl-secret`'s `tls.crt` and `tls.key`: the client certificate shown to an
+/// upstream that asks for one (nginx's `proxy_ssl_certificate`), with or without
+/// `proxy-ssl-verify`. Without it such an upstream refuses the proxy (502); a Secret
+/// with half a pair, or a key that is not the certificate's, fails closed (503); a
+/// Secret with neither and no verification changes nothing (reported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_to_upstreams() {
+    let pki = Pki::new();
+    let (crt, key, _) = pki.leaf("mtls.default.svc");
+    let clients = Pki::new();
+    let (client_crt, client_key, _) = clients.leaf("ingress.example");
+    let (stranger_crt, stranger_key, _) = Pki::new().leaf("ingress.example");
+    let up = Upstream::start_mtls_pem("mtls", &crt, &key, Some(&clients.ca.pem())).await;
+    let nginx = "nginx.ingress.kubernetes.io";
+    let ing = |name: &str, extra: &[(&str, &str)]| {
+        let pairs: Vec<(String, &str)> = (extra.iter())
+            .map(|(k, v)| (format!("{nginx}/{k}"), *v))
+            .collect();
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        annotated(name, &format!("{name}.example"), "mtls", &pairs)
+    };
+    let m = Manifests::new();
+    m.write(
+        "ingress.yaml",
+        &[
+            ing("shown", &[("proxy-ssl-secret", "default/client")]),
+            ing(
+                "verified",
+                &[
+                    ("proxy-ssl-secret", "default/client-and-ca"),
+                    ("proxy-ssl-verify", "on"),
+                ],
+            ),
+            ing("stranger", &[("proxy-ssl-secret", "default/stranger")]),
+            ing("none", &[]),
+            ing("ca-only", &[("proxy-ssl-secret", "default/ca-only")]),
+            ing("half", &[("proxy-ssl-secret", "default/half")]),
+            ing("mismatched", &[("proxy-ssl-secret", "default/mismatched")]),
+        ]
+        .concat(),
+    );
+    let secret = |name: &str, keys: &[(&str, &str)]| {
+        format!("---\n{}", lb_tests::manifests::pem_secret_yaml(name, keys))
+    };
+    let ca = pki.ca.pem();
+    let mut svc = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: mtls, namespace: default}\nspec:\n  ports:\n  - {name: https, port: 80, targetPort: 8443, protocol: TCP, appProtocol: https}\n",
+    );
+    svc += &slice("default", "mtls", "mtls-0", "https", &[up.addr], true);
+    svc += &secret(
+        "client",
+        &[("tls.crt", &client_crt), ("tls.key", &client_key)],
+    );
+    svc += &secret(
+        "client-and-ca",
+        &[
+            ("ca.crt", &ca),
+            ("tls.crt", &client_crt),
+            ("tls.key", &client_key),
+        ],
+    );
+    svc += &secret(
+        "stranger",
+        &[("tls.crt", &stranger_crt), ("tls.key", &stranger_key)],
+    );
+    svc += &secret("ca-only", &[("ca.crt", &ca)]);
+    svc += &secret("half", &[("tls.crt", &client_crt)]);
+    svc += &secret(
+        "mismatched",
+        &[("tls.crt", &client_crt), ("tls.key", &stranger_key)],
+    );
+    m.write("svc.yaml", &svc);
+    let h = start(server_config(&m)).await;
+    let c = client();
+    for (host, want) in [
+        ("shown.example", StatusCode::OK),
+        ("verified.example", StatusCode::OK),
+        ("stranger.example", StatusCode::BAD_GATEWAY),
+        ("none.example", StatusCode::BAD_GATEWAY),
+        ("ca-only.example", StatusCode::BAD_GATEWAY),
+        ("half.example", StatusCode::SERVICE_UNAVAILABLE),
+        ("mismatched.example", StatusCode::SERVICE_UNAVAILABLE),
+        ("shown.example", StatusCode::OK),
+    ] {
+        let (status, _, body) = get(&c, h.http_addr, host, "/").await;
+        assert_eq!(status, want, "{host}: {body}");
+    }
+    assert_eq!(up.hits(), 3);
+    // half, mismatched (503), ca-only (changes nothing).
+    assert_eq!(config_problems(&h).await, Some(3));
+    h.shutdown().await;
+}
+
 /// `server-alias` (more hosts for an Ingress's rules), `service-upstream` (the ClusterIP
 /// instead of the endpoints), `x-forwarded-prefix` and `from-to-www-redirect`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,7 +55,7 @@ use super::{FAR_FUTURE, Proxy};
 use crate::metrics::ServiceLabel;
 use crate::source::Target;
 use crate::source::annotations::NextUpstream;
-use crate::tls::upstream::VerifiedUpstream;
+use crate::tls::upstream::UpstreamTls;
 
 /// Idle connections kept per endpoint and thread, at most; more are closed once done.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -331,7 +331,7 @@ struct Exchange<'a> {
     tls: bool,
     /// `proxy-ssl-verify`: the connectors and name to verify against (else the
     /// unverified ones, for the endpoint's address).
-    verified: Option<&'a VerifiedUpstream>,
+    verified: Option<&'a UpstreamTls>,
     connect: Duration,
     deadlines: Deadlines,
 }

@@ -40,7 +40,7 @@
 //! | `proxy-next-upstream` | nginx's tokens: `error`, `timeout`, `invalid_header`, `http_500`, `http_502`, `http_503`, `http_504`, `http_403`, `http_404`, `http_429`, `non_idempotent`, `off` | when a request goes on to another endpoint ([`NextUpstream`]; default: `error`) |
 //! | `proxy-next-upstream-tries` | number; `0` no limit | attempts per request, at most (default: `--max-retries` + 1) |
 //! | `enable-access-log` | bool | `false`: no access-log lines for these rules |
-//! | `proxy-ssl-verify: on` with `proxy-ssl-secret` (`namespace/name`, its `ca.crt`), `proxy-ssl-name`, `proxy-ssl-server-name` | | TLS upstreams verified against that CA for that name (default: `service.namespace.svc`), sent as SNI when `on` |
+//! | `proxy-ssl-secret` (`namespace/name`), `proxy-ssl-verify`, `proxy-ssl-name`, `proxy-ssl-server-name` | | TLS upstreams shown the Secret's `tls.crt`/`tls.key` when they ask for a client certificate; with `proxy-ssl-verify: on`, verified against its `ca.crt` for that name (default: `service.namespace.svc`), sent as SNI when `on` |
 //! | `server-alias` | host names, comma-separated | the Ingress's rules for its named hosts serve these hosts too |
 //! | `service-upstream` | bool | proxy to the Service's ClusterIP (the kernel balances) instead of its endpoints |
 //! | `proxy-redirect-from`, `proxy-redirect-to` | text | in upstream responses' `Location` and `Refresh` headers, a leading `from` is replaced by `to` (nginx's `proxy_redirect from to`) |
@@ -148,8 +148,9 @@ pub struct RouteOptions {
     pub ssl_passthrough: bool,
     /// `auth-tls-secret` and its companions: client certificates.
     pub client_cert: Option<ClientCertSpec>,
-    /// `proxy-ssl-verify: on`: verify TLS upstreams against a CA.
-    pub verify_upstream: Option<VerifyUpstream>,
+    /// `proxy-ssl-secret` and its companions: TLS upstreams verified against a CA, shown
+    /// a client certificate.
+    pub proxy_ssl: Option<ProxySsl>,
     /// `enable-cors`, with its settings.
     pub cors: Option<Cors>,
     /// `default-backend`: the Service (of the Ingress's namespace) that takes requests
@@ -546,11 +547,14 @@ fn origin_matches(allowed: &str, origin: &str) -> bool {
     }
 }
 
-/// `proxy-ssl-verify: on` and its companions.
+/// `proxy-ssl-secret` and its companions.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VerifyUpstream {
-    /// The Secret (`namespace`, `name`) whose `ca.crt` signs the upstreams' certificates.
+pub struct ProxySsl {
+    /// The Secret (`namespace`, `name`): its `ca.crt` signs the upstreams' certificates,
+    /// its `tls.crt` and `tls.key` (if any) are the client certificate shown to them.
     pub secret: (String, String),
+    /// `proxy-ssl-verify: on`: upstreams must show a certificate `ca.crt` signed.
+    pub verify: bool,
     /// `proxy-ssl-name`; None: the Service's name, `service.namespace.svc`.
     pub name: Option<String>,
     /// `proxy-ssl-server-name: on`: send the name as SNI.
@@ -836,7 +840,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     o.auth = external_auth(&mut s, &mut deny);
     o.basic_auth = basic_auth(&mut s, &mut deny);
     o.client_cert = client_certificates(&mut s, &mut deny);
-    o.verify_upstream = verify_upstream(&mut s, &mut deny);
+    o.proxy_ssl = proxy_ssl(&mut s, &mut deny);
     o.deny = deny;
     o.affinity = affinity(&mut s);
     (o.default_backend, o.custom_errors) = error_pages(&mut s);
@@ -970,9 +974,9 @@ fn redirect(s: &mut Settings<'_>) -> Option<(hyper::StatusCode, String)> {
     }
 }
 
-/// `proxy-ssl-verify: on` with `proxy-ssl-secret`, `proxy-ssl-name`,
-/// `proxy-ssl-server-name`. Verification asked for without a Secret fails closed.
-fn verify_upstream(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<VerifyUpstream> {
+/// `proxy-ssl-secret` with `proxy-ssl-verify`, `proxy-ssl-name`, `proxy-ssl-server-name`.
+/// Verification asked for without a Secret fails closed.
+fn proxy_ssl(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<ProxySsl> {
     let on_off = |v: &str| match v {
         "on" => Ok(true),
         "off" => Ok(false),
@@ -980,18 +984,14 @@ fn verify_upstream(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<Ve
     };
     let verify_key = s.by_name.get("proxy-ssl-verify").map(|(key, _)| *key);
     let verify = s.get("proxy-ssl-verify", IGNORED, on_off).unwrap_or(false);
-    if !verify {
+    let secret_given = s.by_name.contains_key("proxy-ssl-secret");
+    if !verify && !secret_given {
         s.drop_companions(
-            &[
-                "proxy-ssl-secret",
-                "proxy-ssl-name",
-                "proxy-ssl-server-name",
-            ],
-            "proxy-ssl-verify is not \"on\" (client certificates to upstreams are not supported)",
+            &["proxy-ssl-name", "proxy-ssl-server-name"],
+            "there is no proxy-ssl-secret",
         );
         return None;
     }
-    let secret_given = s.by_name.contains_key("proxy-ssl-secret");
     let secret = s.guard("proxy-ssl-secret", deny, |v| {
         v.split_once('/')
             .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
@@ -1016,7 +1016,12 @@ fn verify_upstream(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<Ve
         }
         return None;
     };
-    Some(VerifyUpstream { secret, name, sni })
+    Some(ProxySsl {
+        secret,
+        verify,
+        name,
+        sni,
+    })
 }
 
 /// `auth-url` and its companions.
@@ -2447,9 +2452,10 @@ mod tests {
         let (o, problems) = parse(Some(&a));
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
-            o.verify_upstream,
-            Some(VerifyUpstream {
+            o.proxy_ssl,
+            Some(ProxySsl {
                 secret: ("certs".into(), "upstream-ca".into()),
+                verify: true,
                 name: Some("api.internal".into()),
                 sni: true,
             })
@@ -2461,16 +2467,29 @@ mod tests {
                 pairs.push(("nginx.ingress.kubernetes.io/proxy-ssl-secret", s));
             }
             let (o, problems) = parse(Some(&annotations(&pairs)));
-            assert_eq!(o.verify_upstream, None);
+            assert_eq!(o.proxy_ssl, None);
             assert!(o.deny.is_some(), "{secret:?}");
             assert_eq!(problems.len(), 1, "{problems:?}");
         }
-        // Off: nothing to verify, the companions are named as ignored.
+        // A Secret without verification: its client certificate, nothing verified.
         let a = annotations(&[("nginx.ingress.kubernetes.io/proxy-ssl-secret", "a/b")]);
         let (o, problems) = parse(Some(&a));
-        assert_eq!((o.verify_upstream, o.deny), (None, None));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            o.proxy_ssl,
+            Some(ProxySsl {
+                secret: ("a".into(), "b".into()),
+                verify: false,
+                name: None,
+                sni: false,
+            })
+        );
+        // Neither: the companions are named as ignored.
+        let a = annotations(&[("nginx.ingress.kubernetes.io/proxy-ssl-name", "a.internal")]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!((o.proxy_ssl, o.deny), (None, None));
         assert!(
-            problems[0].contains("proxy-ssl-verify is not"),
+            problems[0].contains("there is no proxy-ssl-secret"),
             "{problems:?}"
         );
     }

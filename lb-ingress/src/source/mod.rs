@@ -26,7 +26,7 @@ use crate::routes::{
 };
 use crate::tls::client_auth::{ClientAuth, ClientCa};
 use crate::tls::passthrough::Passthrough;
-use crate::tls::upstream::{UpstreamCa, VerifiedUpstream};
+use crate::tls::upstream::{ClientIdentity, UpstreamCa, UpstreamTls};
 use crate::tls::{CertTable, certified_key};
 use annotations::{CanaryPolicy, RouteOptions};
 use endpoints::{SliceIndex, ready_addresses};
@@ -85,7 +85,7 @@ pub struct Target {
     /// `default-backend`: where requests go while `pool` is empty.
     pub fallback: Option<Arc<Target>>,
     /// `proxy-ssl-verify`: how a TLS upstream's certificate is checked (None: it is not).
-    pub verified: Option<Arc<VerifiedUpstream>>,
+    pub verified: Option<Arc<UpstreamTls>>,
     /// `from-to-www-redirect`: this rule only redirects, to this host.
     pub www_redirect: Option<String>,
     /// `rewrite-target`: the upstream path, from the rule path's captures.
@@ -164,7 +164,7 @@ struct Backends<'a> {
 struct Via {
     /// `backend-protocol`, over the port's `appProtocol`.
     protocol: Option<UpstreamProtocol>,
-    /// `proxy-ssl-verify`, by [`VerifiedUpstream::id`].
+    /// `proxy-ssl-verify`, by [`UpstreamTls::id`].
     verified: Option<u64>,
     /// `service-upstream`: the ClusterIP instead of the endpoints.
     cluster_ip: bool,
@@ -498,18 +498,28 @@ pub fn build(
         let concurrency = options
             .max_in_flight
             .map(|max| limits.concurrency(&rank.ingress(), max));
-        // proxy-ssl-verify: the CA, once per Ingress; without it the rules fail closed.
-        let ca = (options.verify_upstream.as_ref())
-            .map(|v| v.secret.clone())
-            .and_then(|(ns, name)| {
-                secret_data(store, &ns, &name, "ca.crt")
-                    .and_then(|pem| UpstreamCa::from_pem(&pem))
-                    .map_err(|e| {
-                        let why = format!("proxy-ssl-secret {ns}/{name}: {e}");
-                        deny_rules(&mut problems, &r, &mut options, why);
-                    })
-                    .ok()
-            });
+        // proxy-ssl-secret: the CA (with proxy-ssl-verify) and the client certificate,
+        // once per Ingress; a Secret that cannot give what is asked fails closed.
+        let upstream_tls = options.proxy_ssl.clone().and_then(|p| {
+            let (ns, name) = &p.secret;
+            match upstream_tls_material(store, &p) {
+                Ok((None, None)) => {
+                    problems.push(format!(
+                        "Ingress {}/{}: proxy-ssl-secret {ns}/{name} has no tls.crt and \
+                         tls.key to show upstreams and proxy-ssl-verify is not on: it changes \
+                         nothing",
+                        r.namespace, r.name
+                    ));
+                    Some((None, None))
+                }
+                Ok(material) => Some(material),
+                Err(e) => {
+                    let why = format!("proxy-ssl-secret {ns}/{name}: {e}");
+                    deny_rules(&mut problems, &r, &mut options, why);
+                    None
+                }
+            }
+        });
         // auth-type: basic: the htpasswd file, once per Ingress; without one the rules
         // fail closed.
         let basic_auth = options.basic_auth.clone().and_then(|spec| {
@@ -611,20 +621,22 @@ pub fn build(
             })
         });
         let options = Arc::new(options);
-        let mut verified_by_name: HashMap<String, Option<Arc<VerifiedUpstream>>> = HashMap::new();
+        let mut tls_by_name: HashMap<String, Option<Arc<UpstreamTls>>> = HashMap::new();
         let mut passed_through = false;
         // How this Ingress reaches a backend (of Ingress `owner`): its protocol, ClusterIP
-        // choice and verification, the name a verified endpoint's certificate must carry
-        // being proxy-ssl-name, else the Service's in-cluster name.
+        // choice and TLS settings, the name a verified endpoint's certificate must carry
+        // (and SNI, when sent) being proxy-ssl-name, else the Service's in-cluster name.
         let mut via_for = |owner: &ObjectRef, backend: &IngressBackend| {
-            let verified = match (&options.verify_upstream, &ca, &backend.service) {
-                (Some(v), Some(ca), Some(svc)) => {
-                    let name = (v.name.clone())
+            let verified = match (&options.proxy_ssl, &upstream_tls, &backend.service) {
+                (Some(p), Some((ca, identity)), Some(svc)) => {
+                    let name = (p.name.clone())
                         .unwrap_or_else(|| format!("{}.{}.svc", svc.name, owner.namespace));
-                    verified_by_name
+                    tls_by_name
                         .entry(name)
                         .or_insert_with_key(|name| {
-                            VerifiedUpstream::new(ca, name, v.sni).ok().map(Arc::new)
+                            UpstreamTls::new(ca.as_ref(), identity.as_ref(), name, p.sni)
+                                .ok()
+                                .map(Arc::new)
                         })
                         .clone()
                 }
@@ -827,6 +839,33 @@ fn secret_data(store: &Store, ns: &str, name: &str, key: &str) -> Result<Vec<u8>
         }
         _ => Err("not found".to_owned()),
     }
+}
+
+/// What `proxy-ssl-secret` gives: the CA to verify upstreams against (with
+/// `proxy-ssl-verify: on`, which needs `ca.crt`) and the client certificate (`tls.crt`
+/// and `tls.key`, both or neither), or why it cannot give what is asked of it. A Secret
+/// that gives neither (no `tls.crt`, no verification) changes nothing, as in nginx.
+fn upstream_tls_material(
+    store: &Store,
+    p: &annotations::ProxySsl,
+) -> Result<(Option<UpstreamCa>, Option<ClientIdentity>), String> {
+    let (ns, name) = &p.secret;
+    let Some(Object::Secret(secret)) = store.get(&ObjectRef::new(Kind::Secret, ns, name)) else {
+        return Err("not found".to_owned());
+    };
+    let field = |key| crate::tls::certs::secret_field(secret, key);
+    let ca = match (p.verify, field("ca.crt")) {
+        (true, Some(pem)) => Some(UpstreamCa::from_pem(&pem)?),
+        (true, None) => return Err("has no key ca.crt (proxy-ssl-verify: on)".to_owned()),
+        (false, _) => None,
+    };
+    let identity = match (field("tls.crt"), field("tls.key")) {
+        (Some(crt), Some(key)) => Some(ClientIdentity::from_pem(&crt, &key)?),
+        (Some(_), None) => return Err("has tls.crt but no tls.key".to_owned()),
+        (None, Some(_)) => return Err("has tls.key but no tls.crt".to_owned()),
+        (None, None) => None,
+    };
+    Ok((ca, identity))
 }
 
 /// Reports `why` against Ingress `r` and makes its rules answer 503 (fail closed).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio_rustls::TlsConnector;
 
@@ -62,22 +62,24 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// TLS to one Service's endpoints verified against a CA (`proxy-ssl-verify: on` with
-/// `proxy-ssl-secret`): the endpoint must show a certificate for `name` signed by it.
+/// TLS to one Service's endpoints under an Ingress's `proxy-ssl-*` settings: verified
+/// against a CA (`proxy-ssl-verify: on`: the endpoint must show a certificate for
+/// `name` signed by it) or not, with a client certificate (`proxy-ssl-secret`'s
+/// `tls.crt` and `tls.key`) or not, `name` sent as SNI or not.
 #[derive(Clone)]
-pub struct VerifiedUpstream {
+pub struct UpstreamTls {
     pub h1: TlsConnector,
     pub h2: TlsConnector,
     /// The name the certificate must carry (sent as SNI when asked).
     pub name: ServerName<'static>,
-    /// Identifies the CA, name and SNI choice, so that connections made under other
-    /// settings are never pooled with these.
+    /// Identifies the CA, client certificate, name and SNI choice, so that connections
+    /// made under other settings are never pooled with these.
     pub id: u64,
 }
 
-impl std::fmt::Debug for VerifiedUpstream {
+impl std::fmt::Debug for UpstreamTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifiedUpstream")
+        f.debug_struct("UpstreamTls")
             .field("name", &self.name)
             .finish_non_exhaustive()
     }
@@ -108,29 +110,81 @@ impl UpstreamCa {
     }
 }
 
-impl VerifiedUpstream {
-    /// Verified against `ca` for `name`, sent as SNI when `sni`.
-    pub fn new(ca: &UpstreamCa, name: &str, sni: bool) -> Result<VerifiedUpstream, String> {
+/// The certificate chain and key the proxy shows upstreams that ask for a client
+/// certificate (nginx's `proxy_ssl_certificate` / `proxy_ssl_certificate_key`).
+#[derive(Debug)]
+pub struct ClientIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// `tls.crt`, to tell identities apart (the key goes with it).
+    pem: Vec<u8>,
+}
+
+impl ClientIdentity {
+    /// From a Secret's `tls.crt` (the chain, leaf first) and `tls.key`; refused when
+    /// either does not parse or the key is not the certificate's.
+    pub fn from_pem(crt: &[u8], key: &[u8]) -> Result<ClientIdentity, String> {
+        use rustls::pki_types::pem::PemObject as _;
+        let chain = CertificateDer::pem_slice_iter(crt)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("tls.crt: {e}"))?;
+        if chain.is_empty() {
+            return Err("tls.crt holds no certificate".into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("tls.key: {e}"))?;
+        let provider = rustls::crypto::ring::default_provider();
+        let signing = (provider.key_provider.load_private_key(key.clone_key()))
+            .map_err(|e| format!("tls.key: {e}"))?;
+        rustls::sign::CertifiedKey::new(chain.clone(), signing)
+            .keys_match()
+            .map_err(|e| format!("tls.key is not the key of tls.crt: {e}"))?;
+        Ok(ClientIdentity {
+            chain,
+            key,
+            pem: crt.to_vec(),
+        })
+    }
+}
+
+impl UpstreamTls {
+    /// Verified against `ca` for `name` when there is one (else any certificate, its
+    /// handshake signatures checked), showing `identity` when asked for a client
+    /// certificate, `name` sent as SNI when `sni`.
+    pub fn new(
+        ca: Option<&UpstreamCa>,
+        identity: Option<&ClientIdentity>,
+        name: &str,
+        sni: bool,
+    ) -> Result<UpstreamTls, String> {
         use std::hash::{Hash as _, Hasher as _};
         let server_name = ServerName::try_from(name.to_owned())
             .map_err(|_| format!("{name:?} is not a server name"))?;
-        let roots = &ca.roots;
         let make = |alpn: &[u8]| {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut config = ClientConfig::builder_with_provider(provider)
+            let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
                 .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .expect("ring supports TLS 1.2 and 1.3")
-                .with_root_certificates(Arc::clone(roots))
-                .with_no_client_auth();
+                .expect("ring supports TLS 1.2 and 1.3");
+            let builder = match ca {
+                Some(ca) => builder.with_root_certificates(Arc::clone(&ca.roots)),
+                None => builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))),
+            };
+            let mut config = match identity {
+                Some(id) => builder
+                    .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+                    .map_err(|e| format!("tls.crt and tls.key: {e}"))?,
+                None => builder.with_no_client_auth(),
+            };
             config.alpn_protocols = vec![alpn.to_vec()];
             config.enable_sni = sni;
-            TlsConnector::from(Arc::new(config))
+            Ok::<_, String>(TlsConnector::from(Arc::new(config)))
         };
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&*ca.pem, name, sni).hash(&mut h);
-        Ok(VerifiedUpstream {
-            h1: make(b"http/1.1"),
-            h2: make(b"h2"),
+        (ca.map(|ca| &*ca.pem), identity.map(|i| &i.pem), name, sni).hash(&mut h);
+        Ok(UpstreamTls {
+            h1: make(b"http/1.1")?,
+            h2: make(b"h2")?,
             name: server_name,
             id: h.finish(),
         })

@@ -51,32 +51,58 @@ impl Upstream {
     pub async fn start_tls(name: &str) -> Upstream {
         let cert = rcgen::generate_simple_self_signed(vec!["pod.invalid".to_owned()]).unwrap();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-        Upstream::start_tls_with(name, vec![cert.cert.der().clone()], key).await
+        Upstream::start_tls_with(name, vec![cert.cert.der().clone()], key, None).await
     }
 
     /// Behind TLS with the given certificate chain and key (PEM).
     pub async fn start_tls_pem(name: &str, cert_pem: &str, key_pem: &str) -> Upstream {
+        Upstream::start_mtls_pem(name, cert_pem, key_pem, None).await
+    }
+
+    /// Behind TLS with the given certificate chain and key (PEM), refusing clients
+    /// without a certificate signed by `client_ca` (PEM) when there is one.
+    pub async fn start_mtls_pem(
+        name: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        client_ca: Option<&str>,
+    ) -> Upstream {
         use rustls::pki_types::pem::PemObject as _;
         let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
         let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-        Upstream::start_tls_with(name, chain, key).await
+        Upstream::start_tls_with(name, chain, key, client_ca).await
     }
 
     async fn start_tls_with(
         name: &str,
         chain: Vec<rustls::pki_types::CertificateDer<'static>>,
         key: rustls::pki_types::PrivateKeyDer<'static>,
+        client_ca: Option<&str>,
     ) -> Upstream {
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
+        use rustls::pki_types::pem::PemObject as _;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    roots.add(cert.unwrap()).unwrap();
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_single_cert(chain, key).unwrap();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Upstream::serve(
             name,
