@@ -28,12 +28,14 @@
 //!
 //! [`RetryBudget`]: super::retry::RetryBudget
 use std::net::SocketAddr;
+use std::ops::DerefMut;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::header::HeaderMap;
@@ -571,12 +573,12 @@ impl UpstreamClient {
                 }
             };
             let sent = within(
-                timer.as_mut(),
                 tx.try_send_request(req),
-                &body,
+                timer.as_mut(),
+                body.clone(),
                 how.deadlines,
             );
-            match sent.await? {
+            match sent.await.0? {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => {
@@ -623,7 +625,7 @@ impl UpstreamClient {
         how: Exchange<'_>,
     ) -> Result<(Response<Incoming>, Option<PooledConn>), Failure> {
         let conn = self.checkout(endpoint, now, &how).await?;
-        match self.attempt(endpoint, conn, build(), how.deadlines).await? {
+        match Self::attempt(endpoint, conn, build(), how.deadlines).await? {
             Attempt::Done(resp, conn) => Ok((resp, Some(conn))),
             // A rare path, boxed to keep the common future small.
             Attempt::Unsent(req) => Box::pin(self.resend(endpoint, req, now, how))
@@ -642,7 +644,7 @@ impl UpstreamClient {
     ) -> Result<(Response<Incoming>, PooledConn), Failure> {
         loop {
             let conn = self.checkout(endpoint, now, &how).await?;
-            match self.attempt(endpoint, conn, req, how.deadlines).await? {
+            match Self::attempt(endpoint, conn, req, how.deadlines).await? {
                 Attempt::Done(resp, conn) => return Ok((resp, conn)),
                 Attempt::Unsent(unsent) => req = unsent,
             }
@@ -651,21 +653,27 @@ impl UpstreamClient {
 
     /// One send of `req` on a checked-out connection, waiting for the response head
     /// within `deadlines`.
-    async fn attempt(
-        &self,
+    ///
+    /// Not an `async fn`: the request goes into the connection's queue here, and the
+    /// future returned holds only the wait and what follows it (an `async fn` would keep
+    /// room for the request and its own copy of every argument, and every request's
+    /// future carries this one).
+    fn attempt(
         endpoint: &Arc<Endpoint>,
-        (mut tx, mut timer, reused): (Sender, Timer, bool),
+        (mut tx, timer, reused): (Sender, Timer, bool),
         req: Request<RequestBody>,
         deadlines: Deadlines,
-    ) -> Result<Attempt, Failure> {
+    ) -> impl Future<Output = Result<Attempt, Failure>> + use<> {
         let body = req.body().clone();
-        match within(timer.as_mut(), tx.try_send_request(req), &body, deadlines).await? {
+        let endpoint = Arc::clone(endpoint);
+        let response = tx.try_send_request(req);
+        within(response, timer, body, deadlines).map(move |(answer, timer)| match answer? {
             Ok(resp) => Ok(Attempt::Done(
                 resp,
                 PooledConn {
                     tx,
                     timer,
-                    endpoint: Arc::clone(endpoint),
+                    endpoint,
                     shard: shard(),
                 },
             )),
@@ -677,7 +685,7 @@ impl UpstreamClient {
                 }
                 _ => Err(Failure::Upstream(e.into_error().into())),
             },
-        }
+        })
     }
 }
 
@@ -702,29 +710,58 @@ enum Attempt {
 }
 
 /// `fut` (the wait for a response head), or the deadline of `deadlines` it missed, the
-/// timer moved on as `body` makes progress.
-async fn within<F: Future>(
-    mut timer: Pin<&mut tokio::time::Sleep>,
+/// timer moved on as `body` makes progress. The timer is given back with the outcome.
+fn within<F: Future, P: DerefMut<Target = tokio::time::Sleep>>(
     fut: F,
-    body: &RequestBody,
+    mut timer: Pin<P>,
+    body: RequestBody,
     deadlines: Deadlines,
-) -> Result<F::Output, Failure> {
-    let mut fut = std::pin::pin!(fut);
-    timer.as_mut().reset(deadlines.next(body).0.into());
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Ok(v));
-        }
-        while timer.as_mut().poll(cx).is_ready() {
-            let (next, missed) = deadlines.next(body);
-            if next <= Instant::now() {
-                return Poll::Ready(Err(Failure::Timeout(missed)));
+) -> Within<F, P> {
+    timer.as_mut().reset(deadlines.next(&body).0.into());
+    Within {
+        fut,
+        timer: Some(timer),
+        body,
+        deadlines,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`within`]: a future of its own rather than an `async fn`, so that `fut` is
+    /// stored once.
+    struct Within<F, P> {
+        #[pin]
+        fut: F,
+        timer: Option<Pin<P>>,
+        body: RequestBody,
+        deadlines: Deadlines,
+    }
+}
+
+impl<F: Future, P: DerefMut<Target = tokio::time::Sleep>> Future for Within<F, P> {
+    type Output = (Result<F::Output, Failure>, Pin<P>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let outcome = match this.fut.poll(cx) {
+            Poll::Ready(v) => Ok(v),
+            Poll::Pending => {
+                let timer = this.timer.as_mut().expect("Within polled after completion");
+                loop {
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let (next, missed) = this.deadlines.next(this.body);
+                    if next <= Instant::now() {
+                        break Err(Failure::Timeout(missed));
+                    }
+                    timer.as_mut().reset(next.into());
+                }
             }
-            timer.as_mut().reset(next.into());
-        }
-        Poll::Pending
-    })
-    .await
+        };
+        let timer = this.timer.take().expect("Within polled after completion");
+        Poll::Ready((outcome, timer))
+    }
 }
 
 /// Closes idle connections that have outlived the client's idle timeout, on every
