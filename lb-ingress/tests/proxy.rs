@@ -3005,6 +3005,118 @@ async fn auth_service(
     (addr, seen)
 }
 
+/// `satisfy: any` (nginx's): the source ranges, basic auth and `auth-url` each suffice.
+/// An address the allowlist admits is asked for nothing (and a client's own
+/// `X-Auth-Request-User` still never passes); another is served with good basic
+/// credentials or when the auth service lets it through; refused by all, 401 (with the
+/// basic challenge) wins over the auth service's 403. `satisfy: all` (the default) asks
+/// an admitted address for credentials too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn satisfy_any_lets_one_check_suffice() {
+    let up = Upstream::start("up").await;
+    let (auth, seen_by_auth) = auth_service(false).await;
+    let m = Manifests::new();
+    let n = |key: &str| format!("nginx.ingress.kubernetes.io/{key}");
+    let auth_url = format!("http://{auth}/check");
+    let basic = [(n("auth-type"), "basic"), (n("auth-secret"), "basic-auth")];
+    let ing = |name: &str, extra: &[(String, &str)]| {
+        let pairs: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        annotated(name, &format!("{name}.example"), "up", &pairs)
+    };
+    let here = (n("allowlist-source-range"), "127.0.0.0/8");
+    let elsewhere = (n("allowlist-source-range"), "10.0.0.0/8");
+    let any = (n("satisfy"), "any");
+    let url = (n("auth-url"), auth_url.as_str());
+    let user_header = (n("auth-response-headers"), "X-Auth-Request-User");
+    m.write(
+        "ingress.yaml",
+        &[
+            ing(
+                "admitted",
+                &[here.clone(), any.clone(), url.clone(), user_header.clone()],
+            ),
+            ing(
+                "strict",
+                &[here.clone(), basic[0].clone(), basic[1].clone()],
+            ),
+            ing(
+                "outsider",
+                &[
+                    elsewhere.clone(),
+                    any.clone(),
+                    basic[0].clone(),
+                    basic[1].clone(),
+                    url.clone(),
+                ],
+            ),
+            ing("external", &[elsewhere.clone(), any.clone(), url.clone()]),
+        ]
+        .concat(),
+    );
+    m.write(
+        "secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: basic-auth, namespace: default}\ntype: Opaque\nstringData:\n  auth: |\n    apr:$apr1$Zx8PqL2a$76aYfI91l4FjYZ.6m3AFl0\n",
+    );
+    m.write(
+        "svc.yaml",
+        &service("default", "up", 80, "http", "80", &[&up]),
+    );
+    let h = start(server_config(&m)).await;
+    let cl = client();
+    let send = |host: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let cl = cl.clone();
+        async move { request(&cl, h.http_addr, "GET", host, "/", headers, None).await }
+    };
+    let asked = || seen_by_auth.lock().unwrap().len();
+
+    // Admitted by address: nothing asked, and the client's own auth header is dropped.
+    let r = send("admitted.example", &[("x-auth-request-user", "mallory")]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let seen = seen(&r.body);
+    assert!(
+        seen["headers"].get("x-auth-request-user").is_none(),
+        "{seen}"
+    );
+    assert_eq!(asked(), 0);
+    // satisfy all: the same address still needs credentials.
+    assert_eq!(
+        send("strict.example", &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let good_basic: &[(&str, &str)] = &[("authorization", "Basic YXByOmFwci1zZWNyZXQ=")];
+    assert_eq!(
+        send("strict.example", good_basic).await.status,
+        StatusCode::OK
+    );
+
+    // Not admitted by address: good basic credentials suffice (the service is not asked),
+    // so does the auth service's yes; refused by both, the basic challenge wins.
+    assert_eq!(
+        send("outsider.example", good_basic).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(asked(), 0);
+    let r = send("outsider.example", &[("authorization", "Bearer good")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(asked(), 1);
+    let r = send("outsider.example", &[("authorization", "Bearer banned")]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Basic")),
+        "{:?}",
+        r.header("www-authenticate")
+    );
+    // Without basic auth the service's own answer stands: 403, or through.
+    let r = send("external.example", &[("authorization", "Bearer banned")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = send("external.example", &[("authorization", "Bearer good")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(up.hits(), 5);
+    assert_eq!(config_problems(&h).await, Some(0));
+    h.shutdown().await;
+}
+
 /// `auth-url` (ingress-nginx's external auth, as used with oauth2-proxy): the request
 /// head goes to the auth service first; 2xx lets it through with the named auth
 /// response headers, 401 comes back (or redirects to `auth-signin` with `rd=`), 403

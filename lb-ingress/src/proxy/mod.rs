@@ -67,7 +67,7 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Version};
 
 use crate::metrics::Metrics;
-use crate::source::Config;
+use crate::source::{Config, Target};
 use crate::tls::CertResolver;
 use crate::tls::client_auth::{self, ClientCert, Refusal};
 use balance::EndpointRegistry;
@@ -433,11 +433,23 @@ impl Proxy {
             log.target = Some(target);
             return Err(ProxyError::Misconfigured { reason });
         }
+        // `satisfy: any`: an address the source ranges admit needs no credentials, and
+        // one they refuse may still bring them.
+        let any_auth = target.basic_auth.is_some() || options.auth.is_some();
+        let mut access = if options.satisfy_any && any_auth {
+            Access::Any
+        } else {
+            Access::All
+        };
         if options.filters_sources() || target.limiter.is_some() || target.concurrency.is_some() {
             let client = client_of(req.headers());
-            if !options.allows(client) {
-                log.target = Some(target);
-                return Err(ProxyError::SourceNotAllowed(client));
+            match (options.allows(client), access) {
+                (true, Access::Any) if options.filters_sources() => access = Access::Granted,
+                (true, _) | (false, Access::Any) => {}
+                (false, _) => {
+                    log.target = Some(target);
+                    return Err(ProxyError::SourceNotAllowed(client));
+                }
             }
             if let Some(limiter) = &target.limiter
                 && !options.rate_exempt(client)
@@ -693,6 +705,7 @@ impl Proxy {
             auth,
             original_uri,
             https,
+            access,
         }))
     }
 
@@ -711,51 +724,13 @@ impl Proxy {
             auth,
             original_uri,
             https,
+            access,
         } = outgoing;
-        // auth-type: basic, then auth-url: both must let the request through (nginx's
-        // `satisfy all`).
-        let basic = (log.target.as_ref())
-            .and_then(|t| t.basic_auth.as_ref())
-            .map(Arc::clone);
-        if let Some(basic) = basic
-            && !basic.check(head.headers.get(header::AUTHORIZATION)).await
+        let target = log.target.as_ref().expect("routed before forwarding");
+        if (target.basic_auth.is_some() || auth.is_some())
+            && let Some(refused) = self.authorize(access, &mut head, auth, target).await?
         {
-            let mut resp = local_head(StatusCode::UNAUTHORIZED);
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, basic.challenge());
-            return Ok(Forwarded::Local(resp));
-        }
-        if let Some(original) = auth {
-            let target = Arc::clone(log.target.as_ref().expect("routed before forwarding"));
-            let config = target
-                .options
-                .auth
-                .as_ref()
-                .expect("auth set for this route");
-            let timeout =
-                (target.options.response_timeout).unwrap_or(self.options.response_timeout);
-            let verdict = auth::check(
-                &self.auth_client,
-                &self.auth_cache,
-                config,
-                &original,
-                &head.headers,
-                timeout,
-            );
-            match verdict.await? {
-                auth::Verdict::Allow(headers) => {
-                    // Only the auth service speaks for these names: a client's own
-                    // `X-Auth-Request-User` never reaches the upstream (nginx's
-                    // `proxy_set_header` from `auth_request_set` does the same).
-                    for name in &config.response_headers {
-                        head.headers.remove(name);
-                    }
-                    for (name, value) in headers {
-                        head.headers.append(name, value);
-                    }
-                }
-                auth::Verdict::Deny(resp) => return Ok(Forwarded::Local(resp)),
-            }
+            return Ok(Forwarded::Local(refused));
         }
         // custom-http-errors: what the error page request needs of this one, taken now
         // (the request's headers go into the upstream request).
@@ -849,6 +824,68 @@ impl Proxy {
             other => other,
         };
         Ok(Forwarded::Response(parts, body, pooled))
+    }
+
+    /// The auth checks: `auth-type: basic`, then `auth-url`, combined as `satisfy` says
+    /// (by default both must let the request through). The answer to send instead of
+    /// forwarding, when the request is refused.
+    async fn authorize(
+        &self,
+        access: Access,
+        head: &mut upstream::Head,
+        original: Option<Box<auth::Original>>,
+        target: &Target,
+    ) -> Result<Option<Response<()>>, ProxyError> {
+        let config = target.options.auth.as_ref();
+        // Only the auth service speaks for these names: a client's own
+        // `X-Auth-Request-User` never reaches the upstream, whether or not the service is
+        // asked (nginx's `proxy_set_header` from `auth_request_set` does the same).
+        for name in config.iter().flat_map(|c| &c.response_headers) {
+            head.headers.remove(name);
+        }
+        if access == Access::Granted {
+            return Ok(None);
+        }
+        let any = access == Access::Any;
+        // Refused by every check: an answer that asks for credentials (401) wins, as in
+        // nginx.
+        let mut challenge = None;
+        if let Some(basic) = &target.basic_auth {
+            if basic.check(head.headers.get(header::AUTHORIZATION)).await {
+                if any {
+                    return Ok(None);
+                }
+            } else {
+                let mut resp = local_head(StatusCode::UNAUTHORIZED);
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, basic.challenge());
+                if !any || original.is_none() {
+                    return Ok(Some(resp));
+                }
+                challenge = Some(resp);
+            }
+        }
+        let (Some(original), Some(config)) = (original, config) else {
+            return Ok(None);
+        };
+        let timeout = (target.options.response_timeout).unwrap_or(self.options.response_timeout);
+        let verdict = auth::check(
+            &self.auth_client,
+            &self.auth_cache,
+            config,
+            &original,
+            &head.headers,
+            timeout,
+        );
+        match verdict.await? {
+            auth::Verdict::Allow(headers) => {
+                for (name, value) in headers {
+                    head.headers.append(name, value);
+                }
+                Ok(None)
+            }
+            auth::Verdict::Deny(resp) => Ok(Some(challenge.unwrap_or(resp))),
+        }
     }
 
     /// The default backend's answer in place of an upstream answer with `code`
@@ -1145,6 +1182,21 @@ struct Outgoing {
     original_uri: Option<Box<PathAndQuery>>,
     /// The client spoke https (to us, or to a trusted proxy before us).
     https: bool,
+    /// What the auth checks must find (`satisfy`).
+    access: Access,
+}
+
+/// How the access checks combine (`satisfy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// `satisfy: all` (the default): every check the route has must let the request
+    /// through.
+    All,
+    /// `satisfy: any`, and the source ranges admitted the client: no credentials asked.
+    Granted,
+    /// `satisfy: any`, not admitted by address (refused, or the route has no ranges):
+    /// one auth check must let it through.
+    Any,
 }
 
 /// The response to the client, with the request's log record.

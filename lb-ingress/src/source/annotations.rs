@@ -15,6 +15,7 @@
 //! | `proxy-send-timeout` | as above | longest stretch without progress while the request body goes upstream: the upstream not taking it 504, the client not sending it 408 (default: `--upstream-send-timeout-ms`) |
 //! | `allowlist-source-range` (or `whitelist-source-range`) | comma-separated CIDRs or addresses | other clients get 403 |
 //! | `denylist-source-range` | comma-separated CIDRs or addresses | these clients get 403 (even when the allowlist has them) |
+//! | `satisfy` | `all`, `any` | `any`: the source ranges, `auth-type: basic` and `auth-url` each suffice (nginx's `satisfy any`): an admitted address is asked for no credentials, and another is served if either auth check lets it through; refused by all, it gets 401 if a check asked for credentials, else 403 (default: `all`, every one of them must let the request through) |
 //! | `backend-protocol` | `HTTP`, `AUTO_HTTP`, `HTTPS`, `GRPC`, `GRPCS`, `H2C` | HTTP/1.1 or HTTP/2 with prior knowledge, over TLS for `HTTPS` and `GRPCS` (default: the Service port's `appProtocol`) |
 //! | `app-root` | a path | a request for `/` gets 302 to it |
 //! | `affinity` | `cookie` | session affinity: a client that carries the cookie goes back to the endpoint that served it, while that endpoint is ready and not ejected; otherwise it gets a new one and a new cookie |
@@ -119,6 +120,8 @@ pub struct RouteOptions {
     pub server_alias: Vec<String>,
     /// `service-upstream`: the ClusterIP instead of the endpoints.
     pub service_upstream: bool,
+    /// `satisfy: any`: the source ranges, basic auth and external auth each suffice.
+    pub satisfy_any: bool,
     /// `proxy-redirect-from` / `proxy-redirect-to`: a prefix of upstream redirects and
     /// what replaces it.
     pub redirect_rewrite: Option<(String, String)>,
@@ -816,6 +819,13 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
             })
             .unwrap_or_default(),
         service_upstream: s.get("service-upstream", IGNORED, boolean).unwrap_or(false),
+        satisfy_any: s
+            .get("satisfy", "`all` applies", |v| match v {
+                "any" => Ok(true),
+                "all" => Ok(false),
+                other => Err(format!("{other:?} is not all or any")),
+            })
+            .unwrap_or(false),
         www_redirect: s
             .get("from-to-www-redirect", IGNORED, boolean)
             .unwrap_or(false),
@@ -2436,6 +2446,20 @@ mod tests {
             ingresses += 1;
         }
         assert_eq!(ingresses, 5);
+    }
+
+    #[test]
+    fn satisfy_is_all_unless_any() {
+        let key = "nginx.ingress.kubernetes.io/satisfy";
+        let (o, problems) = parse(Some(&annotations(&[(key, "any")])));
+        assert!(o.satisfy_any && problems.is_empty(), "{problems:?}");
+        let (o, problems) = parse(Some(&annotations(&[(key, "all")])));
+        assert!(!o.satisfy_any && problems.is_empty(), "{problems:?}");
+        // Anything else is reported and the stricter `all` applies.
+        let (o, problems) = parse(Some(&annotations(&[(key, "either")])));
+        assert!(!o.satisfy_any);
+        assert!(problems[0].contains("`all` applies"), "{problems:?}");
+        assert_eq!(o.deny, None);
     }
 
     #[test]
