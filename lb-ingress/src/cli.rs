@@ -59,6 +59,9 @@ pub struct RunArgs {
     /// the IngressClass of this name is marked default).
     #[arg(long, default_value = "lb")]
     pub ingress_class: String,
+    /// Also serve the Ingresses of every IngressClass whose spec.controller is this.
+    #[arg(long, default_value = crate::source::class::CONTROLLER)]
+    pub controller_name: String,
     /// Prometheus metrics (only /metrics is served here). Port 0 picks a free port.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -143,6 +146,7 @@ impl RunArgs {
         config.listen_tls = self.listen_tls;
         config.metrics_addr = self.metrics_addr;
         config.ingress_class.clone_from(&self.ingress_class);
+        config.controller.clone_from(&self.controller_name);
         config.shutdown_grace = Duration::from_secs(self.shutdown_grace_s);
         config.status = StatusConfig {
             addresses: self

@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub listen_tls: Option<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
     pub ingress_class: String,
+    /// The IngressClass `spec.controller` value served (every class naming it is ours).
+    pub controller: String,
     pub options: ProxyOptions,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
@@ -75,6 +77,7 @@ impl ServerConfig {
             listen_tls: None,
             metrics_addr: None,
             ingress_class: "lb".into(),
+            controller: crate::source::class::CONTROLLER.into(),
             options: ProxyOptions::default(),
             shutdown_grace: Duration::from_secs(30),
             status: crate::status::StatusConfig::default(),
@@ -130,14 +133,13 @@ impl Server {
         };
 
         let (generation_tx, generation) = watch::channel(0u64);
+        let class = crate::source::class::ClassId {
+            name: config.ingress_class.clone(),
+            controller: config.controller.clone(),
+        };
         let source = tokio::spawn(run_source(
-            crate::status::source(
-                config.source,
-                &config.ingress_class,
-                config.status,
-                status_metrics,
-            ),
-            config.ingress_class.clone(),
+            crate::status::source(config.source, &class, config.status, status_metrics),
+            class,
             Sinks {
                 config: Arc::clone(&routes),
                 certs: Arc::clone(&certs),

@@ -223,19 +223,23 @@ pub struct Stale {
 }
 
 /// The Ingresses of `class` in `store` whose `status.loadBalancer.ingress` is not `want`.
-pub fn stale(store: &Store, class: &str, want: &[IngressLoadBalancerIngress]) -> Vec<Stale> {
+pub fn stale(
+    store: &Store,
+    class: &class::ClassId,
+    want: &[IngressLoadBalancerIngress],
+) -> Vec<Stale> {
     let classes = store.of_kind(Kind::IngressClass).filter_map(|o| match o {
         Object::IngressClass(c) => Some(&**c),
         _ => None,
     });
-    let default = class::class_is_default(classes, class);
+    let ours = class::Ours::new(classes, class);
     store
         .of_kind(Kind::Ingress)
         .filter_map(|o| match o {
             Object::Ingress(i) => Some((o, i)),
             _ => None,
         })
-        .filter(|(_, i)| class::selects(i, class, default))
+        .filter(|(_, i)| ours.selects(i))
         .filter(|(_, i)| current(i) != want)
         .map(|(o, i)| {
             let r = o.object_ref();
@@ -265,7 +269,7 @@ fn current(ingress: &Ingress) -> Vec<IngressLoadBalancerIngress> {
 /// as it is (with `--manifests`, after logging that no status is written).
 pub fn source(
     source: SourceConfig,
-    class: &str,
+    class: &class::ClassId,
     config: StatusConfig,
     metrics: StatusMetrics,
 ) -> Box<dyn Source> {
@@ -283,7 +287,7 @@ pub fn source(
         SourceConfig::Kube { ref kubeconfig, .. } => Box::new(StatusSource {
             kubeconfig: kubeconfig.clone(),
             inner: source.into_source(),
-            class: class.to_owned(),
+            class: class.clone(),
             config,
             metrics,
         }),
@@ -294,7 +298,7 @@ pub fn source(
 struct StatusSource {
     kubeconfig: Option<std::path::PathBuf>,
     inner: Box<dyn Source>,
-    class: String,
+    class: class::ClassId,
     config: StatusConfig,
     metrics: StatusMetrics,
 }
@@ -377,7 +381,7 @@ const STATUS_KINDS: [Kind; 3] = [Kind::Ingress, Kind::IngressClass, Kind::Servic
 async fn tee(
     mut rx: mpsc::Receiver<Event>,
     tx: mpsc::Sender<Event>,
-    class: &str,
+    class: &class::ClassId,
     config: &StatusConfig,
     plan: watch::Sender<Arc<Plan>>,
 ) {
@@ -604,6 +608,13 @@ mod tests {
         );
     }
 
+    fn lb() -> class::ClassId {
+        class::ClassId {
+            name: "lb".into(),
+            controller: class::CONTROLLER.into(),
+        }
+    }
+
     #[test]
     fn only_ingresses_of_our_class_that_differ_are_stale() {
         let ing = |name: &str, class: &str, status: Value| {
@@ -634,13 +645,13 @@ mod tests {
         }
         let want = entries(json!([{"ip": "192.0.2.1"}, {"hostname": "h.example"}]));
         let want = normalized(want);
-        let names: Vec<String> = stale(&store, "lb", &want)
+        let names: Vec<String> = stale(&store, &lb(), &want)
             .into_iter()
             .map(|s| s.name)
             .collect();
         assert_eq!(names, ["new", "old"]);
         // Nothing to publish: only Ingresses that show something are stale.
-        let names: Vec<String> = stale(&store, "lb", &[])
+        let names: Vec<String> = stale(&store, &lb(), &[])
             .into_iter()
             .map(|s| s.name)
             .collect();

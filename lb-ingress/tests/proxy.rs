@@ -1280,6 +1280,34 @@ async fn ingress_class_selection() {
     next_generation(&mut h, g).await;
     assert_eq!(status("unset.example.com").await, StatusCode::OK);
     assert_eq!(status("other.example.com").await, StatusCode::NOT_FOUND);
+    // An IngressClass of another name whose spec.controller is ours (lb.dev/ingress,
+    // --controller-name) is ours as well: its Ingresses are served; a class of another
+    // controller's stays not ours.
+    let g = h.generation();
+    m.write(
+        "more-classes.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: internal}\nspec: {controller: lb.dev/ingress}\n---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: nginx}\nspec: {controller: k8s.io/ingress-nginx}\n",
+    );
+    m.write(
+        "internal.yaml",
+        &ingress(
+            "internal",
+            "  ingressClassName: internal\n",
+            "internal.example.com",
+            &[("/", "Prefix", "s", "{number: 80}")],
+        ),
+    );
+    next_generation(&mut h, g).await;
+    // Both files may land in separate generations.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status("internal.example.com").await != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "the internal class is not served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status("other.example.com").await, StatusCode::NOT_FOUND);
     h.shutdown().await;
 }
 

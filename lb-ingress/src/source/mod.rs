@@ -391,7 +391,7 @@ struct CanaryRule<'s> {
 /// taken from `registry`, so that it survives the swap.
 pub fn build(
     store: &Store,
-    class: &str,
+    class: &class::ClassId,
     registry: &EndpointRegistry,
     limits: &LimitRegistry,
     names: &Names,
@@ -401,7 +401,7 @@ pub fn build(
         Object::IngressClass(c) => Some(&**c),
         _ => None,
     });
-    let default = class::class_is_default(classes, class);
+    let our_classes = class::Ours::new(classes, class);
     let mut backends = Backends {
         store,
         slices: SliceIndex::new(store.of_kind(Kind::EndpointSlice).filter_map(|o| match o {
@@ -422,7 +422,7 @@ pub fn build(
         let Object::Ingress(ingress) = object else {
             continue;
         };
-        if !class::selects(ingress, class, default) {
+        if !our_classes.selects(ingress) {
             continue;
         }
         let r = object.object_ref();

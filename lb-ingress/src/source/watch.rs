@@ -40,7 +40,11 @@ pub struct Sinks {
 }
 
 /// Runs until the source ends (an error) or `sinks.generation` has no receiver.
-pub async fn run(source: Box<dyn Source>, class: String, sinks: Sinks) -> anyhow::Result<()> {
+pub async fn run(
+    source: Box<dyn Source>,
+    class: super::class::ClassId,
+    sinks: Sinks,
+) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel(64);
     let mut source_task = tokio::spawn(source.run(KindSet::of(&KINDS), tx));
     let mut store = Store::new();
