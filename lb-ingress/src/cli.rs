@@ -1,4 +1,4 @@
-//! Command line: `lb-ingress run`.
+//! Command line: `lb-ingress run` and `lb-ingress check`.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +35,63 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve the Ingresses of one IngressClass.
     Run(Box<RunArgs>),
+    /// Read the cluster state once, print the routes it makes and every problem found,
+    /// and exit: 0 without problems, 1 with (a gate before serving, like `nginx -t`).
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["manifests", "kubeconfig", "in_cluster"])))]
+pub struct CheckArgs {
+    /// Read cluster state from a directory of manifests (YAML or JSON).
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// Read cluster state from the API server with this kubeconfig.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Read cluster state from the API server with the in-cluster service account.
+    #[arg(long)]
+    pub in_cluster: bool,
+    /// Check the Ingresses of this IngressClass name.
+    #[arg(long, default_value = "lb")]
+    pub ingress_class: String,
+    /// And of every IngressClass whose spec.controller is this.
+    #[arg(long, default_value = crate::source::class::CONTROLLER)]
+    pub controller_name: String,
+    /// How long to wait for the cluster state, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout_s: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+    pub format: CheckFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Json,
+}
+
+impl CheckArgs {
+    pub fn source(&self) -> SourceConfig {
+        match &self.manifests {
+            Some(dir) => SourceConfig::Manifests {
+                dir: dir.clone(),
+                interval: Duration::from_millis(200),
+            },
+            None => SourceConfig::Kube {
+                kubeconfig: self.kubeconfig.clone(),
+                node: None,
+            },
+        }
+    }
+
+    pub fn class(&self) -> crate::source::class::ClassId {
+        crate::source::class::ClassId {
+            name: self.ingress_class.clone(),
+            controller: self.controller_name.clone(),
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]

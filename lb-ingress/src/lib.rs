@@ -7,6 +7,7 @@
 //! and [`metrics`] exporting what happens. Start it in-process with [`Server::start`].
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod cli;
 pub mod metrics;
 pub mod proxy;

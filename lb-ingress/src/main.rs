@@ -1,5 +1,5 @@
 use clap::Parser as _;
-use lb_ingress::cli::{Cli, Command, LogFormat};
+use lb_ingress::cli::{CheckArgs, CheckFormat, Cli, Command, LogFormat};
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -23,6 +23,18 @@ fn serving_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
+/// `lb-ingress check`: the report on stdout; true when it found no problem.
+async fn check(args: CheckArgs) -> anyhow::Result<bool> {
+    let timeout = std::time::Duration::from_secs(args.timeout_s);
+    let report =
+        lb_ingress::check::check(args.source().into_source(), &args.class(), timeout).await?;
+    match args.format {
+        CheckFormat::Text => print!("{}", report.text()),
+        CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(report.problems.is_empty())
+}
+
 async fn run(config: lb_ingress::ServerConfig) -> anyhow::Result<()> {
     let handle = lb_ingress::Server::start(config).await?;
     handle.run_until_signal().await
@@ -44,6 +56,24 @@ fn main() -> std::process::ExitCode {
                 .build()
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(run(config)))
+        }
+        Command::Check(args) => {
+            // Multi-threaded: the manifests source reads files with block_in_place.
+            let checked = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(check(args)));
+            // 1: problems found; 2: nothing could be checked.
+            return match checked {
+                Ok(true) => std::process::ExitCode::SUCCESS,
+                Ok(false) => std::process::ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("lb-ingress check: {e:#}");
+                    std::process::ExitCode::from(2)
+                }
+            };
         }
     };
     match result {

@@ -121,6 +121,16 @@ impl<T> RouteTable<T> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Every rule's path and what it leads to (hosts in no order), then the default
+    /// backend's (no path), for `lb-ingress check`.
+    pub fn rules(&self) -> impl Iterator<Item = (Option<&PathRule>, &T)> {
+        (self.exact.values())
+            .chain(self.wildcard.values())
+            .chain(std::iter::once(&self.any))
+            .flat_map(|t| t.rules.iter().map(|(p, t)| (Some(p), t)))
+            .chain(self.default_backend.iter().map(|t| (None, t)))
+    }
 }
 
 /// Collects rules from any number of Ingresses, resolving conflicts by [`Rank`].
