@@ -12,9 +12,8 @@ use tokio::sync::mpsc;
 use crate::proxy::balance::EndpointRegistry;
 use crate::proxy::ratelimit::LimitRegistry;
 use crate::routes::PathKind;
-use crate::source::class::ClassId;
 use crate::source::names::{self, Names};
-use crate::source::{DEFAULT_BACKEND, KINDS, build};
+use crate::source::{DEFAULT_BACKEND, KINDS, Scope, build};
 
 /// What a check found.
 #[derive(Debug, Serialize)]
@@ -49,11 +48,11 @@ pub struct Route {
 }
 
 /// Reads `source` until every kind the ingress needs has been listed (within
-/// `timeout`), then builds the configuration for `class`. ExternalName Services' host
+/// `timeout`), then builds the configuration for `scope`. ExternalName Services' host
 /// names are resolved once, as the server would.
 pub async fn check(
     source: Box<dyn Source>,
-    class: &ClassId,
+    scope: &Scope,
     timeout: Duration,
 ) -> anyhow::Result<Report> {
     let (tx, mut rx) = mpsc::channel(64);
@@ -88,14 +87,14 @@ pub async fn check(
     let registry = EndpointRegistry::new(Duration::ZERO);
     let limits = LimitRegistry::default();
     let mut names = Names::default();
-    let mut built = build(&store, class, &registry, &limits, &names);
+    let mut built = build(&store, scope, &registry, &limits, &names);
     let asked = names.want(built.hosts.clone());
     if !asked.is_empty() {
         for name in asked {
             let answer = names::resolve(&name).await;
             names.answer(name, answer);
         }
-        built = build(&store, class, &registry, &limits, &names);
+        built = build(&store, scope, &registry, &limits, &names);
     }
     problems.extend(built.problems);
     problems.sort();
@@ -125,8 +124,8 @@ pub async fn check(
         (key(a), &a.host, &a.path).cmp(&(key(b), &b.host, &b.path))
     });
     Ok(Report {
-        class: class.name.clone(),
-        controller: class.controller.clone(),
+        class: scope.class.name.clone(),
+        controller: scope.class.controller.clone(),
         routes,
         tls_hosts: built.certs.len(),
         problems,

@@ -9,6 +9,7 @@ use lb_k8s::SourceConfig;
 use crate::proxy::ProxyOptions;
 use crate::proxy::headers::TrustedProxies;
 use crate::server::ServerConfig;
+use crate::source::NamespacedName;
 use crate::status::{PublishService, StatusConfig};
 
 #[derive(Parser, Debug)]
@@ -58,6 +59,9 @@ pub struct CheckArgs {
     /// And of every IngressClass whose spec.controller is this.
     #[arg(long, default_value = crate::source::class::CONTROLLER)]
     pub controller_name: String,
+    /// As for `run`: the certificate for names without one of their own.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub default_ssl_certificate: Option<NamespacedName>,
     /// How long to wait for the cluster state, in seconds.
     #[arg(long, default_value_t = 30)]
     pub timeout_s: u64,
@@ -86,10 +90,13 @@ impl CheckArgs {
         }
     }
 
-    pub fn class(&self) -> crate::source::class::ClassId {
-        crate::source::class::ClassId {
-            name: self.ingress_class.clone(),
-            controller: self.controller_name.clone(),
+    pub fn scope(&self) -> crate::source::Scope {
+        crate::source::Scope {
+            class: crate::source::class::ClassId {
+                name: self.ingress_class.clone(),
+                controller: self.controller_name.clone(),
+            },
+            default_certificate: self.default_ssl_certificate.clone(),
         }
     }
 }
@@ -119,6 +126,10 @@ pub struct RunArgs {
     /// Also serve the Ingresses of every IngressClass whose spec.controller is this.
     #[arg(long, default_value = crate::source::class::CONTROLLER)]
     pub controller_name: String,
+    /// A kubernetes.io/tls Secret served to TLS clients whose name has no certificate of
+    /// its own, and to the hosts of spec.tls entries without a secretName.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub default_ssl_certificate: Option<NamespacedName>,
     /// Prometheus metrics (only /metrics is served here). Port 0 picks a free port.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -204,6 +215,9 @@ impl RunArgs {
         config.metrics_addr = self.metrics_addr;
         config.ingress_class.clone_from(&self.ingress_class);
         config.controller.clone_from(&self.controller_name);
+        config
+            .default_certificate
+            .clone_from(&self.default_ssl_certificate);
         config.shutdown_grace = Duration::from_secs(self.shutdown_grace_s);
         config.status = StatusConfig {
             addresses: self

@@ -27,7 +27,7 @@ fn serving_threads() -> usize {
 async fn check(args: CheckArgs) -> anyhow::Result<bool> {
     let timeout = std::time::Duration::from_secs(args.timeout_s);
     let report =
-        lb_ingress::check::check(args.source().into_source(), &args.class(), timeout).await?;
+        lb_ingress::check::check(args.source().into_source(), &args.scope(), timeout).await?;
     match args.format {
         CheckFormat::Text => print!("{}", report.text()),
         CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),

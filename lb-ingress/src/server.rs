@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub ingress_class: String,
     /// The IngressClass `spec.controller` value served (every class naming it is ours).
     pub controller: String,
+    /// `--default-ssl-certificate`: the certificate for names without one of their own.
+    pub default_certificate: Option<crate::source::NamespacedName>,
     pub options: ProxyOptions,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
@@ -78,6 +80,7 @@ impl ServerConfig {
             metrics_addr: None,
             ingress_class: "lb".into(),
             controller: crate::source::class::CONTROLLER.into(),
+            default_certificate: None,
             options: ProxyOptions::default(),
             shutdown_grace: Duration::from_secs(30),
             status: crate::status::StatusConfig::default(),
@@ -133,13 +136,16 @@ impl Server {
         };
 
         let (generation_tx, generation) = watch::channel(0u64);
-        let class = crate::source::class::ClassId {
-            name: config.ingress_class.clone(),
-            controller: config.controller.clone(),
+        let scope = crate::source::Scope {
+            class: crate::source::class::ClassId {
+                name: config.ingress_class.clone(),
+                controller: config.controller.clone(),
+            },
+            default_certificate: config.default_certificate.clone(),
         };
         let source = tokio::spawn(run_source(
-            crate::status::source(config.source, &class, config.status, status_metrics),
-            class,
+            crate::status::source(config.source, &scope.class, config.status, status_metrics),
+            scope,
             Sinks {
                 config: Arc::clone(&routes),
                 certs: Arc::clone(&certs),

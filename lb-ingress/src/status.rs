@@ -27,9 +27,7 @@
 //! - Every replica writes the same list, only when it differs, so replicas do not fight and
 //!   no leader election is needed.
 use std::collections::HashMap;
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,35 +49,7 @@ use crate::metrics::ResultLabel;
 use crate::source::class;
 
 /// `--publish-service NAMESPACE/NAME`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PublishService {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl FromStr for PublishService {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.split_once('/') {
-            Some((namespace, name))
-                if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
-            {
-                Ok(PublishService {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                })
-            }
-            _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
-        }
-    }
-}
-
-impl fmt::Display for PublishService {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+pub use crate::source::NamespacedName as PublishService;
 
 /// What to publish, and how failed writes are retried.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -857,6 +857,101 @@ async fn tls_connect(
         .await
 }
 
+/// `--default-ssl-certificate` (as ingress-nginx's flag): names without a certificate of
+/// their own get it (the Host still picks the route), and so do the hosts of a
+/// `spec.tls` entry without a `secretName`, which count as TLS hosts (redirected to
+/// https). A name with its own certificate keeps it; without the flag such an entry is
+/// reported and a name with no certificate fails the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_certificate_covers_names_without_one() {
+    let up = Upstream::start("up").await;
+    let pki = Pki::new();
+    let (own_crt, own_key, own_der) = pki.leaf("own.example.com");
+    let (default_crt, default_key, default_der) = pki.leaf("*.example.com");
+    let m = Manifests::new();
+    let rule = |host: &str| {
+        format!(
+            "  - host: {host}\n    http:\n      paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: up, port: {{number: 80}}}}}}}}]\n"
+        )
+    };
+    m.write(
+        "ingress.yaml",
+        &format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: certs, namespace: default}}\nspec:\n  ingressClassName: lb\n  tls:\n  - {{hosts: [own.example.com], secretName: own-tls}}\n  - {{hosts: [listed.example.com]}}\n  rules:\n{}{}{}",
+            rule("own.example.com"),
+            rule("listed.example.com"),
+            rule("plain.example.com"),
+        ),
+    );
+    m.write(
+        "secrets.yaml",
+        &format!(
+            "{}---\n{}",
+            lb_tests::manifests::tls_secret_yaml("own-tls", &own_crt, &own_key),
+            lb_tests::manifests::tls_secret_yaml("wildcard-tls", &default_crt, &default_key)
+        ),
+    );
+    m.write(
+        "svc.yaml",
+        &service("default", "up", 80, "http", "80", &[&up]),
+    );
+    let config = |default: Option<&str>| {
+        let mut cfg = server_config(&m);
+        cfg.listen_tls = Some("127.0.0.1:0".parse().unwrap());
+        cfg.options.redirect_https = true;
+        cfg.default_certificate = default.map(|d| d.parse().unwrap());
+        cfg
+    };
+    let tls13 = pki.client_config(&[&rustls::version::TLS13]);
+
+    // Without the flag: no certificate for plain or listed, and listed is reported.
+    let h = start(config(None)).await;
+    let https = h.https_addr.unwrap();
+    for name in ["plain.example.com", "listed.example.com"] {
+        assert!(
+            tls_connect(https, tls13.clone(), name).await.is_err(),
+            "{name}"
+        );
+    }
+    assert_eq!(config_problems(&h).await, Some(1));
+    h.shutdown().await;
+
+    let h = start(config(Some("default/wildcard-tls"))).await;
+    let https = h.https_addr.unwrap();
+    for (name, der) in [
+        ("own.example.com", &own_der),
+        ("listed.example.com", &default_der),
+        ("plain.example.com", &default_der),
+    ] {
+        let tls = tls_connect(https, tls13.clone(), name).await.unwrap();
+        assert_eq!(
+            tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+            der.as_slice(),
+            "{name}"
+        );
+        let (status, _, body) = h2_get(tls, &format!("https://{name}/x"), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{name}");
+        assert_eq!(seen(&body)["name"], "up");
+    }
+    // A spec.tls host (with or without its own Secret) is a TLS host: redirected; a host
+    // only the default certificate covers is not (as with ingress-nginx).
+    let c = client();
+    for (host, want) in [
+        ("own.example.com", StatusCode::PERMANENT_REDIRECT),
+        ("listed.example.com", StatusCode::PERMANENT_REDIRECT),
+        ("plain.example.com", StatusCode::OK),
+    ] {
+        assert_eq!(get(&c, h.http_addr, host, "/").await.0, want, "{host}");
+    }
+    assert_eq!(config_problems(&h).await, Some(0));
+    h.shutdown().await;
+
+    // A flag naming no Secret is reported.
+    let h = start(config(Some("default/nope"))).await;
+    assert_eq!(config_problems(&h).await, Some(2));
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_certificates_by_sni_h2_by_alpn_and_hot_swapped() {
     let (ua, ub) = (Upstream::start("a").await, Upstream::start("b").await);

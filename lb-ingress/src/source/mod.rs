@@ -54,6 +54,48 @@ pub struct Canary {
     pub target: Arc<Target>,
 }
 
+/// An object named on the command line as `NAMESPACE/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespacedName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::str::FromStr for NamespacedName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('/') {
+            Some((namespace, name))
+                if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+            {
+                Ok(NamespacedName {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+        }
+    }
+}
+
+impl std::fmt::Display for NamespacedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What a build serves beyond the cluster state: whose Ingresses, and the certificate
+/// for TLS names no Ingress has one for.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    pub class: class::ClassId,
+    /// `--default-ssl-certificate`: a `kubernetes.io/tls` Secret served to TLS clients
+    /// whose name has no certificate of its own, and to the hosts of `spec.tls` entries
+    /// without a `secretName` (as ingress-nginx's flag of that name).
+    pub default_certificate: Option<NamespacedName>,
+}
+
 /// The `path` of the [`Target`] of a `defaultBackend`.
 pub const DEFAULT_BACKEND: &str = "defaultBackend";
 
@@ -391,7 +433,7 @@ struct CanaryRule<'s> {
 /// taken from `registry`, so that it survives the swap.
 pub fn build(
     store: &Store,
-    class: &class::ClassId,
+    scope: &Scope,
     registry: &EndpointRegistry,
     limits: &LimitRegistry,
     names: &Names,
@@ -401,7 +443,7 @@ pub fn build(
         Object::IngressClass(c) => Some(&**c),
         _ => None,
     });
-    let our_classes = class::Ours::new(classes, class);
+    let our_classes = class::Ours::new(classes, &scope.class);
     let mut backends = Backends {
         store,
         slices: SliceIndex::new(store.of_kind(Kind::EndpointSlice).filter_map(|o| match o {
@@ -415,6 +457,17 @@ pub fn build(
     };
     let mut routes = RouteTableBuilder::new();
     let mut certs = CertTable::default();
+    let default_key = scope.default_certificate.as_ref().and_then(|d| {
+        let key = match store.get(&ObjectRef::new(Kind::Secret, &d.namespace, &d.name)) {
+            Some(Object::Secret(s)) => secret_key(s),
+            _ => Err("not found".to_owned()),
+        };
+        key.map_err(|e| problems.push(format!("--default-ssl-certificate {d}: {e}")))
+            .ok()
+    });
+    if let Some(key) = &default_key {
+        certs.set_fallback(Arc::clone(key));
+    }
 
     // Ours, with their settings.
     let mut ours = Vec::new();
@@ -763,6 +816,23 @@ pub fn build(
         }
         for tls in spec.tls.iter().flatten() {
             let Some(secret_name) = &tls.secret_name else {
+                // The hosts of an entry without a Secret get the default certificate.
+                let hosts = tls.hosts.as_deref().unwrap_or_default();
+                match &default_key {
+                    Some(key) => {
+                        for host in hosts {
+                            certs.add(&rank, Some(host), Arc::clone(key));
+                        }
+                    }
+                    None if !hosts.is_empty() => problems.push(format!(
+                        "Ingress {}/{}: spec.tls for {} names no secretName and there is no \
+                         --default-ssl-certificate: no certificate for these hosts",
+                        r.namespace,
+                        r.name,
+                        hosts.join(", ")
+                    )),
+                    None => {}
+                }
                 continue;
             };
             let sref = ObjectRef::new(Kind::Secret, r.namespace.clone(), secret_name.clone());

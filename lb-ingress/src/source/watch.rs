@@ -40,11 +40,7 @@ pub struct Sinks {
 }
 
 /// Runs until the source ends (an error) or `sinks.generation` has no receiver.
-pub async fn run(
-    source: Box<dyn Source>,
-    class: super::class::ClassId,
-    sinks: Sinks,
-) -> anyhow::Result<()> {
+pub async fn run(source: Box<dyn Source>, scope: super::Scope, sinks: Sinks) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel(64);
     let mut source_task = tokio::spawn(source.run(KindSet::of(&KINDS), tx));
     let mut store = Store::new();
@@ -101,7 +97,7 @@ pub async fn run(
         if !store.is_synced(&KINDS) {
             continue;
         }
-        let built = build(&store, &class, &sinks.registry, &sinks.limits, &names);
+        let built = build(&store, &scope, &sinks.registry, &sinks.limits, &names);
         ask(names.want(built.hosts));
         let mut problems: BTreeSet<String> = built.problems.into_iter().collect();
         problems.extend(errors.iter().map(ToString::to_string));

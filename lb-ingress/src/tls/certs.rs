@@ -119,6 +119,8 @@ pub struct CertTable {
     certs: ByHost<CertifiedKey>,
     cas: ByHost<ClientCa>,
     passthrough: ByHost<Passthrough>,
+    /// `--default-ssl-certificate`: for names nothing else has a certificate for.
+    fallback: Option<Arc<CertifiedKey>>,
 }
 
 impl CertTable {
@@ -160,10 +162,17 @@ impl CertTable {
         ca.map(Arc::clone)
     }
 
+    /// The certificate served last, when neither the name nor a `spec.tls` entry
+    /// without hosts has one.
+    pub fn set_fallback(&mut self, key: Arc<CertifiedKey>) {
+        self.fallback = Some(key);
+    }
+
     pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let name = sni.map(str::to_ascii_lowercase);
         (name.and_then(|name| self.certs.named(&name)))
             .or_else(|| self.certs.default())
+            .or(self.fallback.as_ref())
             .map(Arc::clone)
     }
 
