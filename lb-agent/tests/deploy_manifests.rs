@@ -558,7 +558,9 @@ fn the_ingress_serves_its_class_behind_a_load_balancer() {
     argv.extend(args_with(c, &[]));
     let cli = lb_ingress::cli::Cli::try_parse_from(&argv)
         .unwrap_or_else(|e| panic!("Deployment args {argv:?}: {e}"));
-    let lb_ingress::cli::Command::Run(run) = cli.command;
+    let lb_ingress::cli::Command::Run(run) = cli.command else {
+        panic!("the Deployment runs `lb-ingress run`: {argv:?}");
+    };
     assert!(run.in_cluster);
 
     // The IngressClass it serves exists and names a controller.
@@ -581,6 +583,12 @@ fn the_ingress_serves_its_class_behind_a_load_balancer() {
             .and_then(|s| s.controller.as_deref())
             .is_some_and(|c| c.contains('/')),
         "the controller is a domain-prefixed name"
+    );
+    // ... and is the one the proxy answers to, so that other classes created for it are
+    // served too.
+    assert_eq!(
+        class.spec.as_ref().and_then(|s| s.controller.as_deref()),
+        Some(run.controller_name.as_str())
     );
 
     // The LoadBalancer Service selects the pods and targets the listeners.
