@@ -561,7 +561,7 @@ fn the_ingress_serves_its_class_behind_a_load_balancer() {
     let lb_ingress::cli::Command::Run(run) = cli.command else {
         panic!("the Deployment runs `lb-ingress run`: {argv:?}");
     };
-    assert!(run.in_cluster);
+    assert!(run.source.in_cluster);
 
     // The IngressClass it serves exists and names a controller.
     let class = parsed
@@ -569,13 +569,13 @@ fn the_ingress_serves_its_class_behind_a_load_balancer() {
         .iter()
         .find_map(|(_, m)| match m {
             Manifest::IngressClass(ic)
-                if ic.metadata.name.as_deref() == Some(&run.ingress_class) =>
+                if ic.metadata.name.as_deref() == Some(&run.scope.ingress_class) =>
             {
                 Some(ic)
             }
             _ => None,
         })
-        .unwrap_or_else(|| panic!("no IngressClass {}", run.ingress_class));
+        .unwrap_or_else(|| panic!("no IngressClass {}", run.scope.ingress_class));
     assert!(
         class
             .spec
@@ -588,7 +588,7 @@ fn the_ingress_serves_its_class_behind_a_load_balancer() {
     // served too.
     assert_eq!(
         class.spec.as_ref().and_then(|s| s.controller.as_deref()),
-        Some(run.controller_name.as_str())
+        Some(run.scope.controller_name.as_str())
     );
 
     // The LoadBalancer Service selects the pods and targets the listeners.

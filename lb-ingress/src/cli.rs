@@ -41,10 +41,11 @@ pub enum Command {
     Check(CheckArgs),
 }
 
+/// Where the cluster state comes from (`run` and `check`).
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["manifests", "kubeconfig", "in_cluster"])))]
-pub struct CheckArgs {
-    /// Read cluster state from a directory of manifests (YAML or JSON).
+pub struct SourceArgs {
+    /// Read cluster state from a directory of manifests (YAML or JSON), watched for changes.
     #[arg(long)]
     pub manifests: Option<PathBuf>,
     /// Read cluster state from the API server with this kubeconfig.
@@ -53,15 +54,59 @@ pub struct CheckArgs {
     /// Read cluster state from the API server with the in-cluster service account.
     #[arg(long)]
     pub in_cluster: bool,
-    /// Check the Ingresses of this IngressClass name.
+}
+
+impl SourceArgs {
+    /// The source, a manifests directory polled every `interval`.
+    pub fn source(&self, interval: Duration) -> SourceConfig {
+        match &self.manifests {
+            Some(dir) => SourceConfig::Manifests {
+                dir: dir.clone(),
+                interval,
+            },
+            None => SourceConfig::Kube {
+                kubeconfig: self.kubeconfig.clone(),
+                node: None,
+            },
+        }
+    }
+}
+
+/// Which Ingresses are ours and the certificate for names without one (`run` and
+/// `check`).
+#[derive(clap::Args, Debug)]
+pub struct ScopeArgs {
+    /// Serve Ingresses with this spec.ingressClassName (and those without a class when
+    /// the IngressClass of this name is marked default).
     #[arg(long, default_value = "lb")]
     pub ingress_class: String,
-    /// And of every IngressClass whose spec.controller is this.
+    /// Also serve the Ingresses of every IngressClass whose spec.controller is this.
     #[arg(long, default_value = crate::source::class::CONTROLLER)]
     pub controller_name: String,
-    /// As for `run`: the certificate for names without one of their own.
+    /// A kubernetes.io/tls Secret served to TLS clients whose name has no certificate of
+    /// its own, and to the hosts of spec.tls entries without a secretName.
     #[arg(long, value_name = "NAMESPACE/NAME")]
     pub default_ssl_certificate: Option<NamespacedName>,
+}
+
+impl ScopeArgs {
+    pub fn scope(&self) -> crate::source::Scope {
+        crate::source::Scope {
+            class: crate::source::class::ClassId {
+                name: self.ingress_class.clone(),
+                controller: self.controller_name.clone(),
+            },
+            default_certificate: self.default_ssl_certificate.clone(),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
     /// How long to wait for the cluster state, in seconds.
     #[arg(long, default_value_t = 30)]
     pub timeout_s: u64,
@@ -76,60 +121,18 @@ pub enum CheckFormat {
     Json,
 }
 
-impl CheckArgs {
-    pub fn source(&self) -> SourceConfig {
-        match &self.manifests {
-            Some(dir) => SourceConfig::Manifests {
-                dir: dir.clone(),
-                interval: Duration::from_millis(200),
-            },
-            None => SourceConfig::Kube {
-                kubeconfig: self.kubeconfig.clone(),
-                node: None,
-            },
-        }
-    }
-
-    pub fn scope(&self) -> crate::source::Scope {
-        crate::source::Scope {
-            class: crate::source::class::ClassId {
-                name: self.ingress_class.clone(),
-                controller: self.controller_name.clone(),
-            },
-            default_certificate: self.default_ssl_certificate.clone(),
-        }
-    }
-}
-
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["manifests", "kubeconfig", "in_cluster"])))]
 pub struct RunArgs {
-    /// Read cluster state from a directory of manifests (YAML or JSON), watched for changes.
-    #[arg(long)]
-    pub manifests: Option<PathBuf>,
-    /// Read cluster state from the API server with this kubeconfig.
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// Read cluster state from the API server with the in-cluster service account.
-    #[arg(long)]
-    pub in_cluster: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
     /// Plain HTTP listener (HTTP/1.1 and HTTP/2 with prior knowledge).
     #[arg(long, default_value = "0.0.0.0:80")]
     pub listen: SocketAddr,
     /// HTTPS listener (certificates of the Ingresses' spec.tls Secrets, by SNI).
     #[arg(long)]
     pub listen_tls: Option<SocketAddr>,
-    /// Serve Ingresses with this spec.ingressClassName (and those without a class when
-    /// the IngressClass of this name is marked default).
-    #[arg(long, default_value = "lb")]
-    pub ingress_class: String,
-    /// Also serve the Ingresses of every IngressClass whose spec.controller is this.
-    #[arg(long, default_value = crate::source::class::CONTROLLER)]
-    pub controller_name: String,
-    /// A kubernetes.io/tls Secret served to TLS clients whose name has no certificate of
-    /// its own, and to the hosts of spec.tls entries without a secretName.
-    #[arg(long, value_name = "NAMESPACE/NAME")]
-    pub default_ssl_certificate: Option<NamespacedName>,
     /// Prometheus metrics (only /metrics is served here). Port 0 picks a free port.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -200,24 +203,11 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn server_config(&self) -> ServerConfig {
-        let source = match &self.manifests {
-            Some(dir) => SourceConfig::Manifests {
-                dir: dir.clone(),
-                interval: Duration::from_millis(self.manifests_interval_ms),
-            },
-            None => SourceConfig::Kube {
-                kubeconfig: self.kubeconfig.clone(),
-                node: None,
-            },
-        };
-        let mut config = ServerConfig::new(source, self.listen);
+        let interval = Duration::from_millis(self.manifests_interval_ms);
+        let mut config = ServerConfig::new(self.source.source(interval), self.listen);
         config.listen_tls = self.listen_tls;
         config.metrics_addr = self.metrics_addr;
-        config.ingress_class.clone_from(&self.ingress_class);
-        config.controller.clone_from(&self.controller_name);
-        config
-            .default_certificate
-            .clone_from(&self.default_ssl_certificate);
+        config.scope = self.scope.scope();
         config.shutdown_grace = Duration::from_secs(self.shutdown_grace_s);
         config.status = StatusConfig {
             addresses: self

@@ -26,8 +26,14 @@ fn serving_threads() -> usize {
 /// `lb-ingress check`: the report on stdout; true when it found no problem.
 async fn check(args: CheckArgs) -> anyhow::Result<bool> {
     let timeout = std::time::Duration::from_secs(args.timeout_s);
-    let report =
-        lb_ingress::check::check(args.source().into_source(), &args.scope(), timeout).await?;
+    let report = lb_ingress::check::check(
+        args.source
+            .source(std::time::Duration::from_millis(200))
+            .into_source(),
+        &args.scope.scope(),
+        timeout,
+    )
+    .await?;
     match args.format {
         CheckFormat::Text => print!("{}", report.text()),
         CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),

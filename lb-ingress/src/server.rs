@@ -52,11 +52,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub listen_tls: Option<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
-    pub ingress_class: String,
-    /// The IngressClass `spec.controller` value served (every class naming it is ours).
-    pub controller: String,
-    /// `--default-ssl-certificate`: the certificate for names without one of their own.
-    pub default_certificate: Option<crate::source::NamespacedName>,
+    /// The IngressClasses served (`--ingress-class`, `--controller-name`) and the
+    /// certificate for names without one of their own (`--default-ssl-certificate`).
+    pub scope: crate::source::Scope,
     pub options: ProxyOptions,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
@@ -78,9 +76,13 @@ impl ServerConfig {
             listen,
             listen_tls: None,
             metrics_addr: None,
-            ingress_class: "lb".into(),
-            controller: crate::source::class::CONTROLLER.into(),
-            default_certificate: None,
+            scope: crate::source::Scope {
+                class: crate::source::class::ClassId {
+                    name: "lb".into(),
+                    controller: crate::source::class::CONTROLLER.into(),
+                },
+                default_certificate: None,
+            },
             options: ProxyOptions::default(),
             shutdown_grace: Duration::from_secs(30),
             status: crate::status::StatusConfig::default(),
@@ -136,13 +138,7 @@ impl Server {
         };
 
         let (generation_tx, generation) = watch::channel(0u64);
-        let scope = crate::source::Scope {
-            class: crate::source::class::ClassId {
-                name: config.ingress_class.clone(),
-                controller: config.controller.clone(),
-            },
-            default_certificate: config.default_certificate.clone(),
-        };
+        let scope = config.scope.clone();
         let source = tokio::spawn(run_source(
             crate::status::source(config.source, &scope.class, config.status, status_metrics),
             scope,
@@ -212,7 +208,7 @@ impl Server {
                 }
             }
         }
-        info!(addr = %http_addr, class = %config.ingress_class, threads, "serving HTTP");
+        info!(addr = %http_addr, class = %config.scope.class.name, threads, "serving HTTP");
         if let Some(addr) = https_addr {
             info!(%addr, "serving HTTPS");
         }

@@ -899,7 +899,7 @@ async fn the_default_certificate_covers_names_without_one() {
         let mut cfg = server_config(&m);
         cfg.listen_tls = Some("127.0.0.1:0".parse().unwrap());
         cfg.options.redirect_https = true;
-        cfg.default_certificate = default.map(|d| d.parse().unwrap());
+        cfg.scope.default_certificate = default.map(|d| d.parse().unwrap());
         cfg
     };
     let tls13 = pki.client_config(&[&rustls::version::TLS13]);
