@@ -3495,6 +3495,14 @@ async fn auth_answers_are_cached_by_key() {
     h.shutdown().await;
 }
 
+/// A Service `name` (default namespace) whose port 80 speaks TLS (`appProtocol: https`),
+/// its endpoints to be added as `https` slices.
+fn tls_service(name: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  ports:\n  - {{name: https, port: 80, targetPort: 8443, protocol: TCP, appProtocol: https}}\n"
+    )
+}
+
 /// `proxy-ssl-verify: on` with `proxy-ssl-secret`: a TLS upstream must show a
 /// certificate for the Service's name (or `proxy-ssl-name`) signed by the Secret's
 /// `ca.crt`; otherwise the connection fails (502), and a missing CA fails closed (503).
@@ -3551,11 +3559,6 @@ async fn verified_tls_upstreams() {
         ]
         .concat(),
     );
-    let tls_service = |name: &str| {
-        format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  ports:\n  - {{name: https, port: 80, targetPort: 8443, protocol: TCP, appProtocol: https}}\n"
-        )
-    };
     let mut svc = tls_service("secure");
     svc += &slice("default", "secure", "secure-0", "https", &[up.addr], true);
     svc += &tls_service("rogue");
@@ -3630,9 +3633,7 @@ async fn client_certificates_to_upstreams() {
         format!("---\n{}", lb_tests::manifests::pem_secret_yaml(name, keys))
     };
     let ca = pki.ca.pem();
-    let mut svc = String::from(
-        "apiVersion: v1\nkind: Service\nmetadata: {name: mtls, namespace: default}\nspec:\n  ports:\n  - {name: https, port: 80, targetPort: 8443, protocol: TCP, appProtocol: https}\n",
-    );
+    let mut svc = tls_service("mtls");
     svc += &slice("default", "mtls", "mtls-0", "https", &[up.addr], true);
     svc += &secret(
         "client",
