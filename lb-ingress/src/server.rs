@@ -116,7 +116,10 @@ impl Server {
         let mut prometheus = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut prometheus, Arc::clone(&registry)));
         let status_metrics = crate::status::StatusMetrics::new(&mut prometheus);
-        let certs = Arc::new(CertResolver::new());
+        let certs = Arc::new(CertResolver::new(match config.listen_tls {
+            Some(_) => Some(crate::tls::fake_certificate()?),
+            None => None,
+        }));
         let routes = Arc::new(ArcSwap::from_pointee(Config::default()));
 
         let threads = config.serving_threads;

@@ -845,6 +845,27 @@ spec:
       paths: [{path: /, pathType: Prefix, backend: {service: {name: b, port: {number: 80}}}}]
 ";
 
+/// `curl -k -v https://name/x` through `https`: the status code, the certificate
+/// subject curl printed, and the body.
+async fn curl_insecure(https: std::net::SocketAddr, name: &str) -> (String, String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-k", "-v", "--resolve"])
+        .arg(format!("{name}:{}:127.0.0.1", https.port()))
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("https://{name}:{}/x", https.port()))
+        .output()
+        .await
+        .expect("curl (Debian's package) runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "curl {name}: {stderr}");
+    let subject = (stderr.lines())
+        .find(|l| l.contains("subject:"))
+        .unwrap_or_else(|| panic!("curl -v printed no subject: {stderr}"));
+    let (body, code) = stdout.rsplit_once('\n').unwrap();
+    (code.to_owned(), subject.to_owned(), body.to_owned())
+}
+
 async fn tls_connect(
     addr: std::net::SocketAddr,
     config: rustls::ClientConfig,
@@ -861,7 +882,8 @@ async fn tls_connect(
 /// their own get it (the Host still picks the route), and so do the hosts of a
 /// `spec.tls` entry without a `secretName`, which count as TLS hosts (redirected to
 /// https). A name with its own certificate keeps it; without the flag such an entry is
-/// reported and a name with no certificate fails the handshake.
+/// reported and a name with no certificate gets the self-signed fake certificate
+/// (ingress-nginx's subject): `curl -k` reaches the route, a verifying client refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_certificate_covers_names_without_one() {
     let up = Upstream::start("up").await;
@@ -904,15 +926,23 @@ async fn the_default_certificate_covers_names_without_one() {
     };
     let tls13 = pki.client_config(&[&rustls::version::TLS13]);
 
-    // Without the flag: no certificate for plain or listed, and listed is reported.
+    // Without the flag: no certificate for plain or listed (listed is reported), so
+    // the fake one, which a verifying client does not trust; own keeps its own.
     let h = start(config(None)).await;
     let https = h.https_addr.unwrap();
     for name in ["plain.example.com", "listed.example.com"] {
+        let err = tls_connect(https, tls13.clone(), name).await.unwrap_err();
+        assert!(err.to_string().contains("certificate"), "{name}: {err}");
+        let (code, subject, body) = curl_insecure(https, name).await;
+        assert_eq!(code, "200", "{name}");
         assert!(
-            tls_connect(https, tls13.clone(), name).await.is_err(),
-            "{name}"
+            subject.contains(lb_ingress::tls::FAKE_CERTIFICATE_NAME),
+            "{name}: {subject}"
         );
+        assert_eq!(seen(&body)["name"], "up");
     }
+    let (_, subject, _) = curl_insecure(https, "own.example.com").await;
+    assert!(!subject.contains("Fake"), "{subject}");
     assert_eq!(config_problems(&h).await, Some(1));
     h.shutdown().await;
 
@@ -1018,7 +1048,7 @@ async fn tls_certificates_by_sni_h2_by_alpn_and_hot_swapped() {
             serde_json::json!(["https"])
         );
     }
-    // No certificate for this name: the handshake fails.
+    // No certificate for this name: the fake one, which the client does not trust.
     assert!(
         tls_connect(https, tls13.clone(), "nope.example.com")
             .await

@@ -68,8 +68,8 @@ async fn serving_threads_proxy_tunnel_and_drain() {
     assert_eq!(&back, b"ping");
     drop(s);
 
-    // The HTTPS sockets accept on every thread (no certificate here: each handshake
-    // fails, and is counted).
+    // The HTTPS sockets accept on every thread (garbage for a ClientHello: each
+    // handshake fails, and is counted).
     let https = h.https_addr.unwrap();
     for _ in 0..8 {
         let mut s = tokio::net::TcpStream::connect(https).await.unwrap();

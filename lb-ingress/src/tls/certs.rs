@@ -39,6 +39,32 @@ pub fn certified_key(secret: &Secret) -> Result<Arc<CertifiedKey>, String> {
     Ok(Arc::new(certified))
 }
 
+/// The subject of the certificate served when nothing else covers a name: ingress-nginx's
+/// ("Kubernetes Ingress Controller Fake Certificate"), which users and their probes
+/// already recognise as "this host has no certificate configured".
+pub const FAKE_CERTIFICATE_NAME: &str = "Kubernetes Ingress Controller Fake Certificate";
+
+/// A self-signed certificate made at start-up (ECDSA P-256, subject
+/// [`FAKE_CERTIFICATE_NAME`], name `ingress.local`), served last: a client that asks for
+/// a name no Secret and no `--default-ssl-certificate` covers still gets a handshake and
+/// the route its Host picks (`curl -k` works, as with ingress-nginx), while any client
+/// that verifies sees a certificate it cannot trust rather than a bare handshake
+/// failure.
+pub fn fake_certificate() -> anyhow::Result<Arc<CertifiedKey>> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec!["ingress.local".to_owned()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    (params.distinguished_name).push(rcgen::DnType::CommonName, FAKE_CERTIFICATE_NAME);
+    (params.distinguished_name).push(rcgen::DnType::OrganizationName, "Acme Co");
+    let cert = params.self_signed(&key)?;
+    let der = PrivateKeyDer::try_from(key.serialize_der()).map_err(anyhow::Error::msg)?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&der)?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing_key,
+    )))
+}
+
 /// The bytes of `key` in a Secret (`stringData` as manifests carry it, else `data`).
 pub fn secret_field(secret: &Secret, key: &str) -> Option<Vec<u8>> {
     secret

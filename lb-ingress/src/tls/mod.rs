@@ -25,18 +25,23 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-pub use certs::{CertTable, certified_key};
+pub use certs::{CertTable, FAKE_CERTIFICATE_NAME, certified_key, fake_certificate};
 use client_auth::ClientCa;
 
-/// Chooses the certificate for a handshake from the current [`CertTable`].
+/// Chooses the certificate for a handshake from the current [`CertTable`], else the
+/// last resort (the [`fake_certificate`] the server makes at start-up).
 #[derive(Debug, Default)]
 pub struct CertResolver {
     table: ArcSwap<CertTable>,
+    last_resort: Option<Arc<CertifiedKey>>,
 }
 
 impl CertResolver {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(last_resort: Option<Arc<CertifiedKey>>) -> Self {
+        CertResolver {
+            table: ArcSwap::default(),
+            last_resort,
+        }
     }
 
     pub fn swap(&self, table: CertTable) {
@@ -50,7 +55,7 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.table.load().lookup(hello.server_name())
+        (self.table.load().lookup(hello.server_name())).or_else(|| self.last_resort.clone())
     }
 }
 
