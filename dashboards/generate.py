@@ -124,6 +124,9 @@ ingress = dashboard("lb-ingress", "LB ingress (lb-ingress)", [
         ("sum by (result) (increase(lb_ingress_config_reloads_total[1h]))", "{{result}} (1h)"),
         ("sum(lb_ingress_config_problems)", "problems now")], "short", 0, 32,
         desc="A problem is an object, reference or annotation skipped; each is logged once, naming it."),
+    panel(10, "Mirrored requests", [
+        (f"sum by (result) (rate(lb_ingress_mirror_requests_total[{RI}]))", "{{result}}")], "ops", 12, 32,
+        desc="Copies sent for mirror-target annotations: success (answered), error, skipped (too many in flight), lagged (the target was slower than the upstream; cut off)."),
 ])
 
 for name, d in [("dataplane.json", dataplane), ("ingress.json", ingress)]:

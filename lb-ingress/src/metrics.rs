@@ -251,6 +251,8 @@ pub struct Metrics {
     pub upstream_retries: Family<ServiceLabel, Counter>,
     pub active_connections: Family<ListenerLabel, Gauge>,
     pub tls_handshakes: Family<ResultLabel, Counter>,
+    /// Copies sent for `mirror-target`, by outcome ([`crate::proxy::mirror::Outcome`]).
+    pub mirror_requests: Family<ResultLabel, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
     /// Problems in the current configuration (objects, references or annotations skipped).
     pub config_problems: Gauge,
@@ -291,6 +293,7 @@ impl Metrics {
             upstream_retries: Family::default(),
             active_connections: Family::default(),
             tls_handshakes: Family::default(),
+            mirror_requests: Family::default(),
             config_reloads: Family::default(),
             config_problems: Gauge::default(),
             unrouted: Arc::default(),
@@ -331,6 +334,13 @@ impl Metrics {
             m.tls_handshakes.clone(),
         );
         registry.register(
+            "lb_ingress_mirror_requests",
+            "Request copies for mirror-target: success (answered, whatever the status), \
+             error (failed or timed out), skipped (too many in flight), lagged (the target \
+             took the body slower than the upstream; cut off)",
+            m.mirror_requests.clone(),
+        );
+        registry.register(
             "lb_ingress_config_reloads",
             "Configurations built and swapped in; error: some objects were skipped",
             m.config_reloads.clone(),
@@ -347,6 +357,11 @@ impl Metrics {
                 .get_or_create(&ResultLabel { result })
                 .inc_by(0);
             m.config_reloads
+                .get_or_create(&ResultLabel { result })
+                .inc_by(0);
+        }
+        for result in ["success", "error", "skipped", "lagged"] {
+            m.mirror_requests
                 .get_or_create(&ResultLabel { result })
                 .inc_by(0);
         }

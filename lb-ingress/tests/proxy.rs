@@ -4453,3 +4453,228 @@ spec:
     assert!(rest.is_empty());
     h.shutdown().await;
 }
+
+/// A mirror target: records `METHOD URI host=H length=CL body=N` for each request once
+/// its body is read (`body=error` when the body failed), and answers 500 (a mirror's
+/// answer is ignored). A request with the query `stall` is held for a minute with its
+/// body unread.
+async fn mirror_target() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = std::sync::Arc::clone(&log);
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let log = std::sync::Arc::clone(&log);
+                    async move {
+                        if req.uri().query() == Some("stall") {
+                            tokio::time::sleep(Duration::from_mins(1)).await;
+                        }
+                        let h = |n: &str| {
+                            (req.headers().get(n))
+                                .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned())
+                        };
+                        let line = format!(
+                            "{} {} host={} length={}",
+                            req.method(),
+                            req.uri(),
+                            h("host"),
+                            h("content-length")
+                        );
+                        let body = match req.into_body().collect().await {
+                            Ok(b) => b.to_bytes().len().to_string(),
+                            Err(_) => "error".to_owned(),
+                        };
+                        log.lock().unwrap().push(format!("{line} body={body}"));
+                        let resp = hyper::Response::builder()
+                            .status(500)
+                            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                b"ignored",
+                            )))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Waits until `seen` holds `n` lines (5 s at most; 300 ms for none) and takes them.
+async fn mirrored(seen: &std::sync::Mutex<Vec<String>>, n: usize) -> Vec<String> {
+    let wait = if n == 0 { 300 } else { 5000 };
+    let deadline = Instant::now() + Duration::from_millis(wait);
+    while seen.lock().unwrap().len() < n.max(1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::mem::take(&mut *seen.lock().unwrap())
+}
+
+/// `mirror-target` (ingress-nginx's): a copy of each request the access checks let
+/// through goes to the target with the client's path and query (`$request_uri`, or
+/// added when the target has no path), `mirror-host` as its Host, and the body unless
+/// `mirror-request-body: off`; the client gets the upstream's answer whatever the copy's
+/// fate: a target that is down, or one that takes the body slower than the upstream (cut
+/// off, counted `lagged`), changes nothing for the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_target_gets_a_copy_of_each_request() {
+    let up = Upstream::start("up").await;
+    let (target, seen) = mirror_target().await;
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let manifests = Manifests::new();
+    let n = |key: &str| format!("nginx.ingress.kubernetes.io/{key}");
+    let with_uri = format!("http://{target}$request_uri");
+    let no_path = format!("http://{target}");
+    let to_down = format!("http://{down}$request_uri");
+    let ing = |name: &str, extra: &[(String, &str)]| {
+        let pairs: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        annotated(name, &format!("{name}.example"), "up", &pairs)
+    };
+    manifests.write(
+        "ingress.yaml",
+        &[
+            ing(
+                "copied",
+                &[
+                    (n("mirror-target"), with_uri.as_str()),
+                    (n("mirror-host"), "shadow.example"),
+                ],
+            ),
+            ing(
+                "headonly",
+                &[
+                    (n("mirror-target"), no_path.as_str()),
+                    (n("mirror-request-body"), "off"),
+                ],
+            ),
+            ing(
+                "guarded",
+                &[
+                    (n("mirror-target"), with_uri.as_str()),
+                    (n("allowlist-source-range"), "10.0.0.0/8"),
+                ],
+            ),
+            ing("down", &[(n("mirror-target"), to_down.as_str())]),
+        ]
+        .concat(),
+    );
+    manifests.write(
+        "svc.yaml",
+        &service("default", "up", 80, "http", "80", &[&up]),
+    );
+    let h = start(server_config(&manifests)).await;
+    let c = client();
+    let metrics = h.metrics_addr.unwrap();
+    let count = |result: &'static str| async move {
+        metric(
+            metrics,
+            "lb_ingress_mirror_requests",
+            &[&format!("result=\"{result}\"")],
+        )
+        .await
+        .unwrap_or(0)
+    };
+
+    // The head as it went upstream, the client's path and query, the mirror host.
+    let r = request(
+        &c,
+        h.http_addr,
+        "GET",
+        "copied.example",
+        "/a/b?x=1",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.upstream(), "up");
+    assert_eq!(
+        mirrored(&seen, 1).await,
+        ["GET /a/b?x=1 host=shadow.example length=- body=0"]
+    );
+    // A body, whole, to both.
+    let body = bytes::Bytes::from(vec![b'x'; 3 << 20]);
+    let r = request(
+        &c,
+        h.http_addr,
+        "POST",
+        "copied.example",
+        "/upload",
+        &[],
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "3145728"));
+    assert_eq!(
+        mirrored(&seen, 1).await,
+        ["POST /upload host=shadow.example length=3145728 body=3145728"]
+    );
+    // mirror-request-body off: the head only; a target without a path gets the
+    // request's; Host is the target's.
+    let r = request(
+        &c,
+        h.http_addr,
+        "POST",
+        "headonly.example",
+        "/upload?q",
+        &[],
+        Some(bytes::Bytes::from_static(b"hello")),
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "5"));
+    assert_eq!(
+        mirrored(&seen, 1).await,
+        [format!("POST /upload?q host={target} length=- body=0")]
+    );
+    // Refused by the access checks: not copied.
+    let r = request(&c, h.http_addr, "GET", "guarded.example", "/", &[], None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(mirrored(&seen, 0).await, Vec::<String>::new());
+    assert_eq!(count("success").await, 3);
+
+    // A target that is down: the client does not notice.
+    let r = request(&c, h.http_addr, "GET", "down.example", "/", &[], None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count("error").await < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count("error").await, 1);
+
+    // A target that takes the body slower than the upstream (here: not at all) is cut
+    // off; the client's upload goes through at the upstream's pace.
+    let big = bytes::Bytes::from(vec![b'y'; 64 << 20]);
+    let r = request(
+        &c,
+        h.http_addr,
+        "POST",
+        "copied.example",
+        "/upload?stall",
+        &[],
+        Some(big),
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "67108864"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count("lagged").await < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count("lagged").await, 1);
+    assert_eq!(count("success").await, 3);
+    h.shutdown().await;
+}

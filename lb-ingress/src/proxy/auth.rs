@@ -32,12 +32,19 @@ use super::SERVER;
 use super::error::ProxyError;
 use crate::source::annotations::HashKey;
 
-/// The client for auth requests: hyper-util's pooled client (auth URLs are names to
-/// resolve and few in number, unlike upstream pods), over TLS by hyper-rustls for
-/// `https://` URLs.
-pub type AuthClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// A client for requests to URLs (auth services, mirror targets): hyper-util's pooled
+/// client (such URLs are names to resolve and few in number, unlike upstream pods), over
+/// TLS by hyper-rustls for `https://` URLs.
+pub type UrlClient<B> = Client<HttpsConnector<HttpConnector>, B>;
 
-pub fn client() -> AuthClient {
+/// The client for auth requests, which carry no body.
+pub type AuthClient = UrlClient<Empty<Bytes>>;
+
+pub fn client<B>() -> UrlClient<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
     let mut tls = crate::tls::upstream::unverified(b"http/1.1");
     // hyper-rustls offers the protocols it is built for (`enable_http1`) itself.
     tls.alpn_protocols.clear();
@@ -194,17 +201,23 @@ pub struct Original {
 impl Original {
     /// `template` with nginx's variables replaced.
     fn expand(&self, template: &str) -> String {
-        let host_name = crate::routes::request_host(&self.host);
-        template
-            .replace("$escaped_request_uri", &escape(&self.request_uri))
-            .replace("$request_uri", &self.request_uri)
-            .replace("$host", &host_name)
-            .replace("$scheme", self.scheme)
+        expand(template, self.scheme, &self.host, &self.request_uri)
     }
 
     fn url(&self) -> String {
         format!("{}://{}{}", self.scheme, self.host, self.request_uri)
     }
+}
+
+/// A URL `template` with nginx's `$escaped_request_uri`, `$request_uri`, `$host` and
+/// `$scheme` replaced for a request to `host` (as sent, with any port) for `request_uri`.
+pub fn expand(template: &str, scheme: &str, host: &str, request_uri: &str) -> String {
+    let host_name = crate::routes::request_host(host);
+    template
+        .replace("$escaped_request_uri", &escape(request_uri))
+        .replace("$request_uri", request_uri)
+        .replace("$host", &host_name)
+        .replace("$scheme", scheme)
 }
 
 /// Percent-encodes everything but unreserved characters and `/` (nginx's

@@ -35,6 +35,8 @@ struct RequestBodyState {
     ended_at: Option<Instant>,
     /// The last read found the client with nothing to give.
     waiting_on_client: bool,
+    /// `mirror-target`: the copy of the request that gets each frame too.
+    tee: Option<super::mirror::Tee>,
 }
 
 /// How far a request body has gone upstream, for the exchange's deadlines.
@@ -78,6 +80,7 @@ impl RequestBody {
             moved_at: None,
             ended_at: None,
             waiting_on_client: false,
+            tee: None,
         }))))
     }
 
@@ -85,6 +88,18 @@ impl RequestBody {
         self.0
             .as_ref()
             .map(|s| s.lock().expect("request body poisoned"))
+    }
+
+    /// A copy of the body for `mirror-target`, fed frame by frame as the upstream takes
+    /// them ([`super::mirror::Tee`]). None without a body, or once some was read.
+    pub fn tee(&self) -> Option<super::mirror::MirrorBody> {
+        let mut s = self.state()?;
+        if s.polled {
+            return None;
+        }
+        let (tee, body) = super::mirror::Tee::pair(s.inner.size_hint());
+        s.tee = Some(tee);
+        Some(body)
     }
 
     /// True while no frame has been read: the body can still be sent elsewhere.
@@ -141,8 +156,12 @@ impl Body for RequestBody {
                     s.seen += data.len() as u64;
                     if s.seen > s.limit {
                         s.too_large = true;
+                        s.tee = None;
                         let limit = s.limit;
                         return Poll::Ready(Some(Err(ProxyError::BodyTooLarge { limit }.into())));
+                    }
+                    if let Some(tee) = &mut s.tee {
+                        tee.offer(data);
                     }
                 }
                 let now = Instant::now();
@@ -151,15 +170,22 @@ impl Body for RequestBody {
                 // for the end.
                 if s.inner.is_end_stream() {
                     s.ended_at = Some(now);
+                    if let Some(tee) = &mut s.tee {
+                        tee.finish();
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 s.client_failed = true;
+                s.tee = None;
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
                 s.ended_at.get_or_insert_with(Instant::now);
+                if let Some(tee) = &mut s.tee {
+                    tee.finish();
+                }
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,

@@ -47,6 +47,7 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod log;
+pub mod mirror;
 pub mod ratelimit;
 pub mod retry;
 pub mod shared;
@@ -278,6 +279,7 @@ pub struct Proxy {
     pub auth_client: auth::AuthClient,
     /// Auth answers kept (`auth-cache-key`).
     pub auth_cache: Arc<auth::AuthCache>,
+    pub mirrors: Arc<mirror::Mirrors>,
     pub budget: Arc<RetryBudget>,
     pub options: ProxyOptions,
 }
@@ -298,6 +300,7 @@ impl Proxy {
             client: upstream::client(options.upstream_idle_timeout),
             auth_client: auth::client(),
             auth_cache: Arc::default(),
+            mirrors: Arc::default(),
             budget: Arc::new(RetryBudget::new(options.retry_ratio, 10)),
             options,
         }
@@ -317,6 +320,7 @@ impl Proxy {
             client: self.client.clone(),
             auth_client: self.auth_client.clone(),
             auth_cache: Arc::clone(&self.auth_cache),
+            mirrors: Arc::clone(&self.mirrors),
             budget: Arc::clone(&self.budget),
             options: self.options.clone(),
         }
@@ -540,6 +544,15 @@ impl Proxy {
                 }),
             })
         });
+        // mirror-target: where the copy goes, made of the request as it came.
+        let mirror = options.mirror.as_ref().and_then(|m| {
+            let request_uri = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+            let scheme = if https { "https" } else { "http" };
+            mirror::Destination::new(m, scheme, &authority.text, request_uri)
+                .map_err(|e| tracing::debug!(error = %e, "request not mirrored"))
+                .ok()
+                .map(Box::new)
+        });
         if let Some((status, to)) = &options.redirect {
             let resp = local_redirect(*status, to);
             log.target = Some(target);
@@ -706,6 +719,7 @@ impl Proxy {
             original_uri,
             https,
             access,
+            mirror: mirror.filter(|_| !upgrade),
         }))
     }
 
@@ -725,12 +739,26 @@ impl Proxy {
             original_uri,
             https,
             access,
+            mirror,
         } = outgoing;
         let target = log.target.as_ref().expect("routed before forwarding");
         if (target.basic_auth.is_some() || auth.is_some())
             && let Some(refused) = self.authorize(access, &mut head, auth, target).await?
         {
             return Ok(Forwarded::Local(refused));
+        }
+        if let Some(copy) = mirror {
+            let body = if copy.body { body.tee() } else { None };
+            let timeout =
+                (target.options.response_timeout).unwrap_or(self.options.response_timeout);
+            (self.mirrors).send(
+                *copy,
+                &head.method,
+                &head.headers,
+                body,
+                timeout,
+                &self.metrics,
+            );
         }
         // custom-http-errors: what the error page request needs of this one, taken now
         // (the request's headers go into the upstream request).
@@ -1184,6 +1212,8 @@ struct Outgoing {
     https: bool,
     /// What the auth checks must find (`satisfy`).
     access: Access,
+    /// `mirror-target`: where a copy of the request goes, once it is let through.
+    mirror: Option<Box<mirror::Destination>>,
 }
 
 /// How the access checks combine (`satisfy`).

@@ -50,6 +50,7 @@
 //! | `from-to-www-redirect` | bool | a request for `www.` + a host of the Ingress (or that host without `www.`) gets 308 to it, unless some Ingress has rules for that name |
 //! | `use-regex` | bool | the paths of every Ingress on this Ingress's hosts are case-insensitive regular expressions (RE2 syntax) matched at the start of the path, longest expression first ([`crate::routes::PathRule::regex`]) |
 //! | `rewrite-target` | a path with captures: `/$2` | the upstream path becomes it, `$1`.. replaced by the rule path's groups ([`crate::routes::rewrite`]); implies `use-regex` for the host |
+//! | `mirror-target` (`http://` or `https://`, nginx variables as in `auth-url`), `mirror-request-body` (`on`, `off`), `mirror-host` | as in ingress-nginx | a copy of each request (after the access checks) goes to the target too, its answer ignored, in the background: the client's request never waits for it ([`crate::proxy::mirror`]) |
 //! | `rewrite-prefix` (ours only) | a path | the matched rule path is replaced by it upstream (Gateway API's `ReplacePrefixMatch`); `X-Forwarded-Prefix` names what was replaced |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
@@ -169,6 +170,8 @@ pub struct RouteOptions {
     pub limit_rate: Option<ResponseRate>,
     /// `affinity: cookie`, with the cookie's attributes.
     pub affinity: Option<CookieAffinity>,
+    /// `mirror-target` and its companions: a copy of each request sent elsewhere.
+    pub mirror: Option<Mirror>,
     /// Why the rules of this Ingress are answered 503 (a setting it asks for could not
     /// be honoured).
     pub deny: Option<String>,
@@ -872,7 +875,50 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     o.max_in_flight = s.get("limit-connections", "no limit", positive);
     o.cors = cors(&mut s);
     o.canary = canary(&mut s);
+    o.mirror = mirror(&mut s);
     (o, s.finish())
+}
+
+/// `mirror-target`: where a copy of each request goes ([`crate::proxy::mirror`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mirror {
+    /// URL template (`http://` or `https://`, nginx's `$request_uri`, `$host`,
+    /// `$scheme`, `$escaped_request_uri`); without a path, the request's own path and
+    /// query are added.
+    pub target: String,
+    /// `mirror-request-body` (`on`, the default): the copy carries the request body.
+    pub body: bool,
+    /// `mirror-host`: the copy's `Host` (default: the target URL's host).
+    pub host: Option<hyper::header::HeaderValue>,
+}
+
+/// `mirror-target` with `mirror-request-body` and `mirror-host`.
+fn mirror(s: &mut Settings<'_>) -> Option<Mirror> {
+    let Some(target) = s.get("mirror-target", IGNORED, |v| {
+        valid_template(v)
+            .then(|| v.to_owned())
+            .ok_or_else(|| format!("{v:?} is not an http:// or https:// URL"))
+    }) else {
+        s.drop_companions(
+            &["mirror-request-body", "mirror-host"],
+            "there is no usable mirror-target",
+        );
+        return None;
+    };
+    let body = s
+        .get("mirror-request-body", "the body is mirrored", |v| match v {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            other => Err(format!("{other:?} is not on or off")),
+        })
+        .unwrap_or(true);
+    let host = s.get("mirror-host", "the target's host is sent", |v| {
+        (hyper::http::uri::Authority::try_from(v).is_ok())
+            .then(|| hyper::header::HeaderValue::try_from(v).ok())
+            .flatten()
+            .ok_or_else(|| format!("{v:?} is not a host"))
+    });
+    Some(Mirror { target, body, host })
 }
 
 /// A text to replace and what replaces it.
@@ -1723,13 +1769,60 @@ mod tests {
     }
 
     #[test]
+    fn mirror_target_with_its_companions() {
+        let a = annotations(&[(
+            "nginx.ingress.kubernetes.io/mirror-target",
+            "https://test.env.com$request_uri",
+        )]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!(problems, Vec::<String>::new());
+        assert_eq!(
+            o.mirror,
+            Some(Mirror {
+                target: "https://test.env.com$request_uri".into(),
+                body: true,
+                host: None,
+            })
+        );
+        let a = annotations(&[
+            (
+                "nginx.ingress.kubernetes.io/mirror-target",
+                "http://10.0.0.9:8080/copy",
+            ),
+            ("nginx.ingress.kubernetes.io/mirror-request-body", "off"),
+            ("nginx.ingress.kubernetes.io/mirror-host", "shadow.example"),
+        ]);
+        let m = parse(Some(&a)).0.mirror.unwrap();
+        assert!(!m.body);
+        assert_eq!(m.host.unwrap(), "shadow.example");
+        // A bad target: no mirror, and its companions are reported with it.
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/mirror-target", "ftp://x/"),
+            ("nginx.ingress.kubernetes.io/mirror-host", "shadow.example"),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!(o.mirror, None);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("mirror-target") && problems[0].contains("ftp://x/"));
+        assert!(problems[1].contains("no usable mirror-target"));
+        // A bad companion falls back to its default.
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/mirror-target", "http://x/"),
+            ("nginx.ingress.kubernetes.io/mirror-request-body", "maybe"),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert!(o.mirror.unwrap().body);
+        assert!(problems[0].contains("not on or off"), "{problems:?}");
+    }
+
+    #[test]
     fn unknown_and_snippet_annotations_are_reported() {
         let a = annotations(&[
             (
                 "nginx.ingress.kubernetes.io/configuration-snippet",
                 "more_set_headers x",
             ),
-            ("nginx.ingress.kubernetes.io/mirror-target", "http://x/"),
+            ("nginx.ingress.kubernetes.io/mirror-uri", "/mirror"),
             ("ingress.lb.dev/colour", "blue"),
         ]);
         let (o, problems) = parse(Some(&a));
@@ -1743,7 +1836,7 @@ mod tests {
         assert!(
             problems
                 .iter()
-                .any(|p| p.contains("mirror-target") && p.contains("not supported"))
+                .any(|p| p.contains("mirror-uri") && p.contains("not supported"))
         );
         assert!(problems.iter().any(|p| p.contains("ingress.lb.dev/colour")));
         // nginx's buffering knobs have nothing to configure here: not problems.
