@@ -2161,7 +2161,8 @@ async fn external_name_services_in_the_cluster_by_address_and_by_host_name() {
 }
 
 /// `upstream-hash-by`: requests with the same key (a header, a query parameter) go to
-/// the same endpoint; different keys spread over the endpoints.
+/// the same endpoint; different keys spread over the endpoints. With
+/// `upstream-hash-by-subset`, a key's requests spread over its set of endpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_hash_by_keeps_a_key_on_one_endpoint() {
     // 24 keys on 3 endpoints all on one: a chance of 3 in 3^24.
@@ -2187,6 +2188,22 @@ async fn upstream_hash_by_keeps_a_key_on_one_endpoint() {
                 "arg.example",
                 "up",
                 &[(hash_by, "cart-${arg_id}")],
+            ),
+            annotated(
+                "by-set",
+                "set.example",
+                "up",
+                &[
+                    (hash_by, "$arg_id"),
+                    (
+                        "nginx.ingress.kubernetes.io/upstream-hash-by-subset",
+                        "true",
+                    ),
+                    (
+                        "nginx.ingress.kubernetes.io/upstream-hash-by-subset-size",
+                        "2",
+                    ),
+                ],
             ),
         ]
         .concat(),
@@ -2235,6 +2252,26 @@ async fn upstream_hash_by_keeps_a_key_on_one_endpoint() {
             assert_eq!(again.upstream(), first, "{path}");
         }
     }
+    // Sets of two of the three endpoints in address order: {0, 1} and {2, 0}. Each key
+    // stays in one set and (30 requests at random) reaches both of its endpoints.
+    let mut by_port: Vec<&Upstream> = ups.iter().collect();
+    by_port.sort_by_key(|u| u.addr);
+    let names = |idx: [usize; 2]| -> BTreeSet<String> {
+        idx.iter().map(|&i| by_port[i].name.clone()).collect()
+    };
+    let sets = [names([0, 1]), names([2, 0])];
+    let mut sets_used = BTreeSet::new();
+    for id in 0..12 {
+        let path = format!("/?id={id}");
+        let mut seen = BTreeSet::new();
+        for _ in 0..30 {
+            let r = request(&cl, h.http_addr, "GET", "set.example", &path, &[], None).await;
+            seen.insert(r.upstream());
+        }
+        let set = sets.iter().position(|s| *s == seen);
+        sets_used.insert(set.unwrap_or_else(|| panic!("id {id} reached {seen:?}, not one set")));
+    }
+    assert_eq!(sets_used.len(), 2, "12 keys all on one set");
     h.shutdown().await;
 }
 

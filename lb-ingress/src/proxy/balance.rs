@@ -126,7 +126,10 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(endpoints: Vec<Arc<Endpoint>>) -> Pool {
+    /// A pool of `endpoints`, kept in address order: the same order in every replica,
+    /// which `upstream-hash-by-subset`'s sets are cut from.
+    pub fn new(mut endpoints: Vec<Arc<Endpoint>>) -> Pool {
+        endpoints.sort_by_key(|e| e.addr);
         Pool {
             endpoints,
             turn: AtomicUsize::new(0),
@@ -196,12 +199,23 @@ impl Pool {
     /// ejected (all of them when every one is ejected). The same key goes to the same
     /// endpoint in every replica; when an endpoint leaves, only its keys move, each to
     /// its next choice, which is also where a retry goes.
+    ///
+    /// With `subset` (`upstream-hash-by-subset-size`), the key picks a set of that many
+    /// endpoints instead, and a request goes to one of the set at random (ingress-nginx's
+    /// `chashsubset`): the endpoints in address order are cut into consecutive sets, the
+    /// last filled up from the first endpoints; the key's set is the one it ranks first
+    /// by rendezvous hashing over set numbers, and when none of that set is usable, the
+    /// next one it ranks.
     pub fn pick_hashed(
         &self,
         registry: &EndpointRegistry,
         key: u64,
         tried: &[SocketAddr],
+        subset: Option<u32>,
     ) -> Option<InFlight> {
+        if let Some(size) = subset {
+            return self.pick_in_subset(registry, key, tried, size as usize);
+        }
         let best = |allow_ejected: bool| {
             self.endpoints
                 .iter()
@@ -210,6 +224,32 @@ impl Pool {
                 .max_by_key(|e| (mix(key ^ e.affinity), e.addr))
         };
         let chosen = best(false).or_else(|| best(true))?;
+        chosen.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(Arc::clone(chosen)))
+    }
+
+    /// [`Pool::pick_hashed`] with sets of `size` endpoints.
+    fn pick_in_subset(
+        &self,
+        registry: &EndpointRegistry,
+        key: u64,
+        tried: &[SocketAddr],
+        size: usize,
+    ) -> Option<InFlight> {
+        let n = self.endpoints.len();
+        let size = size.max(1);
+        let mut sets: Vec<usize> = (0..n.div_ceil(size)).collect();
+        sets.sort_by_key(|&set| std::cmp::Reverse(mix(key ^ mix(set as u64 + 1))));
+        let chosen = [false, true].into_iter().find_map(|allow_ejected| {
+            sets.iter().find_map(|&set| {
+                let members: Vec<&Arc<Endpoint>> = (0..size)
+                    .map(|k| &self.endpoints[(set * size + k) % n])
+                    .filter(|e| !tried.contains(&e.addr))
+                    .filter(|e| allow_ejected || !registry.is_ejected(e))
+                    .collect();
+                (!members.is_empty()).then(|| members[fastrand::usize(..members.len())])
+            })
+        })?;
         chosen.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(InFlight(Arc::clone(chosen)))
     }
@@ -375,6 +415,8 @@ impl EndpointRegistry {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn pool(reg: &EndpointRegistry, n: u16) -> Pool {
@@ -505,7 +547,7 @@ mod tests {
     fn hashed_keys_stay_put_and_move_only_off_a_leaving_endpoint() {
         let reg = EndpointRegistry::new(Duration::from_secs(10));
         let p = pool(&reg, 4);
-        let on = |p: &Pool, key: u64| p.pick_hashed(&reg, key, &[]).unwrap().endpoint().addr;
+        let on = |p: &Pool, key: u64| p.pick_hashed(&reg, key, &[], None).unwrap().endpoint().addr;
         let keys: Vec<u64> = (0..400u64).map(|k| mix(k + 1)).collect();
         let before: Vec<SocketAddr> = keys.iter().map(|&k| on(&p, k)).collect();
         assert!(
@@ -532,13 +574,55 @@ mod tests {
         // next choice.
         let key = keys[0];
         let first = on(&p, key);
-        let second = p.pick_hashed(&reg, key, &[first]).unwrap().endpoint().addr;
+        let second = p
+            .pick_hashed(&reg, key, &[first], None)
+            .unwrap()
+            .endpoint()
+            .addr;
         assert_ne!(second, first);
         let ejected = p.endpoints().iter().find(|e| e.addr == first).unwrap();
         reg.eject(ejected);
         assert_eq!(on(&p, key), second);
         let all: Vec<_> = p.endpoints().iter().map(|e| e.addr).collect();
-        assert!(p.pick_hashed(&reg, key, &all).is_none());
+        assert!(p.pick_hashed(&reg, key, &all, None).is_none());
+    }
+
+    #[test]
+    fn hashed_subsets_keep_a_key_on_its_set_and_spread_within_it() {
+        let reg = EndpointRegistry::new(Duration::from_secs(10));
+        let p = pool(&reg, 5);
+        let addrs: Vec<SocketAddr> = p.endpoints().iter().map(|e| e.addr).collect();
+        // Sets of 2 from 5 in address order: {0, 1}, {2, 3}, {4, 0}.
+        let sets = [[0, 1], [2, 3], [4, 0]].map(|s| s.map(|i| addrs[i]));
+        let on = |key: u64, tried: &[SocketAddr]| {
+            p.pick_hashed(&reg, key, tried, Some(2))
+                .unwrap()
+                .endpoint()
+                .addr
+        };
+        let mut sets_used = BTreeSet::new();
+        for key in (0..60u64).map(|k| mix(k + 7)) {
+            let seen: BTreeSet<SocketAddr> = (0..40).map(|_| on(key, &[])).collect();
+            let set = sets
+                .iter()
+                .position(|s| s.iter().copied().collect::<BTreeSet<_>>() == seen);
+            let set = set.unwrap_or_else(|| panic!("key {key:x} went to {seen:?}"));
+            sets_used.insert(set);
+            // Its set tried: the next set it ranks.
+            let next = on(key, &sets[set]);
+            assert!(!sets[set].contains(&next));
+        }
+        assert_eq!(sets_used.len(), 3, "60 keys over 3 sets");
+        // A set larger than the pool is the whole pool.
+        let all: BTreeSet<SocketAddr> = (0..200)
+            .map(|_| {
+                p.pick_hashed(&reg, 1, &[], Some(9))
+                    .unwrap()
+                    .endpoint()
+                    .addr
+            })
+            .collect();
+        assert_eq!(all.len(), 5);
     }
 
     #[test]

@@ -859,7 +859,10 @@ pub async fn send(
             .filter(|_| tried.is_empty())
             .and_then(|key| target.pool.pick_sticky(&proxy.registry, key, &tried));
         let slot = sticky.or_else(|| match head.hash {
-            Some(key) => target.pool.pick_hashed(&proxy.registry, key, &tried),
+            Some(key) => {
+                let subset = target.options.hash_subset;
+                (target.pool).pick_hashed(&proxy.registry, key, &tried, subset)
+            }
             None => (target.pool).pick(&proxy.registry, &tried, target.options.load_balance),
         });
         let Some(slot) = slot else {

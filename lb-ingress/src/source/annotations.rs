@@ -32,6 +32,7 @@
 //! | `auth-tls-secret` (`name` or `namespace/name`: its `ca.crt`, and `ca.crl` if present), `auth-tls-verify-client` (`on`, `optional`, `optional_no_ca`, `off`), `auth-tls-verify-depth` (1), `auth-tls-error-page`, `auth-tls-pass-certificate-to-upstream`, `auth-tls-match-cn` (`CN=<regex>`) | as in ingress-nginx | client certificates ([`crate::tls::client_auth`]): asked for in the handshakes of the Ingress's hosts; a request without one the CA vouches for gets 400 (or 302 to the error page), one whose CN does not match 403; the upstream gets `ssl-client-verify`, `ssl-client-subject-dn`, `ssl-client-issuer-dn` (and `ssl-client-cert`), never the client's own |
 //! | `ssl-passthrough` | bool | TLS connections for the Ingress's hosts go to the backend of their `/` rule unopened ([`crate::tls::passthrough`]): the backend does the handshake; no other setting applies to them |
 //! | `upstream-hash-by` | nginx variables and text: `$request_uri`, `$uri`, `$args`, `$remote_addr`, `$host`, `$http_NAME`, `$cookie_NAME`, `$arg_NAME` | requests with the same key go to the same endpoint (rendezvous hashing; [`crate::proxy::balance::Pool::pick_hashed`]); cookie affinity wins over it |
+//! | `upstream-hash-by-subset`, `upstream-hash-by-subset-size` | bool; a number (3) | with `upstream-hash-by`: the key picks a set of that many endpoints (consecutive in address order), and each request goes to one of the set at random ([`crate::proxy::balance::Pool::pick_hashed`]) |
 //! | `limit-rate`, `limit-rate-after` | kilobytes (1024 bytes) a second; kilobytes | each response's bytes beyond the first `limit-rate-after` KB leave at most `limit-rate` KB a second (nginx's `limit_rate`, per request; `0`: no limit) |
 //! | `load-balance` | `round_robin`, `ewma` | how an endpoint is picked ([`crate::proxy::balance::Balance`]): each in turn, or power of two choices over peak EWMA latency x (requests in flight + 1); without it, power of two choices over requests in flight |
 //! | `default-backend` | a Service of the Ingress's namespace | requests to a rule whose Service has no ready endpoint go to it (its first port) instead of getting 503 |
@@ -164,6 +165,9 @@ pub struct RouteOptions {
     pub custom_errors: Vec<u16>,
     /// `upstream-hash-by`: the key that picks the endpoint.
     pub hash_by: Option<HashKey>,
+    /// `upstream-hash-by-subset` (with `upstream-hash-by`): the key picks a set of this
+    /// many endpoints (`upstream-hash-by-subset-size`, 3), one of which takes the request.
+    pub hash_subset: Option<u32>,
     /// `load-balance`: how an endpoint is picked otherwise.
     pub load_balance: Balance,
     /// `limit-rate` / `limit-rate-after`: the pace of each response's body.
@@ -858,11 +862,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     o.affinity = affinity(&mut s);
     (o.default_backend, o.custom_errors) = error_pages(&mut s);
     (o.redirect_rewrite, o.cookie_path, o.cookie_domain) = response_rewrites(&mut s);
-    o.hash_by = s.get(
-        "upstream-hash-by",
-        "requests are balanced as without it",
-        HashKey::parse,
-    );
+    (o.hash_by, o.hash_subset) = hash_by(&mut s);
     o.load_balance = s
         .get(
             "load-balance",
@@ -877,6 +877,35 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     o.canary = canary(&mut s);
     o.mirror = mirror(&mut s);
     (o, s.finish())
+}
+
+/// `upstream-hash-by`, and `upstream-hash-by-subset` with `upstream-hash-by-subset-size`.
+fn hash_by(s: &mut Settings<'_>) -> (Option<HashKey>, Option<u32>) {
+    let Some(key) = s.get(
+        "upstream-hash-by",
+        "requests are balanced as without it",
+        HashKey::parse,
+    ) else {
+        s.drop_companions(
+            &["upstream-hash-by-subset", "upstream-hash-by-subset-size"],
+            "there is no usable upstream-hash-by",
+        );
+        return (None, None);
+    };
+    let subset = s
+        .get("upstream-hash-by-subset", IGNORED, boolean)
+        .unwrap_or(false);
+    if !subset {
+        s.drop_companions(
+            &["upstream-hash-by-subset-size"],
+            "upstream-hash-by-subset is not true",
+        );
+        return (Some(key), None);
+    }
+    let size = s
+        .get("upstream-hash-by-subset-size", "sets of 3", positive)
+        .unwrap_or(3);
+    (Some(key), Some(size))
 }
 
 /// `mirror-target`: where a copy of each request goes ([`crate::proxy::mirror`]).
@@ -2327,6 +2356,38 @@ mod tests {
             problems[0].contains("balanced as without it"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn upstream_hash_by_subsets() {
+        let n = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
+        let parsed = |pairs: &[(String, &str)]| {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            let (o, problems) = parse(Some(&annotations(&pairs)));
+            (o.hash_by.is_some(), o.hash_subset, problems)
+        };
+        let key = (n("upstream-hash-by"), "$arg_id");
+        let on = (n("upstream-hash-by-subset"), "true");
+        let size = (n("upstream-hash-by-subset-size"), "4");
+        assert_eq!(parsed(&[key.clone(), on.clone()]), (true, Some(3), vec![]));
+        assert_eq!(
+            parsed(&[key.clone(), on.clone(), size.clone()]),
+            (true, Some(4), vec![])
+        );
+        // The size without the switch, the switch without a key, a bad size: reported.
+        let (hash, subset, problems) = parsed(&[key.clone(), size.clone()]);
+        assert_eq!((hash, subset), (true, None));
+        assert!(problems[0].contains("subset is not true"), "{problems:?}");
+        let (hash, subset, problems) = parsed(std::slice::from_ref(&on));
+        assert_eq!((hash, subset), (false, None));
+        assert!(
+            problems[0].contains("no usable upstream-hash-by"),
+            "{problems:?}"
+        );
+        let zero = (n("upstream-hash-by-subset-size"), "0");
+        let (_, subset, problems) = parsed(&[key, on, zero]);
+        assert_eq!(subset, Some(3));
+        assert!(problems[0].contains("positive"), "{problems:?}");
     }
 
     #[test]
