@@ -38,7 +38,7 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Read the cluster state once, print the routes it makes and every problem found,
     /// and exit: 0 without problems, 1 with (a gate before serving, like `nginx -t`).
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
 }
 
 /// Where the cluster state comes from (`run` and `check`).
@@ -72,8 +72,8 @@ impl SourceArgs {
     }
 }
 
-/// Which Ingresses are ours and the certificate for names without one (`run` and
-/// `check`).
+/// Which Ingresses are ours, the certificate for names without one and the Service for
+/// requests no rule takes (`run` and `check`).
 #[derive(clap::Args, Debug)]
 pub struct ScopeArgs {
     /// Serve Ingresses with this spec.ingressClassName (and those without a class when
@@ -87,6 +87,10 @@ pub struct ScopeArgs {
     /// its own, and to the hosts of spec.tls entries without a secretName.
     #[arg(long, value_name = "NAMESPACE/NAME")]
     pub default_ssl_certificate: Option<NamespacedName>,
+    /// The Service (its first port) that takes the requests no Ingress rule or
+    /// defaultBackend takes, such as a custom 404 page (without it: 404).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub default_backend_service: Option<NamespacedName>,
 }
 
 impl ScopeArgs {
@@ -97,6 +101,7 @@ impl ScopeArgs {
                 controller: self.controller_name.clone(),
             },
             default_certificate: self.default_ssl_certificate.clone(),
+            default_backend: self.default_backend_service.clone(),
         }
     }
 }

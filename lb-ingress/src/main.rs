@@ -70,7 +70,7 @@ fn main() -> std::process::ExitCode {
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(check(args)));
+                .and_then(|rt| rt.block_on(check(*args)));
             // 1: problems found; 2: nothing could be checked.
             return match checked {
                 Ok(true) => std::process::ExitCode::SUCCESS,

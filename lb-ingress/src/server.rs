@@ -82,6 +82,7 @@ impl ServerConfig {
                     controller: crate::source::class::CONTROLLER.into(),
                 },
                 default_certificate: None,
+                default_backend: None,
             },
             options: ProxyOptions::default(),
             shutdown_grace: Duration::from_secs(30),

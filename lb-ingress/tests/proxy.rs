@@ -218,6 +218,94 @@ async fn no_route_is_404_and_no_ready_endpoint_is_503() {
     h.shutdown().await;
 }
 
+/// `--default-backend-service` (ingress-nginx's flag): requests no rule takes (an
+/// unknown host, an unmatched path on a known one) go to that Service's first port
+/// instead of getting 404; a rule with no ready endpoint still answers 503; an Ingress's
+/// own `defaultBackend` comes first; a flag naming no Service is reported and 404 stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_backend_service_takes_what_no_rule_takes() {
+    let (up, errors, own) = (
+        Upstream::start("up").await,
+        Upstream::start("errors").await,
+        Upstream::start("own").await,
+    );
+    let m = Manifests::new();
+    m.write(
+        "ingress.yaml",
+        &ingress(
+            "a",
+            "  ingressClassName: lb\n",
+            "a.example.com",
+            &[
+                ("/api", "Prefix", "up", "{number: 80}"),
+                ("/empty", "Prefix", "empty", "{number: 80}"),
+            ],
+        ),
+    );
+    let mut svcs = service("default", "up", 80, "http", "8080", &[&up]);
+    svcs += "---\n";
+    svcs += &service("default", "empty", 80, "http", "8080", &[]);
+    svcs += "---\n";
+    svcs += &service("errors", "pages", 8080, "http", "8080", &[&errors]);
+    svcs += "---\n";
+    svcs += &service("default", "own", 80, "http", "8080", &[&own]);
+    m.write("services.yaml", &svcs);
+    let config = |flag: Option<&str>| {
+        let mut cfg = server_config(&m);
+        cfg.scope.default_backend = flag.map(|f| f.parse().unwrap());
+        cfg
+    };
+    let c = client();
+    let answers = |h: &lb_ingress::ServerHandle| {
+        let (c, addr) = (c.clone(), h.http_addr);
+        async move {
+            let mut out = Vec::new();
+            for (host, path) in [
+                ("a.example.com", "/api/x"),
+                ("a.example.com", "/other"),
+                ("b.example.com", "/"),
+                ("a.example.com", "/empty"),
+            ] {
+                let r = request(&c, addr, "GET", host, path, &[], None).await;
+                out.push(format!(
+                    "{} {}",
+                    r.status.as_u16(),
+                    r.upstream_or_text().trim()
+                ));
+            }
+            out
+        }
+    };
+    let mut h = start(config(Some("errors/pages"))).await;
+    assert_eq!(
+        answers(&h).await,
+        [
+            "200 up",
+            "200 errors",
+            "200 errors",
+            "503 no ready endpoint for this route"
+        ]
+    );
+    assert_eq!(config_problems(&h).await, Some(0));
+    // An Ingress's defaultBackend comes before the flag.
+    let generation = h.generation();
+    m.write(
+        "own.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: own, namespace: default}\nspec:\n  ingressClassName: lb\n  defaultBackend: {service: {name: own, port: {number: 80}}}\n",
+    );
+    next_generation(&mut h, generation).await;
+    assert_eq!(answers(&h).await[..3], ["200 up", "200 own", "200 own"]);
+    h.shutdown().await;
+    m.remove("own.yaml");
+
+    // A flag naming no Service: reported, and 404 as without it.
+    let h = start(config(Some("errors/nope"))).await;
+    let no_route = "404 no route for this host and path".to_owned();
+    assert_eq!(answers(&h).await[1..3], [no_route.clone(), no_route]);
+    assert_eq!(config_problems(&h).await, Some(1));
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_ports_by_name_with_named_target_ports() {
     let up = Upstream::start("named").await;

@@ -183,6 +183,11 @@ impl<T> RouteTableBuilder<T> {
         }
     }
 
+    /// Whether some Ingress gave a `defaultBackend`.
+    pub fn has_default_backend(&self) -> bool {
+        self.default_backend.is_some()
+    }
+
     pub fn default_backend(&mut self, rank: &Rank, target: T) {
         match &self.default_backend {
             Some((held, _)) if held <= rank => self.conflicts.push(Conflict {

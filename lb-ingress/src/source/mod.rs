@@ -94,6 +94,10 @@ pub struct Scope {
     /// whose name has no certificate of its own, and to the hosts of `spec.tls` entries
     /// without a `secretName` (as ingress-nginx's flag of that name).
     pub default_certificate: Option<NamespacedName>,
+    /// `--default-backend-service`: the Service (its first port) that takes the requests
+    /// no rule and no Ingress `defaultBackend` takes (as ingress-nginx's flag of that
+    /// name; without it they get 404).
+    pub default_backend: Option<NamespacedName>,
 }
 
 /// The `path` of the [`Target`] of a `defaultBackend`.
@@ -647,31 +651,15 @@ pub fn build(
         }
         // default-backend: that Service's first port, as ingress-nginx takes it.
         let fallback = options.default_backend.as_ref().and_then(|name| {
-            let sref = ObjectRef::new(Kind::Service, r.namespace.clone(), name.clone());
-            let port = match store.get(&sref) {
-                Some(Object::Service(s)) => (s.spec.as_ref())
-                    .and_then(|spec| spec.ports.as_ref()?.first())
-                    .map(|p| p.port),
-                _ => None,
-            };
-            let Some(number) = port else {
+            let backend = first_port(store, &r.namespace, name);
+            if backend.is_none() {
                 problems.push(format!(
                     "Ingress {}/{}: default-backend Service {}/{name} not found or without \
                      ports; rules without endpoints answer 503",
                     r.namespace, r.name, r.namespace
                 ));
-                return None;
-            };
-            Some(IngressBackend {
-                service: Some(k8s_openapi::api::networking::v1::IngressServiceBackend {
-                    name: name.clone(),
-                    port: Some(k8s_openapi::api::networking::v1::ServiceBackendPort {
-                        number: Some(number),
-                        name: None,
-                    }),
-                }),
-                resource: None,
-            })
+            }
+            backend
         });
         let options = Arc::new(options);
         let mut tls_by_name: HashMap<String, Option<Arc<UpstreamTls>>> = HashMap::new();
@@ -866,6 +854,50 @@ pub fn build(
             ));
         }
     }
+    // --default-backend-service: what nothing else takes.
+    if let Some(d) = &scope.default_backend
+        && !routes.has_default_backend()
+    {
+        let r = ObjectRef::new(Kind::Service, d.namespace.clone(), d.name.clone());
+        let resolved = match first_port(store, &d.namespace, &d.name) {
+            Some(backend) => backends.resolve(&r, &backend, Via::default(), &mut problems),
+            None => {
+                problems.push(format!(
+                    "--default-backend-service {d}: Service not found or without ports; \
+                     requests no rule takes answer 404"
+                ));
+                None
+            }
+        };
+        if let Some((service, pool, protocol)) = resolved {
+            let target = Target {
+                // Named after the flag in logs, metrics and `check`: no Ingress made it.
+                ingress: "--default-backend-service".to_owned(),
+                host: String::new(),
+                path: DEFAULT_BACKEND.to_owned(),
+                service,
+                pool,
+                protocol,
+                options: Arc::default(),
+                limiter: None,
+                concurrency: None,
+                canary: None,
+                fallback: None,
+                verified: None,
+                www_redirect: None,
+                rewrite: None,
+                basic_auth: None,
+                client_auth: None,
+                series: RouteSeries::default(),
+            };
+            let last = Rank {
+                created: None,
+                namespace: String::new(),
+                name: String::new(),
+            };
+            routes.default_backend(&last, Arc::new(target));
+        }
+    }
     let (routes, conflicts) = routes.build();
     for c in conflicts {
         problems.push(format!(
@@ -882,6 +914,26 @@ pub fn build(
         problems,
         hosts: backends.hosts,
     }
+}
+
+/// A backend on the first port of Service `namespace/name` (how ingress-nginx reads a
+/// default backend's Service), or None when there is no such Service or it has no ports.
+fn first_port(store: &Store, namespace: &str, name: &str) -> Option<IngressBackend> {
+    let sref = ObjectRef::new(Kind::Service, namespace, name);
+    let Some(Object::Service(s)) = store.get(&sref) else {
+        return None;
+    };
+    let number = s.spec.as_ref()?.ports.as_ref()?.first()?.port;
+    Some(IngressBackend {
+        service: Some(k8s_openapi::api::networking::v1::IngressServiceBackend {
+            name: name.to_owned(),
+            port: Some(k8s_openapi::api::networking::v1::ServiceBackendPort {
+                number: Some(number),
+                name: None,
+            }),
+        }),
+        resource: None,
+    })
 }
 
 /// Every key of Secret `ns/name` with a text value (read as [`secret_data`] reads one),
