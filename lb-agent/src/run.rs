@@ -114,6 +114,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         (None, kc) => SourceConfig::Kube {
             kubeconfig: kc.clone(),
             node: Some(args.node_name.clone()),
+            namespace: None,
         },
     }
     .into_source();

@@ -57,8 +57,9 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
-    /// The source, a manifests directory polled every `interval`.
-    pub fn source(&self, interval: Duration) -> SourceConfig {
+    /// The source, a manifests directory polled every `interval`; from the API server,
+    /// the namespaced kinds of `namespace` only, when given.
+    pub fn source(&self, interval: Duration, namespace: Option<String>) -> SourceConfig {
         match &self.manifests {
             Some(dir) => SourceConfig::Manifests {
                 dir: dir.clone(),
@@ -67,6 +68,7 @@ impl SourceArgs {
             None => SourceConfig::Kube {
                 kubeconfig: self.kubeconfig.clone(),
                 node: None,
+                namespace,
             },
         }
     }
@@ -91,18 +93,38 @@ pub struct ScopeArgs {
     /// defaultBackend takes, such as a custom 404 page (without it: 404).
     #[arg(long, value_name = "NAMESPACE/NAME")]
     pub default_backend_service: Option<NamespacedName>,
+    /// Serve the Ingresses of this namespace only, and watch Services, EndpointSlices,
+    /// Ingresses and Secrets there only (a Role in it gives all the access they need).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub watch_namespace: Option<String>,
 }
 
 impl ScopeArgs {
-    pub fn scope(&self) -> crate::source::Scope {
-        crate::source::Scope {
+    /// The scope; an error when a flag names an object outside `--watch-namespace`,
+    /// which would never be seen.
+    pub fn scope(&self) -> anyhow::Result<crate::source::Scope> {
+        if let Some(ns) = &self.watch_namespace {
+            for (flag, named) in [
+                ("--default-ssl-certificate", &self.default_ssl_certificate),
+                ("--default-backend-service", &self.default_backend_service),
+            ] {
+                if let Some(n) = named.as_ref().filter(|n| n.namespace != *ns) {
+                    anyhow::bail!(
+                        "{flag} {n} is outside --watch-namespace {ns}, which is all that is \
+                         watched: name an object in {ns}, or drop --watch-namespace"
+                    );
+                }
+            }
+        }
+        Ok(crate::source::Scope {
             class: crate::source::class::ClassId {
                 name: self.ingress_class.clone(),
                 controller: self.controller_name.clone(),
             },
             default_certificate: self.default_ssl_certificate.clone(),
             default_backend: self.default_backend_service.clone(),
-        }
+            namespace: self.watch_namespace.clone(),
+        })
     }
 }
 
@@ -207,12 +229,22 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn server_config(&self) -> ServerConfig {
+    /// The server's configuration; an error for flags that contradict each other.
+    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
         let interval = Duration::from_millis(self.manifests_interval_ms);
-        let mut config = ServerConfig::new(self.source.source(interval), self.listen);
+        let namespace = self.scope.watch_namespace.clone();
+        if let (Some(ns), Some(service)) = (&namespace, &self.publish_service)
+            && service.namespace != *ns
+        {
+            anyhow::bail!(
+                "--publish-service {service} is outside --watch-namespace {ns}, which is all \
+                 that is watched: name a Service in {ns}, or use --publish-status-address"
+            );
+        }
+        let mut config = ServerConfig::new(self.source.source(interval, namespace), self.listen);
         config.listen_tls = self.listen_tls;
         config.metrics_addr = self.metrics_addr;
-        config.scope = self.scope.scope();
+        config.scope = self.scope.scope()?;
         config.shutdown_grace = Duration::from_secs(self.shutdown_grace_s);
         config.status = StatusConfig {
             addresses: self
@@ -243,6 +275,51 @@ impl RunArgs {
             retry_ratio: 0.2,
             access_log: !self.no_access_log,
         };
-        config
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut argv = vec!["lb-ingress", "run", "--manifests", "/m"];
+        argv.extend_from_slice(args);
+        match Cli::parse_from(argv).command {
+            Command::Run(run) => *run,
+            Command::Check(_) => unreachable!("parsed run"),
+        }
+    }
+
+    #[test]
+    fn flags_naming_objects_outside_the_watched_namespace_are_refused() {
+        let ok = run_args(&[
+            "--watch-namespace",
+            "web",
+            "--default-ssl-certificate",
+            "web/cert",
+            "--default-backend-service",
+            "web/errors",
+            "--publish-service",
+            "web/ingress",
+        ]);
+        let config = ok.server_config().unwrap();
+        assert_eq!(config.scope.namespace.as_deref(), Some("web"));
+        for (flag, value) in [
+            ("--default-ssl-certificate", "other/cert"),
+            ("--default-backend-service", "other/errors"),
+            ("--publish-service", "other/ingress"),
+        ] {
+            let args = run_args(&["--watch-namespace", "web", flag, value]);
+            let e = args.server_config().unwrap_err().to_string();
+            assert!(
+                e.contains(flag) && e.contains("outside --watch-namespace web"),
+                "{e}"
+            );
+        }
+        // Without --watch-namespace, anything goes.
+        let any = run_args(&["--default-backend-service", "other/errors"]);
+        assert!(any.server_config().unwrap().scope.namespace.is_none());
     }
 }

@@ -26,14 +26,14 @@ fn serving_threads() -> usize {
 /// `lb-ingress check`: the report on stdout; true when it found no problem.
 async fn check(args: CheckArgs) -> anyhow::Result<bool> {
     let timeout = std::time::Duration::from_secs(args.timeout_s);
-    let report = lb_ingress::check::check(
-        args.source
-            .source(std::time::Duration::from_millis(200))
-            .into_source(),
-        &args.scope.scope(),
-        timeout,
-    )
-    .await?;
+    let scope = args.scope.scope()?;
+    let source = (args.source)
+        .source(
+            std::time::Duration::from_millis(200),
+            scope.namespace.clone(),
+        )
+        .into_source();
+    let report = lb_ingress::check::check(source, &scope, timeout).await?;
     match args.format {
         CheckFormat::Text => print!("{}", report.text()),
         CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -50,8 +50,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     let result = match cli.command {
-        Command::Run(args) => {
-            let mut config = args.server_config();
+        Command::Run(args) => args.server_config().and_then(|mut config| {
             // Connections are served on threads of their own, a single-threaded runtime
             // each (see `ServerConfig::serving_threads`); this runtime runs the rest:
             // the configuration source, the metrics listener, shutdown.
@@ -62,7 +61,7 @@ fn main() -> std::process::ExitCode {
                 .build()
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(run(config)))
-        }
+        }),
         Command::Check(args) => {
             // Multi-threaded: the manifests source reads files with block_in_place.
             let checked = tokio::runtime::Builder::new_multi_thread()

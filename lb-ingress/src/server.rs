@@ -83,6 +83,7 @@ impl ServerConfig {
                 },
                 default_certificate: None,
                 default_backend: None,
+                namespace: None,
             },
             options: ProxyOptions::default(),
             shutdown_grace: Duration::from_secs(30),

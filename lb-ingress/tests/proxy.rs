@@ -306,6 +306,46 @@ async fn the_default_backend_service_takes_what_no_rule_takes() {
     h.shutdown().await;
 }
 
+/// `--watch-namespace` (as ingress-nginx's): only that namespace's Ingresses are served,
+/// also from a manifests directory that holds others (the API server source does not
+/// even watch them: lb-k8s's `one_namespace_is_watched_when_asked`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_watched_namespace_is_served() {
+    let (in_a, in_b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let m = Manifests::new();
+    let ing = |ns: &str| {
+        ingress(
+            "site",
+            "  ingressClassName: lb\n",
+            &format!("{ns}.example"),
+            &[("/", "Prefix", "web", "{number: 80}")],
+        )
+        .replace("namespace: default", &format!("namespace: {ns}"))
+    };
+    m.write(
+        "ingress.yaml",
+        &format!("{}---\n{}", ing("team-a"), ing("team-b")),
+    );
+    m.write(
+        "svc.yaml",
+        &format!(
+            "{}---\n{}",
+            service("team-a", "web", 80, "http", "80", &[&in_a]),
+            service("team-b", "web", 80, "http", "80", &[&in_b])
+        ),
+    );
+    let mut cfg = server_config(&m);
+    cfg.scope.namespace = Some("team-a".into());
+    let h = start(cfg).await;
+    let c = client();
+    let r = request(&c, h.http_addr, "GET", "team-a.example", "/", &[], None).await;
+    assert_eq!((r.status, r.upstream()), (StatusCode::OK, "a".to_owned()));
+    let r = request(&c, h.http_addr, "GET", "team-b.example", "/", &[], None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(in_b.hits(), 0);
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_ports_by_name_with_named_target_ports() {
     let up = Upstream::start("named").await;

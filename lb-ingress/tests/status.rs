@@ -90,6 +90,7 @@ async fn start(api: &FakeApi, dir: &tempfile::TempDir, status: StatusConfig) -> 
         SourceConfig::Kube {
             kubeconfig: Some(api.kubeconfig_file(dir.path())),
             node: None,
+            namespace: None,
         },
         "127.0.0.1:0".parse().unwrap(),
     );

@@ -24,6 +24,7 @@ use crate::source::{Event, Source};
 pub struct KubeSource {
     kubeconfig: Option<PathBuf>,
     node: Option<String>,
+    namespace: Option<String>,
 }
 
 impl KubeSource {
@@ -31,7 +32,18 @@ impl KubeSource {
         KubeSource {
             kubeconfig,
             node: None,
+            namespace: None,
         }
+    }
+
+    /// Watches the namespaced kinds (Services, EndpointSlices, Ingresses, Secrets) in
+    /// `namespace` only, when given (ingress-nginx's `--watch-namespace`: a Role in that
+    /// namespace is then all the access needed for them); Nodes and IngressClasses are
+    /// cluster-scoped and watched whole.
+    #[must_use]
+    pub fn in_namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace;
+        self
     }
 
     /// For a node agent, as kube-proxy's informers are set up: only this Node is watched
@@ -43,6 +55,7 @@ impl KubeSource {
         KubeSource {
             kubeconfig,
             node: Some(node),
+            namespace: None,
         }
     }
 }
@@ -89,32 +102,44 @@ impl Source for KubeSource {
             let client = client(self.kubeconfig.as_ref()).await?;
             info!("watching the API server");
             let mut tasks = tokio::task::JoinSet::new();
+            if let Some(ns) = &self.namespace {
+                info!(namespace = %ns, "watching one namespace");
+            }
+            let ns = self.namespace.as_deref();
             for kind in kinds.iter() {
                 let (c, tx) = (client.clone(), tx.clone());
                 let config = watch_config(kind, self.node.as_deref());
                 match kind {
-                    Kind::Service => tasks.spawn(watch::<Service>(c, kind, config, tx, |o| {
-                        Object::Service(Box::new(o))
-                    })),
-                    Kind::EndpointSlice => {
-                        tasks.spawn(watch::<EndpointSlice>(c, kind, config, tx, |o| {
-                            Object::EndpointSlice(Box::new(o))
+                    Kind::Service => {
+                        tasks.spawn(watch::<Service>(scoped(c, ns), kind, config, tx, |o| {
+                            Object::Service(Box::new(o))
                         }))
                     }
-                    Kind::Node => tasks.spawn(watch::<Node>(c, kind, config, tx, |o| {
+                    Kind::EndpointSlice => tasks.spawn(watch::<EndpointSlice>(
+                        scoped(c, ns),
+                        kind,
+                        config,
+                        tx,
+                        |o| Object::EndpointSlice(Box::new(o)),
+                    )),
+                    Kind::Node => tasks.spawn(watch::<Node>(Api::all(c), kind, config, tx, |o| {
                         Object::Node(Box::new(o))
                     })),
-                    Kind::Ingress => tasks.spawn(watch::<Ingress>(c, kind, config, tx, |o| {
-                        Object::Ingress(Box::new(o))
-                    })),
+                    Kind::Ingress => {
+                        tasks.spawn(watch::<Ingress>(scoped(c, ns), kind, config, tx, |o| {
+                            Object::Ingress(Box::new(o))
+                        }))
+                    }
                     Kind::IngressClass => {
-                        tasks.spawn(watch::<IngressClass>(c, kind, config, tx, |o| {
+                        tasks.spawn(watch::<IngressClass>(Api::all(c), kind, config, tx, |o| {
                             Object::IngressClass(Box::new(o))
                         }))
                     }
-                    Kind::Secret => tasks.spawn(watch::<Secret>(c, kind, config, tx, |o| {
-                        Object::Secret(Box::new(slim_secret(o)))
-                    })),
+                    Kind::Secret => {
+                        tasks.spawn(watch::<Secret>(scoped(c, ns), kind, config, tx, |o| {
+                            Object::Secret(Box::new(slim_secret(o)))
+                        }))
+                    }
                 };
             }
             while let Some(done) = tasks.join_next().await {
@@ -123,6 +148,17 @@ impl Source for KubeSource {
             Ok(())
         }
         .boxed()
+    }
+}
+
+/// The API of a namespaced kind: in `namespace` only, when given.
+fn scoped<K>(client: Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
     }
 }
 
@@ -172,7 +208,7 @@ fn watch_config(kind: Kind, node: Option<&str>) -> watcher::Config {
 /// Watches one kind until the receiver goes away. Watch errors (including 410 Gone) are
 /// retried by kube-runtime with backoff, and a relist follows as Init..InitDone.
 async fn watch<K>(
-    client: Client,
+    api: Api<K>,
     kind: Kind,
     config: watcher::Config,
     tx: mpsc::Sender<Event>,
@@ -181,7 +217,6 @@ async fn watch<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let api: Api<K> = Api::all(client);
     let mut stream = watcher(api, config).default_backoff().boxed();
     let mut buffer: Vec<(Object, Option<String>)> = Vec::new();
     while let Some(item) = stream.next().await {

@@ -46,9 +46,12 @@ pub enum SourceConfig {
     Manifests { dir: PathBuf, interval: Duration },
     /// `--kubeconfig FILE`, or in-cluster configuration when `None`. `node`: a node
     /// agent's own node name (see [`crate::kube_source::KubeSource::for_node`]).
+    /// `namespace`: watch the namespaced kinds in this namespace only (see
+    /// [`crate::kube_source::KubeSource::in_namespace`]).
     Kube {
         kubeconfig: Option<PathBuf>,
         node: Option<String>,
+        namespace: Option<String>,
     },
 }
 
@@ -60,12 +63,15 @@ impl SourceConfig {
             }
             SourceConfig::Kube {
                 kubeconfig,
-                node: None,
-            } => Box::new(crate::kube_source::KubeSource::new(kubeconfig)),
-            SourceConfig::Kube {
-                kubeconfig,
-                node: Some(node),
-            } => Box::new(crate::kube_source::KubeSource::for_node(kubeconfig, node)),
+                node,
+                namespace,
+            } => {
+                let source = match node {
+                    None => crate::kube_source::KubeSource::new(kubeconfig),
+                    Some(node) => crate::kube_source::KubeSource::for_node(kubeconfig, node),
+                };
+                Box::new(source.in_namespace(namespace))
+            }
         }
     }
 }

@@ -242,6 +242,68 @@ async fn a_node_agent_watches_its_own_node_and_no_headless_slices() {
     task.abort();
 }
 
+/// `in_namespace` (an ingress's `--watch-namespace`): the namespaced kinds are listed and
+/// watched in that namespace only, by the API server; the cluster-scoped ones whole.
+#[tokio::test]
+async fn one_namespace_is_watched_when_asked() {
+    let api = FakeApi::start_with(Config::default()).await;
+    for (ns, name) in [("team-a", "web"), ("team-b", "db"), ("team-a", "api")] {
+        let mut s = svc(name, 80);
+        s["metadata"]["namespace"] = json!(ns);
+        api.apply(s).unwrap();
+    }
+    api.apply(node("node-0", "10.0.0.10")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source = Box::new(
+        KubeSource::new(Some(api.kubeconfig_file(dir.path()))).in_namespace(Some("team-a".into())),
+    );
+    let kinds = [Kind::Service, Kind::Node];
+    let (tx, mut rx) = mpsc::channel(64);
+    let task = tokio::spawn(source.run(KindSet::of(&kinds), tx));
+    let mut store = Store::new();
+    timeout(WAIT, async {
+        while !store.is_synced(&kinds) {
+            store.apply(rx.recv().await.expect("source ended"));
+        }
+    })
+    .await
+    .expect("initial sync");
+    let refs = |kind| -> Vec<String> {
+        let mut r: Vec<String> = (store.of_kind(kind))
+            .map(|o| {
+                let r = o.object_ref();
+                format!("{}/{}", r.namespace, r.name)
+            })
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(refs(Kind::Service), ["team-a/api", "team-a/web"]);
+    assert_eq!(refs(Kind::Node), ["/node-0"]);
+    // A change elsewhere never arrives; one in the namespace does.
+    let mut other = svc("db", 81);
+    other["metadata"]["namespace"] = json!("team-b");
+    api.apply(other).unwrap();
+    let mut ours = svc("web", 81);
+    ours["metadata"]["namespace"] = json!("team-a");
+    api.apply(ours).unwrap();
+    match timeout(WAIT, rx.recv())
+        .await
+        .expect("an event")
+        .expect("source ended")
+    {
+        Event::Apply(o) => assert_eq!(o.object_ref().name, "web"),
+        other => panic!("expected team-a/web's update, got {other:?}"),
+    }
+    let requests = api.requests();
+    assert!(
+        (requests.iter().filter(|r| r.kind == Some("Service")))
+            .all(|r| r.path.starts_with("/api/v1/namespaces/team-a/services")),
+        "every Service request is for team-a: {requests:#?}"
+    );
+    task.abort();
+}
+
 #[tokio::test]
 async fn paginated_listing_is_complete_and_secrets_are_slimmed() {
     let config = Config {

@@ -92,12 +92,15 @@ impl RequestBody {
 
     /// A copy of the body for `mirror-target`, fed frame by frame as the upstream takes
     /// them ([`super::mirror::Tee`]). None without a body, or once some was read.
-    pub fn tee(&self) -> Option<super::mirror::MirrorBody> {
+    pub fn tee(
+        &self,
+        queued: &Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Option<super::mirror::MirrorBody> {
         let mut s = self.state()?;
         if s.polled {
             return None;
         }
-        let (tee, body) = super::mirror::Tee::pair(s.inner.size_hint());
+        let (tee, body) = super::mirror::Tee::pair(s.inner.size_hint(), queued);
         s.tee = Some(tee);
         Some(body)
     }

@@ -7,17 +7,18 @@
 //!
 //! nginx reads the whole request body before it starts the copy, and holds the client
 //! connection's next request until the copy is answered. Here the body is streamed: the
-//! frames the upstream takes are handed to the copy through a bounded queue ([`Tee`]), and
-//! a copy whose target takes them slower than the upstream, so that the queue fills, is
-//! cut off (counted `lagged`) rather than holding the request back or keeping the body in
-//! memory. The client's request never waits for its copy.
+//! frames the upstream takes are handed to the copy through a queue ([`Tee`]) bounded in
+//! bytes, per copy ([`COPY_QUEUE_BYTES`]) and over all copies ([`QUEUE_BYTES`]). A copy
+//! whose target falls that far behind the upstream is cut off (counted `lagged`) rather
+//! than holding the request back or keeping the body in memory. The client's request
+//! never waits for its copy.
 //!
 //! Copies in flight are bounded ([`MAX_IN_FLIGHT`]); past that a request is not copied
 //! (`skipped`). A copy has the route's response timeout (`proxy-read-timeout`) to answer,
 //! counted from when its body is complete.
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,15 +36,18 @@ use crate::source::annotations::Mirror;
 
 /// Copies in flight at most, over all routes.
 pub const MAX_IN_FLIGHT: usize = 1024;
-/// Body frames waiting for a copy's target at most (hyper's frames are at most a read
-/// buffer, so a few hundred KiB).
-pub const QUEUE_FRAMES: usize = 32;
+/// Body bytes waiting for one copy's target at most: room for the copy's connection to
+/// be made while the upstream, whose connection is pooled, already takes the body.
+pub const COPY_QUEUE_BYTES: usize = 8 << 20;
+/// Body bytes waiting for all copies' targets at most.
+pub const QUEUE_BYTES: usize = 64 << 20;
 
-/// The client and the bound on copies in flight.
+/// The client, the bound on copies in flight and the bytes queued for them.
 #[derive(Debug)]
 pub struct Mirrors {
     client: UrlClient<MirrorBody>,
     slots: Arc<Semaphore>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl Default for Mirrors {
@@ -51,6 +55,7 @@ impl Default for Mirrors {
         Mirrors {
             client: auth::client(),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            queued: Arc::default(),
         }
     }
 }
@@ -116,6 +121,11 @@ impl Outcome {
 }
 
 impl Mirrors {
+    /// The bytes queued for all copies, which each [`Tee`] counts its queue in.
+    pub fn queued(&self) -> &Arc<AtomicUsize> {
+        &self.queued
+    }
+
     /// Sends `copy` of the request with `method` and `headers` (as they go upstream) in
     /// the background, with `body` (the request's, by [`Tee`]; None: no body), counting
     /// its outcome in `metrics`.
@@ -187,6 +197,25 @@ async fn exchange(
     body: Option<&TeeState>,
     timeout: Duration,
 ) -> Result<(), String> {
+    let cut = async {
+        match body {
+            Some(state) => state.cut.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        done = send(client, req, body, timeout) => done,
+        () = cut => Err("the request body was not copied whole".to_owned()),
+    }
+}
+
+/// [`exchange`] but for the copy being cut off.
+async fn send(
+    client: &UrlClient<MirrorBody>,
+    req: Request<MirrorBody>,
+    body: Option<&TeeState>,
+    timeout: Duration,
+) -> Result<(), String> {
     let sending = || body.is_some_and(|s| !s.ended.load(Ordering::Acquire));
     let answer = client.request(req);
     tokio::pin!(answer);
@@ -220,23 +249,55 @@ struct TeeState {
     ended: AtomicBool,
     /// The queue was full: the copy is cut off.
     lagged: AtomicBool,
+    /// Bytes in this copy's queue.
+    queued: AtomicUsize,
+    /// Signalled when the copy is cut off.
+    cut: tokio::sync::Notify,
+}
+
+/// A frame in a copy's queue, counted in its queue and in all copies' until taken out or
+/// dropped with the queue.
+#[derive(Debug)]
+struct Queued {
+    data: Bytes,
+    /// Its length as counted (`data` is emptied when taken).
+    len: usize,
+    copy: Arc<TeeState>,
+    all: Arc<AtomicUsize>,
+}
+
+impl Queued {
+    fn take(mut self) -> Bytes {
+        std::mem::take(&mut self.data)
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.copy.queued.fetch_sub(self.len, Ordering::AcqRel);
+        self.all.fetch_sub(self.len, Ordering::AcqRel);
+    }
 }
 
 /// The request body's side: each frame the upstream takes, handed to the copy.
 #[derive(Debug)]
 pub struct Tee {
-    tx: Option<mpsc::Sender<Bytes>>,
+    tx: Option<mpsc::UnboundedSender<Queued>>,
     state: Arc<TeeState>,
+    /// The bytes queued for all copies.
+    all: Arc<AtomicUsize>,
 }
 
 impl Tee {
-    /// A tee and the copy's body, which has the request body's size.
-    pub fn pair(size: SizeHint) -> (Tee, MirrorBody) {
-        let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
+    /// A tee and the copy's body, which has the request body's size; its queue counts in
+    /// `all`.
+    pub fn pair(size: SizeHint, all: &Arc<AtomicUsize>) -> (Tee, MirrorBody) {
+        let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(TeeState::default());
         let tee = Tee {
             tx: Some(tx),
             state: Arc::clone(&state),
+            all: Arc::clone(all),
         };
         (
             tee,
@@ -248,14 +309,26 @@ impl Tee {
         )
     }
 
-    /// Hands `data` to the copy; a full queue (or a copy gone) ends the copy's body.
+    /// Hands `data` to the copy; a full queue (this copy's or all copies') or a copy gone
+    /// ends the copy's body.
     pub fn offer(&mut self, data: &Bytes) {
-        if let Some(tx) = &self.tx
-            && let Err(e) = tx.try_send(data.clone())
-        {
-            if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                self.state.lagged.store(true, Ordering::Release);
-            }
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let len = data.len();
+        let copy = self.state.queued.fetch_add(len, Ordering::AcqRel) + len;
+        let all = self.all.fetch_add(len, Ordering::AcqRel) + len;
+        // Counted from here on: dropping it (sent or not) uncounts it.
+        let queued = Queued {
+            data: data.clone(),
+            len,
+            copy: Arc::clone(&self.state),
+            all: Arc::clone(&self.all),
+        };
+        if copy > COPY_QUEUE_BYTES || all > QUEUE_BYTES {
+            self.state.lagged.store(true, Ordering::Release);
+            self.cut();
+        } else if tx.send(queued).is_err() {
             self.cut();
         }
     }
@@ -272,11 +345,18 @@ impl Tee {
     pub fn cut(&mut self) {
         self.tx = None;
         self.state.ended.store(true, Ordering::Release);
+        // The copy may be stuck writing to a target that takes nothing: it is dropped,
+        // not left to notice its body's failure.
+        self.state.cut.notify_one();
     }
 }
 
 impl Drop for Tee {
     fn drop(&mut self) {
+        // Neither finished nor cut: the request body went away unfinished.
+        if self.tx.is_some() {
+            self.cut();
+        }
         self.state.ended.store(true, Ordering::Release);
     }
 }
@@ -285,7 +365,7 @@ impl Drop for Tee {
 /// request body did not arrive whole.
 #[derive(Debug, Default)]
 pub struct MirrorBody {
-    rx: Option<mpsc::Receiver<Bytes>>,
+    rx: Option<mpsc::UnboundedReceiver<Queued>>,
     state: Arc<TeeState>,
     size: SizeHint,
 }
@@ -302,7 +382,7 @@ impl Body for MirrorBody {
             return Poll::Ready(None);
         };
         match rx.poll_recv(cx) {
-            Poll::Ready(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Poll::Ready(Some(queued)) => Poll::Ready(Some(Ok(Frame::data(queued.take())))),
             Poll::Ready(None) => {
                 self.rx = None;
                 if self.state.complete.load(Ordering::Acquire) {
@@ -364,7 +444,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_copy_gets_the_frames_and_fails_unless_the_body_ended_whole() {
-        let (mut tee, mut body) = Tee::pair(SizeHint::with_exact(6));
+        let all = Arc::new(AtomicUsize::new(0));
+        let (mut tee, mut body) = Tee::pair(SizeHint::with_exact(6), &all);
         assert_eq!(body.size_hint().exact(), Some(6));
         tee.offer(&Bytes::from_static(b"abc"));
         tee.offer(&Bytes::from_static(b"def"));
@@ -373,18 +454,35 @@ mod tests {
         assert_eq!(&got[..], b"abcdef");
         assert!(body.is_end_stream());
 
-        let (mut tee, body) = Tee::pair(SizeHint::default());
+        let (mut tee, body) = Tee::pair(SizeHint::default(), &all);
         tee.offer(&Bytes::from_static(b"abc"));
         drop(tee);
         assert!(body.collect().await.is_err());
+        assert_eq!(
+            all.load(Ordering::Acquire),
+            0,
+            "every byte taken is uncounted"
+        );
 
-        // A full queue cuts the copy off, and says so.
-        let (mut tee, body) = Tee::pair(SizeHint::default());
-        for _ in 0..=QUEUE_FRAMES {
-            tee.offer(&Bytes::from_static(b"x"));
+        // A full queue cuts the copy off, and says so; what it held is uncounted when
+        // the copy goes.
+        let (mut tee, body) = Tee::pair(SizeHint::default(), &all);
+        let mib = Bytes::from(vec![0u8; 1 << 20]);
+        for _ in 0..=COPY_QUEUE_BYTES >> 20 {
+            tee.offer(&mib);
         }
         assert!(tee.state.lagged.load(Ordering::Acquire));
+        assert_eq!(all.load(Ordering::Acquire), COPY_QUEUE_BYTES);
         tee.finish();
         assert!(body.collect().await.is_err());
+        assert_eq!(all.load(Ordering::Acquire), 0);
+
+        // So does a full queue over all copies.
+        all.store(QUEUE_BYTES, Ordering::Release);
+        let (mut tee, body) = Tee::pair(SizeHint::default(), &all);
+        tee.offer(&Bytes::from_static(b"x"));
+        assert!(tee.state.lagged.load(Ordering::Acquire));
+        drop((tee, body));
+        assert_eq!(all.load(Ordering::Acquire), QUEUE_BYTES);
     }
 }

@@ -748,7 +748,11 @@ impl Proxy {
             return Ok(Forwarded::Local(refused));
         }
         if let Some(copy) = mirror {
-            let body = if copy.body { body.tee() } else { None };
+            let body = if copy.body {
+                body.tee(self.mirrors.queued())
+            } else {
+                None
+            };
             let timeout =
                 (target.options.response_timeout).unwrap_or(self.options.response_timeout);
             (self.mirrors).send(

@@ -98,6 +98,9 @@ pub struct Scope {
     /// no rule and no Ingress `defaultBackend` takes (as ingress-nginx's flag of that
     /// name; without it they get 404).
     pub default_backend: Option<NamespacedName>,
+    /// `--watch-namespace`: only the Ingresses of this namespace are served (the API
+    /// server source watches no other; a manifests directory may hold others).
+    pub namespace: Option<String>,
 }
 
 /// The `path` of the [`Target`] of a `defaultBackend`.
@@ -479,7 +482,10 @@ pub fn build(
         let Object::Ingress(ingress) = object else {
             continue;
         };
-        if !our_classes.selects(ingress) {
+        if !our_classes.selects(ingress)
+            || (scope.namespace.as_ref())
+                .is_some_and(|ns| ingress.metadata.namespace.as_ref() != Some(ns))
+        {
             continue;
         }
         let r = object.object_ref();
