@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lb_k8s::Kind;
 use serde::de::DeserializeOwned;
@@ -34,6 +34,8 @@ enum Manifest {
     Namespace(Namespace),
     ClusterRole(ClusterRole),
     ClusterRoleBinding(ClusterRoleBinding),
+    Role(Role),
+    RoleBinding(RoleBinding),
     IngressClass(IngressClass),
 }
 
@@ -111,6 +113,10 @@ fn manifests() -> Vec<(String, Manifest)> {
                 ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
                     Manifest::ClusterRoleBinding(typed(&value, &at))
                 }
+                ("rbac.authorization.k8s.io/v1", "Role") => Manifest::Role(typed(&value, &at)),
+                ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+                    Manifest::RoleBinding(typed(&value, &at))
+                }
                 ("networking.k8s.io/v1", "IngressClass") => {
                     Manifest::IngressClass(typed(&value, &at))
                 }
@@ -176,6 +182,40 @@ impl Parsed {
             .unwrap_or_else(|| panic!("no ClusterRole {name}"))
     }
 
+    /// The Roles bound to a ServiceAccount in its own namespace.
+    fn namespaced_roles_of(&self, namespace: &str, service_account: &str) -> Vec<&Role> {
+        let bindings = self.all.iter().filter_map(|(_, m)| match m {
+            Manifest::RoleBinding(b) if b.metadata.namespace.as_deref() == Some(namespace) => {
+                Some(b)
+            }
+            _ => None,
+        });
+        bindings
+            .filter(|b| {
+                b.subjects.iter().flatten().any(|s| {
+                    s.kind == "ServiceAccount"
+                        && s.name == service_account
+                        && s.namespace.as_deref() == Some(namespace)
+                })
+            })
+            .map(|b| {
+                assert_eq!(b.role_ref.kind, "Role");
+                self.all
+                    .iter()
+                    .find_map(|(_, m)| match m {
+                        Manifest::Role(r)
+                            if r.metadata.name.as_deref() == Some(&b.role_ref.name)
+                                && r.metadata.namespace.as_deref() == Some(namespace) =>
+                        {
+                            Some(r)
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| panic!("no Role {namespace}/{}", b.role_ref.name))
+            })
+            .collect()
+    }
+
     /// The ClusterRoles bound to a ServiceAccount.
     fn roles_of(&self, namespace: &str, service_account: &str) -> Vec<&ClusterRole> {
         let sa_exists = self.all.iter().any(|(_, m)| {
@@ -235,8 +275,13 @@ fn grants(role: &ClusterRole) -> BTreeSet<Grant> {
         role.aggregation_rule.is_none(),
         "{name}: aggregated roles grant what others add"
     );
+    rule_grants(name, role.rules.as_deref())
+}
+
+/// What `rules` (of role `name`) grant, each once and without wildcards.
+fn rule_grants(name: &str, rules: Option<&[PolicyRule]>) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
-    for rule in role.rules.iter().flatten() {
+    for rule in rules.into_iter().flatten() {
         assert!(
             rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
             "{name}: {rule:?}"
@@ -546,6 +591,24 @@ fn the_ingress_role_grants_what_the_ingress_watches_and_its_status() {
         ));
     }
     assert_eq!(grants(roles[0]), expected);
+    // In its namespace, reading its own Pods (the status cleared by the last replica),
+    // which its Deployment tells it the name of.
+    let own = parsed.namespaced_roles_of(namespace, sa);
+    assert_eq!(own.len(), 1);
+    let pods = ["get", "list"].map(|v| (String::new(), "pods".to_owned(), v.to_owned()));
+    assert_eq!(
+        rule_grants("lb-ingress", own[0].rules.as_deref()),
+        BTreeSet::from(pods)
+    );
+    let c = container(pod, "lb-ingress");
+    for (var, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let env = (c.env.iter().flatten()).find(|e| e.name == var);
+        let from = env.and_then(|e| e.value_from.as_ref()?.field_ref.as_ref());
+        assert_eq!(from.map(|f| f.field_path.as_str()), Some(field), "{var}");
+    }
 }
 
 #[test]

@@ -226,6 +226,17 @@ pub struct RunArgs {
     /// ingress's own, into status.loadBalancer of the Ingresses served.
     #[arg(long, value_name = "NAMESPACE/NAME")]
     pub publish_service: Option<PublishService>,
+    /// When the last replica stops (no other pod with its labels running), clear the
+    /// address it wrote into the Ingress status.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub update_status_on_shutdown: bool,
+    /// This replica's pod, to tell whether it is the last (the Deployment sets it from
+    /// the downward API).
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub pod_name: Option<String>,
+    /// This replica's namespace.
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]
+    pub pod_namespace: Option<String>,
 }
 
 impl RunArgs {
@@ -254,6 +265,10 @@ impl RunArgs {
                 .filter(|a| !a.is_empty())
                 .collect(),
             service: self.publish_service.clone(),
+            clear_on_shutdown: self.update_status_on_shutdown,
+            pod: (self.pod_namespace.clone())
+                .zip(self.pod_name.clone())
+                .map(|(namespace, name)| NamespacedName { namespace, name }),
             ..StatusConfig::default()
         };
         config.options = ProxyOptions {

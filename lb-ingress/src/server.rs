@@ -107,6 +107,9 @@ pub struct ServerHandle {
     source: tokio::task::JoinHandle<anyhow::Result<()>>,
     metrics_task: Option<tokio::task::JoinHandle<()>>,
     grace: Duration,
+    /// `--update-status-on-shutdown`: what clears the Ingress status when this is the
+    /// last replica.
+    clear_status: Option<crate::status::ShutdownStatus>,
 }
 
 impl Server {
@@ -144,6 +147,8 @@ impl Server {
 
         let (generation_tx, generation) = watch::channel(0u64);
         let scope = config.scope.clone();
+        let clear_status =
+            crate::status::ShutdownStatus::new(&config.source, &config.scope, &config.status);
         let source = tokio::spawn(run_source(
             crate::status::source(config.source, &scope.class, config.status, status_metrics),
             scope,
@@ -229,9 +234,13 @@ impl Server {
             source,
             metrics_task,
             grace: config.shutdown_grace,
+            clear_status,
         })
     }
 }
+
+/// How long shutdown waits for the Ingress status to be cleared.
+const STATUS_CLEAR_TIME: Duration = Duration::from_secs(10);
 
 impl ServerHandle {
     /// Waits for the first complete configuration (or the source to fail).
@@ -281,7 +290,18 @@ impl ServerHandle {
         {
             warn!(grace = ?self.grace, "connections still open after the grace period");
         }
+        // The status writer stops first: it would write back what is cleared next.
         self.source.abort();
+        if let Some(clear) = self.clear_status.take() {
+            match tokio::time::timeout(STATUS_CLEAR_TIME, clear.run()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(error = %e, "cannot clear the Ingress status on shutdown"),
+                Err(_) => warn!(
+                    "clearing the Ingress status on shutdown took over {STATUS_CLEAR_TIME:?}; \
+                     left as it is"
+                ),
+            }
+        }
         if let Some(t) = self.metrics_task {
             t.abort();
         }

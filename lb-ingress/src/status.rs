@@ -26,6 +26,14 @@
 //!   sooner when the Ingress itself changes.
 //! - Every replica writes the same list, only when it differs, so replicas do not fight and
 //!   no leader election is needed.
+//! - On shutdown ([`ShutdownStatus`], `--update-status-on-shutdown`, on by default as in
+//!   ingress-nginx) the last replica clears the address, so that tools reading it (such as
+//!   external-dns) stop pointing at a proxy that is gone. A replica knows it is the last
+//!   when no other pod with its labels (less the ones a rollout changes) is running and
+//!   not being deleted; ingress-nginx counts terminating pods too, so when all its
+//!   replicas stop at once none of them clears anything. A rollout's new pods are running:
+//!   the status stays. Without `POD_NAME` and `POD_NAMESPACE` (the Deployment sets them
+//!   from the downward API) a replica cannot tell, and leaves the status.
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -33,10 +41,10 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass, IngressLoadBalancerIngress};
 use k8s_openapi::serde_json::json;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use lb_k8s::{Event, Kind, KindSet, Object, ObjectRef, Source, SourceConfig, Store};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -63,6 +71,10 @@ pub struct StatusConfig {
     pub retry: Duration,
     /// ... and later ones twice as long as the one before, up to this.
     pub max_retry: Duration,
+    /// `--update-status-on-shutdown`: the last replica clears the address when it stops.
+    pub clear_on_shutdown: bool,
+    /// This replica's pod (`POD_NAMESPACE`/`POD_NAME`), to look for the others by.
+    pub pod: Option<crate::source::NamespacedName>,
 }
 
 impl Default for StatusConfig {
@@ -72,6 +84,8 @@ impl Default for StatusConfig {
             service: None,
             retry: Duration::from_secs(1),
             max_retry: Duration::from_mins(5),
+            clear_on_shutdown: true,
+            pod: None,
         }
     }
 }
@@ -232,6 +246,131 @@ fn current(ingress: &Ingress) -> Vec<IngressLoadBalancerIngress> {
             .cloned()
             .collect(),
     )
+}
+
+/// Pod labels that differ between the replicas of one workload across a rollout, left out
+/// when looking for the others (as ingress-nginx does).
+const ROLLOUT_LABELS: [&str; 3] = [
+    "pod-template-hash",
+    "controller-revision-hash",
+    "pod-template-generation",
+];
+
+/// Clears the status address of the Ingresses served when the last replica stops (see the
+/// module's documentation).
+#[derive(Clone, Debug)]
+pub struct ShutdownStatus {
+    kubeconfig: Option<std::path::PathBuf>,
+    class: class::ClassId,
+    /// `--watch-namespace`: the Ingresses served are there.
+    namespace: Option<String>,
+    pod: Option<crate::source::NamespacedName>,
+}
+
+impl ShutdownStatus {
+    /// None unless the status is written (from the API server) and cleared on shutdown.
+    pub fn new(
+        source: &SourceConfig,
+        scope: &crate::source::Scope,
+        config: &StatusConfig,
+    ) -> Option<ShutdownStatus> {
+        let SourceConfig::Kube { kubeconfig, .. } = source else {
+            return None;
+        };
+        (config.enabled() && config.clear_on_shutdown).then(|| ShutdownStatus {
+            kubeconfig: kubeconfig.clone(),
+            class: scope.class.clone(),
+            namespace: scope.namespace.clone(),
+            pod: config.pod.clone(),
+        })
+    }
+
+    /// Clears `status.loadBalancer` of every Ingress of our class that has an address,
+    /// unless another replica runs: the number cleared.
+    pub async fn run(self) -> anyhow::Result<usize> {
+        let Some(pod) = &self.pod else {
+            info!(
+                "POD_NAME and POD_NAMESPACE are not set, so other replicas cannot be looked \
+                 for: the Ingress status is left as it is"
+            );
+            return Ok(0);
+        };
+        let client = lb_k8s::kube_source::client(self.kubeconfig.as_ref()).await?;
+        let others = other_replicas(&client, pod).await?;
+        if !others.is_empty() {
+            info!(
+                ?others,
+                "other replicas run: the Ingress status is left to them"
+            );
+            return Ok(0);
+        }
+        let list = ListParams::default();
+        let classes = Api::<IngressClass>::all(client.clone()).list(&list).await?;
+        let ingresses: Api<Ingress> = match &self.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let ingresses = ingresses.list(&list).await?;
+        let ours = class::Ours::new(&classes.items, &self.class);
+        let clear = Patch::Merge(json!({"status": {"loadBalancer": {"ingress": null}}}));
+        let mut cleared = 0;
+        for ingress in ingresses.items.iter().filter(|i| ours.selects(i)) {
+            let has_address = (ingress.status.as_ref())
+                .and_then(|s| s.load_balancer.as_ref()?.ingress.as_ref())
+                .is_some_and(|l| !l.is_empty());
+            let (Some(ns), Some(name)) = (&ingress.metadata.namespace, &ingress.metadata.name)
+            else {
+                continue;
+            };
+            if !has_address {
+                continue;
+            }
+            let api: Api<Ingress> = Api::namespaced(client.clone(), ns);
+            match api
+                .patch_status(name, &PatchParams::default(), &clear)
+                .await
+            {
+                Ok(_) => cleared += 1,
+                Err(e) => {
+                    warn!(ingress = %format!("{ns}/{name}"), error = %e, "cannot clear the Ingress status");
+                }
+            }
+        }
+        info!(
+            cleared,
+            "last replica: cleared the status address of the Ingresses served"
+        );
+        Ok(cleared)
+    }
+}
+
+/// The other running pods of this replica's workload: those with its labels (less
+/// [`ROLLOUT_LABELS`]), running and not being deleted.
+async fn other_replicas(
+    client: &kube::Client,
+    pod: &crate::source::NamespacedName,
+) -> anyhow::Result<Vec<String>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+    let me = pods.get(&pod.name).await?;
+    let selector: Vec<String> = (me.metadata.labels.iter().flatten())
+        .filter(|(k, _)| !ROLLOUT_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if selector.is_empty() {
+        // No labels, so no workload of several pods: alone.
+        return Ok(Vec::new());
+    }
+    let list = pods
+        .list(&ListParams::default().labels(&selector.join(",")))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| p.metadata.name)
+        .filter(|name| *name != pod.name)
+        .collect())
 }
 
 /// Wraps `source` so that, with the API server source and something to publish, the

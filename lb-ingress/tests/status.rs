@@ -217,6 +217,7 @@ async fn published_addresses_are_written_and_failed_writes_back_off() {
             service: Some("lb-ingress/lb-ingress".parse().unwrap()),
             retry: Duration::from_millis(100),
             max_retry: Duration::from_millis(400),
+            ..StatusConfig::default()
         },
     )
     .await;
@@ -272,4 +273,79 @@ async fn status_updates(metrics: std::net::SocketAddr, result: &str) -> Option<u
         &[label.as_str()],
     )
     .await
+}
+
+/// A pod of the ingress's Deployment: `rs` is its ReplicaSet's pod-template-hash.
+fn ingress_pod(name: &str, rs: &str, terminating: bool) -> Value {
+    let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "lb-ingress",
+                     "labels": {"app.kubernetes.io/name": "lb-ingress", "pod-template-hash": rs}},
+        "spec": {"containers": [{"name": "lb-ingress", "image": "lb-ingress"}]},
+        "status": {"phase": "Running"}});
+    if terminating {
+        pod["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    }
+    pod
+}
+
+/// `--update-status-on-shutdown` (on by default): a replica that stops while another
+/// pod of its Deployment runs (a rollout's new pod, another replica) leaves the status;
+/// the last one (the others terminating too, as when the Deployment is deleted) clears
+/// it from the Ingresses of its class, and from no other. Without its pod's name it
+/// cannot tell, and leaves the status.
+#[tokio::test]
+async fn the_last_replica_clears_the_status_when_it_stops() {
+    let api = FakeApi::start().await;
+    api.apply(ingress_class(false)).unwrap();
+    api.apply(ingress("ours", Some("lb"), &json!([]))).unwrap();
+    let other = json!([{"ip": "198.51.100.1"}]);
+    api.apply(ingress("theirs", Some("nginx"), &other)).unwrap();
+    api.apply(ingress_pod("lb-ingress-new-1", "new", false))
+        .unwrap();
+    api.apply(ingress_pod("lb-ingress-old-1", "old", false))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let want = json!([{"ip": "192.0.2.7"}]);
+    let config = |pod: Option<&str>| StatusConfig {
+        addresses: vec!["192.0.2.7".into()],
+        pod: pod.map(|p| p.parse().unwrap()),
+        ..StatusConfig::default()
+    };
+    let mut stops = Vec::new();
+    for (pod, sibling_terminating, cleared) in [
+        // Without its pod's name: left.
+        (None, true, false),
+        // The new ReplicaSet's pod runs (a rollout): left.
+        (Some("lb-ingress/lb-ingress-old-1"), false, false),
+        // The only other pod is terminating too: cleared.
+        (Some("lb-ingress/lb-ingress-old-1"), true, true),
+    ] {
+        api.apply(ingress_pod("lb-ingress-new-1", "new", sibling_terminating))
+            .unwrap();
+        let h = start(&api, &dir, config(pod)).await;
+        until("the address is published", || {
+            status_of(&api, "ours") == want
+        })
+        .await;
+        h.shutdown().await;
+        stops.push((status_of(&api, "ours") == Value::Null) == cleared);
+        assert_eq!(status_of(&api, "theirs"), other, "another class's Ingress");
+    }
+    assert_eq!(stops, [true, true, true], "left, left, cleared");
+    // With the switch off, even the last replica leaves it.
+    let h = start(
+        &api,
+        &dir,
+        StatusConfig {
+            clear_on_shutdown: false,
+            ..config(Some("lb-ingress/lb-ingress-old-1"))
+        },
+    )
+    .await;
+    until("the address is published", || {
+        status_of(&api, "ours") == want
+    })
+    .await;
+    h.shutdown().await;
+    assert_eq!(status_of(&api, "ours"), want);
 }
