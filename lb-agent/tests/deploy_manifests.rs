@@ -10,7 +10,7 @@ use clap::Parser as _;
 use k8s_openapi::Resource;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
-    Container, Namespace, Node, PodSpec, Secret, Service, ServiceAccount,
+    ConfigMap, Container, Namespace, Node, PodSpec, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
@@ -258,6 +258,7 @@ fn resource_of(kind: Kind) -> (&'static str, &'static str) {
         Kind::Ingress => of::<Ingress>(),
         Kind::IngressClass => of::<IngressClass>(),
         Kind::Secret => of::<Secret>(),
+        Kind::ConfigMap => of::<ConfigMap>(),
     };
     let api_version = kind.type_meta().0;
     let expected_group = api_version.rsplit_once('/').map_or("", |(g, _)| g);

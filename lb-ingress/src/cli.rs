@@ -94,7 +94,8 @@ pub struct ScopeArgs {
     #[arg(long, value_name = "NAMESPACE/NAME")]
     pub default_backend_service: Option<NamespacedName>,
     /// Serve the Ingresses of this namespace only, and watch Services, EndpointSlices,
-    /// Ingresses and Secrets there only (a Role in it gives all the access they need).
+    /// Ingresses, Secrets and ConfigMaps there only (a Role in it gives all the access
+    /// they need).
     #[arg(long, value_name = "NAMESPACE")]
     pub watch_namespace: Option<String>,
 }

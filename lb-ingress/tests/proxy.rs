@@ -4619,9 +4619,9 @@ spec:
     h.shutdown().await;
 }
 
-/// A mirror target: records `METHOD URI host=H length=CL body=N` for each request once
-/// its body is read (`body=error` when the body failed), and answers 500 (a mirror's
-/// answer is ignored). A request with the query `stall` is held for a minute with its
+/// A mirror target (or auth service): records `METHOD URI host=H length=CL team=T
+/// body=N` (`X-Team` as T) for each request once its body is read (`body=error` when the
+/// body failed), and answers 500 (a mirror's answer is ignored). A request with the query `stall` is held for a minute with its
 /// body unread.
 async fn mirror_target() -> (
     std::net::SocketAddr,
@@ -4647,11 +4647,12 @@ async fn mirror_target() -> (
                                 .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned())
                         };
                         let line = format!(
-                            "{} {} host={} length={}",
+                            "{} {} host={} length={} team={}",
                             req.method(),
                             req.uri(),
                             h("host"),
-                            h("content-length")
+                            h("content-length"),
+                            h("x-team")
                         );
                         let body = match req.into_body().collect().await {
                             Ok(b) => b.to_bytes().len().to_string(),
@@ -4770,7 +4771,7 @@ async fn mirror_target_gets_a_copy_of_each_request() {
     assert_eq!(r.upstream(), "up");
     assert_eq!(
         mirrored(&seen, 1).await,
-        ["GET /a/b?x=1 host=shadow.example length=- body=0"]
+        ["GET /a/b?x=1 host=shadow.example length=- team=- body=0"]
     );
     // A body, whole, to both.
     let body = bytes::Bytes::from(vec![b'x'; 3 << 20]);
@@ -4787,7 +4788,7 @@ async fn mirror_target_gets_a_copy_of_each_request() {
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "3145728"));
     assert_eq!(
         mirrored(&seen, 1).await,
-        ["POST /upload host=shadow.example length=3145728 body=3145728"]
+        ["POST /upload host=shadow.example length=3145728 team=- body=3145728"]
     );
     // mirror-request-body off: the head only; a target without a path gets the
     // request's; Host is the target's.
@@ -4804,7 +4805,9 @@ async fn mirror_target_gets_a_copy_of_each_request() {
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "5"));
     assert_eq!(
         mirrored(&seen, 1).await,
-        [format!("POST /upload?q host={target} length=- body=0")]
+        [format!(
+            "POST /upload?q host={target} length=- team=- body=0"
+        )]
     );
     // Refused by the access checks: not copied.
     let r = request(&c, h.http_addr, "GET", "guarded.example", "/", &[], None).await;
@@ -4841,5 +4844,105 @@ async fn mirror_target_gets_a_copy_of_each_request() {
     }
     assert_eq!(count("lagged").await, 1);
     assert_eq!(count("success").await, 3);
+    h.shutdown().await;
+}
+
+/// A ConfigMap of headers in the `default` namespace.
+fn header_config_map(name: &str, entries: &[(&str, &str)]) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default}}\ndata:\n"
+    );
+    for (k, v) in entries {
+        let _ = writeln!(y, "  {k:?}: {v:?}");
+    }
+    y
+}
+
+/// ConfigMap-named annotations (ingress-nginx's): `custom-headers` sets its entries on
+/// the rules' responses (an entry that is not a header is reported and skipped, a missing
+/// ConfigMap reported and the rules served without); `auth-proxy-set-headers` sets its
+/// entries, with nginx variables expanded, on the auth request (a missing ConfigMap fails
+/// the rules closed). A change to a ConfigMap is picked up like any other object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_from_config_maps() {
+    let up = Upstream::start("up").await;
+    let (auth, seen) = mirror_target().await;
+    let manifests = Manifests::new();
+    let n = |key: &str| format!("nginx.ingress.kubernetes.io/{key}");
+    let auth_url = format!("http://{auth}/check");
+    let ing = |name: &str, extra: &[(String, &str)]| {
+        let pairs: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        annotated(name, &format!("{name}.example"), "up", &pairs)
+    };
+    manifests.write(
+        "ingress.yaml",
+        &[
+            ing(
+                "headed",
+                &[(n("custom-headers"), "default/response-headers")],
+            ),
+            ing("unheaded", &[(n("custom-headers"), "nope")]),
+            ing(
+                "authed",
+                &[
+                    (n("auth-url"), auth_url.as_str()),
+                    (n("auth-proxy-set-headers"), "auth-headers"),
+                ],
+            ),
+            ing(
+                "unauthed",
+                &[
+                    (n("auth-url"), auth_url.as_str()),
+                    (n("auth-proxy-set-headers"), "nope"),
+                ],
+            ),
+        ]
+        .concat(),
+    );
+    let maps = |frame: &str| {
+        format!(
+            "{}---\n{}",
+            header_config_map(
+                "response-headers",
+                &[("X-Frame-Options", frame), ("bad name", "x")]
+            ),
+            header_config_map("auth-headers", &[("X-Team", "web-$host")])
+        )
+    };
+    manifests.write("maps.yaml", &maps("DENY"));
+    manifests.write(
+        "svc.yaml",
+        &service("default", "up", 80, "http", "80", &[&up]),
+    );
+    let mut h = start(server_config(&manifests)).await;
+    let c = client();
+    let r = request(&c, h.http_addr, "GET", "headed.example", "/", &[], None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-frame-options").as_deref(), Some("DENY"));
+    let r = request(&c, h.http_addr, "GET", "unheaded.example", "/", &[], None).await;
+    assert_eq!(
+        (r.status, r.header("x-frame-options")),
+        (StatusCode::OK, None)
+    );
+    // The auth service answers 500 (so does the proxy), having seen the header.
+    let r = request(&c, h.http_addr, "GET", "authed.example", "/", &[], None).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        mirrored(&seen, 1).await,
+        [
+            "GET /check host=127.0.0.1 length=- team=web-authed.example body=0"
+                .replace("127.0.0.1", &auth.to_string())
+        ]
+    );
+    let r = request(&c, h.http_addr, "GET", "unauthed.example", "/", &[], None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(mirrored(&seen, 0).await, Vec::<String>::new());
+    // The bad entry, and the two missing ConfigMaps.
+    assert_eq!(config_problems(&h).await, Some(3));
+    let generation = h.generation();
+    manifests.write("maps.yaml", &maps("SAMEORIGIN"));
+    next_generation(&mut h, generation).await;
+    let r = request(&c, h.http_addr, "GET", "headed.example", "/", &[], None).await;
+    assert_eq!(r.header("x-frame-options").as_deref(), Some("SAMEORIGIN"));
     h.shutdown().await;
 }

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 
@@ -36,7 +36,8 @@ impl KubeSource {
         }
     }
 
-    /// Watches the namespaced kinds (Services, EndpointSlices, Ingresses, Secrets) in
+    /// Watches the namespaced kinds (Services, EndpointSlices, Ingresses, Secrets,
+    /// ConfigMaps) in
     /// `namespace` only, when given (ingress-nginx's `--watch-namespace`: a Role in that
     /// namespace is then all the access needed for them); Nodes and IngressClasses are
     /// cluster-scoped and watched whole.
@@ -138,6 +139,15 @@ impl Source for KubeSource {
                     Kind::Secret => {
                         tasks.spawn(watch::<Secret>(scoped(c, ns), kind, config, tx, |o| {
                             Object::Secret(Box::new(slim_secret(o)))
+                        }))
+                    }
+                    Kind::ConfigMap => {
+                        tasks.spawn(watch::<ConfigMap>(scoped(c, ns), kind, config, tx, |o| {
+                            // Text values are what consumers read (header lists).
+                            Object::ConfigMap(Box::new(ConfigMap {
+                                binary_data: None,
+                                ..o
+                            }))
                         }))
                     }
                 };

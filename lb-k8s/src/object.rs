@@ -2,7 +2,7 @@
 //! parse them from YAML or JSON documents.
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde::de::DeserializeOwned;
@@ -16,16 +16,18 @@ pub enum Kind {
     Ingress,
     IngressClass,
     Secret,
+    ConfigMap,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Node,
         Kind::Ingress,
         Kind::IngressClass,
         Kind::Secret,
+        Kind::ConfigMap,
     ];
 
     /// `(apiVersion, kind)` as written in manifests.
@@ -37,6 +39,7 @@ impl Kind {
             Kind::Ingress => ("networking.k8s.io/v1", "Ingress"),
             Kind::IngressClass => ("networking.k8s.io/v1", "IngressClass"),
             Kind::Secret => ("v1", "Secret"),
+            Kind::ConfigMap => ("v1", "ConfigMap"),
         }
     }
 
@@ -118,6 +121,7 @@ pub enum Object {
     Ingress(Box<Ingress>),
     IngressClass(Box<IngressClass>),
     Secret(Box<Secret>),
+    ConfigMap(Box<ConfigMap>),
 }
 
 impl Object {
@@ -129,6 +133,7 @@ impl Object {
             Object::Ingress(_) => Kind::Ingress,
             Object::IngressClass(_) => Kind::IngressClass,
             Object::Secret(_) => Kind::Secret,
+            Object::ConfigMap(_) => Kind::ConfigMap,
         }
     }
 
@@ -140,6 +145,7 @@ impl Object {
             Object::Ingress(o) => &o.metadata,
             Object::IngressClass(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
         }
     }
 
@@ -210,6 +216,7 @@ impl Object {
             Kind::Ingress => Object::Ingress(parse(value, &at)?),
             Kind::IngressClass => Object::IngressClass(parse(value, &at)?),
             Kind::Secret => Object::Secret(parse(value, &at)?),
+            Kind::ConfigMap => Object::ConfigMap(parse(value, &at)?),
         };
         Ok(Some(object))
     }

@@ -69,7 +69,14 @@ pub struct ExternalAuth {
     pub response_headers: Vec<HeaderName>,
     /// `auth-cache-key` with `auth-cache-duration`: answers kept for a while.
     pub cache: Option<CachePolicy>,
+    /// `auth-proxy-set-headers`: the ConfigMap (namespace, else the Ingress's; name)
+    /// of headers set on the auth request (resolved by the build: [`AuthHeaders`]).
+    pub proxy_set_headers: Option<(Option<String>, String)>,
 }
+
+/// `auth-proxy-set-headers` resolved: header names and value templates (nginx variables
+/// as in the URL).
+pub type AuthHeaders = [(HeaderName, String)];
 
 /// Which auth answers are kept, under which key, for how long (nginx's `proxy_cache_key`
 /// and `proxy_cache_valid` in ingress-nginx's auth location).
@@ -267,6 +274,12 @@ fn cache_key(auth: &ExternalAuth, expanded: &[u8]) -> Vec<u8> {
         key.push(0);
         key.extend_from_slice(name.as_str().as_bytes());
     }
+    if let Some((ns, name)) = &auth.proxy_set_headers {
+        key.push(0);
+        key.extend_from_slice(ns.as_deref().unwrap_or_default().as_bytes());
+        key.push(b'/');
+        key.extend_from_slice(name.as_bytes());
+    }
     key.push(0);
     key.extend_from_slice(expanded);
     key
@@ -278,6 +291,7 @@ pub async fn check(
     client: &AuthClient,
     cache: &AuthCache,
     auth: &ExternalAuth,
+    extra: &AuthHeaders,
     original: &Original,
     headers: &HeaderMap,
     timeout: std::time::Duration,
@@ -290,7 +304,7 @@ pub async fn check(
     {
         return verdict(auth, original, hit.status, hit.headers);
     }
-    let (status, answer) = ask(client, auth, original, headers, timeout).await?;
+    let (status, answer) = ask(client, auth, extra, original, headers, timeout).await?;
     // What a verdict reads of the answer: the headers to copy upstream, or the
     // challenge to pass back.
     let kept: Vec<(HeaderName, HeaderValue)> = if status.is_success() {
@@ -319,6 +333,7 @@ pub async fn check(
 async fn ask(
     client: &AuthClient,
     auth: &ExternalAuth,
+    extra: &AuthHeaders,
     original: &Original,
     headers: &HeaderMap,
     timeout: std::time::Duration,
@@ -341,6 +356,9 @@ async fn ask(
     h.insert("x-original-method", value(original.method.as_str())?);
     h.insert("x-auth-request-redirect", value(&original.request_uri)?);
     h.insert("x-sent-from", HeaderValue::from_static("lb-ingress"));
+    for (name, template) in extra {
+        h.insert(name.clone(), value(&original.expand(template))?);
+    }
     *req.uri_mut() = url;
     let resp = match tokio::time::timeout(timeout, client.request(req)).await {
         Ok(Ok(resp)) => resp,

@@ -844,6 +844,16 @@ impl Proxy {
                 }
             }
         }
+        // custom-headers (nginx's more_set_headers).
+        if let Some(set) = log
+            .target
+            .as_ref()
+            .and_then(|t| t.response_headers.as_deref())
+        {
+            for (name, value) in set {
+                parts.headers.insert(name.clone(), value.clone());
+            }
+        }
         parts
             .headers
             .insert(header::SERVER, HeaderValue::from_static(SERVER));
@@ -905,6 +915,7 @@ impl Proxy {
             &self.auth_client,
             &self.auth_cache,
             config,
+            target.auth_headers.as_deref().unwrap_or_default(),
             &original,
             &head.headers,
             timeout,

@@ -52,6 +52,8 @@
 //! | `use-regex` | bool | the paths of every Ingress on this Ingress's hosts are case-insensitive regular expressions (RE2 syntax) matched at the start of the path, longest expression first ([`crate::routes::PathRule::regex`]) |
 //! | `rewrite-target` | a path with captures: `/$2` | the upstream path becomes it, `$1`.. replaced by the rule path's groups ([`crate::routes::rewrite`]); implies `use-regex` for the host |
 //! | `mirror-target` (`http://` or `https://`, nginx variables as in `auth-url`), `mirror-request-body` (`on`, `off`), `mirror-host` | as in ingress-nginx | a copy of each request (after the access checks) goes to the target too, its answer ignored, in the background: the client's request never waits for it ([`crate::proxy::mirror`]) |
+//! | `custom-headers` | a ConfigMap (`name` or `namespace/name`) | its entries are set as headers on the rules' responses (nginx's `more_set_headers`); entries that are not a header name and value are reported and skipped, a missing ConfigMap is reported |
+//! | `auth-proxy-set-headers` (with `auth-url`) | a ConfigMap (`name` or `namespace/name`) | its entries are set on the auth request, values with the variables of `auth-url`; a missing ConfigMap fails the rules closed (503) |
 //! | `rewrite-prefix` (ours only) | a path | the matched rule path is replaced by it upstream (Gateway API's `ReplacePrefixMatch`); `X-Forwarded-Prefix` names what was replaced |
 //!
 //! A bad value is a problem reported against its Ingress (named, with the reason). For
@@ -176,6 +178,9 @@ pub struct RouteOptions {
     pub affinity: Option<CookieAffinity>,
     /// `mirror-target` and its companions: a copy of each request sent elsewhere.
     pub mirror: Option<Mirror>,
+    /// `custom-headers`: the ConfigMap (namespace, else the Ingress's; name) whose
+    /// entries are set on responses.
+    pub custom_headers: Option<(Option<String>, String)>,
     /// Why the rules of this Ingress are answered 503 (a setting it asks for could not
     /// be honoured).
     pub deny: Option<String>,
@@ -876,6 +881,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (RouteOptions, V
     o.cors = cors(&mut s);
     o.canary = canary(&mut s);
     o.mirror = mirror(&mut s);
+    o.custom_headers = s.get("custom-headers", IGNORED, config_map_ref);
     (o, s.finish())
 }
 
@@ -1123,12 +1129,14 @@ fn external_auth(s: &mut Settings<'_>, deny: &mut Option<String>) -> Option<Exte
                 "auth-response-headers",
                 "auth-cache-key",
                 "auth-cache-duration",
+                "auth-proxy-set-headers",
             ],
             "there is no usable auth-url",
         );
         return None;
     };
     Some(ExternalAuth {
+        proxy_set_headers: s.guard("auth-proxy-set-headers", deny, config_map_ref),
         url,
         method: s
             .get("auth-method", IGNORED, |v| {
@@ -1289,6 +1297,11 @@ fn client_certificates(s: &mut Settings<'_>, deny: &mut Option<String>) -> Optio
         pass_certificate,
         match_cn,
     })
+}
+
+/// A ConfigMap: `name` or `namespace/name`.
+fn config_map_ref(v: &str) -> Result<(Option<String>, String), String> {
+    secret_ref(v).map_err(|_| format!("{v:?} is not a ConfigMap name (name or namespace/name)"))
 }
 
 /// `name` or `namespace/name`.
@@ -1842,6 +1855,41 @@ mod tests {
         let (o, problems) = parse(Some(&a));
         assert!(o.mirror.unwrap().body);
         assert!(problems[0].contains("not on or off"), "{problems:?}");
+    }
+
+    #[test]
+    fn config_map_annotations() {
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/custom-headers", "web/headers"),
+            ("nginx.ingress.kubernetes.io/auth-url", "http://auth/check"),
+            (
+                "nginx.ingress.kubernetes.io/auth-proxy-set-headers",
+                "auth-headers",
+            ),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert_eq!(problems, Vec::<String>::new());
+        assert_eq!(
+            o.custom_headers,
+            Some((Some("web".into()), "headers".into()))
+        );
+        assert_eq!(
+            o.auth.unwrap().proxy_set_headers,
+            Some((None, "auth-headers".into()))
+        );
+        // Without auth-url: reported with it; a bad name fails the auth closed.
+        let a = annotations(&[("nginx.ingress.kubernetes.io/auth-proxy-set-headers", "x")]);
+        let (o, problems) = parse(Some(&a));
+        assert!(o.deny.is_none() && problems[0].contains("no usable auth-url"));
+        let a = annotations(&[
+            ("nginx.ingress.kubernetes.io/auth-url", "http://auth/check"),
+            (
+                "nginx.ingress.kubernetes.io/auth-proxy-set-headers",
+                "a/b/c",
+            ),
+        ]);
+        let (o, problems) = parse(Some(&a));
+        assert!(o.deny.is_some() && problems[0].contains("not a ConfigMap name"));
     }
 
     #[test]

@@ -37,12 +37,13 @@ use names::Names;
 type Backend = (String, Arc<Pool>, UpstreamProtocol);
 
 /// The kinds the ingress reads.
-pub const KINDS: [Kind; 5] = [
+pub const KINDS: [Kind; 6] = [
     Kind::Ingress,
     Kind::IngressClass,
     Kind::Service,
     Kind::EndpointSlice,
     Kind::Secret,
+    Kind::ConfigMap,
 ];
 
 /// The canary of a rule: a second backend some requests go to (ingress-nginx's
@@ -143,6 +144,10 @@ pub struct Target {
     pub basic_auth: Option<Arc<BasicAuth>>,
     /// `auth-tls-secret`: the client certificates the rule accepts.
     pub client_auth: Option<Arc<ClientAuth>>,
+    /// `auth-proxy-set-headers`: headers set on the auth request.
+    pub auth_headers: Option<Arc<crate::proxy::auth::AuthHeaders>>,
+    /// `custom-headers`: headers set on responses.
+    pub response_headers: Option<Arc<[(hyper::header::HeaderName, hyper::header::HeaderValue)]>>,
     /// This rule's request metrics, looked up once (see [`RouteSeries`]).
     pub series: RouteSeries,
 }
@@ -615,6 +620,65 @@ pub fn build(
                 .ok()
                 .map(Arc::new)
         });
+        // auth-proxy-set-headers: the ConfigMap's entries, once per Ingress; without it
+        // the rules fail closed (the headers may be what the auth service decides by).
+        let auth_headers = (options.auth.as_ref())
+            .and_then(|a| a.proxy_set_headers.clone())
+            .and_then(|(ns, name)| {
+                let what = format!(
+                    "auth-proxy-set-headers {}/{name}",
+                    ns.as_deref().unwrap_or(&r.namespace)
+                );
+                match header_entries(store, ns.as_deref().unwrap_or(&r.namespace), &name) {
+                    Ok((entries, bad)) => {
+                        for b in bad {
+                            problems.push(format!(
+                                "Ingress {}/{}: {what}: {b}; skipped",
+                                r.namespace, r.name
+                            ));
+                        }
+                        let entries: Vec<_> = (entries.into_iter())
+                            .map(|(n, v)| (n, v.to_owned()))
+                            .collect();
+                        Some(Arc::<crate::proxy::auth::AuthHeaders>::from(entries))
+                    }
+                    Err(e) => {
+                        deny_rules(&mut problems, &r, &mut options, format!("{what}: {e}"));
+                        None
+                    }
+                }
+            });
+        // custom-headers: the ConfigMap's entries, set on responses; without it the rules
+        // are served without them.
+        let response_headers = options.custom_headers.clone().and_then(|(ns, name)| {
+            let ns = ns.unwrap_or_else(|| r.namespace.clone());
+            let what = format!("custom-headers {ns}/{name}");
+            let (entries, bad) = header_entries(store, &ns, &name)
+                .map_err(|e| {
+                    problems.push(format!(
+                        "Ingress {}/{}: {what}: {e}; no headers are added",
+                        r.namespace, r.name
+                    ));
+                })
+                .ok()?;
+            let mut set = Vec::new();
+            for (n, v) in entries {
+                match hyper::header::HeaderValue::try_from(v) {
+                    Ok(value) => set.push((n, value)),
+                    Err(_) => problems.push(format!(
+                        "Ingress {}/{}: {what}: {n}: {v:?} is not a header value; skipped",
+                        r.namespace, r.name
+                    )),
+                }
+            }
+            for b in bad {
+                problems.push(format!(
+                    "Ingress {}/{}: {what}: {b}; skipped",
+                    r.namespace, r.name
+                ));
+            }
+            Some(Arc::<[_]>::from(set))
+        });
         // auth-tls-secret: the CA, once per Ingress, asked for in the handshakes of its
         // hosts; without it the rules fail closed.
         let client_auth = options.client_cert.clone().and_then(|spec| {
@@ -746,6 +810,8 @@ pub fn build(
                 rewrite: rewrite.clone(),
                 basic_auth: basic_auth.clone(),
                 client_auth: client_auth.clone(),
+                auth_headers: auth_headers.clone(),
+                response_headers: response_headers.clone(),
                 canary: None,
                 fallback: None,
                 series: RouteSeries::default(),
@@ -894,6 +960,8 @@ pub fn build(
                 rewrite: None,
                 basic_auth: None,
                 client_auth: None,
+                auth_headers: None,
+                response_headers: None,
                 series: RouteSeries::default(),
             };
             let last = Rank {
@@ -940,6 +1008,27 @@ fn first_port(store: &Store, namespace: &str, name: &str) -> Option<IngressBacke
         }),
         resource: None,
     })
+}
+
+/// A ConfigMap's entries as headers (name, value), and a sentence for each entry that
+/// is not one.
+type HeaderEntries<'s> = (Vec<(hyper::header::HeaderName, &'s str)>, Vec<String>);
+
+/// The entries of ConfigMap `ns/name` whose keys are header names (sorted by name), and
+/// a sentence for each that is not; or why there is no such ConfigMap.
+fn header_entries<'s>(store: &'s Store, ns: &str, name: &str) -> Result<HeaderEntries<'s>, String> {
+    let Some(Object::ConfigMap(c)) = store.get(&ObjectRef::new(Kind::ConfigMap, ns, name)) else {
+        return Err("ConfigMap not found".to_owned());
+    };
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for (k, v) in c.data.iter().flatten() {
+        match hyper::header::HeaderName::try_from(k.as_str()) {
+            Ok(n) => good.push((n, v.as_str())),
+            Err(_) => bad.push(format!("{k:?} is not a header name")),
+        }
+    }
+    Ok((good, bad))
 }
 
 /// Every key of Secret `ns/name` with a text value (read as [`secret_data`] reads one),
