@@ -4859,7 +4859,7 @@ fn header_config_map(name: &str, entries: &[(&str, &str)]) -> String {
 }
 
 /// ConfigMap-named annotations (ingress-nginx's): `custom-headers` sets its entries on
-/// the rules' responses (an entry that is not a header is reported and skipped, a missing
+/// the rules' responses, the proxy's own too (an entry that is not a header is reported and skipped, a missing
 /// ConfigMap reported and the rules served without); `auth-proxy-set-headers` sets its
 /// entries, with nginx variables expanded, on the auth request (a missing ConfigMap fails
 /// the rules closed). A change to a ConfigMap is picked up like any other object.
@@ -4880,6 +4880,15 @@ async fn headers_from_config_maps() {
             ing(
                 "headed",
                 &[(n("custom-headers"), "default/response-headers")],
+            ),
+            annotated(
+                "headed-empty",
+                "headed-empty.example",
+                "empty",
+                &[(
+                    "nginx.ingress.kubernetes.io/custom-headers",
+                    "response-headers",
+                )],
             ),
             ing("unheaded", &[(n("custom-headers"), "nope")]),
             ing(
@@ -4912,12 +4921,29 @@ async fn headers_from_config_maps() {
     manifests.write("maps.yaml", &maps("DENY"));
     manifests.write(
         "svc.yaml",
-        &service("default", "up", 80, "http", "80", &[&up]),
+        &format!(
+            "{}---\n{}",
+            service("default", "up", 80, "http", "80", &[&up]),
+            service("default", "empty", 80, "http", "80", &[])
+        ),
     );
     let mut h = start(server_config(&manifests)).await;
     let c = client();
     let r = request(&c, h.http_addr, "GET", "headed.example", "/", &[], None).await;
     assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-frame-options").as_deref(), Some("DENY"));
+    // The proxy's own answers for the rule get them too (as more_set_headers).
+    let r = request(
+        &c,
+        h.http_addr,
+        "GET",
+        "headed-empty.example",
+        "/",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.header("x-frame-options").as_deref(), Some("DENY"));
     let r = request(&c, h.http_addr, "GET", "unheaded.example", "/", &[], None).await;
     assert_eq!(
@@ -4937,8 +4963,9 @@ async fn headers_from_config_maps() {
     let r = request(&c, h.http_addr, "GET", "unauthed.example", "/", &[], None).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(mirrored(&seen, 0).await, Vec::<String>::new());
-    // The bad entry, and the two missing ConfigMaps.
-    assert_eq!(config_problems(&h).await, Some(3));
+    // The bad entry (for each of the two Ingresses naming its ConfigMap), and the two
+    // missing ConfigMaps.
+    assert_eq!(config_problems(&h).await, Some(4));
     let generation = h.generation();
     manifests.write("maps.yaml", &maps("SAMEORIGIN"));
     next_generation(&mut h, generation).await;

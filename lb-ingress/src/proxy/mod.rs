@@ -844,16 +844,6 @@ impl Proxy {
                 }
             }
         }
-        // custom-headers (nginx's more_set_headers).
-        if let Some(set) = log
-            .target
-            .as_ref()
-            .and_then(|t| t.response_headers.as_deref())
-        {
-            for (name, value) in set {
-                parts.headers.insert(name.clone(), value.clone());
-            }
-        }
         parts
             .headers
             .insert(header::SERVER, HeaderValue::from_static(SERVER));
@@ -1249,7 +1239,10 @@ fn respond(
     forwarded: Result<Forwarded, ProxyError>,
     mut log: Box<RequestLog>,
 ) -> Response<ResponseBody> {
-    match forwarded {
+    // custom-headers: on every answer of the rule, the proxy's own (503, redirects) too,
+    // as nginx's more_set_headers without a status list.
+    let set = (log.target.as_ref()).and_then(|t| t.response_headers.clone());
+    let mut resp = match forwarded {
         Ok(Forwarded::Response(parts, body, pooled)) => {
             log.status = parts.status;
             let rate = log.target.as_ref().and_then(|t| t.options.limit_rate);
@@ -1271,7 +1264,11 @@ fn respond(
             }
             resp
         }
+    };
+    for (name, value) in set.iter().flat_map(|s| s.iter()) {
+        resp.headers_mut().insert(name.clone(), value.clone());
     }
+    resp
 }
 
 enum Forwarded {
