@@ -14,7 +14,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lb_k8s::Kind;
 use serde::de::DeserializeOwned;
@@ -147,6 +149,13 @@ struct Parsed {
     all: Vec<(String, Manifest)>,
 }
 
+/// Whether a binding's `subjects` include ServiceAccount `namespace/name`.
+fn names_account(subjects: Option<&[Subject]>, namespace: &str, name: &str) -> bool {
+    subjects.into_iter().flatten().any(|s| {
+        s.kind == "ServiceAccount" && s.name == name && s.namespace.as_deref() == Some(namespace)
+    })
+}
+
 impl Parsed {
     fn load() -> Parsed {
         Parsed { all: manifests() }
@@ -191,13 +200,7 @@ impl Parsed {
             _ => None,
         });
         bindings
-            .filter(|b| {
-                b.subjects.iter().flatten().any(|s| {
-                    s.kind == "ServiceAccount"
-                        && s.name == service_account
-                        && s.namespace.as_deref() == Some(namespace)
-                })
-            })
+            .filter(|b| names_account(b.subjects.as_deref(), namespace, service_account))
             .map(|b| {
                 assert_eq!(b.role_ref.kind, "Role");
                 self.all
@@ -230,13 +233,7 @@ impl Parsed {
                 Manifest::ClusterRoleBinding(b) => Some(b),
                 _ => None,
             })
-            .filter(|b| {
-                b.subjects.iter().flatten().any(|s| {
-                    s.kind == "ServiceAccount"
-                        && s.name == service_account
-                        && s.namespace.as_deref() == Some(namespace)
-                })
-            })
+            .filter(|b| names_account(b.subjects.as_deref(), namespace, service_account))
             .map(|b| {
                 assert_eq!(b.role_ref.kind, "ClusterRole");
                 self.cluster_role(&b.role_ref.name)

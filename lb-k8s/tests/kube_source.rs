@@ -154,6 +154,29 @@ impl Harness {
     }
 }
 
+/// Runs `source` for `kinds` until their first listing is in: the task, the events
+/// after it, and the store they made.
+async fn synced(
+    source: Box<KubeSource>,
+    kinds: &[Kind],
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    mpsc::Receiver<Event>,
+    Store,
+) {
+    let (tx, mut rx) = mpsc::channel(64);
+    let task = tokio::spawn(source.run(KindSet::of(kinds), tx));
+    let mut store = Store::new();
+    timeout(WAIT, async {
+        while !store.is_synced(kinds) {
+            store.apply(rx.recv().await.expect("source ended"));
+        }
+    })
+    .await
+    .expect("initial sync");
+    (task, rx, store)
+}
+
 const AGENT_KINDS: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
 
 #[tokio::test]
@@ -207,16 +230,7 @@ async fn a_node_agent_watches_its_own_node_and_no_headless_slices() {
         Some(api.kubeconfig_file(dir.path())),
         "node-0".into(),
     ));
-    let (tx, mut rx) = mpsc::channel(64);
-    let task = tokio::spawn(source.run(KindSet::of(&AGENT_KINDS), tx));
-    let mut store = Store::new();
-    timeout(WAIT, async {
-        while !store.is_synced(&AGENT_KINDS) {
-            store.apply(rx.recv().await.expect("source ended"));
-        }
-    })
-    .await
-    .expect("initial sync");
+    let (task, mut rx, store) = synced(source, &AGENT_KINDS).await;
     let names =
         |kind| -> Vec<String> { store.of_kind(kind).map(|o| o.object_ref().name).collect() };
     assert_eq!(names(Kind::Node), ["node-0"]);
@@ -258,16 +272,7 @@ async fn one_namespace_is_watched_when_asked() {
         KubeSource::new(Some(api.kubeconfig_file(dir.path()))).in_namespace(Some("team-a".into())),
     );
     let kinds = [Kind::Service, Kind::Node];
-    let (tx, mut rx) = mpsc::channel(64);
-    let task = tokio::spawn(source.run(KindSet::of(&kinds), tx));
-    let mut store = Store::new();
-    timeout(WAIT, async {
-        while !store.is_synced(&kinds) {
-            store.apply(rx.recv().await.expect("source ended"));
-        }
-    })
-    .await
-    .expect("initial sync");
+    let (task, mut rx, store) = synced(source, &kinds).await;
     let refs = |kind| -> Vec<String> {
         let mut r: Vec<String> = (store.of_kind(kind))
             .map(|o| {

@@ -342,7 +342,7 @@ impl Tee {
     }
 
     /// The request body failed (or the copy fell behind): the copy's body fails.
-    pub fn cut(&mut self) {
+    fn cut(&mut self) {
         self.tx = None;
         self.state.ended.store(true, Ordering::Release);
         // The copy may be stuck writing to a target that takes nothing: it is dropped,
